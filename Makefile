@@ -1,0 +1,40 @@
+# heapd: a thin wrapper over CMake. `make run` and `make test` are the two
+# commands a newcomer needs; both install missing Debian packages first.
+BUILD   ?= build
+ASAN    ?= build-asan
+CMAKE_FLAGS ?=
+JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all deps build run test unit asan bench bench-pagealloc clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+$(BUILD)/Makefile: CMakeLists.txt
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/Makefile
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Until the daemon lands, `make run` shows the page allocator at work.
+run: build
+	$(BUILD)/pagealloc-demo
+
+test: build
+	@scripts/run-tests.sh $(BUILD)
+
+# The unit tests under AddressSanitizer and UBSan (CI runs this too).
+asan: deps
+	cmake -S . -B $(ASAN) -DHEAPD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug $(CMAKE_FLAGS)
+	cmake --build $(ASAN) -j $(JOBS)
+	@scripts/run-tests.sh $(ASAN) unit
+
+bench-pagealloc: build
+	$(BUILD)/bench-pagealloc
+
+bench: bench-pagealloc
+
+clean:
+	rm -rf $(BUILD) $(ASAN)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test suite of a build directory and prints one closing line,
+# "N passed, N failed", counting suites. Exits non-zero if any suite failed.
+# Usage: scripts/run-tests.sh BUILD_DIR [unit|all]
+set -u
+build=${1:-build}
+which=${2:-all}
+passed=0 failed=0 names=()
+
+run_suite() {   # name, time limit (s), command...
+    local name=$1 limit=$2; shift 2
+    echo "=== $name"
+    if timeout --kill-after=10 "$limit" "$@"; then
+        passed=$((passed + 1))
+    else
+        echo "*** suite $name FAILED (exit $?)"
+        failed=$((failed + 1)); names+=("$name")
+    fi
+}
+
+run_suite unit 600 "$build/heapd-unit"
+if [ "$which" = all ]; then
+    # the demo must run clean and report intact invariants
+    run_suite pagealloc-demo 120 "$build/pagealloc-demo" 4
+fi
+
+echo
+[ $failed -gt 0 ] && echo "failed suites: ${names[*]}"
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]

@@ -1,0 +1,25 @@
+/* Shared declarations of the unit-test runner (tests/unit_main.c). */
+#ifndef HEAPD_TESTS_UNIT_H
+#define HEAPD_TESTS_UNIT_H
+#include <stdint.h>
+#include <stdlib.h>
+
+void register_sizeclasses_suite(void);
+void register_pagealloc_suite(void);
+
+/* The seed for randomized tests: HEAPD_TEST_SEED or a fixed default. */
+static inline uint64_t test_seed(uint64_t dflt)
+{
+    const char *s = getenv("HEAPD_TEST_SEED");
+    return s ? strtoull(s, NULL, 0) : dflt;
+}
+
+/* splitmix64: a small, well-mixed deterministic PRNG for tests and benchmarks. */
+static inline uint64_t test_rand(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+#endif

@@ -1,0 +1,29 @@
+/* heapd-unit: the CUnit runner for every unit suite.
+ *
+ * Each tests/test_*.c file exports one register function that adds its suite.
+ * Exit status is non-zero when any assertion failed or a suite could not run,
+ * so `make test` and CI fail loudly; CUnit's summary shows how much ran.
+ * HEAPD_TEST_SEED overrides the seed of the randomized tests (printed on failure). */
+#include <CUnit/Basic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "unit.h"
+
+int main(int argc, char **argv)
+{
+    if (CU_initialize_registry() != CUE_SUCCESS) {
+        fprintf(stderr, "heapd-unit: CUnit init failed: %s\n", CU_get_error_msg());
+        return 2;
+    }
+    register_sizeclasses_suite();
+    register_pagealloc_suite();
+
+    CU_basic_set_mode(argc > 1 && strcmp(argv[1], "-v") == 0 ? CU_BRM_VERBOSE : CU_BRM_NORMAL);
+    CU_basic_run_tests();
+    unsigned failed = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
+    unsigned ran = CU_get_number_of_tests_run();
+    CU_cleanup_registry();
+    printf("\n%u tests ran, %u failures\n", ran, failed);
+    return (failed || ran == 0) ? 1 : 0;
+}
