@@ -33,8 +33,12 @@
 #define OCC_DEN     10u
 #define FAILED      UINT64_MAX
 
-enum { K_PA, K_NAIVE, K_COUNT };
-static const char *const kind_name[K_COUNT] = { "pagealloc", "naive" };
+/* K_NULL is the harness alone: the same random choices and live-run array
+ * traffic with an allocator that does nothing, so its ns/op is the part of the
+ * others' ns/op that is not the allocator's (it grows with the live-run array,
+ * which stops fitting in cache at the larger segments). */
+enum { K_PA, K_NAIVE, K_NULL, K_COUNT };
+static const char *const kind_name[K_COUNT] = { "pagealloc", "naive", "harness" };
 
 typedef struct segspec {
     const char *name;
@@ -60,6 +64,7 @@ typedef struct alloc_under_test {
     int kind;
     pagealloc_t pa;
     naive_pages_t nv;
+    uint64_t null_free;         /* K_NULL: free pages */
     uint64_t npages;
     uint64_t *live;             /* base << 8 | npages */
     uint64_t nlive, cap;
@@ -100,6 +105,10 @@ static inline uint64_t do_alloc(aut_t *a, uint64_t n)
         uint64_t r = pa_alloc(&a->pa, n, &scav);
         return r == PA_FAIL ? FAILED : r;
     }
+    if (a->kind == K_NULL) {
+        a->null_free -= n;
+        return 0;
+    }
     uint64_t r = naive_alloc(&a->nv, n);
     return r == UINT64_MAX ? FAILED : r;
 }
@@ -108,13 +117,17 @@ static inline int do_free(aut_t *a, uint64_t base, uint64_t n)
 {
     if (a->kind == K_PA)
         return pa_free(&a->pa, base, n);
+    if (a->kind == K_NULL) {
+        a->null_free += n;
+        return 0;
+    }
     naive_free(&a->nv, base, n);
     return 0;
 }
 
 static uint64_t free_pages(const aut_t *a)
 {
-    return a->kind == K_PA ? a->pa.free_pages : a->nv.free_pages;
+    return a->kind == K_PA ? a->pa.free_pages : a->kind == K_NAIVE ? a->nv.free_pages : a->null_free;
 }
 
 static int aut_init(aut_t *a, int kind, uint64_t npages, uint64_t seed, char *err, size_t errlen)
@@ -136,6 +149,8 @@ static int aut_init(aut_t *a, int kind, uint64_t npages, uint64_t seed, char *er
             snprintf(err, errlen, "pa_grow: %" PRIu64 " of %" PRIu64 " pages", got, npages);
             return -1;
         }
+    } else if (kind == K_NULL) {
+        a->null_free = npages;
     } else {
         if (naive_init(&a->nv, npages) != 0) {
             snprintf(err, errlen, "naive_init(%" PRIu64 "): out of memory", npages);
@@ -156,7 +171,7 @@ static void aut_destroy(aut_t *a)
 {
     if (a->kind == K_PA)
         pa_destroy(&a->pa);
-    else
+    else if (a->kind == K_NAIVE)
         naive_destroy(&a->nv);
     free(a->live);
     a->live = NULL;
@@ -290,14 +305,23 @@ static void bench_one(int kind, uint64_t npages, uint64_t seed, const params_t *
     }
     *warm_pairs = r->warm_pairs;
 
-    if (aut_run(&a, p->max_pairs, p->max_seconds, &r->pairs, &r->seconds,
-                r->err, sizeof(r->err)) != 0)
+    double limit = p->max_seconds;
+    if (kind == K_NULL && limit > 0.5)
+        limit = 0.5;
+    if (aut_run(&a, p->max_pairs, limit, &r->pairs, &r->seconds,
+                r->err, sizeof(r->err)) != 0) {
+        char e2[sizeof(r->err)];
+        snprintf(e2, sizeof(e2), "timed: %s", r->err);
+        memcpy(r->err, e2, sizeof(e2));
         goto out;
+    }
     if (aut_verify(&a, r->err, sizeof(r->err)) != 0)
         goto out;
-    r->ok = r->pairs > 0;
-    if (!r->ok)
+    if (r->pairs == 0) {
         snprintf(r->err, sizeof(r->err), "no timed operations completed");
+        goto out;
+    }
+    r->ok = true;
     r->ns_per_op = r->seconds * 1e9 / (double)(2 * r->pairs);
     r->mops = (double)(2 * r->pairs) / r->seconds / 1e6;
     r->occupancy = (double)a.used / (double)npages;
@@ -359,7 +383,7 @@ int main(int argc, char **argv)
         uint64_t warm = UINT64_MAX;
         /* naive first: it is the one whose warmup may need cutting short, and
          * pagealloc then does exactly as many warmup pairs. */
-        const int order[K_COUNT] = { K_NAIVE, K_PA };
+        const int order[K_COUNT] = { K_NAIVE, K_PA, K_NULL };
         for (int k = 0; k < K_COUNT; k++) {
             int kind = order[k];
             result_t *r = &res[s][kind];
@@ -374,29 +398,35 @@ int main(int argc, char **argv)
                 status = 1;
             }
             fflush(stdout);
-            if (k == 0 && !r->ok && warm == UINT64_MAX)
-                warm = 0;   /* the first one failed before deciding: skip the warmup */
         }
     }
 
-    printf("\n%-7s %11s %14s %14s %12s %16s %14s\n", "segment", "pages", "pagealloc ns/op",
-           "naive ns/op", "naive/pa", "pa vs 1 GiB", "pa meta RSS");
+    /* The summary, as a Markdown table. */
+    printf("\n| segment | pages | pagealloc ns/op | naive ns/op | naive/pagealloc | pagealloc vs 1 GiB "
+           "| harness ns/op | pagealloc-harness vs 1 GiB | pagealloc meta resident |\n"
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (size_t s = 0; s < NSEGS; s++) {
-        const result_t *rp = &res[s][K_PA], *rn = &res[s][K_NAIVE], *r0 = &res[0][K_PA];
-        char pa_ns[32], nv_ns[32], ratio[32], growth[32], rss[32];
-        if (rp->ok) snprintf(pa_ns, sizeof(pa_ns), "%.1f", rp->ns_per_op);
-        else snprintf(pa_ns, sizeof(pa_ns), "FAIL");
-        if (rn->ok) snprintf(nv_ns, sizeof(nv_ns), "%.1f", rn->ns_per_op);
-        else snprintf(nv_ns, sizeof(nv_ns), "FAIL");
-        if (rp->ok && rn->ok) snprintf(ratio, sizeof(ratio), "%.1fx", rn->ns_per_op / rp->ns_per_op);
-        else snprintf(ratio, sizeof(ratio), "-");
-        if (rp->ok && r0->ok) snprintf(growth, sizeof(growth), "%.2fx", rp->ns_per_op / r0->ns_per_op);
-        else snprintf(growth, sizeof(growth), "-");
+        const result_t *rp = &res[s][K_PA], *rn = &res[s][K_NAIVE], *rh = &res[s][K_NULL];
+        const result_t *rp0 = &res[0][K_PA], *rh0 = &res[0][K_NULL];
+        char pa_ns[32] = "FAIL", nv_ns[32] = "FAIL", ratio[32] = "-", growth[32] = "-";
+        char h_ns[32] = "-", net[32] = "-", rss[32] = "-";
+        if (rp->ok)
+            snprintf(pa_ns, sizeof(pa_ns), "%.1f", rp->ns_per_op);
+        if (rn->ok)
+            snprintf(nv_ns, sizeof(nv_ns), "%.1f", rn->ns_per_op);
+        if (rp->ok && rn->ok)
+            snprintf(ratio, sizeof(ratio), "%.0fx", rn->ns_per_op / rp->ns_per_op);
+        if (rp->ok && rp0->ok)
+            snprintf(growth, sizeof(growth), "%.2fx", rp->ns_per_op / rp0->ns_per_op);
+        if (rh->ok)
+            snprintf(h_ns, sizeof(h_ns), "%.1f", rh->ns_per_op);
+        if (rp->ok && rp0->ok && rh->ok && rh0->ok && rp0->ns_per_op > rh0->ns_per_op)
+            snprintf(net, sizeof(net), "%.2fx", (rp->ns_per_op - rh->ns_per_op) /
+                                                (rp0->ns_per_op - rh0->ns_per_op));
         if (rp->ok && rp->meta_resident != (size_t)-1)
             snprintf(rss, sizeof(rss), "%.2f MiB", (double)rp->meta_resident / (1024.0 * 1024.0));
-        else snprintf(rss, sizeof(rss), "-");
-        printf("%-7s %11" PRIu64 " %15s %14s %12s %16s %14s\n", segs[s].name,
-               (uint64_t)1 << segs[s].log_pages, pa_ns, nv_ns, ratio, growth, rss);
+        printf("| %s | %" PRIu64 " | %s | %s | %s | %s | %s | %s | %s |\n", segs[s].name,
+               (uint64_t)1 << segs[s].log_pages, pa_ns, nv_ns, ratio, growth, h_ns, net, rss);
     }
     if (status != 0)
         printf("\nFAILED: see the errors above\n");

@@ -538,7 +538,7 @@ static void test_scavenge_candidates(void)
     pa_destroy(&pa);
 }
 
-void register_pagealloc_suite(void)
+static void register_pagealloc_suite(void)
 {
     CU_pSuite s = CU_add_suite("pagealloc", NULL, NULL);
     CU_add_test(s, "pack and unpack summaries", test_pack);
@@ -553,3 +553,4 @@ void register_pagealloc_suite(void)
     CU_add_test(s, "sparse metadata for 1 TiB", test_sparse_metadata);
     CU_add_test(s, "scavenge candidates", test_scavenge_candidates);
 }
+UNIT_SUITE(register_pagealloc_suite)

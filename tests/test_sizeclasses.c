@@ -155,7 +155,7 @@ static void test_startup_check(void)
     CU_ASSERT(hd_sizeclasses_check(NULL, 0)); /* no buffer is allowed */
 }
 
-void register_sizeclasses_suite(void)
+static void register_sizeclasses_suite(void)
 {
     CU_pSuite s = CU_add_suite("sizeclasses", NULL, NULL);
     if (!s)
@@ -167,3 +167,4 @@ void register_sizeclasses_suite(void)
     CU_add_test(s, "objects per span and 1/8 tail rule", test_objects_per_span);
     CU_add_test(s, "hd_sizeclasses_check passes", test_startup_check);
 }
+UNIT_SUITE(register_sizeclasses_suite)

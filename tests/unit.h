@@ -4,8 +4,17 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-void register_sizeclasses_suite(void);
-void register_pagealloc_suite(void);
+/* Suite registration: in a test file, UNIT_SUITE(register_fn) where
+ * register_fn adds a CUnit suite and its tests. */
+#define UNIT_MAX_SUITES 64
+extern void (*unit_suites[UNIT_MAX_SUITES])(void);
+extern unsigned unit_nsuites;
+#define UNIT_SUITE(fn)                                                  \
+    static void __attribute__((constructor)) fn##_ctor(void)           \
+    {                                                                   \
+        if (unit_nsuites < UNIT_MAX_SUITES)                             \
+            unit_suites[unit_nsuites++] = fn;                           \
+    }
 
 /* The seed for randomized tests: HEAPD_TEST_SEED or a fixed default. */
 static inline uint64_t test_seed(uint64_t dflt)

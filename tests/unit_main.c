@@ -1,6 +1,7 @@
 /* heapd-unit: the CUnit runner for every unit suite.
  *
- * Each tests/test_*.c file exports one register function that adds its suite.
+ * Each tests/test_*.c file registers its suite with UNIT_SUITE(fn), a constructor
+ * that runs before main, so adding a suite touches no other file.
  * Exit status is non-zero when any assertion failed or a suite could not run,
  * so `make test` and CI fail loudly; CUnit's summary shows how much ran.
  * HEAPD_TEST_SEED overrides the seed of the randomized tests (printed on failure). */
@@ -10,14 +11,17 @@
 
 #include "unit.h"
 
+void (*unit_suites[UNIT_MAX_SUITES])(void);
+unsigned unit_nsuites;
+
 int main(int argc, char **argv)
 {
     if (CU_initialize_registry() != CUE_SUCCESS) {
         fprintf(stderr, "heapd-unit: CUnit init failed: %s\n", CU_get_error_msg());
         return 2;
     }
-    register_sizeclasses_suite();
-    register_pagealloc_suite();
+    for (unsigned i = 0; i < unit_nsuites; i++)
+        unit_suites[i]();
 
     CU_basic_set_mode(argc > 1 && strcmp(argv[1], "-v") == 0 ? CU_BRM_VERBOSE : CU_BRM_NORMAL);
     CU_basic_run_tests();
