@@ -1,0 +1,180 @@
+/* segment: the layout of the shared heap, as daemon and clients both see it.
+ *
+ * Two memfds, mapped back to back at the same base address in every process,
+ * so that a pointer into the heap means the same object everywhere:
+ *
+ *   base                                  base + meta_size
+ *   | meta memfd (clients: read-only)     | heap memfd (read-write for all)             |
+ *   | header | span table | pagemap       | span slots (bitmaps) | heap pages ...       |
+ *
+ * The meta memfd is written only by the daemon, through the mapping it made
+ * before sealing the memfd with F_SEAL_FUTURE_WRITE; any later mapping is
+ * read-only, so a client cannot corrupt the span table even with mprotect.
+ * The heap memfd holds what clients must write: objects, and per span the
+ * alloc/free bitmaps and tiny-block counts (a "slot").
+ *
+ * Who writes what:
+ *  - header, span table, pagemap: the daemon's loop thread only.
+ *  - a span's slot: alloc_bits by the span's owner (the client thread caching
+ *    it, or the daemon while it is CENTRAL); free_bits and tiny counts by any
+ *    process, atomically. See span.h.
+ *  - heap pages: whoever holds the objects.
+ *
+ * Span ids are the index of the span's first page; span_table[id] describes
+ * it, and pagemap[p] = id + 1 for every page p of a live span (0: no span).
+ */
+#ifndef HEAPD_SHM_SEGMENT_H
+#define HEAPD_SHM_SEGMENT_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "sizeclasses.h"
+
+#define HD_MAGIC            0x3176645f70616568ull   /* "heapd_v1" little-endian */
+#define HD_LAYOUT_VERSION   1u
+#define HD_PROTO_VERSION    1u
+#define HD_DEFAULT_BASE     0x200000000000ull       /* 32 TiB: far above brk, below mmap_base */
+#define HD_SEG_ALIGN        (2u << 20)              /* region alignment: 2 MiB huge pages */
+#define HD_HEADER_BYTES     4096u
+#define HD_MAX_MSG          65536u                  /* largest RPC packet */
+#define HD_MAX_BATCH        64u                     /* spans per Refill/Release/FreeLarge */
+#define HD_MAX_NPAGES       (1ull << 31)            /* span ids and pagemap entries are u32 */
+#define HD_NO_SPAN          UINT32_MAX
+
+/* Span states. The daemon moves spans between them; clients only read them. */
+enum hd_span_state {
+    HD_SPAN_FREE = 0,    /* pages belong to the page allocator; no objects */
+    HD_SPAN_CENTRAL = 1, /* in an mcentral set; the daemon owns alloc_bits */
+    HD_SPAN_CACHED = 2,  /* cached by client `owner`; it owns alloc_bits */
+    HD_SPAN_LARGE = 3,   /* one large object (sizeclass 0), allocated by `owner` */
+};
+
+/* One span, in the span table at its first page. 32 bytes. */
+typedef struct hd_span {
+    uint32_t npages;            /* pages in the span */
+    _Atomic uint8_t state;      /* enum hd_span_state (daemon stores with release) */
+    uint8_t sizeclass;          /* 1..67, or 0 for a large span */
+    uint8_t needzero;           /* pages held data before: calloc must clear */
+    uint8_t _pad0;
+    uint32_t elemsize;          /* bytes per object; npages*8192 for large */
+    uint32_t divmagic;          /* hd_class_to_divmagic[sizeclass]; 0 for large */
+    uint16_t nelems;            /* objects in the span; 1 for large */
+    uint16_t _pad1;
+    uint32_t owner;             /* client id while CACHED, allocating client if LARGE */
+    uint32_t gen;               /* bumped every time a span starts at this page */
+    uint32_t _pad2;
+} hd_span_t;
+_Static_assert(sizeof(hd_span_t) == 32, "span table entry size");
+
+/* Per-span slot in the heap memfd, at slots_off + id * sizeof(hd_slot_t). */
+#define HD_BITMAP_WORDS (HD_MAX_OBJS_PER_SPAN / 64)
+#define HD_TINY_BLOCKS  (HD_PAGE_SIZE / HD_TINY_SIZE)  /* 16 B blocks in a class-2 span */
+typedef struct hd_slot {
+    _Atomic uint64_t alloc_bits[HD_BITMAP_WORDS]; /* 1 = allocated (owner writes) */
+    _Atomic uint64_t free_bits[HD_BITMAP_WORDS];  /* 1 = freed, not yet swept (anyone) */
+    _Atomic uint8_t tiny[HD_TINY_BLOCKS];         /* class 2: live objects in each block */
+    uint8_t _pad[1024 - 2 * 8 * HD_BITMAP_WORDS - HD_TINY_BLOCKS];
+} hd_slot_t;
+_Static_assert(sizeof(hd_slot_t) == 1024, "slot size");
+
+/* The first 4 KiB of the meta memfd. Layout fields are fixed at creation; the
+ * books below them are published by the daemon after every change. */
+typedef struct hd_header {
+    uint64_t magic;
+    uint32_t layout_version;
+    uint32_t proto_version;
+    uint64_t base;              /* address of the meta mapping in every process */
+    uint64_t meta_size;         /* bytes of the meta memfd; the heap maps at base+meta_size */
+    uint64_t heap_size;         /* bytes of the heap memfd */
+    uint64_t npages;            /* heap pages */
+    uint64_t span_off;          /* meta offset of hd_span_t[npages] */
+    uint64_t pagemap_off;       /* meta offset of uint32_t[npages] */
+    uint64_t slots_off;         /* heap-memfd offset of hd_slot_t[npages] */
+    uint64_t pages_off;         /* heap-memfd offset of page 0 (2 MiB aligned) */
+    uint64_t _layout_reserved[6];
+
+    /* daemon books (relaxed atomics; `books_seq` bumps after each update) */
+    _Atomic uint64_t books_seq;
+    _Atomic uint64_t spans_inuse;       /* spans not FREE */
+    _Atomic uint64_t spans_cached;
+    _Atomic uint64_t spans_central;
+    _Atomic uint64_t spans_large;
+    _Atomic uint64_t pages_inuse;       /* pages in spans */
+    _Atomic uint64_t pages_grown;       /* pages the page allocator has taken on */
+    _Atomic uint64_t objects_central;   /* live objects in CENTRAL spans, as of their last sweep */
+    _Atomic uint64_t clients;           /* connected clients */
+    _Atomic uint64_t clients_total;     /* clients ever accepted */
+    _Atomic uint64_t refills;           /* Refill requests served */
+    _Atomic uint64_t bad_requests;      /* requests refused as invalid */
+} hd_header_t;
+_Static_assert(sizeof(hd_header_t) <= HD_HEADER_BYTES, "header fits its page");
+
+/* A process's view of a mapped segment (filled from the header at attach). */
+typedef struct hd_seg {
+    hd_header_t *hdr;
+    hd_span_t *spans;
+    uint32_t *pagemap;
+    hd_slot_t *slots;
+    uintptr_t pages;            /* address of heap page 0 */
+    uint64_t npages;
+} hd_seg_t;
+
+static inline uint64_t hd_align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+/* Layout for a heap of npages pages: fills the header's layout fields. */
+static inline void hd_layout(hd_header_t *h, uint64_t base, uint64_t npages)
+{
+    h->magic = HD_MAGIC;
+    h->layout_version = HD_LAYOUT_VERSION;
+    h->proto_version = HD_PROTO_VERSION;
+    h->base = base;
+    h->npages = npages;
+    h->span_off = HD_HEADER_BYTES;
+    h->pagemap_off = h->span_off + hd_align_up(npages * sizeof(hd_span_t), 4096);
+    h->meta_size = hd_align_up(h->pagemap_off + npages * sizeof(uint32_t), HD_SEG_ALIGN);
+    h->slots_off = 0;
+    h->pages_off = hd_align_up(npages * sizeof(hd_slot_t), HD_SEG_ALIGN);
+    h->heap_size = h->pages_off + npages * HD_PAGE_SIZE;
+}
+
+/* The view of a segment whose meta memfd is mapped at hdr. */
+static inline void hd_seg_view(hd_seg_t *s, hd_header_t *hdr)
+{
+    char *meta = (char *)hdr, *heap = meta + hdr->meta_size;
+    s->hdr = hdr;
+    s->spans = (hd_span_t *)(meta + hdr->span_off);
+    s->pagemap = (uint32_t *)(meta + hdr->pagemap_off);
+    s->slots = (hd_slot_t *)(heap + hdr->slots_off);
+    s->pages = (uintptr_t)(heap + hdr->pages_off);
+    s->npages = hdr->npages;
+}
+
+static inline uintptr_t hd_page_addr(const hd_seg_t *s, uint64_t page)
+{
+    return s->pages + (uintptr_t)page * HD_PAGE_SIZE;
+}
+
+/* Span id of the live span holding p, or HD_NO_SPAN (p outside the heap pages
+ * or on a page no span covers). */
+static inline uint32_t hd_span_of(const hd_seg_t *s, const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    if (a < s->pages)
+        return HD_NO_SPAN;
+    uint64_t page = (a - s->pages) >> HD_PAGE_SHIFT;
+    if (page >= s->npages)
+        return HD_NO_SPAN;
+    uint32_t e = __atomic_load_n(&s->pagemap[page], __ATOMIC_ACQUIRE);
+    return e ? e - 1 : HD_NO_SPAN;
+}
+
+/* Offsets, for data that must outlive a mapping: relative to heap page 0. */
+static inline uint64_t hd_offset_of(const hd_seg_t *s, const void *p) { return (uintptr_t)p - s->pages; }
+
+/* Parse a size the way GOMEMLIMIT does: digits with an optional B, KiB, MiB,
+ * GiB or TiB suffix (also K/M/G/T and KB/MB/GB/TB, as powers of 1024).
+ * Returns 0 and *out, or -1 for anything else (empty, junk, overflow). */
+int hd_parse_size(const char *s, uint64_t *out);
+
+#endif
