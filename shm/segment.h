@@ -5,19 +5,19 @@
  *
  *   base                                  base + meta_size
  *   | meta memfd (clients: read-only)     | heap memfd (read-write for all)             |
- *   | header | span table | pagemap       | span slots (bitmaps) | heap pages ...       |
+ *   | header | span table | pagemap       | slots | tiny areas | heap pages ...        |
  *
  * The meta memfd is written only by the daemon, through the mapping it made
  * before sealing the memfd with F_SEAL_FUTURE_WRITE; any later mapping is
  * read-only, so a client cannot corrupt the span table even with mprotect.
- * The heap memfd holds what clients must write: objects, and per span the
- * alloc/free bitmaps and tiny-block counts (a "slot").
+ * The heap memfd holds what clients must write: objects, per span the
+ * alloc/free bitmaps (a "slot"), and for tiny spans the block words.
  *
  * Who writes what:
  *  - header, span table, pagemap: the daemon's loop thread only.
  *  - a span's slot: alloc_bits by the span's owner (the client thread caching
- *    it, or the daemon while it is CENTRAL); free_bits and tiny counts by any
- *    process, atomically. See span.h.
+ *    it, or the daemon while it is CENTRAL); free_bits and tiny block words by
+ *    any process, atomically. See span.h.
  *  - heap pages: whoever holds the objects.
  *
  * Span ids are the index of the span's first page; span_table[id] describes
@@ -27,6 +27,7 @@
 #define HEAPD_SHM_SEGMENT_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "sizeclasses.h"
@@ -69,14 +70,28 @@ _Static_assert(sizeof(hd_span_t) == 32, "span table entry size");
 
 /* Per-span slot in the heap memfd, at slots_off + id * sizeof(hd_slot_t). */
 #define HD_BITMAP_WORDS (HD_MAX_OBJS_PER_SPAN / 64)
-#define HD_TINY_BLOCKS  (HD_PAGE_SIZE / HD_TINY_SIZE)  /* 16 B blocks in a class-2 span */
 typedef struct hd_slot {
     _Atomic uint64_t alloc_bits[HD_BITMAP_WORDS]; /* 1 = allocated (owner writes) */
     _Atomic uint64_t free_bits[HD_BITMAP_WORDS];  /* 1 = freed, not yet swept (anyone) */
-    _Atomic uint8_t tiny[HD_TINY_BLOCKS];         /* class 2: live objects in each block */
-    uint8_t _pad[1024 - 2 * 8 * HD_BITMAP_WORDS - HD_TINY_BLOCKS];
 } hd_slot_t;
-_Static_assert(sizeof(hd_slot_t) == 1024, "slot size");
+_Static_assert(sizeof(hd_slot_t) == 256, "slot size");
+
+/* Tiny blocks: class-2 spans are cut into 16 B blocks that pack objects under
+ * 16 B. Each block has a word in the span's hd_tiny_t (tiny_off + id * 2 KiB;
+ * committed only for class-2 spans):
+ *   bits  0..15  an object that is still live starts at this byte
+ *   bits 16..30  an object allocated in this block ends at byte (bit - 16);
+ *                an object whose end has no bit ends at byte 15
+ *   bit  31      the block is open: a cache is still packing objects into it
+ * A block is free when no start bit is set and it is not open; whoever makes
+ * it so (a free, or the cache closing it) resets the word to 0 and frees the
+ * block's object in the bitmap. */
+#define HD_TINY_BLOCKS  (HD_PAGE_SIZE / HD_TINY_SIZE)  /* 512 blocks in a class-2 span */
+#define HD_TINY_OPEN    (1u << 31)
+typedef struct hd_tiny {
+    _Atomic uint32_t block[HD_TINY_BLOCKS];
+} hd_tiny_t;
+_Static_assert(sizeof(hd_tiny_t) == 2048, "tiny area size");
 
 /* The first 4 KiB of the meta memfd. Layout fields are fixed at creation; the
  * books below them are published by the daemon after every change. */
@@ -91,8 +106,9 @@ typedef struct hd_header {
     uint64_t span_off;          /* meta offset of hd_span_t[npages] */
     uint64_t pagemap_off;       /* meta offset of uint32_t[npages] */
     uint64_t slots_off;         /* heap-memfd offset of hd_slot_t[npages] */
+    uint64_t tiny_off;          /* heap-memfd offset of hd_tiny_t[npages] */
     uint64_t pages_off;         /* heap-memfd offset of page 0 (2 MiB aligned) */
-    uint64_t _layout_reserved[6];
+    uint64_t _layout_reserved[5];
 
     /* daemon books (relaxed atomics; `books_seq` bumps after each update) */
     _Atomic uint64_t books_seq;
@@ -116,6 +132,7 @@ typedef struct hd_seg {
     hd_span_t *spans;
     uint32_t *pagemap;
     hd_slot_t *slots;
+    hd_tiny_t *tiny;
     uintptr_t pages;            /* address of heap page 0 */
     uint64_t npages;
 } hd_seg_t;
@@ -134,7 +151,8 @@ static inline void hd_layout(hd_header_t *h, uint64_t base, uint64_t npages)
     h->pagemap_off = h->span_off + hd_align_up(npages * sizeof(hd_span_t), 4096);
     h->meta_size = hd_align_up(h->pagemap_off + npages * sizeof(uint32_t), HD_SEG_ALIGN);
     h->slots_off = 0;
-    h->pages_off = hd_align_up(npages * sizeof(hd_slot_t), HD_SEG_ALIGN);
+    h->tiny_off = hd_align_up(npages * sizeof(hd_slot_t), 4096);
+    h->pages_off = hd_align_up(h->tiny_off + npages * sizeof(hd_tiny_t), HD_SEG_ALIGN);
     h->heap_size = h->pages_off + npages * HD_PAGE_SIZE;
 }
 
@@ -146,6 +164,7 @@ static inline void hd_seg_view(hd_seg_t *s, hd_header_t *hdr)
     s->spans = (hd_span_t *)(meta + hdr->span_off);
     s->pagemap = (uint32_t *)(meta + hdr->pagemap_off);
     s->slots = (hd_slot_t *)(heap + hdr->slots_off);
+    s->tiny = (hd_tiny_t *)(heap + hdr->tiny_off);
     s->pages = (uintptr_t)(heap + hdr->pages_off);
     s->npages = hdr->npages;
 }
@@ -176,5 +195,10 @@ static inline uint64_t hd_offset_of(const hd_seg_t *s, const void *p) { return (
  * GiB or TiB suffix (also K/M/G/T and KB/MB/GB/TB, as powers of 1024).
  * Returns 0 and *out, or -1 for anything else (empty, junk, overflow). */
 int hd_parse_size(const char *s, uint64_t *out);
+
+/* The default socket path, shared by heapd and libheapd: $HEAPD_SOCKET, else
+ * $XDG_RUNTIME_DIR/heapd.sock, else /tmp/heapd-UID/heapd.sock. 0, or -1 if it
+ * does not fit in len. */
+int hd_default_socket(char *buf, size_t len);
 
 #endif

@@ -10,14 +10,15 @@
  *    free; a clear alloc bit is an invalid (or double, after a sweep) free.
  *  - sweep (owner only): for each word, take free_bits with an atomic exchange
  *    to 0 and clear those bits in alloc_bits. That is the whole sweep.
- * Class-2 spans (16 B objects) serve the tiny allocator: each 16 B block holds
- * up to 16 objects and a live count in slot->tiny[block]; the block's alloc
- * bit stays set until the count drops to zero, and only then is its free bit
- * set. A cache holding a block as its current tiny block keeps one extra
- * count (the bias) so the block cannot be freed while it is still being
- * filled. Known limit: a double free that races a sweep of the same span can
- * slip through (the second free lands after the fold); serial double frees
- * are always caught.
+ * Class-2 spans (16 B objects) serve the tiny allocator: each 16 B block packs
+ * objects under 16 B, and its word in the span's hd_tiny_t (segment.h) records
+ * where live objects start and where objects end. The block's alloc bit stays
+ * set until the last object is freed and no cache holds it open; only then is
+ * its free bit set. A 16-byte request is a block holding one object. Tiny
+ * frees are validated exactly (the start bit must be set) and their usable
+ * size is known (the next end bit). Known limit: a double free that races a
+ * sweep of the same span can slip through (the second free lands after the
+ * fold); serial double frees are always caught.
  */
 #ifndef HEAPD_SHM_SPAN_H
 #define HEAPD_SHM_SPAN_H
@@ -85,16 +86,29 @@ static inline enum hd_free_result hd_free_index(hd_slot_t *sl, unsigned i)
     return (old & bit) ? HD_FREE_DOUBLE : HD_FREE_OK;
 }
 
-/* Drop one count of tiny block b; on reaching zero, free the block. */
-static inline enum hd_free_result hd_tiny_put(hd_slot_t *sl, unsigned b)
+static inline hd_tiny_t *hd_tiny_of(const hd_seg_t *s, uint32_t id) { return &s->tiny[id]; }
+
+/* Free the tiny object starting at byte j of block b. */
+static inline enum hd_free_result hd_tiny_free(hd_slot_t *sl, hd_tiny_t *t, unsigned b, unsigned j)
 {
-    uint8_t c = atomic_load_explicit(&sl->tiny[b], memory_order_relaxed);
+    uint32_t w = atomic_load_explicit(&t->block[b], memory_order_relaxed), nw;
     do {
-        if (c == 0)
+        if (!(w & (1u << j)))
             return HD_FREE_NOT_LIVE;
-    } while (!atomic_compare_exchange_weak_explicit(&sl->tiny[b], &c, (uint8_t)(c - 1),
-                                                    memory_order_acq_rel, memory_order_relaxed));
-    return c == 1 ? hd_free_index(sl, b) : HD_FREE_OK;
+        nw = w & ~(1u << j);
+        if ((nw & 0xffffu) == 0 && !(nw & HD_TINY_OPEN))
+            nw = 0;                                  /* last one out resets the block */
+    } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
+                                                    memory_order_relaxed));
+    return nw == 0 ? hd_free_index(sl, b) : HD_FREE_OK;
+}
+
+/* Usable bytes of the tiny object starting at byte j of block word w. */
+static inline unsigned hd_tiny_usable(uint32_t w, unsigned j)
+{
+    uint32_t ends = (w >> 16 & 0x7fffu) >> j;        /* ends at bytes >= j */
+    unsigned end = ends ? j + (unsigned)__builtin_ctz(ends) : 15;
+    return end - j + 1;
 }
 
 /* The free path for any pointer, from any process. Small objects are freed
@@ -114,8 +128,9 @@ static inline enum hd_free_result hd_free(const hd_seg_t *s, void *p, uint32_t *
     if (st != HD_SPAN_CACHED && st != HD_SPAN_CENTRAL)
         return HD_FREE_NOT_HEAP;
     hd_slot_t *sl = hd_slot_of(s, id);
-    if (sp->sizeclass == HD_TINY_SIZE_CLASS)        /* tiny objects may start anywhere */
-        return hd_tiny_put(sl, (unsigned)(off / HD_TINY_SIZE));
+    if (sp->sizeclass == HD_TINY_SIZE_CLASS)        /* tiny objects start at any byte */
+        return hd_tiny_free(sl, hd_tiny_of(s, id), (unsigned)(off / HD_TINY_SIZE),
+                            (unsigned)(off % HD_TINY_SIZE));
     unsigned i = (unsigned)(((uint64_t)off * sp->divmagic) >> 32);
     if (i >= sp->nelems)
         return HD_FREE_NOT_START;                   /* in the span's tail waste */
