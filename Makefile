@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run test unit asan bench bench-pagealloc clean
+.PHONY: all deps build run demo test unit asan bench bench-pagealloc clean
 
 all: build
 
@@ -18,8 +18,12 @@ $(BUILD)/Makefile: CMakeLists.txt
 build: deps $(BUILD)/Makefile
 	cmake --build $(BUILD) -j $(JOBS)
 
-# Until the daemon lands, `make run` shows the page allocator at work.
+# Starts heapd in the foreground (socket run/heapd.sock) and says how to use it.
 run: build
+	@scripts/run.sh $(BUILD)
+
+# The page allocator on its own, on a 64 GiB segment.
+demo: build
 	$(BUILD)/pagealloc-demo
 
 test: build
@@ -37,4 +41,4 @@ bench-pagealloc: build
 bench: bench-pagealloc
 
 clean:
-	rm -rf $(BUILD) $(ASAN)
+	rm -rf $(BUILD) $(ASAN) run

@@ -252,7 +252,8 @@ static uint64_t bits_apply(uint64_t *bm, unsigned lo, unsigned hi, enum bitop op
         unsigned w = lo / 64, b = lo % 64;
         unsigned n = hi - lo < 64 - b ? hi - lo : 64 - b;
         uint64_t mask = (n == 64 ? ~0ull : ((1ull << n) - 1)) << b;
-        had += (uint64_t)__builtin_popcountll(bm[w] & mask);
+        if (op != BIT_SET && (bm[w] & mask))         /* counting is for clear and count */
+            had += (uint64_t)__builtin_popcountll(bm[w] & mask);
         if (op == BIT_SET)
             bm[w] |= mask;
         else if (op == BIT_CLEAR)
@@ -267,11 +268,15 @@ static void update(pagealloc_t *pa, uint64_t base, uint64_t n)
 {
     unsigned leaf = pa->nlevels - 1;
     uint64_t c0 = base / PA_CHUNK_PAGES, c1 = (base + n - 1) / PA_CHUNK_PAGES;
-    for (uint64_t c = c0; c <= c1; c++)
-        pa->sum[leaf][c] = pa_chunk_summarize(pa->chunks[c].alloc);
-    for (int l = (int)leaf - 1; l >= 0; l--) {
+    bool changed = false;
+    for (uint64_t c = c0; c <= c1; c++) {
+        pa_sum_t s = pa_chunk_summarize(pa->chunks[c].alloc);
+        changed |= s != pa->sum[leaf][c];
+        pa->sum[leaf][c] = s;
+    }
+    for (int l = (int)leaf - 1; l >= 0 && changed; l--) {
         unsigned childlog = level_log_pages(pa, (unsigned)l + 1);
-        bool changed = false;
+        changed = false;
         c0 >>= PA_LEVEL_BITS;
         c1 >>= PA_LEVEL_BITS;
         for (uint64_t i = c0; i <= c1; i++) {
@@ -281,8 +286,7 @@ static void update(pagealloc_t *pa, uint64_t base, uint64_t n)
                 changed = true;
             }
         }
-        if (!changed)   /* parents depend only on children: nothing above moves */
-            break;
+        /* parents depend only on children: once a level holds, nothing above moves */
     }
 }
 

@@ -22,6 +22,8 @@ run_suite unit 600 "$build/heapd-unit"
 if [ "$which" = all ]; then
     # the demo must run clean and report intact invariants
     run_suite pagealloc-demo 120 "$build/pagealloc-demo" 4
+    # a real daemon and real client processes
+    run_suite integration 900 "$build/heapd-itest"
 fi
 
 echo

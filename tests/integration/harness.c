@@ -1,0 +1,245 @@
+/* harness.c: see harness.h. */
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "heapd.pb-c.h"
+
+#define MAX_DAEMONS 64
+static pid_t daemons[MAX_DAEMONS];
+static char dirs[MAX_DAEMONS][128];
+static unsigned ndaemons;
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void harness_cleanup(void)
+{
+    for (unsigned i = 0; i < ndaemons; i++) {
+        if (daemons[i] > 0) {
+            kill(daemons[i], SIGKILL);
+            waitpid(daemons[i], NULL, 0);
+            daemons[i] = 0;
+        }
+        if (dirs[i][0]) {
+            char cmd[160];
+            snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dirs[i]);
+            if (system(cmd) != 0) { /* best effort */ }
+            dirs[i][0] = 0;
+        }
+    }
+}
+
+int raw_connect(const char *sock)
+{
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof(a.sun_path), "%s", sock);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int daemon_start(daemon_proc_t *d, const char *size, const char *const *extra)
+{
+    static unsigned counter;
+    memset(d, 0, sizeof(*d));
+    snprintf(d->dir, sizeof(d->dir), "/tmp/heapd-itest-XXXXXX");
+    if (!mkdtemp(d->dir))
+        return -1;
+    snprintf(d->sock, sizeof(d->sock), "%s/heapd.sock", d->dir);
+    snprintf(d->log, sizeof(d->log), "%s/heapd.log", d->dir);
+    /* a fresh base per daemon: 2 TiB apart, above the default */
+    d->base = HD_DEFAULT_BASE + (uint64_t)(++counter) * (2ull << 40);
+    char base[32];
+    snprintf(base, sizeof(base), "%#llx", (unsigned long long)d->base);
+
+    const char *argv[32] = {HEAPD_BIN, "--socket", d->sock, "--size", size, "--base", base, "--foreground"};
+    int argc = 8;
+    for (int i = 0; extra && extra[i] && argc < 30; i++)
+        argv[argc++] = extra[i];
+    argv[argc] = NULL;
+
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int lfd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (lfd >= 0) {
+            dup2(lfd, 1);
+            dup2(lfd, 2);
+        }
+        execv(HEAPD_BIN, (char *const *)argv);
+        _exit(127);
+    }
+    d->pid = pid;
+    if (ndaemons < MAX_DAEMONS) {
+        daemons[ndaemons] = pid;
+        snprintf(dirs[ndaemons], sizeof(dirs[0]), "%s", d->dir);
+        ndaemons++;
+    }
+    uint64_t t0 = now_ms();
+    while (now_ms() - t0 < 10000) {
+        int fd = raw_connect(d->sock);
+        if (fd >= 0) {
+            close(fd);
+            return 0;
+        }
+        if (waitpid(pid, NULL, WNOHANG) == pid) {
+            d->pid = 0;
+            fprintf(stderr, "heapd exited at start; log %s\n", d->log);
+            return -1;
+        }
+        usleep(10000);
+    }
+    fprintf(stderr, "heapd did not listen within 10 s; log %s\n", d->log);
+    return -1;
+}
+
+int daemon_stop(daemon_proc_t *d)
+{
+    if (d->pid <= 0)
+        return -1;
+    int st = -1;
+    kill(d->pid, SIGTERM);
+    uint64_t t0 = now_ms();
+    while (now_ms() - t0 < 5000) {
+        if (waitpid(d->pid, &st, WNOHANG) == d->pid)
+            goto done;
+        usleep(5000);
+    }
+    fprintf(stderr, "heapd ignored SIGTERM for 5 s; killing\n");
+    kill(d->pid, SIGKILL);
+    waitpid(d->pid, &st, 0);
+done:
+    for (unsigned i = 0; i < ndaemons; i++)
+        if (daemons[i] == d->pid)
+            daemons[i] = 0;
+    d->pid = 0;
+    return st;
+}
+
+int wait_child(pid_t pid, unsigned timeout_s)
+{
+    int st;
+    uint64_t t0 = now_ms();
+    while (now_ms() - t0 < (uint64_t)timeout_s * 1000) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        if (r < 0)
+            return -1;
+        usleep(2000);
+    }
+    fprintf(stderr, "child %d timed out after %u s\n", (int)pid, timeout_s);
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return 124;
+}
+
+int run_child(int (*fn)(void *), void *arg, unsigned timeout_s)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        alarm(timeout_s + 5);            /* belt and braces: never outlive the test */
+        int rc = fn(arg);
+        fflush(NULL);
+        _exit(rc);
+    }
+    return wait_child(pid, timeout_s);
+}
+
+ssize_t raw_call(int fd, const void *msg, size_t len, void *buf, size_t buflen, unsigned timeout_ms)
+{
+    if (msg && send(fd, msg, len, MSG_NOSIGNAL) != (ssize_t)len)
+        return -1;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, (int)timeout_ms) <= 0)
+        return -1;
+    return recv(fd, buf, buflen, 0);
+}
+
+int books_read(const char *sock, hd_header_t *out)
+{
+    int fd = raw_connect(sock);
+    if (fd < 0)
+        return -1;
+    Heapd__Hello hello = HEAPD__HELLO__INIT;
+    hello.version = HD_PROTO_VERSION;
+    hello.pid = getpid();
+    hello.name = "itest-books";
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.seq = 1;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_HELLO;
+    m.hello = &hello;
+    uint8_t buf[4096];
+    size_t n = heapd__client_msg__pack(&m, buf);
+    if (send(fd, buf, n, MSG_NOSIGNAL) != (ssize_t)n) {
+        close(fd);
+        return -1;
+    }
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 5000) <= 0) {
+        close(fd);
+        return -1;
+    }
+    char cbuf[CMSG_SPACE(2 * sizeof(int))];
+    struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+    ssize_t r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+    int fds[2] = {-1, -1}, rc = -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+            c->cmsg_len >= CMSG_LEN(2 * sizeof(int)))
+            memcpy(fds, CMSG_DATA(c), sizeof(fds));
+    if (r > 0 && fds[0] >= 0) {
+        void *hm = mmap(NULL, HD_HEADER_BYTES, PROT_READ, MAP_SHARED, fds[0], 0);
+        if (hm != MAP_FAILED) {
+            memcpy(out, hm, sizeof(*out));
+            munmap(hm, HD_HEADER_BYTES);
+            rc = 0;
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    close(fd);
+    return rc;
+}
+
+bool books_wait(const char *sock, hd_header_t *out, bool (*pred)(const hd_header_t *), unsigned timeout_ms)
+{
+    uint64_t t0 = now_ms();
+    bool ok = false;
+    do {
+        if (books_read(sock, out) == 0 && (ok = pred(out)))
+            break;
+        usleep(20000);
+    } while (now_ms() - t0 < timeout_ms);
+    return ok;
+}

@@ -1,0 +1,51 @@
+/* Integration-test harness: start and stop a real heapd, run test bodies in
+ * child processes, and observe the daemon's books from outside.
+ *
+ * Every daemon gets a unique socket under a fresh temp dir and a unique base
+ * address; every daemon and child a test starts is stopped, also when the
+ * test fails (harness_cleanup runs at exit and on fatal signals). */
+#ifndef HEAPD_ITEST_HARNESS_H
+#define HEAPD_ITEST_HARNESS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "segment.h"
+
+typedef struct daemon_proc {
+    pid_t pid;
+    char dir[128];
+    char sock[192];
+    char log[192];
+    uint64_t base;
+} daemon_proc_t;
+
+/* Start heapd with `--size size` plus extra arguments (NULL-terminated list,
+ * may be NULL). Waits until it accepts connections. Returns 0 or -1. */
+int daemon_start(daemon_proc_t *d, const char *size, const char *const *extra);
+/* SIGTERM, wait (5 s), then SIGKILL. Returns the daemon's exit status as
+ * waitpid reports it, or -1. */
+int daemon_stop(daemon_proc_t *d);
+
+/* Run fn(arg) in a child process with a time limit; returns its exit code,
+ * 128+signal if killed, or 124 on time-out. */
+int run_child(int (*fn)(void *), void *arg, unsigned timeout_s);
+/* Wait for a child with a time limit (kills it on time-out): like run_child. */
+int wait_child(pid_t pid, unsigned timeout_s);
+
+/* The daemon's books, read from the header of its meta memfd through a
+ * separate raw connection (Hello/Welcome, fds mapped read-only anywhere). */
+int books_read(const char *sock, hd_header_t *out);
+/* Poll the books until pred holds or timeout_ms passes; returns pred's last
+ * value and leaves the last books in *out. */
+bool books_wait(const char *sock, hd_header_t *out, bool (*pred)(const hd_header_t *), unsigned timeout_ms);
+
+/* A raw exchange for protocol tests: connect, send one packed ClientMsg,
+ * receive one packet into buf. Returns bytes received, 0 on EOF, -1 on error. */
+int raw_connect(const char *sock);
+ssize_t raw_call(int fd, const void *msg, size_t len, void *buf, size_t buflen, unsigned timeout_ms);
+
+void harness_cleanup(void);
+
+#endif
