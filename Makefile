@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test unit asan bench bench-pagealloc clean
+.PHONY: all deps build run demo test unit asan bench bench-pagealloc bench-alloc clean
 
 all: build
 
@@ -38,7 +38,11 @@ asan: deps
 bench-pagealloc: build
 	$(BUILD)/bench-pagealloc
 
-bench: bench-pagealloc
+bench-alloc: build
+	@scripts/install-deps.sh --bench
+	$(BUILD)/bench-alloc
+
+bench: bench-pagealloc bench-alloc
 
 clean:
 	rm -rf $(BUILD) $(ASAN) run

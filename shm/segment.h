@@ -20,6 +20,12 @@
  *    any process, atomically. See span.h.
  *  - heap pages: whoever holds the objects.
  *
+ * Mapping: meta PROT_READ, heap PROT_READ|PROT_WRITE, both MAP_SHARED |
+ * MAP_FIXED_NOREPLACE, and the heap also MAP_NORESERVE: with a hugetlb heap
+ * (heapd --hugetlb, or a hugetlbfs --backing file) a shared mapping without it
+ * tries to reserve huge pages for the whole sparse range and fails. The
+ * daemon commits (fallocate) everything it hands out, so nothing faults.
+ *
  * Span ids are the index of the span's first page; span_table[id] describes
  * it, and pagemap[p] = id + 1 for every page p of a live span (0: no span).
  */
@@ -56,9 +62,11 @@ typedef struct hd_span {
     uint32_t npages;            /* pages in the span */
     _Atomic uint8_t state;      /* enum hd_span_state (daemon stores with release) */
     uint8_t sizeclass;          /* 1..67, or 0 for a large span */
-    uint8_t needzero;           /* pages held data before: calloc must clear */
+    uint8_t needzero;           /* 1: free slots/pages may hold old data (pages reused
+                                   unpunched, or the span came back from a cache);
+                                   0: everything not allocated reads as zero */
     uint8_t _pad0;
-    uint32_t elemsize;          /* bytes per object; npages*8192 for large */
+    uint32_t elemsize;          /* bytes per object; npages*8192 for large (0 from 4 GiB: use npages) */
     uint32_t divmagic;          /* hd_class_to_divmagic[sizeclass]; 0 for large */
     uint16_t nelems;            /* objects in the span; 1 for large */
     uint16_t _pad1;

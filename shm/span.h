@@ -103,6 +103,26 @@ static inline enum hd_free_result hd_tiny_free(hd_slot_t *sl, hd_tiny_t *t, unsi
     return nw == 0 ? hd_free_index(sl, b) : HD_FREE_OK;
 }
 
+/* Close block b: clear its open bit. If no object in it is live, the word
+ * resets and the block itself is freed (its free bit set; the next sweep
+ * folds it). The cache that opened the block calls this when it moves to
+ * another block or gives the span back; an open block always lies in a span
+ * its client caches, so the daemon closes every block still open in the
+ * class-2 spans it reclaims from a client that is gone. */
+static inline enum hd_free_result hd_tiny_close(hd_slot_t *sl, hd_tiny_t *t, unsigned b)
+{
+    uint32_t w = atomic_load_explicit(&t->block[b], memory_order_relaxed), nw;
+    do {
+        if (!(w & HD_TINY_OPEN))
+            return HD_FREE_OK;                       /* not open: nothing to do */
+        nw = w & ~HD_TINY_OPEN;
+        if ((nw & 0xffffu) == 0)
+            nw = 0;
+    } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
+                                                    memory_order_relaxed));
+    return nw == 0 ? hd_free_index(sl, b) : HD_FREE_OK;
+}
+
 /* Usable bytes of the tiny object starting at byte j of block word w. */
 static inline unsigned hd_tiny_usable(uint32_t w, unsigned j)
 {

@@ -40,9 +40,13 @@ void harness_cleanup(void)
             daemons[i] = 0;
         }
         if (dirs[i][0]) {
-            char cmd[160];
-            snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dirs[i]);
-            if (system(cmd) != 0) { /* best effort */ }
+            static const char *files[] = {"heapd.sock", "heapd.log"};
+            char path[sizeof(dirs[0]) + 16];
+            for (unsigned k = 0; k < 2; k++) {
+                snprintf(path, sizeof(path), "%.127s/%.15s", dirs[i], files[k]);
+                unlink(path);
+            }
+            rmdir(dirs[i]);
             dirs[i][0] = 0;
         }
     }

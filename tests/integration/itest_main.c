@@ -314,8 +314,8 @@ static void run_workload(bool plain, uint64_t iters)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
-static void test_workload_uring(void) { run_workload(false, 6000); }
-static void test_workload_plain(void) { run_workload(true, 3000); }
+static void test_workload_uring(void) { run_workload(false, 40000); }
+static void test_workload_plain(void) { run_workload(true, 20000); }
 
 /* ---- exhaustion -------------------------------------------------------------------- */
 

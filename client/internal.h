@@ -1,0 +1,167 @@
+/* internal.h: what libheapd's files share with one another (and with the
+ * unit tests), never with users. Declarations are grouped by the file that
+ * defines them. Every name here is hidden from the shared library's ABI.
+ *
+ * Locks, in the only order they may be taken:
+ *   1. tp_lock (transport.c): the connection, the pending async batches, the
+ *      client state (attach/detach/fork), every RPC.
+ *   2. mc_reg_lock (mcache.c): the list of live thread caches.
+ * The fast paths (small/tiny allocation from the thread's cache, every free)
+ * take no lock. */
+#ifndef HEAPD_CLIENT_INTERNAL_H
+#define HEAPD_CLIENT_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "segment.h"
+#include "span.h"
+
+#define HD_HIDDEN __attribute__((visibility("hidden")))
+#define hd_likely(x) __builtin_expect(!!(x), 1)
+#define hd_unlikely(x) __builtin_expect(!!(x), 0)
+
+/* ---- attach.c: the process's client state -------------------------------- */
+
+enum hdc_state {
+    HDC_DETACHED = 0, /* no mapping, no connection */
+    HDC_ATTACHED,     /* mapped and connected */
+    HDC_FORKED,       /* a fork child: mapped, not yet connected (reconnects lazily) */
+    HDC_DEAD,         /* mapped, the daemon is gone: slow paths fail with EPIPE */
+};
+
+/* The segment view; all zero while detached, so every pointer misses it.
+ * Written under tp_lock by attach/detach only; read without lock by the fast
+ * paths (detach requires that no other thread uses the heap). */
+extern HD_HIDDEN hd_seg_t hdc_seg;
+extern HD_HIDDEN _Atomic int hdc_state;     /* enum hdc_state */
+extern HD_HIDDEN uint32_t hdc_client_id;    /* the daemon's id for us (tp_lock) */
+/* Bumped when every cache must forget its spans without releasing them:
+ * detach, and in a fork child (the spans belong to the parent). */
+extern HD_HIDDEN _Atomic uint64_t hdc_epoch;
+
+/* tp_lock held. In HDC_FORKED state: connect as a new client and check the
+ * daemon still serves the segment we have mapped. 0, or -1 with errno (the
+ * state becomes HDC_DEAD when the daemon is gone or serves another segment). */
+HD_HIDDEN int hdc_reconnect_locked(void);
+
+/* Register the fork and exit hooks (once per process). */
+HD_HIDDEN void hdc_hooks_init(void);
+
+/* malloc.c: the one-line report of a bad free (any thread; never allocates). */
+HD_HIDDEN void hdc_report_bad_free(const void *p, const char *why);
+
+/* ---- transport.c: the connection to the daemon ---------------------------- */
+
+HD_HIDDEN void tp_lock(void);
+HD_HIDDEN void tp_unlock(void);
+/* Reinitialize the lock in a fork child (held by prepare). */
+HD_HIDDEN void tp_lock_reinit(void);
+
+typedef struct tp_welcome {
+    uint32_t version, client_id;
+    uint64_t map_base, heap_size, meta_size;
+} tp_welcome_t;
+
+/* tp_lock held. Connect to path, say Hello, and read the Welcome and its two
+ * fds (meta, heap) into w and fds. On success the connection is the
+ * process's connection (io_uring set up unless disabled). -1 with errno:
+ * ENOENT/ECONNREFUSED (no daemon), EPROTONOSUPPORT (message printed), EPROTO
+ * (a malformed answer), or what the daemon's Error said. */
+HD_HIDDEN int tp_connect_locked(const char *path, tp_welcome_t *w, int fds[2]);
+/* tp_lock held. graceful: send the pending async messages first. Otherwise
+ * (fork child) close the inherited socket and io_uring without sending
+ * anything and drop the pending batches: they are the parent's. */
+HD_HIDDEN void tp_close_locked(bool graceful);
+
+/* Synchronous calls; each takes tp_lock, sends the pending async batches
+ * first and reconnects a fork child. -1 with errno on failure (EPIPE when the
+ * daemon is gone, ENOTCONN when detached, ENOMEM/EINVAL from the daemon). */
+/* Up to count spans of sizeclass, CACHED by us; the ids go to ids[]. Returns
+ * how many (>= 1). */
+HD_HIDDEN int tp_refill(unsigned sizeclass, unsigned count, uint32_t *ids);
+/* A LARGE span of at least pages pages; its id goes to *id. */
+HD_HIDDEN int tp_alloc_large(uint64_t pages, uint64_t align_pages, bool zero, uint32_t *id);
+
+/* Asynchronous messages: queued, sent in batches (see transport.c). */
+HD_HIDDEN void tp_release(const uint32_t *ids, unsigned n);
+/* Queue a FreeLarge. -1 if the same span is already queued (a double free). */
+HD_HIDDEN int tp_free_large(uint32_t id, uint32_t gen, uint32_t npages);
+/* Send the pending batches now. 0, or -1 with errno. */
+HD_HIDDEN int tp_flush(void);
+HD_HIDDEN int tp_flush_locked(void);
+
+/* Bumped for every Flush the daemon sends: caches compare it with the value
+ * they saw last and give back their spans at their next slow path. */
+extern HD_HIDDEN _Atomic uint64_t tp_flush_gen;
+HD_HIDDEN const char *tp_name(void);
+
+/* A stand-in for the daemon, for the unit tests: when installed, the
+ * synchronous calls and the batched async messages go to these functions
+ * (called with tp_lock held) instead of a socket. */
+typedef struct tp_backend {
+    int (*refill)(void *ctx, unsigned sizeclass, unsigned count, uint32_t *ids); /* n or -errno */
+    int (*alloc_large)(void *ctx, uint64_t pages, uint64_t align_pages, bool zero, uint32_t *id);
+    void (*release)(void *ctx, const uint32_t *ids, unsigned n);
+    void (*free_large)(void *ctx, const uint32_t *ids, const uint32_t *gens, unsigned n);
+    void *ctx;
+} tp_backend_t;
+/* Install (be != NULL) or remove the stand-in, with seg as the segment view
+ * and client_id as our id: the client state becomes HDC_ATTACHED, or
+ * HDC_DETACHED on removal (caches are dropped either way). */
+HD_HIDDEN void hdc_test_install(const tp_backend_t *be, const hd_seg_t *seg, uint32_t client_id);
+
+/* ---- mcache.c: the thread caches ------------------------------------------ */
+
+/* The span a class allocates from: Go's mspan fields that matter here. An
+ * empty one (no span) has alloc_cache 0 and nelems 0, so the fast path fails
+ * and the slow path takes over. */
+typedef struct mc_span {
+    uint64_t alloc_cache;   /* ~alloc_bits, shifted so bit 0 is object freeindex */
+    uintptr_t base;         /* address of object 0 */
+    uint32_t freeindex;     /* objects below it were allocated or skipped */
+    uint32_t nelems;        /* objects in the span */
+    uint32_t elemsize;      /* bytes per object */
+    uint32_t id;            /* span id, HD_NO_SPAN when empty */
+    hd_slot_t *slot;        /* the span's alloc/free bitmaps */
+    bool fresh;             /* no slot we may still hand out was ever used (calloc) */
+} mc_span_t;
+
+/* Index of the next free object of s, marking nothing; nelems when s is
+ * exhausted (Go's nextFreeFast + nextFreeIndex over the allocCache window). */
+HD_HIDDEN unsigned mc_span_next(mc_span_t *s);
+/* Point s at span id of seg (after a sweep: freeindex 0, cache refilled);
+ * fresh when the span's needzero is 0 and the sweep folded no free. */
+HD_HIDDEN void mc_span_load(mc_span_t *s, const hd_seg_t *seg, uint32_t id);
+/* Restart s at object 0 (after a sweep). */
+HD_HIDDEN void mc_span_rewind(mc_span_t *s);
+
+/* The batch rule: spans to ask for in one Refill of class c when the class
+ * runs dry for the n-th time in a row (n >= 1); see mcache.c. */
+HD_HIDDEN unsigned mc_batch_max(unsigned c);
+HD_HIDDEN unsigned mc_batch_for(unsigned c, unsigned nth);
+/* How many full spans class c keeps for remote frees before releasing. */
+HD_HIDDEN unsigned mc_keep_full(unsigned c);
+/* The smallest class >= size whose objects are align-aligned (elemsize a
+ * multiple of align); 0 when none is (the request must be large). */
+HD_HIDDEN unsigned mc_aligned_class(size_t size, size_t align);
+
+/* Allocation entry points (malloc.c calls them). */
+HD_HIDDEN void *mc_alloc_small(size_t size, bool zero);       /* 0 < size <= 32768 */
+HD_HIDDEN void *mc_alloc_tiny(size_t size, size_t align, bool zero); /* size < 16, align <= 16 */
+HD_HIDDEN void *mc_alloc_class(unsigned c, size_t size, bool zero); /* class c >= 3 or 2 (whole block) */
+HD_HIDDEN void *mc_alloc_large(size_t size, size_t align, bool zero);
+
+/* The calling thread's cache: give its spans back (async Release), close its
+ * tiny block. Keeps the cache. */
+HD_HIDDEN void mc_release_current(void);
+/* Every cache forgets its spans without giving them back (detach after the
+ * connection closed; fork child). The caller holds tp_lock. */
+HD_HIDDEN void mc_forget_all_locked(bool fork_child);
+HD_HIDDEN void mc_reg_lock(void);
+HD_HIDDEN void mc_reg_unlock(void);
+HD_HIDDEN void mc_reg_lock_reinit(void);
+
+#endif

@@ -1,0 +1,200 @@
+/* malloc.c: the public allocation API over the thread caches (mcache.c) and
+ * the free path.
+ *
+ * Owns: the choice of path for each request (tiny < 16 B, small <= 32 KiB,
+ * large above, aligned variants), realloc's keep-or-move rule, heapd_free's
+ * error handling and the bad-free counter.
+ *
+ * Free (any thread of any process, lock-free): hd_free() (span.h) finds the
+ * span through the pagemap, checks that p is a live object's start and sets
+ * its free bit atomically (tiny objects: clears their start bit; the block is
+ * freed with the last one). Large objects are freed by an async, batched
+ * FreeLarge carrying the span's gen, so a late free of a reused span is
+ * refused by the daemon. Nothing on this path writes anything but the one
+ * bit (or block word) of the object being freed: an invalid free is
+ * reported and changes nothing.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "heapd.h"
+#include "internal.h"
+
+static _Atomic uint64_t hdc_bad;
+
+void hdc_report_bad_free(const void *p, const char *why)
+{
+    atomic_fetch_add_explicit(&hdc_bad, 1, memory_order_relaxed);
+    char buf[160];
+    int n = snprintf(buf, sizeof buf, "heapd: free(%p): %s\n", p, why);
+    if (n > 0)
+        (void)!write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    const char *a = getenv("HEAPD_ABORT_ON_ERROR");
+    if (a && strcmp(a, "1") == 0)
+        abort();
+}
+
+uint64_t heapd_bad_frees(void) { return atomic_load_explicit(&hdc_bad, memory_order_relaxed); }
+
+/* Go's tiny alignment: by the size's low bits. */
+static inline size_t tiny_align(size_t n)
+{
+    return (n & 7) == 0 ? 8 : (n & 3) == 0 ? 4 : (n & 1) == 0 ? 2 : 1;
+}
+
+static void *alloc_any(size_t n, bool zero)
+{
+    if (n < HD_TINY_SIZE) {
+        if (n == 0)
+            n = 1;                   /* a unique object, freeable like any other */
+        return mc_alloc_tiny(n, tiny_align(n), zero);
+    }
+    if (n <= HD_MAX_SMALL_SIZE)
+        return mc_alloc_small(n, zero);
+    return mc_alloc_large(n, 0, zero);
+}
+
+void *heapd_malloc(size_t size) { return alloc_any(size, false); }
+
+void *heapd_calloc(size_t nmemb, size_t size)
+{
+    size_t n;
+    if (__builtin_mul_overflow(nmemb, size, &n)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return alloc_any(n, true);
+}
+
+void *heapd_aligned_alloc(size_t align, size_t size)
+{
+    if (align == 0 || (align & (align - 1))) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (size == 0)
+        size = 1;
+    if (size < HD_TINY_SIZE && align <= HD_TINY_SIZE) {
+        size_t a = tiny_align(size);
+        return mc_alloc_tiny(size, a > align ? a : align, false);
+    }
+    if (size <= HD_MAX_SMALL_SIZE && align <= HD_PAGE_SIZE) {
+        unsigned c = mc_aligned_class(size, align);
+        if (c)                       /* always found: the 32 KiB class is page aligned */
+            return mc_alloc_class(c, size, false);
+    }
+    return mc_alloc_large(size, align, false);
+}
+
+void heapd_free(void *p)
+{
+    if (!p)
+        return;
+    uint32_t id;
+    enum hd_free_result r = hd_free(&hdc_seg, p, &id);
+    if (hd_likely(r == HD_FREE_OK))
+        return;
+    switch (r) {
+    case HD_FREE_LARGE: {
+        const hd_span_t *sp = &hdc_seg.spans[id];
+        if (tp_free_large(id, sp->gen, sp->npages) < 0)
+            hdc_report_bad_free(p, "double free (large object)");
+        return;
+    }
+    case HD_FREE_NOT_HEAP:
+        hdc_report_bad_free(p, "invalid pointer (not in the heap)");
+        return;
+    case HD_FREE_NOT_START:
+        hdc_report_bad_free(p, "not an object start");
+        return;
+    case HD_FREE_NOT_LIVE:
+        hdc_report_bad_free(p, "object not allocated (double free or invalid pointer)");
+        return;
+    case HD_FREE_DOUBLE:
+        hdc_report_bad_free(p, "double free");
+        return;
+    default:
+        return;
+    }
+}
+
+size_t heapd_usable_size(const void *p)
+{
+    const hd_seg_t *s = &hdc_seg;
+    uint32_t id = hd_span_of(s, p);
+    if (id == HD_NO_SPAN)
+        return 0;
+    hd_span_t *sp = &s->spans[id];
+    uint8_t st = atomic_load_explicit(&sp->state, memory_order_acquire);
+    uintptr_t off = (uintptr_t)p - hd_page_addr(s, id);
+    if (st == HD_SPAN_LARGE)
+        return off == 0 ? (size_t)sp->npages * HD_PAGE_SIZE : 0;
+    if (st != HD_SPAN_CACHED && st != HD_SPAN_CENTRAL)
+        return 0;
+    if (sp->sizeclass == HD_TINY_SIZE_CLASS) {
+        uint32_t w = atomic_load_explicit(&s->tiny[id].block[off / HD_TINY_SIZE], memory_order_acquire);
+        unsigned j = (unsigned)(off % HD_TINY_SIZE);
+        return (w >> j & 1) ? hd_tiny_usable(w, j) : 0;
+    }
+    unsigned i = hd_obj_index(sp->divmagic, off);
+    if (i >= sp->nelems || (uintptr_t)i * sp->elemsize != off ||
+        !hd_bit_get(s->slots[id].alloc_bits, i))
+        return 0;
+    return sp->elemsize;
+}
+
+void *heapd_realloc(void *p, size_t size)
+{
+    if (!p)
+        return heapd_malloc(size);
+    size_t old = heapd_usable_size(p);
+    if (old == 0) {
+        hdc_report_bad_free(p, "realloc of a pointer that is not a live object");
+        errno = EINVAL;
+        return NULL;
+    }
+    if (size != 0 && size <= old && size >= old / 2)
+        return p;                    /* fits, and not wasting more than half */
+    void *q = heapd_malloc(size);    /* size 0: a unique minimal object */
+    if (!q)
+        return NULL;
+    if (size)
+        memcpy(q, p, old < size ? old : size);
+    heapd_free(p);
+    return q;
+}
+
+uint64_t heapd_ptr_to_offset(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    if (!hdc_seg.npages || a < hdc_seg.pages || a - hdc_seg.pages >= hdc_seg.npages * HD_PAGE_SIZE)
+        return UINT64_MAX;
+    return hd_offset_of(&hdc_seg, p);
+}
+
+void *heapd_offset_to_ptr(uint64_t off)
+{
+    if (off >= hdc_seg.npages * HD_PAGE_SIZE)
+        return NULL;
+    return (void *)(hdc_seg.pages + off);
+}
+
+int heapd_flush(void)
+{
+    if (atomic_load(&hdc_state) == HDC_DETACHED) {
+        errno = ENOTCONN;
+        return -1;
+    }
+    mc_release_current();
+    if (tp_flush() < 0)
+        return -1;
+    if (atomic_load(&hdc_state) == HDC_DEAD) {
+        errno = EPIPE;               /* nothing was pending, but nothing could be sent */
+        return -1;
+    }
+    return 0;
+}

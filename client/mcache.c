@@ -1,0 +1,578 @@
+/* mcache.c: the per-thread span cache (Go's mcache) and everything that
+ * allocates: small objects from cached spans, tiny objects packed into 16 B
+ * blocks, large objects by RPC.
+ *
+ * Owns: one hd_mcache_t per thread (mmap'd on first use, never malloc'd;
+ * found through a TLS pointer, registered in a list so detach and fork can
+ * reach every cache, and flushed by a pthread key destructor at thread exit).
+ * Only its thread touches a cache, so nothing in it is locked.
+ *
+ * Small allocation, per size class (Go's mallocgc small path):
+ *   cur span: freeindex + allocCache (64 bits of ~alloc_bits starting at
+ *   freeindex); nextFreeFast is a ctz; the owner then sets the object's
+ *   alloc bit (span.h), so the segment always knows what is live.
+ *   When cur is exhausted:
+ *     1. sweep it (fold the free bits that local and remote frees set);
+ *        room → rewind and go on;
+ *     2. else it joins the class's full spans, kept for their remote frees;
+ *        take a span from the stash (the rest of the last refill batch);
+ *     3. else sweep the kept full spans, oldest first, and take the first
+ *        with room;
+ *     4. else Refill a batch (below).
+ *   Bound: a class keeps at most mc_keep_full(c) = clamp(64 KiB / span
+ *   bytes, 1, 8) full spans (8 one-page spans, 2 of 32 KiB, 1 of 80 KiB);
+ *   when another one joins, the oldest is released (async Release). Full
+ *   spans are worth keeping a little while only: their room comes from
+ *   remote frees, and the daemon finds those as well once it has them.
+ *
+ * The batch rule. A refill costs one round trip (microseconds); a span holds
+ * from 1 (32 KiB class) to 1024 (8 B class) objects. The largest batch for
+ * class c is
+ *     mc_batch_max(c) = clamp(min(ceil(256 objects / objects per span),
+ *                                 256 KiB / span bytes), 1, 32)
+ * so a hot class gets >= 256 objects per round trip when that costs at most
+ * 256 KiB, and otherwise 256 KiB of spans (e.g. 8 objects of 32 KiB, 3 spans
+ * of 80 KiB). Cold classes should not pin 256 KiB per thread, so batches grow
+ * with demand (tcmalloc's slow start): the n-th refill of a class in a row
+ * asks for min(2^(n-1), mc_batch_max(c)) spans; a flush (thread exit, daemon
+ * Flush, heapd_flush) starts the class over at 1.
+ *
+ * Tiny objects (Go's mallocgcTiny, with explicit free): sizes 1..15 pack into
+ * the cache's open 16 B block, a class-2 object whose block word
+ * (segment.h) records each object's start and end; the open bit keeps the
+ * block allocated while we pack into it. Alignment by size as in Go (size%8
+ * == 0 → 8, %4 → 4, %2 → 2), or what aligned_alloc asks for, up to 16. A new
+ * block replaces the open one when it has more room left, as in Go; closing
+ * a block clears the open bit and frees the block if nothing in it is live.
+ * Invariant: an open block lies in a span this cache holds, so a span is
+ * never released while its block is open, and a dead client's open blocks
+ * are all in spans the daemon reclaims. A 16 B request takes a whole block
+ * (start bit 0, never open).
+ *
+ * Zeroing (calloc), as Go does it: a span the daemon hands out with
+ * needzero == 0 has never been cached before and reads as zero wherever no
+ * object is allocated (segment.h: the daemon sets needzero when a span comes
+ * back from a cache). Such a span is "fresh" in the cache until one of our
+ * sweeps folds a free, because until then every slot we hand out has never
+ * been used; calloc clears an object only when its span is not fresh. Tiny
+ * objects are always cleared (a few bytes). Large objects are cleared when
+ * their span's needzero is set.
+ *
+ * Stale caches: detach and the fork child reset every cache directly
+ * (mc_forget_all_locked); hdc_epoch makes any cache that escaped that forget
+ * its spans at its next slow path. A Flush from the daemon bumps tp_flush_gen;
+ * a cache that sees a new value at a slow path gives its spans back.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+
+#define MC_BATCH_CAP 32u                /* spans per refill, at most (<= HD_MAX_BATCH) */
+#define MC_REFILL_OBJS 256u
+#define MC_REFILL_BYTES (256u << 10)
+#define MC_KEEP_BYTES (64u << 10)      /* full spans a class may keep, in bytes... */
+#define MC_KEEP_CAP 8u                  /* ...and in spans */
+#define MC_MAX_REFILLS 4                /* refills per slow path before giving up */
+_Static_assert(MC_BATCH_CAP <= HD_MAX_BATCH, "a batch fits one message");
+
+typedef struct mc_class {
+    mc_span_t cur;                      /* the span allocations come from */
+    uint32_t stash[MC_BATCH_CAP];       /* refilled spans not used yet (a stack) */
+    uint32_t full[MC_KEEP_CAP];         /* spans full at their last sweep, oldest first */
+    uint8_t nstash, nfull;
+    uint8_t streak;                     /* refills in a row since the last flush */
+} mc_class_t;
+
+typedef struct hd_mcache {
+    mc_class_t cls[HD_NUM_SIZE_CLASSES];
+    /* the open tiny block (tiny == 0: none) */
+    uintptr_t tiny;                     /* its address */
+    unsigned tiny_off;                  /* bytes of it used */
+    _Atomic uint32_t *tiny_word;        /* its block word */
+    hd_slot_t *tiny_slot;               /* its span's bitmaps */
+    uint32_t tiny_span, tiny_block;     /* its span id and block index */
+    uint64_t epoch;                     /* hdc_epoch when the cache last checked */
+    uint64_t flush_gen;                 /* tp_flush_gen when the cache last checked */
+    struct hd_mcache *next, *prev;      /* the registry (mc_reg_mu) */
+} hd_mcache_t;
+
+static __thread hd_mcache_t *mc_tls __attribute__((tls_model("initial-exec")));
+static pthread_mutex_t mc_reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static hd_mcache_t *mc_reg;             /* every live cache (mc_reg_mu) */
+static pthread_key_t mc_key;
+static pthread_once_t mc_key_once = PTHREAD_ONCE_INIT;
+
+void mc_reg_lock(void) { pthread_mutex_lock(&mc_reg_mu); }
+void mc_reg_unlock(void) { pthread_mutex_unlock(&mc_reg_mu); }
+void mc_reg_lock_reinit(void) { pthread_mutex_init(&mc_reg_mu, NULL); }
+
+/* ---- rules ------------------------------------------------------------------ */
+
+unsigned mc_batch_max(unsigned c)
+{
+    unsigned nobj = hd_class_to_nobjs[c];
+    size_t by_objs = (MC_REFILL_OBJS + nobj - 1) / nobj;
+    size_t by_bytes = MC_REFILL_BYTES / hd_span_bytes(c);
+    size_t n = by_objs < by_bytes ? by_objs : by_bytes;
+    return n < 1 ? 1 : n > MC_BATCH_CAP ? MC_BATCH_CAP : (unsigned)n;
+}
+
+unsigned mc_batch_for(unsigned c, unsigned nth)
+{
+    unsigned max = mc_batch_max(c);
+    if (nth == 0)
+        nth = 1;
+    return nth > 6 || (1u << (nth - 1)) >= max ? max : 1u << (nth - 1);
+}
+
+unsigned mc_keep_full(unsigned c)
+{
+    size_t n = MC_KEEP_BYTES / hd_span_bytes(c);
+    return n < 1 ? 1 : n > MC_KEEP_CAP ? MC_KEEP_CAP : (unsigned)n;
+}
+
+unsigned mc_aligned_class(size_t size, size_t align)
+{
+    if (size > HD_MAX_SMALL_SIZE)
+        return 0;
+    for (unsigned c = hd_size_to_class(size ? size : 1); c < HD_NUM_SIZE_CLASSES; c++)
+        if (hd_class_to_size[c] % align == 0)
+            return c;
+    return 0;
+}
+
+/* ---- one span: freeindex and allocCache (Go's mbitmap.go) ---------------------- */
+
+static inline uint64_t mc_cache_word(const mc_span_t *s, unsigned w)
+{
+    return ~atomic_load_explicit(&s->slot->alloc_bits[w], memory_order_relaxed);
+}
+
+void mc_span_rewind(mc_span_t *s)
+{
+    s->freeindex = 0;
+    s->alloc_cache = s->nelems ? mc_cache_word(s, 0) : 0;
+}
+
+static void mc_span_clear(mc_span_t *s)
+{
+    *s = (mc_span_t){.id = HD_NO_SPAN};
+}
+
+void mc_span_load(mc_span_t *s, const hd_seg_t *seg, uint32_t id)
+{
+    const hd_span_t *sp = &seg->spans[id];
+    s->id = id;
+    s->base = hd_page_addr(seg, id);
+    s->nelems = sp->nelems;
+    s->elemsize = sp->elemsize;
+    s->slot = hd_slot_of(seg, id);
+    unsigned nfreed;
+    hd_span_sweep(s->slot, s->nelems, &nfreed);
+    s->fresh = sp->needzero == 0 && nfreed == 0;
+    mc_span_rewind(s);
+}
+
+unsigned mc_span_next(mc_span_t *s)
+{
+    for (;;) {
+        if (s->alloc_cache) {
+            unsigned b = (unsigned)__builtin_ctzll(s->alloc_cache);
+            unsigned r = s->freeindex + b;
+            if (r >= s->nelems)
+                break;               /* only the tail past nelems was free */
+            s->alloc_cache = (s->alloc_cache >> b) >> 1;   /* b+1 may be 64 */
+            s->freeindex = r + 1;
+            if (s->freeindex % 64 == 0 && s->freeindex < s->nelems)
+                s->alloc_cache = mc_cache_word(s, s->freeindex / 64);
+            return r;
+        }
+        unsigned f = (s->freeindex + 64) & ~63u;   /* the next window */
+        if (f >= s->nelems)
+            break;
+        s->freeindex = f;
+        s->alloc_cache = mc_cache_word(s, f / 64);
+    }
+    s->freeindex = s->nelems;
+    s->alloc_cache = 0;
+    return s->nelems;
+}
+
+/* Object i of s is ours now. */
+static inline void *mc_take(mc_span_t *s, unsigned i)
+{
+    hd_alloc_bit_set(s->slot, i);
+    return (void *)(s->base + (uintptr_t)i * s->elemsize);
+}
+
+/* nextFreeFast: within the current 64-object window only. */
+static inline void *mc_fast(mc_span_t *s)
+{
+    uint64_t c = s->alloc_cache;
+    if (hd_likely(c)) {
+        unsigned b = (unsigned)__builtin_ctzll(c);
+        unsigned r = s->freeindex + b;
+        if (hd_likely(r < s->nelems && (r + 1) % 64 != 0)) {
+            s->alloc_cache = (c >> b) >> 1;
+            s->freeindex = r + 1;
+            return mc_take(s, r);
+        }
+    }
+    return NULL;
+}
+
+/* ---- the cache's life ------------------------------------------------------------ */
+
+static void mc_thread_exit(void *arg);
+
+static void mc_key_init(void) { pthread_key_create(&mc_key, mc_thread_exit); }
+
+static void mc_reset(hd_mcache_t *mc)
+{
+    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
+        mc_class_t *k = &mc->cls[c];
+        mc_span_clear(&k->cur);
+        k->nstash = k->nfull = k->streak = 0;
+    }
+    mc->tiny = 0;
+    mc->tiny_off = 0;
+    mc->tiny_word = NULL;
+}
+
+/* The calling thread's cache, made on first use. NULL with errno when not
+ * attached (no cache is made for nothing). */
+static hd_mcache_t *mc_get(void)
+{
+    hd_mcache_t *mc = mc_tls;
+    if (hd_likely(mc != NULL))
+        return mc;
+    if (atomic_load(&hdc_state) == HDC_DETACHED) {
+        errno = ENOTCONN;
+        return NULL;
+    }
+    pthread_once(&mc_key_once, mc_key_init);
+    mc = mmap(NULL, sizeof *mc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mc == MAP_FAILED) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    mc_reset(mc);
+    mc->epoch = atomic_load(&hdc_epoch);
+    mc->flush_gen = atomic_load(&tp_flush_gen);
+    mc_reg_lock();
+    mc->prev = NULL;
+    mc->next = mc_reg;
+    if (mc_reg)
+        mc_reg->prev = mc;
+    mc_reg = mc;
+    mc_reg_unlock();
+    mc_tls = mc;
+    pthread_setspecific(mc_key, mc);
+    return mc;
+}
+
+/* Close the open tiny block: clear the open bit; if no object in it is live,
+ * the block word resets and the block itself is freed (our sweep folds it). */
+static void mc_tiny_close(hd_mcache_t *mc)
+{
+    if (!mc->tiny)
+        return;
+    hd_tiny_close(mc->tiny_slot, hd_tiny_of(&hdc_seg, mc->tiny_span), mc->tiny_block);
+    mc->tiny = 0;
+    mc->tiny_off = 0;
+    mc->tiny_word = NULL;
+}
+
+/* Ids to release, gathered so a flush takes tp_lock once per batch. */
+typedef struct mc_relbuf {
+    uint32_t ids[HD_MAX_BATCH];
+    unsigned n;
+} mc_relbuf_t;
+
+static void mc_rel_add(hd_mcache_t *mc, mc_relbuf_t *rb, uint32_t id)
+{
+    if (mc->tiny && mc->tiny_span == id)
+        mc_tiny_close(mc);           /* never release a span under an open block */
+    rb->ids[rb->n++] = id;
+    if (rb->n == HD_MAX_BATCH) {
+        tp_release(rb->ids, rb->n);
+        rb->n = 0;
+    }
+}
+
+/* Give every span back (async Release) and close the tiny block. */
+static void mc_release(hd_mcache_t *mc)
+{
+    mc_relbuf_t rb = {.n = 0};
+    mc_tiny_close(mc);
+    for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
+        mc_class_t *k = &mc->cls[c];
+        if (k->cur.id != HD_NO_SPAN)
+            mc_rel_add(mc, &rb, k->cur.id);
+        for (unsigned i = 0; i < k->nstash; i++)
+            mc_rel_add(mc, &rb, k->stash[i]);
+        for (unsigned i = 0; i < k->nfull; i++)
+            mc_rel_add(mc, &rb, k->full[i]);
+    }
+    if (rb.n)
+        tp_release(rb.ids, rb.n);
+    mc_reset(mc);
+}
+
+void mc_release_current(void)
+{
+    hd_mcache_t *mc = mc_tls;
+    if (mc && mc->epoch == atomic_load(&hdc_epoch))
+        mc_release(mc);
+}
+
+static void mc_unregister(hd_mcache_t *mc)
+{
+    if (mc->prev)
+        mc->prev->next = mc->next;
+    else
+        mc_reg = mc->next;
+    if (mc->next)
+        mc->next->prev = mc->prev;
+}
+
+void mc_forget_all_locked(bool fork_child)
+{
+    mc_reg_lock();
+    for (hd_mcache_t *mc = mc_reg, *next; mc; mc = next) {
+        next = mc->next;
+        if (fork_child && mc != mc_tls) {
+            mc_unregister(mc);       /* its thread does not exist in the child */
+            munmap(mc, sizeof *mc);
+        } else {
+            mc_reset(mc);            /* spans are not ours to release (any more) */
+        }
+    }
+    mc_reg_unlock();
+}
+
+static void mc_thread_exit(void *arg)
+{
+    hd_mcache_t *mc = arg;
+    if (mc->epoch == atomic_load(&hdc_epoch) && atomic_load(&hdc_state) != HDC_DETACHED) {
+        mc_release(mc);
+        tp_flush();
+    }
+    mc_reg_lock();
+    mc_unregister(mc);
+    mc_reg_unlock();
+    if (mc_tls == mc)
+        mc_tls = NULL;
+    munmap(mc, sizeof *mc);
+}
+
+/* At a slow path: forget spans of another epoch; give spans back when the
+ * daemon asked for a flush. */
+static void mc_check_stale(hd_mcache_t *mc)
+{
+    uint64_t e = atomic_load(&hdc_epoch);
+    if (hd_unlikely(mc->epoch != e)) {
+        mc_reset(mc);
+        mc->epoch = e;
+        mc->flush_gen = atomic_load(&tp_flush_gen);
+        return;
+    }
+    uint64_t g = atomic_load(&tp_flush_gen);
+    if (hd_unlikely(mc->flush_gen != g)) {
+        mc->flush_gen = g;
+        mc_release(mc);
+    }
+}
+
+/* ---- the small slow path ------------------------------------------------------------ */
+
+/* Is id a span the daemon just made ours, of class c? (It is trusted, but a
+ * wrong span here would corrupt someone else's objects.) */
+static bool mc_span_ok(uint32_t id, unsigned c)
+{
+    if (id >= hdc_seg.npages)
+        return false;
+    hd_span_t *sp = &hdc_seg.spans[id];
+    return atomic_load_explicit(&sp->state, memory_order_acquire) == HD_SPAN_CACHED &&
+           sp->owner == hdc_client_id && sp->sizeclass == c &&
+           sp->nelems == hd_class_to_nobjs[c] && sp->elemsize == hd_class_to_size[c] &&
+           sp->npages == hd_class_to_npages[c] && id + (uint64_t)sp->npages <= hdc_seg.npages;
+}
+
+static void mc_push_full(hd_mcache_t *mc, unsigned c, uint32_t id)
+{
+    mc_class_t *k = &mc->cls[c];
+    if (k->nfull >= mc_keep_full(c)) {
+        mc_relbuf_t rb = {.n = 0};
+        mc_rel_add(mc, &rb, k->full[0]);
+        tp_release(rb.ids, rb.n);
+        memmove(&k->full[0], &k->full[1], (k->nfull - 1u) * sizeof k->full[0]);
+        k->nfull--;
+    }
+    k->full[k->nfull++] = id;
+}
+
+/* Step 3: the oldest kept full span that has room again becomes cur. */
+static bool mc_reuse_full(mc_class_t *k)
+{
+    for (unsigned i = 0; i < k->nfull; i++) {
+        uint32_t id = k->full[i];
+        hd_slot_t *sl = hd_slot_of(&hdc_seg, id);
+        unsigned nelems = hdc_seg.spans[id].nelems;
+        if (hd_span_sweep(sl, nelems, NULL) < nelems) {
+            memmove(&k->full[i], &k->full[i + 1], (k->nfull - i - 1u) * sizeof k->full[0]);
+            k->nfull--;
+            mc_span_load(&k->cur, &hdc_seg, id);
+            k->cur.fresh = false;    /* it had room again: slots were freed */
+            return true;
+        }
+    }
+    return false;
+}
+
+static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
+{
+    mc_check_stale(mc);
+    mc_class_t *k = &mc->cls[c];
+    int refills = 0;
+    for (;;) {
+        mc_span_t *s = &k->cur;
+        if (s->id != HD_NO_SPAN) {
+            unsigned i = mc_span_next(s);
+            if (i < s->nelems)
+                return mc_take(s, i);
+            if (hd_span_sweep(s->slot, s->nelems, NULL) < s->nelems) {   /* step 1 */
+                s->fresh = false;    /* room means frees: used slots come round again */
+                mc_span_rewind(s);
+                continue;
+            }
+            mc_push_full(mc, c, s->id);                                   /* step 2 */
+            mc_span_clear(s);
+        }
+        if (k->nstash) {
+            mc_span_load(s, &hdc_seg, k->stash[--k->nstash]);
+            continue;
+        }
+        if (mc_reuse_full(k))                                             /* step 3 */
+            continue;
+        if (refills++ == MC_MAX_REFILLS) {                                /* step 4 */
+            errno = ENOMEM;          /* the daemon keeps handing out full spans */
+            return NULL;
+        }
+        uint32_t ids[MC_BATCH_CAP];
+        if (k->streak < 255)
+            k->streak++;
+        int n = tp_refill(c, mc_batch_for(c, k->streak), ids);
+        if (n < 0)
+            return NULL;
+        unsigned good = 0;
+        for (int j = n - 1; j >= 0; j--)      /* stash in reverse: ids[0] is used first */
+            if (mc_span_ok(ids[j], c))
+                k->stash[k->nstash++] = ids[j], good++;
+        if (!good) {
+            errno = EPROTO;
+            return NULL;
+        }
+    }
+}
+
+void *mc_alloc_class(unsigned c, size_t size, bool zero)
+{
+    hd_mcache_t *mc = mc_get();
+    if (hd_unlikely(!mc))
+        return NULL;
+    mc_span_t *s = &mc->cls[c].cur;
+    void *p = mc_fast(s);
+    if (hd_unlikely(!p) && !(p = mc_class_slow(mc, c)))
+        return NULL;
+    if (c == HD_TINY_SIZE_CLASS) {
+        /* a whole block: one object at byte 0, ending at size-1 */
+        unsigned b = (unsigned)(((uintptr_t)p - s->base) / HD_TINY_SIZE);
+        uint32_t w = 1u | (size < HD_TINY_SIZE ? 1u << (16 + size - 1) : 0);
+        atomic_store_explicit(&hdc_seg.tiny[s->id].block[b], w, memory_order_release);
+    }
+    if (zero && !s->fresh)
+        memset(p, 0, size);
+    return p;
+}
+
+void *mc_alloc_small(size_t size, bool zero)
+{
+    return mc_alloc_class(hd_size_to_class(size), size, zero);
+}
+
+/* ---- tiny ------------------------------------------------------------------------------ */
+
+void *mc_alloc_tiny(size_t size, size_t align, bool zero)
+{
+    hd_mcache_t *mc = mc_get();
+    if (hd_unlikely(!mc))
+        return NULL;
+    unsigned off = (mc->tiny_off + (unsigned)align - 1) & ~((unsigned)align - 1);
+    unsigned end = off + (unsigned)size - 1;
+    void *p;
+    if (hd_likely(mc->tiny && end < HD_TINY_SIZE)) {
+        uint32_t bits = 1u << off | (end < 15 ? 1u << (16 + end) : 0);
+        atomic_fetch_or_explicit(mc->tiny_word, bits, memory_order_release);
+        mc->tiny_off = end + 1;
+        p = (void *)(mc->tiny + off);
+    } else {
+        /* a new block (this may flush the cache, closing the open block) */
+        mc_span_t *s = &mc->cls[HD_TINY_SIZE_CLASS].cur;
+        p = mc_fast(s);
+        if (!p && !(p = mc_class_slow(mc, HD_TINY_SIZE_CLASS)))
+            return NULL;
+        unsigned b = (unsigned)(((uintptr_t)p - s->base) / HD_TINY_SIZE);
+        _Atomic uint32_t *word = &hdc_seg.tiny[s->id].block[b];
+        uint32_t w = 1u | (size < 16 ? 1u << (16 + size - 1) : 0);
+        if (!mc->tiny || size < mc->tiny_off) {   /* more room left than the open one */
+            mc_tiny_close(mc);
+            w |= HD_TINY_OPEN;
+            mc->tiny = (uintptr_t)p;
+            mc->tiny_off = (unsigned)size;
+            mc->tiny_word = word;
+            mc->tiny_slot = s->slot;
+            mc->tiny_span = s->id;
+            mc->tiny_block = b;
+        }
+        atomic_store_explicit(word, w, memory_order_release);
+    }
+    if (zero)
+        memset(p, 0, size);
+    return p;
+}
+
+/* ---- large ----------------------------------------------------------------------------- */
+
+void *mc_alloc_large(size_t size, size_t align, bool zero)
+{
+    int st = atomic_load(&hdc_state);
+    if (st == HDC_DETACHED) {
+        errno = ENOTCONN;
+        return NULL;
+    }
+    uint64_t pages = size / HD_PAGE_SIZE + (size % HD_PAGE_SIZE != 0);
+    if (pages > hdc_seg.npages) {
+        errno = ENOMEM;              /* cannot fit, whatever the daemon has */
+        return NULL;
+    }
+    uint64_t align_pages = align > HD_PAGE_SIZE ? align / HD_PAGE_SIZE : 0;
+    uint32_t id;
+    if (tp_alloc_large(pages, align_pages, zero, &id) < 0)
+        return NULL;
+    hd_span_t *sp = id < hdc_seg.npages ? &hdc_seg.spans[id] : NULL;
+    uintptr_t p = sp ? hd_page_addr(&hdc_seg, id) : 0;
+    if (!sp || atomic_load_explicit(&sp->state, memory_order_acquire) != HD_SPAN_LARGE ||
+        sp->npages < pages || id + (uint64_t)sp->npages > hdc_seg.npages ||
+        (align && p % align)) {
+        errno = EPROTO;
+        return NULL;
+    }
+    if (zero && sp->needzero)
+        memset((void *)p, 0, size);
+    return (void *)p;
+}

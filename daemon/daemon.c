@@ -1,0 +1,117 @@
+/* daemon.c: daemon_t set-up, the libuv loop, timers, signals, logging.
+ * See daemon.h. */
+#define _GNU_SOURCE
+#include "daemon.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "client.h"
+
+void daemon_log(daemon_t *d, const char *fmt, ...)
+{
+    if (d->quiet)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "heapd: %s\n", line);
+}
+
+int daemon_init(daemon_t *d, const daemon_opts_t *o, char *err, size_t errlen)
+{
+    d->quiet = o->quiet;
+    d->uid = geteuid();
+    d->listen_fd = -1;
+    d->next_client_id = 1;
+    seg_opts_t so = {.base = o->base, .size = o->size, .backing = o->backing, .hugetlb = o->hugetlb};
+    int r = seg_create(&d->seg, &so, err, errlen);
+    if (r < 0)
+        return r;
+    if ((r = mheap_init(&d->heap, &d->seg)) < 0) {
+        snprintf(err, errlen, "cannot set up the page allocator for %llu pages: %s",
+                 (unsigned long long)d->seg.npages, strerror(-r));
+        seg_destroy(&d->seg);
+        return r;
+    }
+    mcentral_init(&d->central, &d->heap);
+    return 0;
+}
+
+void daemon_destroy(daemon_t *d)
+{
+    mheap_destroy(&d->heap);
+    seg_destroy(&d->seg);
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    daemon_t *d = t->data;
+    mcentral_bg_sweep(&d->central, DAEMON_SWEEP_BUDGET);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    daemon_t *d = s->data;
+    if (signum == SIGHUP) {
+        daemon_log(d, "SIGHUP: nothing to reload yet");
+        return;
+    }
+    daemon_log(d, "%s: shutting down", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    daemon_stop(d);
+}
+
+void daemon_stop(daemon_t *d)
+{
+    if (d->stopping || !d->loop)
+        return;
+    d->stopping = true;
+    client_shutdown(d);
+    uv_timer_stop(&d->sweep_timer);
+    uv_close((uv_handle_t *)&d->sweep_timer, NULL);
+    for (int i = 0; i < 3; i++) {
+        uv_signal_stop(&d->sigs[i]);
+        uv_close((uv_handle_t *)&d->sigs[i], NULL);
+    }
+}
+
+int daemon_run(daemon_t *d)
+{
+    uv_loop_t loop;
+    int r = uv_loop_init(&loop);
+    if (r < 0)
+        return r;
+    d->loop = &loop;
+    signal(SIGPIPE, SIG_IGN);   /* a client that vanishes mid-send is an error return, not a death */
+    if ((r = client_start(d)) < 0) {
+        daemon_log(d, "cannot poll the listening socket: %s", uv_strerror(r));
+        client_shutdown(d);             /* closes what client_start opened, unlinks the socket */
+        uv_run(&loop, UV_RUN_DEFAULT);  /* let the close callbacks run */
+        uv_loop_close(&loop);
+        d->loop = NULL;
+        return r;
+    }
+    uv_timer_init(&loop, &d->sweep_timer);
+    d->sweep_timer.data = d;
+    uv_timer_start(&d->sweep_timer, on_sweep, DAEMON_SWEEP_MS, DAEMON_SWEEP_MS);
+    const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        uv_signal_init(&loop, &d->sigs[i]);
+        d->sigs[i].data = d;
+        uv_signal_start(&d->sigs[i], on_signal, signums[i]);
+    }
+
+    uv_run(&loop, UV_RUN_DEFAULT);      /* returns once daemon_stop closed every handle */
+
+    r = uv_loop_close(&loop);
+    if (r < 0)      /* a handle left open: a bug, but the shutdown itself is done */
+        daemon_log(d, "loop close: %s", uv_strerror(r));
+    d->loop = NULL;
+    return 0;
+}

@@ -1,0 +1,85 @@
+/* daemon: the heapd process's state and its event loop.
+ *
+ * Owns the one daemon_t: the segment, the mheap and mcentral built on it, the
+ * connected clients (client.c), the listening socket, and the libuv loop with
+ * its timers and signal handlers. One loop thread touches all of it, so nothing
+ * here has a lock (Redis's ae.c model: callbacks run to completion).
+ *
+ * Life: daemon_init (segment, heap) -> client_listen (socket; before any
+ * fork, so clients can connect as soon as the parent reports success) ->
+ * daemon_run (loop: accept, RPC, background sweep every 100 ms) -> SIGTERM or
+ * SIGINT -> daemon_stop (stop accepting, close clients, unlink the socket,
+ * close every handle) -> daemon_run returns -> daemon_destroy.
+ *
+ * The unit tests use daemon_init/daemon_destroy without a loop (loop == NULL)
+ * and drive rpc_handle directly.
+ */
+#ifndef HEAPD_DAEMON_DAEMON_H
+#define HEAPD_DAEMON_DAEMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "mcentral.h"
+#include "mheap.h"
+#include "segment.h"
+
+#define DAEMON_SWEEP_MS      100u   /* background sweep period */
+#define DAEMON_SWEEP_BUDGET  1024u  /* spans swept per tick: a few hundred microseconds at most */
+
+struct client;
+
+typedef struct daemon_opts {
+    uint64_t size;              /* heap bytes (page multiple) */
+    uint64_t base;              /* mapping address (2 MiB aligned) */
+    const char *backing;        /* heap file, or NULL */
+    bool hugetlb;
+    bool quiet;                 /* no log lines on stderr */
+} daemon_opts_t;
+
+typedef struct daemon {
+    seg_t seg;
+    mheap_t heap;
+    mcentral_t central;
+    bool quiet;
+    uid_t uid;                  /* peers must have this uid, or be root */
+
+    /* clients (client.c) */
+    struct client *clients;     /* doubly linked, newest first */
+    uint32_t next_client_id;    /* ids start at 1 and are never reused */
+
+    /* listening socket (client.c) */
+    int listen_fd;
+    char sock_path[108];
+    dev_t sock_dev;             /* identity of the socket file we created, so */
+    ino_t sock_ino;             /* shutdown never unlinks someone else's */
+
+    /* the loop (NULL outside daemon_run) */
+    uv_loop_t *loop;
+    uv_poll_t listen_poll;
+    bool listen_polling;
+    uv_timer_t accept_timer;    /* resumes accepting after EMFILE */
+    uv_timer_t sweep_timer;
+    uv_signal_t sigs[3];
+    bool stopping;
+
+    uint8_t rxbuf[HD_MAX_MSG];  /* one packet being handled */
+    uint8_t txbuf[HD_MAX_MSG];  /* its reply */
+} daemon_t;
+
+/* Create the segment and the heap on it. 0, or -errno with a message in err. */
+int daemon_init(daemon_t *d, const daemon_opts_t *o, char *err, size_t errlen);
+/* Free everything daemon_init made (clients must be closed). */
+void daemon_destroy(daemon_t *d);
+/* Run the loop until SIGTERM/SIGINT (needs client_listen first). Returns 0 on
+ * a clean shutdown, or -errno if the loop could not start. */
+int daemon_run(daemon_t *d);
+/* Begin a graceful shutdown; daemon_run returns once every handle is closed. */
+void daemon_stop(daemon_t *d);
+/* One log line "heapd: ..." on stderr, unless quiet. */
+void daemon_log(daemon_t *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,228 @@
+/* heapd: the daemon's command line.
+ *
+ *   heapd --socket PATH --size SIZE [--base ADDR] [--backing PATH | --hugetlb]
+ *         [--foreground] [--quiet]
+ *
+ * Owns argument checking and process set-up only; daemon.c runs the loop.
+ * Exit codes: 0 clean shutdown (SIGTERM/SIGINT) or --help/--version; 2 a bad
+ * flag or value (one line "heapd: <what is wrong>" on stderr); 1 the daemon
+ * could not start (address in use, backing file, socket).
+ *
+ * The socket listens before we fork, so when the parent says "started" a
+ * client can connect at once.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "daemon.h"
+
+#ifndef HEAPD_VERSION
+#define HEAPD_VERSION "0.1.0"
+#endif
+#define DEFAULT_SIZE (16ull << 30)
+#define MIN_SIZE     (8ull << 20)
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: heapd [--socket PATH] [--size SIZE] [--base ADDR] [--backing PATH | --hugetlb]\n"
+            "             [--foreground] [--quiet]\n"
+            "  --socket PATH   listen here (default: $HEAPD_SOCKET, $XDG_RUNTIME_DIR/heapd.sock,\n"
+            "                  or /tmp/heapd-UID/heapd.sock)\n"
+            "  --size SIZE     heap size, like GOMEMLIMIT: 512MiB, 64GiB, bytes (default 16GiB, min 8MiB)\n"
+            "  --base ADDR     address every process maps the heap at, 2 MiB aligned (default 0x%llx)\n"
+            "  --backing PATH  keep the heap in this file (e.g. on hugetlbfs or DAX) instead of a memfd\n"
+            "  --hugetlb       back the heap with huge pages (MFD_HUGETLB)\n"
+            "  --foreground    do not daemonize; log to stderr\n"
+            "  --quiet         no log lines\n"
+            "  --help, --version\n",
+            (unsigned long long)HD_DEFAULT_BASE);
+}
+
+static void die_usage(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "heapd: ");
+    fprintf(stderr, fmt, arg);
+    fputc('\n', stderr);
+    exit(2);
+}
+
+/* "16GiB" when the size is a whole number of some unit, else bytes. */
+static const char *fmt_size(uint64_t v, char *buf, size_t len)
+{
+    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    unsigned u = 0;
+    while (u < 4 && v && v % 1024 == 0) {
+        v /= 1024;
+        u++;
+    }
+    snprintf(buf, len, "%llu%s", (unsigned long long)v, units[u]);
+    return buf;
+}
+
+static int parse_addr(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    int b = (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) ? 16 : 10;
+    if (!*s || *s == '-' || *s == '+')
+        return -1;
+    unsigned long long v = strtoull(s, &end, b);
+    if (errno || *end || end == s + (b == 16 ? 2 : 0))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_SOCKET = 1, O_SIZE, O_BASE, O_BACKING, O_HUGETLB, O_FG, O_QUIET, O_HELP, O_VERSION };
+    static const struct option opts[] = {
+        {"socket", required_argument, 0, O_SOCKET},   {"size", required_argument, 0, O_SIZE},
+        {"base", required_argument, 0, O_BASE},       {"backing", required_argument, 0, O_BACKING},
+        {"hugetlb", no_argument, 0, O_HUGETLB},       {"foreground", no_argument, 0, O_FG},
+        {"quiet", no_argument, 0, O_QUIET},           {"help", no_argument, 0, O_HELP},
+        {"version", no_argument, 0, O_VERSION},       {0, 0, 0, 0},
+    };
+    const char *sock = NULL, *size_arg = NULL, *backing = NULL;
+    uint64_t base = HD_DEFAULT_BASE, size = DEFAULT_SIZE;
+    bool hugetlb = false, fg = false, quiet = false;
+    char sizebuf[32], defsock[PATH_MAX];
+
+    opterr = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (o) {
+        case O_SOCKET:
+            sock = optarg;
+            break;
+        case O_SIZE:
+            size_arg = optarg;
+            if (hd_parse_size(optarg, &size) < 0)
+                die_usage("bad --size '%s': give bytes or a size like 512MiB or 64GiB", optarg);
+            break;
+        case O_BASE:
+            if (parse_addr(optarg, &base) < 0)
+                die_usage("bad --base '%s': give an address in hex (0x...) or decimal", optarg);
+            if (base == 0 || base % HD_SEG_ALIGN)
+                die_usage("bad --base '%s': it must be a nonzero multiple of 2 MiB (0x200000)", optarg);
+            break;
+        case O_BACKING:
+            if (!*optarg)
+                die_usage("bad --backing '%s': give a file path", optarg);
+            backing = optarg;
+            break;
+        case O_HUGETLB:
+            hugetlb = true;
+            break;
+        case O_FG:
+            fg = true;
+            break;
+        case O_QUIET:
+            quiet = true;
+            break;
+        case 'h':
+        case O_HELP:
+            usage(stdout);
+            return 0;
+        case O_VERSION:
+            printf("heapd %s (protocol %u, layout %u)\n", HEAPD_VERSION, HD_PROTO_VERSION, HD_LAYOUT_VERSION);
+            return 0;
+        case ':':
+            die_usage("%s needs a value", argv[optind - 1]);
+            break;
+        default:
+            die_usage("unknown option %s (see --help)", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        die_usage("unexpected argument '%s' (see --help)", argv[optind]);
+    if (backing && hugetlb)
+        die_usage("%s", "--backing and --hugetlb exclude each other (put the file on hugetlbfs instead)");
+    if (size < MIN_SIZE)
+        die_usage("--size %s is too small: the heap needs at least 8MiB", size_arg);
+    if (size / HD_PAGE_SIZE > HD_MAX_NPAGES)
+        die_usage("--size %s is too large: at most 16TiB", size_arg);
+    uint64_t grain = hugetlb ? HD_SEG_ALIGN : HD_PAGE_SIZE;
+    if (size % grain) {
+        size -= size % grain;
+        if (!quiet)
+            fprintf(stderr, "heapd: --size %s rounded down to %s (a multiple of %s)\n", size_arg,
+                    fmt_size(size, sizebuf, sizeof(sizebuf)), hugetlb ? "2 MiB huge pages" : "8 KiB pages");
+    }
+    if (!sock) {
+        if (hd_default_socket(defsock, sizeof(defsock)) < 0)
+            die_usage("%s", "the default socket path is too long; give --socket");
+        sock = defsock;
+    }
+    /* An absolute path: the daemon leaves its working directory, and must
+     * still find the socket to unlink it. */
+    char abspath[PATH_MAX];
+    if (sock[0] != '/') {
+        char cwd[PATH_MAX];
+        if (!getcwd(cwd, sizeof(cwd)) || snprintf(abspath, sizeof(abspath), "%s/%s", cwd, sock) >= (int)sizeof(abspath))
+            die_usage("cannot make socket path '%s' absolute", sock);
+        sock = abspath;
+    }
+    if (strlen(sock) >= sizeof(((daemon_t *)0)->sock_path))
+        die_usage("socket path too long (at most 107 bytes): %s", sock);
+
+    daemon_t *d = calloc(1, sizeof(*d));
+    if (!d) {
+        fprintf(stderr, "heapd: out of memory\n");
+        return 1;
+    }
+    char err[512];
+    daemon_opts_t dopt = {.size = size, .base = base, .backing = backing, .hugetlb = hugetlb, .quiet = quiet};
+    if (daemon_init(d, &dopt, err, sizeof(err)) < 0) {
+        fprintf(stderr, "heapd: %s\n", err);
+        return 1;
+    }
+    if (client_listen(d, sock, err, sizeof(err)) < 0) {
+        fprintf(stderr, "heapd: %s\n", err);
+        daemon_destroy(d);
+        return 1;
+    }
+    daemon_log(d, "listening on %s (heap %s at 0x%llx)", sock, fmt_size(size, sizebuf, sizeof(sizebuf)),
+               (unsigned long long)base);
+
+    if (!fg) {
+        fflush(stdout);
+        fflush(stderr);
+        pid_t pid = fork();
+        if (pid < 0) {
+            fprintf(stderr, "heapd: fork: %s\n", strerror(errno));
+            unlink(sock);
+            return 1;
+        }
+        if (pid > 0) {
+            printf("heapd: started, pid %d\n", (int)pid);
+            fflush(stdout);
+            _exit(0);       /* the child owns the socket and the segment now */
+        }
+        setsid();
+        if (chdir("/") < 0) { /* keep going: the cwd only pins a mount */ }
+        int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (nul >= 0) {
+            dup2(nul, 0);
+            dup2(nul, 1);
+            dup2(nul, 2);
+            if (nul > 2)
+                close(nul);
+        }
+        d->quiet = true;    /* stderr is /dev/null */
+    }
+
+    int r = daemon_run(d);     /* on failure it has closed and unlinked the socket */
+    daemon_destroy(d);
+    free(d);
+    return r < 0 ? 1 : 0;
+}

@@ -1,0 +1,323 @@
+/* mheap.c: spans over the page allocator; the only writer of the span table and
+ * the pagemap. See mheap.h for the life of a span and the invariants. */
+#define _GNU_SOURCE
+#include "mheap.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "span.h"
+
+int mheap_init(mheap_t *h, seg_t *seg)
+{
+    memset(h, 0, sizeof(*h));
+    h->seg = seg;
+    h->v = &seg->view;
+    h->hdr = seg->hdr;
+    int r = pa_init(&h->pa, seg->npages);
+    if (r < 0)
+        return r;
+    h->priv_len = (size_t)seg->npages * sizeof(span_priv_t);
+    void *m = mmap(NULL, h->priv_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) {
+        pa_destroy(&h->pa);
+        return -ENOMEM;
+    }
+    h->priv = m;
+    return 0;
+}
+
+void mheap_destroy(mheap_t *h)
+{
+    if (h->priv)
+        munmap(h->priv, h->priv_len);
+    pa_destroy(&h->pa);
+    memset(h, 0, sizeof(*h));
+}
+
+/* Give pages back to the page allocator. When some of them may lack backing
+ * (they were scavenged when allocated), punch the whole run and mark it
+ * scavenged, so the next allocation commits it again and may trust it is zero.
+ * If the punch fails we cannot know which pages are zero: needzero goes on for
+ * good (punch_broken) rather than risk handing out dirty "fresh" memory. */
+static void return_pages(mheap_t *h, uint64_t base, uint64_t n, bool maybe_uncommitted)
+{
+    if (n == 0)
+        return;
+    pa_free(&h->pa, base, n);
+    if (maybe_uncommitted) {
+        if (seg_decommit_pages(h->seg, base, n) < 0)
+            h->punch_broken = true;
+        pa_mark_scavenged(&h->pa, base, n);
+    }
+}
+
+/* Backing for everything a client may touch in a new span. */
+static int commit_span(mheap_t *h, uint64_t id, uint64_t npages, unsigned sizeclass, bool pages)
+{
+    hd_header_t *hdr = h->hdr;
+    int r;
+    if (pages && (r = seg_commit_pages(h->seg, id, npages)) < 0)
+        return r;
+    if ((r = seg_commit_meta(h->seg, hdr->span_off + id * sizeof(hd_span_t), sizeof(hd_span_t))) < 0)
+        return r;
+    if ((r = seg_commit_meta(h->seg, hdr->pagemap_off + id * sizeof(uint32_t), npages * sizeof(uint32_t))) < 0)
+        return r;
+    if (sizeclass != 0 &&
+        (r = seg_commit_aux(h->seg, hdr->slots_off + id * sizeof(hd_slot_t), sizeof(hd_slot_t))) < 0)
+        return r;
+    if (sizeclass == HD_TINY_SIZE_CLASS &&
+        (r = seg_commit_aux(h->seg, hdr->tiny_off + id * sizeof(hd_tiny_t), sizeof(hd_tiny_t))) < 0)
+        return r;
+    return 0;
+}
+
+int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32_t owner, uint64_t align_pages)
+{
+    if (sizeclass >= HD_NUM_SIZE_CLASSES || npages == 0)
+        return -EINVAL;
+    if (sizeclass != 0 && npages != hd_class_to_npages[sizeclass])
+        return -EINVAL;
+    if (align_pages > 1 && (align_pages & (align_pages - 1)))
+        return -EINVAL;
+    if (npages > h->pa.npages || align_pages > h->pa.npages)
+        return -ENOMEM;
+    uint64_t align = align_pages > 1 ? align_pages : 1;
+    uint64_t want = npages + align - 1;     /* room to slide to an aligned start */
+    if (want > h->pa.npages)
+        return -ENOMEM;
+
+    uint64_t scav, base = pa_alloc(&h->pa, want, &scav);
+    if (base == PA_FAIL) {
+        pa_grow(&h->pa, want > MHEAP_GROW_PAGES ? want : MHEAP_GROW_PAGES);
+        atomic_store_explicit(&h->hdr->pages_grown, h->pa.grown, memory_order_relaxed);
+        base = pa_alloc(&h->pa, want, &scav);
+        if (base == PA_FAIL) {
+            mheap_publish(h);
+            return -ENOMEM;
+        }
+    }
+
+    /* Slide to the aligned start (addresses, not page indices: the pages start
+     * 2 MiB aligned, but alignments above that depend on the base) and give the
+     * head and tail back. */
+    uint64_t id = base;
+    if (align > 1) {
+        uint64_t abytes = align * HD_PAGE_SIZE;
+        uint64_t addr = hd_page_addr(h->v, base);
+        id = base + (hd_align_up(addr, abytes) - addr) / HD_PAGE_SIZE;
+        return_pages(h, base, id - base, scav > 0);
+        return_pages(h, id + npages, base + want - (id + npages), scav > 0);
+    }
+
+    if (commit_span(h, id, npages, sizeclass, scav > 0) < 0) {
+        return_pages(h, id, npages, scav > 0);
+        mheap_publish(h);
+        return -ENOMEM;     /* whatever the cause, the client sees "no memory" */
+    }
+
+    hd_span_t *sp = &h->v->spans[id];
+    if (sizeclass != 0) {
+        memset(hd_slot_of(h->v, (uint32_t)id), 0, sizeof(hd_slot_t));
+        if (sizeclass == HD_TINY_SIZE_CLASS)
+            memset(hd_tiny_of(h->v, (uint32_t)id), 0, sizeof(hd_tiny_t));
+        sp->elemsize = hd_class_to_size[sizeclass];
+        sp->divmagic = hd_class_to_divmagic[sizeclass];
+        sp->nelems = hd_class_to_nobjs[sizeclass];
+    } else {
+        /* elemsize is 32 bits: spans of 4 GiB and more say 0 (use npages). */
+        uint64_t bytes = npages * HD_PAGE_SIZE;
+        sp->elemsize = bytes <= UINT32_MAX ? (uint32_t)bytes : 0;
+        sp->divmagic = 0;
+        sp->nelems = 1;
+    }
+    sp->npages = (uint32_t)npages;
+    sp->sizeclass = (uint8_t)sizeclass;
+    sp->needzero = (scav < want || h->punch_broken) ? 1 : 0;   /* all fresh pages read as zero */
+    sp->owner = owner;
+    sp->gen++;
+    span_priv_t *pv = &h->priv[id];
+    pv->next = pv->prev = HD_NO_SPAN;
+    pv->live = 0;
+    pv->list = SL_NONE;
+    for (uint64_t p = id; p < id + npages; p++)
+        __atomic_store_n(&h->v->pagemap[p], (uint32_t)id + 1, __ATOMIC_RELEASE);
+    uint8_t st = sizeclass ? HD_SPAN_CACHED : HD_SPAN_LARGE;
+    atomic_store_explicit(&sp->state, st, memory_order_release);   /* publication */
+
+    hd_header_t *hdr = h->hdr;
+    mheap_book_add(&hdr->spans_inuse, 1);
+    mheap_book_add(st == HD_SPAN_CACHED ? &hdr->spans_cached : &hdr->spans_large, 1);
+    mheap_book_add(&hdr->pages_inuse, (int64_t)npages);
+    mheap_publish(h);
+    return (int64_t)id;
+}
+
+/* The header book counting spans in state st (NULL for FREE). */
+static _Atomic uint64_t *state_book(hd_header_t *hdr, uint8_t st)
+{
+    switch (st) {
+    case HD_SPAN_CENTRAL: return &hdr->spans_central;
+    case HD_SPAN_CACHED:  return &hdr->spans_cached;
+    case HD_SPAN_LARGE:   return &hdr->spans_large;
+    default:              return NULL;
+    }
+}
+
+int mheap_free_span(mheap_t *h, uint32_t id)
+{
+    if (id >= h->v->npages)
+        return -EINVAL;
+    hd_span_t *sp = &h->v->spans[id];
+    uint8_t st = mheap_state(h, id);
+    if (st == HD_SPAN_FREE || h->v->pagemap[id] != id + 1 || h->priv[id].list != SL_NONE)
+        return -EINVAL;
+    uint64_t n = sp->npages;
+    atomic_store_explicit(&sp->state, HD_SPAN_FREE, memory_order_release);
+    for (uint64_t p = id; p < id + n; p++)
+        __atomic_store_n(&h->v->pagemap[p], 0, __ATOMIC_RELEASE);
+    int r = pa_free(&h->pa, id, n);
+
+    hd_header_t *hdr = h->hdr;
+    mheap_book_add(&hdr->spans_inuse, -1);
+    mheap_book_add(state_book(hdr, st), -1);
+    mheap_book_add(&hdr->pages_inuse, -(int64_t)n);
+    mheap_publish(h);
+    return r;
+}
+
+void mheap_set_state(mheap_t *h, uint32_t id, enum hd_span_state st, uint32_t owner)
+{
+    hd_span_t *sp = &h->v->spans[id];
+    uint8_t old = mheap_state(h, id);
+    if (old == st && sp->owner == owner)
+        return;
+    sp->owner = owner;
+    atomic_store_explicit(&sp->state, (uint8_t)st, memory_order_release);
+    if (old != st) {
+        _Atomic uint64_t *a = state_book(h->hdr, old), *b = state_book(h->hdr, (uint8_t)st);
+        if (a)
+            mheap_book_add(a, -1);
+        if (b)
+            mheap_book_add(b, 1);
+    }
+}
+
+/* ---- span lists ------------------------------------------------------------------ */
+
+void spanlist_init(spanlist_t *l)
+{
+    l->head = l->tail = HD_NO_SPAN;
+    l->n = 0;
+}
+
+void spanlist_push(mheap_t *h, spanlist_t *l, uint32_t id, enum span_list kind)
+{
+    span_priv_t *p = &h->priv[id];
+    p->list = (uint8_t)kind;
+    p->next = HD_NO_SPAN;
+    p->prev = l->tail;
+    if (l->tail != HD_NO_SPAN)
+        h->priv[l->tail].next = id;
+    else
+        l->head = id;
+    l->tail = id;
+    l->n++;
+}
+
+void spanlist_remove(mheap_t *h, spanlist_t *l, uint32_t id)
+{
+    span_priv_t *p = &h->priv[id];
+    if (p->prev != HD_NO_SPAN)
+        h->priv[p->prev].next = p->next;
+    else
+        l->head = p->next;
+    if (p->next != HD_NO_SPAN)
+        h->priv[p->next].prev = p->prev;
+    else
+        l->tail = p->prev;
+    p->next = p->prev = HD_NO_SPAN;
+    p->list = SL_NONE;
+    l->n--;
+}
+
+uint32_t spanlist_pop(mheap_t *h, spanlist_t *l)
+{
+    uint32_t id = l->head;
+    if (id != HD_NO_SPAN)
+        spanlist_remove(h, l, id);
+    return id;
+}
+
+/* ---- checking ------------------------------------------------------------------------ */
+
+static bool bad(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static bool bad(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return false;
+}
+
+bool mheap_check(mheap_t *h, char *err, size_t errlen)
+{
+    if (!pa_check(&h->pa, err, errlen))
+        return false;
+    uint64_t nspans = 0, ncached = 0, ncentral = 0, nlarge = 0, pages = 0;
+    for (uint64_t p = 0; p < h->pa.grown;) {
+        hd_span_t *sp = &h->v->spans[p];
+        uint8_t st = mheap_state(h, (uint32_t)p);
+        if (st == HD_SPAN_FREE) {
+            if (h->v->pagemap[p] != 0)
+                return bad(err, errlen, "free page %llu has pagemap %u", (unsigned long long)p, h->v->pagemap[p]);
+            p++;
+            continue;
+        }
+        if (st > HD_SPAN_LARGE)
+            return bad(err, errlen, "span %llu: bad state %u", (unsigned long long)p, st);
+        if (sp->npages == 0 || p + sp->npages > h->pa.grown)
+            return bad(err, errlen, "span %llu: bad npages %u", (unsigned long long)p, sp->npages);
+        if ((st == HD_SPAN_LARGE) != (sp->sizeclass == 0))
+            return bad(err, errlen, "span %llu: state %u with class %u", (unsigned long long)p, st, sp->sizeclass);
+        for (uint64_t q = p; q < p + sp->npages; q++) {
+            if (h->v->pagemap[q] != p + 1)
+                return bad(err, errlen, "span %llu: pagemap[%llu] = %u", (unsigned long long)p,
+                           (unsigned long long)q, h->v->pagemap[q]);
+            uint64_t c = q / PA_CHUNK_PAGES;
+            if (!(h->pa.chunks[c].alloc[(q % PA_CHUNK_PAGES) / 64] >> (q % 64) & 1))
+                return bad(err, errlen, "span %llu: page %llu free in the page allocator", (unsigned long long)p,
+                           (unsigned long long)q);
+            if (q > p && mheap_state(h, (uint32_t)q) != HD_SPAN_FREE)
+                return bad(err, errlen, "span %llu: interior page %llu is not FREE", (unsigned long long)p,
+                           (unsigned long long)q);
+        }
+        nspans++;
+        pages += sp->npages;
+        ncached += st == HD_SPAN_CACHED;
+        ncentral += st == HD_SPAN_CENTRAL;
+        nlarge += st == HD_SPAN_LARGE;
+        p += sp->npages;
+    }
+    hd_header_t *hdr = h->hdr;
+    if (pages != h->pa.grown - h->pa.free_pages)
+        return bad(err, errlen, "pages in spans %llu != pages in use %llu", (unsigned long long)pages,
+                   (unsigned long long)(h->pa.grown - h->pa.free_pages));
+    if (hdr->spans_inuse != nspans || hdr->spans_cached != ncached || hdr->spans_central != ncentral ||
+        hdr->spans_large != nlarge || hdr->pages_inuse != pages || hdr->pages_grown != h->pa.grown)
+        return bad(err, errlen,
+                   "books (spans %llu cached %llu central %llu large %llu pages %llu grown %llu) != table "
+                   "(%llu %llu %llu %llu %llu %llu)",
+                   (unsigned long long)hdr->spans_inuse, (unsigned long long)hdr->spans_cached,
+                   (unsigned long long)hdr->spans_central, (unsigned long long)hdr->spans_large,
+                   (unsigned long long)hdr->pages_inuse, (unsigned long long)hdr->pages_grown,
+                   (unsigned long long)nspans, (unsigned long long)ncached, (unsigned long long)ncentral,
+                   (unsigned long long)nlarge, (unsigned long long)pages, (unsigned long long)h->pa.grown);
+    return true;
+}

@@ -1,0 +1,116 @@
+/* mheap: spans, the span table, the pagemap and the page allocator.
+ *
+ * Owns (daemon loop thread only, no locks):
+ *  - the page allocator over the segment's heap pages (pagealloc.h);
+ *  - every write to the span table and the pagemap in the meta memfd;
+ *  - the header books about spans and pages;
+ *  - a daemon-private record per span (list links, last-swept live count),
+ *    indexed by span id like the span table, in a MAP_NORESERVE mapping.
+ *
+ * A span's life (Go's mheap.allocSpan / freeSpan):
+ *   mheap_alloc_span: pages from pa_alloc (growing the heap by >= 128 MiB when
+ *     it fails), backing committed, slot (and tiny area) zeroed, span fields
+ *     written, pagemap[p] = id+1 for its pages, then state stored LAST with
+ *     release order: a client that sees the state sees everything else.
+ *   mheap_set_state: CACHED <-> CENTRAL (mcentral).
+ *   mheap_free_span: state FREE first (frees in flight stop at the state
+ *     check), then the pagemap is cleared and the pages go back.
+ *
+ * Invariants (mheap_check verifies them):
+ *  - spans[p].state != FREE  <=>  p is the first page of a live span;
+ *  - pagemap[q] == p+1 for every page q of the live span at p, 0 on free pages;
+ *  - spans[p].gen counts the spans ever created at page p, so (id, gen) names
+ *    one span for its whole life (FreeLarge refuses stale names);
+ *  - header books equal what the span table says; books_seq bumps after every
+ *    change;
+ *  - pages the page allocator calls scavenged may lack backing; everything a
+ *    client can reach (span pages, slot, tiny area, table entries) is committed.
+ */
+#ifndef HEAPD_DAEMON_MHEAP_H
+#define HEAPD_DAEMON_MHEAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pagealloc.h"
+#include "segment.h"
+
+#define MHEAP_GROW_PAGES 16384u   /* grow the page allocator by at least 128 MiB */
+
+/* Which kind of daemon list a span is on (span_priv_t.list). */
+enum span_list {
+    SL_NONE = 0,
+    SL_PARTIAL,     /* CENTRAL, has a free slot (mcentral) */
+    SL_FULL,        /* CENTRAL, no free slot as of its last sweep (mcentral) */
+    SL_CACHED,      /* CACHED, on its owner's list (client) */
+};
+
+/* Daemon-private per-span record, at the span's id. */
+typedef struct span_priv {
+    uint32_t next, prev;        /* list links, HD_NO_SPAN at the ends */
+    uint16_t live;              /* objects live as of the daemon's last sweep (CENTRAL) */
+    uint8_t list;               /* enum span_list */
+    uint8_t _pad;
+} span_priv_t;
+
+/* A doubly-linked list of spans through span_priv_t links. */
+typedef struct spanlist {
+    uint32_t head, tail;        /* HD_NO_SPAN when empty */
+    uint32_t n;
+} spanlist_t;
+
+typedef struct mheap {
+    seg_t *seg;
+    hd_seg_t *v;                /* &seg->view */
+    hd_header_t *hdr;
+    pagealloc_t pa;
+    span_priv_t *priv;          /* [npages], MAP_NORESERVE */
+    size_t priv_len;
+    bool punch_broken;          /* a hole punch failed: no page is known zero any more */
+} mheap_t;
+
+/* Set up over a created segment. 0 or -errno. */
+int mheap_init(mheap_t *h, seg_t *seg);
+void mheap_destroy(mheap_t *h);
+
+/* Allocate a span of npages pages. sizeclass 1..67 makes a small span (npages
+ * must be the class's), CACHED by owner; sizeclass 0 a large one, LARGE with
+ * owner the allocating client. align_pages 0/1: page aligned, else a power of
+ * two: the span's address is a multiple of align_pages*8192. Returns the span
+ * id, -ENOMEM (no room, or no backing store: nothing changed) or -EINVAL. */
+int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32_t owner, uint64_t align_pages);
+
+/* Free a live span (it must be on no list). 0 or -EINVAL (not a live span). */
+int mheap_free_span(mheap_t *h, uint32_t id);
+
+/* Move a live small span to CENTRAL (owner 0) or CACHED (owner = client id),
+ * keeping the books; the owner is written before the state. */
+void mheap_set_state(mheap_t *h, uint32_t id, enum hd_span_state st, uint32_t owner);
+
+/* Bump books_seq: call after a batch of book updates is complete. */
+static inline void mheap_publish(mheap_t *h)
+{
+    atomic_fetch_add_explicit(&h->hdr->books_seq, 1, memory_order_release);
+}
+static inline void mheap_book_add(_Atomic uint64_t *b, int64_t d)
+{
+    atomic_fetch_add_explicit(b, (uint64_t)d, memory_order_relaxed);
+}
+
+static inline hd_span_t *mheap_span(mheap_t *h, uint32_t id) { return &h->v->spans[id]; }
+static inline uint8_t mheap_state(mheap_t *h, uint32_t id)
+{
+    return atomic_load_explicit(&h->v->spans[id].state, memory_order_relaxed);
+}
+
+/* Span lists (O(1) push/remove/pop). A span is on at most one list. */
+void spanlist_init(spanlist_t *l);
+void spanlist_push(mheap_t *h, spanlist_t *l, uint32_t id, enum span_list kind);   /* at the tail */
+void spanlist_remove(mheap_t *h, spanlist_t *l, uint32_t id);
+uint32_t spanlist_pop(mheap_t *h, spanlist_t *l);                                   /* head, or HD_NO_SPAN */
+
+/* Verify the invariants above against the page allocator (slow; tests). */
+bool mheap_check(mheap_t *h, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,486 @@
+/* Unit tests of daemon/segment.c, mheap.c and mcentral.c on a real segment
+ * (64 MiB memfds mapped in this process), without sockets: span states, the
+ * pagemap, slots, books, the sweep, the background sweep, large aligned spans,
+ * generations, hostile bitmaps and a backing store that cannot be committed. */
+#define _GNU_SOURCE
+#include <CUnit/CUnit.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mcentral.h"
+#include "mheap.h"
+#include "segment.h"
+#include "span.h"
+#include "unit.h"
+
+#define TEST_SIZE (64ull << 20)
+#define TEST_PAGES (TEST_SIZE / HD_PAGE_SIZE)
+
+static seg_t S;
+static mheap_t H;
+static mcentral_t C;
+static unsigned nbase;
+
+/* A fresh segment per test, each at its own address (4 GiB apart) in a range
+ * no other suite uses, so a leaked mapping would show up as EEXIST. */
+static int setup_opts(bool hugetlb)
+{
+    char err[256];
+    seg_opts_t o = {.base = 0x300000000000ull + (uint64_t)(nbase++) * (4ull << 30), .size = TEST_SIZE,
+                    .hugetlb = hugetlb};
+    int r = seg_create(&S, &o, err, sizeof(err));
+    if (r < 0) {
+        if (!hugetlb)
+            fprintf(stderr, "seg_create: %s\n", err);
+        return r;
+    }
+    CU_ASSERT_FATAL(mheap_init(&H, &S) == 0);
+    mcentral_init(&C, &H);
+    return 0;
+}
+static void setup(void) { CU_ASSERT_FATAL(setup_opts(false) == 0); }
+
+static void teardown(void)
+{
+    mheap_destroy(&H);
+    seg_destroy(&S);
+}
+
+static void check_all(void)
+{
+    char err[256] = "";
+    bool ok = mheap_check(&H, err, sizeof(err));
+    if (!ok)
+        fprintf(stderr, "mheap_check: %s\n", err);
+    CU_ASSERT(ok);
+    ok = mcentral_check(&C, err, sizeof(err));
+    if (!ok)
+        fprintf(stderr, "mcentral_check: %s\n", err);
+    CU_ASSERT(ok);
+}
+
+static void *obj(uint32_t id, unsigned i) { return (void *)(hd_page_addr(&S.view, id) + (uintptr_t)i * mheap_span(&H, id)->elemsize); }
+
+/* Allocate objects [from, to) as the owner would. */
+static void alloc_objs(uint32_t id, unsigned from, unsigned to)
+{
+    for (unsigned i = from; i < to; i++)
+        hd_alloc_bit_set(hd_slot_of(&S.view, id), i);
+}
+
+/* Free objects [from, to) as any process would. */
+static void free_objs(uint32_t id, unsigned from, unsigned to)
+{
+    for (unsigned i = from; i < to; i++) {
+        uint32_t got = HD_NO_SPAN;
+        CU_ASSERT_EQUAL(hd_free(&S.view, obj(id, i), &got), HD_FREE_OK);
+        CU_ASSERT_EQUAL(got, id);
+    }
+}
+
+static bool books_empty(void)
+{
+    hd_header_t *h = S.hdr;
+    return h->spans_inuse == 0 && h->spans_cached == 0 && h->spans_central == 0 && h->spans_large == 0 &&
+           h->pages_inuse == 0 && h->objects_central == 0;
+}
+
+/* ---- the segment ------------------------------------------------------------------- */
+
+static void test_segment_create(void)
+{
+    setup();
+    hd_header_t *h = S.hdr;
+    CU_ASSERT_EQUAL(h->magic, HD_MAGIC);
+    CU_ASSERT_EQUAL(h->base, S.base);
+    CU_ASSERT_EQUAL(h->npages, TEST_PAGES);
+    CU_ASSERT_EQUAL((uintptr_t)h, S.base);
+    CU_ASSERT_EQUAL(S.view.pages, S.base + h->meta_size + h->pages_off);
+    int seals = fcntl(S.meta_fd, F_GET_SEALS);
+    CU_ASSERT(seals & F_SEAL_SHRINK && seals & F_SEAL_GROW && seals & 0x10 /* FUTURE_WRITE */);
+    CU_ASSERT(fcntl(S.heap_fd, F_GET_SEALS) & F_SEAL_GROW);
+    /* what clients see: the meta memfd cannot be mapped writable any more */
+    void *w = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, S.meta_fd, 0);
+    CU_ASSERT_EQUAL(w, MAP_FAILED);
+    if (w != MAP_FAILED)
+        munmap(w, 4096);
+    void *r = mmap(NULL, 4096, PROT_READ, MAP_SHARED, S.meta_fd, 0);
+    CU_ASSERT_FATAL(r != MAP_FAILED);
+    CU_ASSERT_EQUAL(((hd_header_t *)r)->magic, HD_MAGIC);
+    CU_ASSERT(mprotect(r, 4096, PROT_READ | PROT_WRITE) != 0);
+    munmap(r, 4096);
+    CU_ASSERT(ftruncate(S.heap_fd, 0) != 0);     /* nobody can shrink the heap under the others */
+
+    /* the same address again: a clear error naming it */
+    seg_t s2;
+    char err[256] = "";
+    seg_opts_t o = {.base = S.base, .size = TEST_SIZE};
+    CU_ASSERT_EQUAL(seg_create(&s2, &o, err, sizeof(err)), -EEXIST);
+    char want[32];
+    snprintf(want, sizeof(want), "0x%llx", (unsigned long long)S.base);
+    CU_ASSERT(strstr(err, want) != NULL);
+    CU_ASSERT_EQUAL(S.hdr->magic, HD_MAGIC);     /* and ours is untouched */
+    o.base = S.base + 4096;
+    CU_ASSERT_EQUAL(seg_create(&s2, &o, err, sizeof(err)), -EINVAL);
+    teardown();
+}
+
+static void test_segment_backing_file(void)
+{
+    char path[] = "/tmp/heapd-unit-backing-XXXXXX";
+    int fd = mkstemp(path);
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT(write(fd, "stale", 5) == 5);       /* old contents must not survive */
+    close(fd);
+    char err[256];
+    seg_opts_t o = {.base = 0x300000000000ull + (uint64_t)(nbase++) * (4ull << 30), .size = TEST_SIZE,
+                    .backing = path};
+    CU_ASSERT_FATAL(seg_create(&S, &o, err, sizeof(err)) == 0);
+    struct stat st;
+    CU_ASSERT(fstat(S.heap_fd, &st) == 0 && (uint64_t)st.st_size == S.heap_size);
+    CU_ASSERT_EQUAL(*(volatile char *)(S.base + S.meta_size), 0);
+    CU_ASSERT(seg_commit_pages(&S, 0, 4) == 0);
+    CU_ASSERT(seg_commit_pages(&S, TEST_PAGES, 1) == -EINVAL);
+    seg_destroy(&S);
+    unlink(path);
+    o.backing = "/nonexistent-dir/heap";
+    CU_ASSERT(seg_create(&S, &o, err, sizeof(err)) < 0);
+    CU_ASSERT(strstr(err, "/nonexistent-dir/heap") != NULL);
+}
+
+/* ---- small spans ---------------------------------------------------------------------- */
+
+static void test_cache_span(void)
+{
+    setup();
+    int64_t r = mcentral_cache_span(&C, 5, 7);
+    CU_ASSERT_FATAL(r >= 0);
+    uint32_t id = (uint32_t)r;
+    hd_span_t *sp = mheap_span(&H, id);
+    CU_ASSERT_EQUAL(mheap_state(&H, id), HD_SPAN_CACHED);
+    CU_ASSERT_EQUAL(sp->owner, 7);
+    CU_ASSERT_EQUAL(sp->sizeclass, 5);
+    CU_ASSERT_EQUAL(sp->npages, hd_class_to_npages[5]);
+    CU_ASSERT_EQUAL(sp->elemsize, hd_class_to_size[5]);
+    CU_ASSERT_EQUAL(sp->nelems, hd_class_to_nobjs[5]);
+    CU_ASSERT_EQUAL(sp->divmagic, hd_class_to_divmagic[5]);
+    CU_ASSERT_EQUAL(sp->gen, 1);
+    CU_ASSERT_EQUAL(sp->needzero, 0);                       /* fresh memfd pages */
+    CU_ASSERT_EQUAL(S.view.pagemap[id], id + 1);
+    CU_ASSERT_EQUAL(hd_span_of(&S.view, obj(id, 3)), id);
+    hd_slot_t *sl = hd_slot_of(&S.view, id);
+    for (unsigned w = 0; w < HD_BITMAP_WORDS; w++)
+        CU_ASSERT(sl->alloc_bits[w] == 0 && sl->free_bits[w] == 0);
+    CU_ASSERT_EQUAL(S.hdr->spans_inuse, 1);
+    CU_ASSERT_EQUAL(S.hdr->spans_cached, 1);
+    CU_ASSERT_EQUAL(S.hdr->pages_inuse, 1);
+    CU_ASSERT_EQUAL(S.hdr->pages_grown, TEST_PAGES);       /* 128 MiB growth, capped by the segment */
+    CU_ASSERT(S.hdr->books_seq > 0);
+    memset(obj(id, 0), 0xab, sp->elemsize);                /* the page is committed and writable */
+
+    /* a multi-page class */
+    r = mcentral_cache_span(&C, 67, 7);
+    CU_ASSERT_FATAL(r >= 0);
+    CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)r)->npages, hd_class_to_npages[67]);
+    for (uint32_t p = (uint32_t)r; p < r + hd_class_to_npages[67]; p++)
+        CU_ASSERT_EQUAL(S.view.pagemap[p], (uint32_t)r + 1);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, 0, 7), -EINVAL);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, HD_NUM_SIZE_CLASSES, 7), -EINVAL);
+    check_all();
+    teardown();
+}
+
+static void test_uncache_transitions(void)
+{
+    setup();
+    const unsigned cls = 10;                               /* 128 B, 64 per span */
+    unsigned n = hd_class_to_nobjs[cls];
+    uint32_t id = (uint32_t)mcentral_cache_span(&C, cls, 1);
+    alloc_objs(id, 0, 10);
+    /* partial: CENTRAL, owner 0, 10 objects in the books, needzero from now on */
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_PARTIAL);
+    CU_ASSERT_EQUAL(mheap_state(&H, id), HD_SPAN_CENTRAL);
+    CU_ASSERT_EQUAL(mheap_span(&H, id)->owner, 0);
+    CU_ASSERT_EQUAL(mheap_span(&H, id)->needzero, 1);
+    CU_ASSERT_EQUAL(S.hdr->objects_central, 10);
+    CU_ASSERT_EQUAL(S.hdr->spans_central, 1);
+    CU_ASSERT_EQUAL(S.hdr->spans_cached, 0);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), -EINVAL);   /* not CACHED any more */
+    check_all();
+
+    /* the partial span is reused, by another client */
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 2), id);
+    CU_ASSERT_EQUAL(mheap_span(&H, id)->owner, 2);
+    CU_ASSERT_EQUAL(S.hdr->objects_central, 0);
+    alloc_objs(id, 10, n);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_FULL);
+    CU_ASSERT_EQUAL(S.hdr->objects_central, n);
+    check_all();
+
+    /* a full span and no partial one: the next cache gets a new span */
+    int64_t id2 = mcentral_cache_span(&C, cls, 3);
+    CU_ASSERT(id2 >= 0 && (uint32_t)id2 != id);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, (uint32_t)id2), MC_FREED);   /* nothing live: freed */
+
+    /* remote frees make the full span usable: cacheSpan sweeps full spans */
+    free_objs(id, 0, n);
+    uint32_t got;
+    CU_ASSERT_EQUAL(hd_free(&S.view, obj(id, 3), &got), HD_FREE_DOUBLE);
+    CU_ASSERT_EQUAL(hd_free(&S.view, (char *)obj(id, 3) + 1, &got), HD_FREE_NOT_START);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 4), id);
+    CU_ASSERT_EQUAL(S.hdr->objects_central, 0);
+    CU_ASSERT_EQUAL(hd_slot_of(&S.view, id)->alloc_bits[0], 0);   /* swept */
+    CU_ASSERT_EQUAL(hd_free(&S.view, obj(id, 3), &got), HD_FREE_NOT_LIVE);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_FREED);
+    CU_ASSERT_EQUAL(mheap_state(&H, id), HD_SPAN_FREE);
+    CU_ASSERT_EQUAL(S.view.pagemap[id], 0);
+    CU_ASSERT_EQUAL(hd_free(&S.view, obj(id, 0), &got), HD_FREE_NOT_HEAP);
+    CU_ASSERT(books_empty());
+    check_all();
+    teardown();
+}
+
+static void test_sweep_folds(void)
+{
+    setup();
+    uint32_t id = (uint32_t)mcentral_cache_span(&C, 4, 1);   /* 32 B, 256 per span: 4 words */
+    hd_slot_t *sl = hd_slot_of(&S.view, id);
+    alloc_objs(id, 0, 5);
+    alloc_objs(id, 100, 200);
+    free_objs(id, 1, 3);
+    free_objs(id, 150, 160);
+    CU_ASSERT(sl->free_bits[0] != 0 && sl->free_bits[2] != 0);
+    unsigned freed;
+    CU_ASSERT_EQUAL(hd_span_sweep(sl, 256, &freed), 105 - 12);
+    CU_ASSERT_EQUAL(freed, 12);
+    for (unsigned w = 0; w < 4; w++)
+        CU_ASSERT_EQUAL(sl->free_bits[w], 0);
+    CU_ASSERT_EQUAL(sl->alloc_bits[0], 0x19);               /* objects 0, 3, 4 */
+    CU_ASSERT(!hd_bit_get(sl->alloc_bits, 155) && hd_bit_get(sl->alloc_bits, 160));
+    /* the daemon's sweep at uncache sees the same */
+    free_objs(id, 0, 1);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_PARTIAL);
+    CU_ASSERT_EQUAL(S.hdr->objects_central, 105 - 13);
+    check_all();
+    teardown();
+}
+
+static void test_background_sweep(void)
+{
+    setup();
+    const unsigned cls = 20;
+    unsigned n = hd_class_to_nobjs[cls];
+    uint32_t a = (uint32_t)mcentral_cache_span(&C, cls, 1);
+    uint32_t b = (uint32_t)mcentral_cache_span(&C, cls, 1);
+    uint32_t c = (uint32_t)mcentral_cache_span(&C, cls, 1);
+    alloc_objs(a, 0, n);
+    alloc_objs(b, 0, n);
+    alloc_objs(c, 0, 3);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, a), MC_FULL);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, b), MC_FULL);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, c), MC_PARTIAL);
+    CU_ASSERT_EQUAL(S.hdr->objects_central, 2 * n + 3);
+    /* other processes free: all of a, some of b, all of c */
+    free_objs(a, 0, n);
+    free_objs(b, 0, 2);
+    free_objs(c, 0, 3);
+    CU_ASSERT_EQUAL(S.hdr->objects_central, 2 * n + 3);     /* as of the last sweep */
+    /* a budget of 1 does one span per call */
+    CU_ASSERT_EQUAL(mcentral_bg_sweep(&C, 1), 1);
+    check_all();
+    while (mcentral_bg_sweep(&C, 1000) && S.hdr->spans_central > 1)
+        ;
+    CU_ASSERT_EQUAL(mheap_state(&H, a), HD_SPAN_FREE);
+    CU_ASSERT_EQUAL(mheap_state(&H, c), HD_SPAN_FREE);
+    CU_ASSERT_EQUAL(mheap_state(&H, b), HD_SPAN_CENTRAL);
+    CU_ASSERT_EQUAL(H.priv[b].list, SL_PARTIAL);             /* full -> partial */
+    CU_ASSERT_EQUAL(S.hdr->objects_central, n - 2);
+    CU_ASSERT_EQUAL(S.hdr->spans_central, 1);
+    check_all();
+    free_objs(b, 2, n);
+    mcentral_bg_sweep(&C, 1000);
+    CU_ASSERT(books_empty());
+    CU_ASSERT_EQUAL(mcentral_bg_sweep(&C, 1000), 0);         /* nothing left to sweep */
+    check_all();
+    teardown();
+}
+
+/* A client may write anything in a slot; the daemon's counts stay sane. */
+static void test_hostile_bitmaps(void)
+{
+    setup();
+    const unsigned cls = 5;                                  /* 170 objects: word 2 has 42 valid bits */
+    unsigned n = hd_class_to_nobjs[cls];
+    uint32_t id = (uint32_t)mcentral_cache_span(&C, cls, 1);
+    hd_slot_t *sl = hd_slot_of(&S.view, id);
+    for (unsigned w = 0; w < HD_BITMAP_WORDS; w++)
+        sl->alloc_bits[w] = ~0ull;                           /* all ones, past nelems too */
+    sl->free_bits[15] = ~0ull;                               /* beyond the span's words */
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_FULL);
+    CU_ASSERT_EQUAL(S.hdr->objects_central, n);
+    check_all();
+    /* it still frees cleanly once everything is freed */
+    free_objs(id, 0, n);
+    mcentral_bg_sweep(&C, 100);
+    CU_ASSERT(books_empty());
+    check_all();
+    teardown();
+}
+
+static void test_tiny_span(void)
+{
+    setup();
+    uint32_t id = (uint32_t)mcentral_cache_span(&C, HD_TINY_SIZE_CLASS, 1);
+    hd_tiny_t *t = hd_tiny_of(&S.view, id);
+    for (unsigned b = 0; b < HD_TINY_BLOCKS; b++)
+        CU_ASSERT_EQUAL(t->block[b], 0);
+    memset(t, 0xff, sizeof(*t));                            /* leave garbage behind */
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_FREED);
+    uint32_t id2 = (uint32_t)mcentral_cache_span(&C, HD_TINY_SIZE_CLASS, 1);
+    CU_ASSERT_EQUAL(id2, id);
+    CU_ASSERT_EQUAL(mheap_span(&H, id)->gen, 2);
+    CU_ASSERT_EQUAL(mheap_span(&H, id)->needzero, 1);       /* the page was used before */
+    for (unsigned b = 0; b < HD_TINY_BLOCKS; b++)
+        CU_ASSERT_EQUAL(t->block[b], 0);
+    check_all();
+    teardown();
+}
+
+/* ---- large spans ------------------------------------------------------------------- */
+
+static void test_large_aligned(void)
+{
+    setup();
+    int64_t a = mheap_alloc_span(&H, 3, 0, 9, 0);
+    CU_ASSERT_FATAL(a >= 0);
+    hd_span_t *sp = mheap_span(&H, (uint32_t)a);
+    CU_ASSERT_EQUAL(mheap_state(&H, (uint32_t)a), HD_SPAN_LARGE);
+    CU_ASSERT_EQUAL(sp->owner, 9);
+    CU_ASSERT_EQUAL(sp->sizeclass, 0);
+    CU_ASSERT_EQUAL(sp->npages, 3);
+    CU_ASSERT_EQUAL(sp->elemsize, 3 * HD_PAGE_SIZE);
+    CU_ASSERT_EQUAL(sp->nelems, 1);
+    CU_ASSERT_EQUAL(sp->divmagic, 0);
+    CU_ASSERT_EQUAL(S.hdr->spans_large, 1);
+    uint32_t got;
+    CU_ASSERT_EQUAL(hd_free(&S.view, (void *)hd_page_addr(&S.view, (uint64_t)a), &got), HD_FREE_LARGE);
+    memset((void *)hd_page_addr(&S.view, (uint64_t)a), 1, 3 * HD_PAGE_SIZE);
+
+    uint64_t aligns[] = {2, 64, 256, 512, 1024};              /* up to 8 MiB: above the 2 MiB base alignment */
+    int64_t ids[5];
+    for (int i = 0; i < 5; i++) {
+        ids[i] = mheap_alloc_span(&H, 5, 0, 9, aligns[i]);
+        CU_ASSERT_FATAL(ids[i] >= 0);
+        CU_ASSERT_EQUAL(hd_page_addr(&S.view, (uint64_t)ids[i]) % (aligns[i] * HD_PAGE_SIZE), 0);
+        CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)ids[i])->npages, 5);
+        check_all();
+    }
+    CU_ASSERT_EQUAL(S.hdr->pages_inuse, 3 + 5 * 5);          /* the slack went back */
+    CU_ASSERT_EQUAL(mheap_alloc_span(&H, 5, 0, 9, 3), -EINVAL);
+    CU_ASSERT_EQUAL(mheap_alloc_span(&H, TEST_PAGES + 1, 0, 9, 0), -ENOMEM);
+    CU_ASSERT_EQUAL(mheap_alloc_span(&H, 1, 0, 9, TEST_PAGES * 2), -ENOMEM);
+    CU_ASSERT_EQUAL(mheap_alloc_span(&H, 0, 0, 9, 0), -EINVAL);
+    CU_ASSERT_EQUAL(mheap_alloc_span(&H, 2, 5, 9, 0), -EINVAL);   /* class 5 spans are 1 page */
+    CU_ASSERT_EQUAL(mheap_free_span(&H, (uint32_t)a + 1), -EINVAL);   /* not a span start */
+    CU_ASSERT_EQUAL(mheap_free_span(&H, (uint32_t)a), 0);
+    CU_ASSERT_EQUAL(mheap_free_span(&H, (uint32_t)a), -EINVAL);       /* twice */
+    for (int i = 0; i < 5; i++)
+        CU_ASSERT_EQUAL(mheap_free_span(&H, (uint32_t)ids[i]), 0);
+    CU_ASSERT(books_empty());
+    check_all();
+    teardown();
+}
+
+static void test_gen_and_needzero(void)
+{
+    setup();
+    int64_t a = mheap_alloc_span(&H, 4, 0, 1, 0);
+    CU_ASSERT_FATAL(a >= 0);
+    CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)a)->gen, 1);
+    CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)a)->needzero, 0);
+    CU_ASSERT_EQUAL(mheap_free_span(&H, (uint32_t)a), 0);
+    CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)a)->gen, 1);    /* gen survives FREE */
+    int64_t b = mheap_alloc_span(&H, 4, 0, 2, 0);
+    CU_ASSERT_EQUAL(b, a);                                   /* first fit: the same pages */
+    CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)b)->gen, 2);
+    CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)b)->needzero, 1);
+    /* a small span starting inside the old one gets its own gen count */
+    CU_ASSERT_EQUAL(mheap_free_span(&H, (uint32_t)b), 0);
+    int64_t s1 = mcentral_cache_span(&C, 1, 1), s2 = mcentral_cache_span(&C, 1, 1);
+    CU_ASSERT_EQUAL(s1, a);
+    CU_ASSERT_EQUAL(s2, a + 1);
+    CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)s1)->gen, 3);
+    CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)s2)->gen, 1);
+    check_all();
+    teardown();
+}
+
+static void test_exhaustion(void)
+{
+    setup();
+    int64_t ids[16];
+    int n = 0;
+    while (n < 16 && (ids[n] = mheap_alloc_span(&H, 1024, 0, 1, 0)) >= 0)
+        n++;
+    CU_ASSERT_EQUAL(n, TEST_PAGES / 1024);
+    CU_ASSERT_EQUAL(ids[n], -ENOMEM);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, 3, 1), -ENOMEM);
+    CU_ASSERT_EQUAL(S.hdr->pages_inuse, TEST_PAGES);
+    check_all();
+    CU_ASSERT_EQUAL(mheap_free_span(&H, (uint32_t)ids[3]), 0);
+    CU_ASSERT(mcentral_cache_span(&C, 3, 1) >= 0);             /* recovers */
+    for (int i = 0; i < n; i++)
+        if (i != 3)
+            CU_ASSERT_EQUAL(mheap_free_span(&H, (uint32_t)ids[i]), 0);
+    check_all();
+    teardown();
+}
+
+/* A heap on an empty hugetlb pool: every commit fails, and must fail cleanly
+ * (ENOMEM, nothing changed) instead of leaving a span a client would SIGBUS on. */
+static void test_commit_failure(void)
+{
+    if (setup_opts(true) < 0) {
+        fprintf(stderr, "(no hugetlb memfd here: commit-failure test skipped) ");
+        return;
+    }
+    int64_t r = mcentral_cache_span(&C, 5, 1);
+    if (r >= 0) {
+        fprintf(stderr, "(huge pages available: commit-failure test skipped) ");
+        teardown();
+        return;
+    }
+    CU_ASSERT_EQUAL(r, -ENOMEM);
+    CU_ASSERT_EQUAL(mheap_alloc_span(&H, 300, 0, 1, 0), -ENOMEM);
+    CU_ASSERT_EQUAL(mheap_alloc_span(&H, 3, 0, 1, 64), -ENOMEM);
+    CU_ASSERT(books_empty());
+    CU_ASSERT_EQUAL(H.pa.free_pages, H.pa.grown);             /* every page went back */
+    CU_ASSERT_EQUAL(H.pa.scav_pages, H.pa.grown);             /* ... still marked uncommitted */
+    for (uint64_t p = 0; p < 400; p++)
+        CU_ASSERT_EQUAL(S.view.pagemap[p], 0);
+    check_all();
+    teardown();
+}
+
+static void register_mheap_suite(void)
+{
+    CU_pSuite s = CU_add_suite("mheap", NULL, NULL);
+    CU_add_test(s, "segment: create, map, seal", test_segment_create);
+    CU_add_test(s, "segment: backing file", test_segment_backing_file);
+    CU_add_test(s, "cache a span", test_cache_span);
+    CU_add_test(s, "uncache: partial, full, freed", test_uncache_transitions);
+    CU_add_test(s, "sweep folds free bits", test_sweep_folds);
+    CU_add_test(s, "background sweep", test_background_sweep);
+    CU_add_test(s, "hostile bitmaps", test_hostile_bitmaps);
+    CU_add_test(s, "tiny span areas", test_tiny_span);
+    CU_add_test(s, "large spans, aligned", test_large_aligned);
+    CU_add_test(s, "generations and needzero", test_gen_and_needzero);
+    CU_add_test(s, "exhaustion and recovery", test_exhaustion);
+    CU_add_test(s, "commit failure is ENOMEM", test_commit_failure);
+}
+UNIT_SUITE(register_mheap_suite)
