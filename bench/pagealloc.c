@@ -299,8 +299,8 @@ static void bench_one(int kind, uint64_t npages, uint64_t seed, const params_t *
     if (aut_run(&a, want, warm_budget ? p->warmup_seconds : 1e30,
                 &r->warm_pairs, &r->warm_s, r->err, sizeof(r->err)) != 0) {
         char e2[sizeof(r->err)];
-        snprintf(e2, sizeof(e2), "warmup: %s", r->err);
-        memcpy(r->err, e2, sizeof(e2));
+        memcpy(e2, r->err, sizeof(e2));
+        snprintf(r->err, sizeof(r->err), "warmup: %.140s", e2);
         goto out;
     }
     *warm_pairs = r->warm_pairs;
@@ -311,8 +311,8 @@ static void bench_one(int kind, uint64_t npages, uint64_t seed, const params_t *
     if (aut_run(&a, p->max_pairs, limit, &r->pairs, &r->seconds,
                 r->err, sizeof(r->err)) != 0) {
         char e2[sizeof(r->err)];
-        snprintf(e2, sizeof(e2), "timed: %s", r->err);
-        memcpy(r->err, e2, sizeof(e2));
+        memcpy(e2, r->err, sizeof(e2));
+        snprintf(r->err, sizeof(r->err), "timed: %.140s", e2);
         goto out;
     }
     if (aut_verify(&a, r->err, sizeof(r->err)) != 0)

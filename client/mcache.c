@@ -13,18 +13,20 @@
  *   alloc bit (span.h), so the segment always knows what is live.
  *   When cur is exhausted:
  *     1. sweep it (fold the free bits that local and remote frees set);
- *        room → rewind and go on;
- *     2. else it joins the class's full spans, kept for their remote frees;
+ *        at least an eighth of it free again → rewind and go on (less is
+ *        not worth it: a program that frees one object per allocation would
+ *        pay a sweep per allocation);
+ *     2. else it joins the class's full spans, kept for their frees;
  *        take a span from the stash (the rest of the last refill batch);
  *     3. else sweep the kept full spans, oldest first, and take the first
- *        with room;
+ *        with an eighth free (see mc_reuse_full for why not less);
  *     4. else Refill a batch (below).
- *   Bound: a class keeps at most mc_keep_full(c) = clamp(64 KiB / span
- *   bytes, 1, 8) full spans (8 one-page spans, 2 of 32 KiB, 1 of 80 KiB);
- *   when another one joins, the oldest is released (async Release). Full
- *   spans are worth keeping a little while only: their room comes from
- *   remote frees, and the daemon finds those as well once it has them.
- *
+ *   Bound: a class keeps at most mc_keep_full(c) = clamp(2 MiB / span
+ *   bytes, 1, 64) full spans; when another one joins, the oldest is
+ *   released (async Release). Keeping full spans costs no memory (their
+ *   objects are live either way) and saves a round trip each time frees
+ *   make room in them; the bound caps the sweeping a slow path can do.
+
  * The batch rule. A refill costs one round trip (microseconds); a span holds
  * from 1 (32 KiB class) to 1024 (8 B class) objects. The largest batch for
  * class c is
@@ -74,8 +76,8 @@
 #define MC_BATCH_CAP 32u                /* spans per refill, at most (<= HD_MAX_BATCH) */
 #define MC_REFILL_OBJS 256u
 #define MC_REFILL_BYTES (256u << 10)
-#define MC_KEEP_BYTES (64u << 10)      /* full spans a class may keep, in bytes... */
-#define MC_KEEP_CAP 8u                  /* ...and in spans */
+#define MC_KEEP_BYTES (2u << 20)       /* full spans a class may keep, in bytes... */
+#define MC_KEEP_CAP 64u                 /* ...and in spans */
 #define MC_MAX_REFILLS 4                /* refills per slow path before giving up */
 _Static_assert(MC_BATCH_CAP <= HD_MAX_BATCH, "a batch fits one message");
 
@@ -417,21 +419,35 @@ static void mc_push_full(hd_mcache_t *mc, unsigned c, uint32_t id)
 }
 
 /* Step 3: the oldest kept full span that has room again becomes cur. */
+/* Room worth switching to: at least an eighth of the span (and one slot).
+ * Rewinding a span for a single freed slot costs a sweep per allocation when
+ * the program frees one object for each it allocates. */
+static inline unsigned mc_min_room(unsigned nelems) { return nelems >= 16 ? nelems / 8 : 1; }
+
+/* Take the oldest kept span with an eighth free. Spans with less stay kept:
+ * handing them out one slot at a time would spread the next frees thinly
+ * over every span and keep the class on the slow path for good; left alone,
+ * they gather frees until they are worth it. */
 static bool mc_reuse_full(mc_class_t *k)
 {
+    unsigned best = UINT32_MAX;
     for (unsigned i = 0; i < k->nfull; i++) {
         uint32_t id = k->full[i];
         hd_slot_t *sl = hd_slot_of(&hdc_seg, id);
         unsigned nelems = hdc_seg.spans[id].nelems;
-        if (hd_span_sweep(sl, nelems, NULL) < nelems) {
-            memmove(&k->full[i], &k->full[i + 1], (k->nfull - i - 1u) * sizeof k->full[0]);
-            k->nfull--;
-            mc_span_load(&k->cur, &hdc_seg, id);
-            k->cur.fresh = false;    /* it had room again: slots were freed */
-            return true;
+        if (nelems - hd_span_sweep(sl, nelems, NULL) >= mc_min_room(nelems)) {
+            best = i;
+            break;
         }
     }
-    return false;
+    if (best == UINT32_MAX)
+        return false;
+    uint32_t id = k->full[best];
+    memmove(&k->full[best], &k->full[best + 1], (k->nfull - best - 1u) * sizeof k->full[0]);
+    k->nfull--;
+    mc_span_load(&k->cur, &hdc_seg, id);
+    k->cur.fresh = false;            /* it had room again: slots were freed */
+    return true;
 }
 
 static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
@@ -445,7 +461,7 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             unsigned i = mc_span_next(s);
             if (i < s->nelems)
                 return mc_take(s, i);
-            if (hd_span_sweep(s->slot, s->nelems, NULL) < s->nelems) {   /* step 1 */
+            if (s->nelems - hd_span_sweep(s->slot, s->nelems, NULL) >= mc_min_room(s->nelems)) { /* step 1 */
                 s->fresh = false;    /* room means frees: used slots come round again */
                 mc_span_rewind(s);
                 continue;

@@ -37,15 +37,15 @@ static void test_batch_rule(void)
         }
         CU_ASSERT_EQUAL(mc_batch_for(c, 200), max);
         unsigned keep = mc_keep_full(c);
-        CU_ASSERT(keep >= 1 && keep <= 8 && (keep * sb <= (64u << 10) || keep == 1));
+        CU_ASSERT(keep >= 1 && keep <= 64 && (keep * sb <= (2u << 20) || keep == 1));
     }
     CU_ASSERT_EQUAL(mc_batch_max(hd_size_to_class(8)), 1);        /* 1024 objects per span */
     CU_ASSERT_EQUAL(mc_batch_max(hd_size_to_class(1024)), 32);    /* 8 per span: 256 per batch */
     CU_ASSERT_EQUAL(mc_batch_max(hd_size_to_class(32768)), 8);    /* 256 KiB */
     CU_ASSERT_EQUAL(mc_batch_max(hd_size_to_class(27264)), 3);    /* 80 KiB spans */
-    CU_ASSERT_EQUAL(mc_keep_full(hd_size_to_class(8)), 8);
-    CU_ASSERT_EQUAL(mc_keep_full(hd_size_to_class(32768)), 2);
-    CU_ASSERT_EQUAL(mc_keep_full(hd_size_to_class(27264)), 1);
+    CU_ASSERT_EQUAL(mc_keep_full(hd_size_to_class(8)), 64);
+    CU_ASSERT_EQUAL(mc_keep_full(hd_size_to_class(32768)), 64);
+    CU_ASSERT_EQUAL(mc_keep_full(hd_size_to_class(27264)), 25);
 }
 
 static void test_aligned_class(void)
@@ -471,16 +471,17 @@ static void test_batches_and_full_spans(void)
     fk_up();
     unsigned c = hd_size_to_class(1024);                      /* 8 objects per span */
     unsigned nobj = hd_class_to_nobjs[c], keep = mc_keep_full(c);
-    enum { NSPANS = 63 };
+    enum { NSPANS = 127 };
     static void *p[NSPANS * 8];
     CU_ASSERT_EQUAL_FATAL(nobj, 8);
+    CU_ASSERT_EQUAL_FATAL(keep, 64);
     for (unsigned i = 0; i < NSPANS * nobj; i++)
         CU_ASSERT_FATAL((p[i] = heapd_malloc(1000)) != NULL);
-    /* slow start: 1, 2, 4, 8, 16, 32 = 63 spans in 6 round trips */
-    CU_ASSERT_EQUAL(fk.f->nasked, 6);
-    for (unsigned i = 0; i < fk.f->nasked && i < 6; i++)
-        CU_ASSERT_EQUAL(fk.f->asked[i], 1u << i);
-    /* 62 spans filled up before the last one; all but `keep` were released */
+    /* slow start: 1, 2, 4, 8, 16, 32, then 32 at a time = 127 spans in 8 round trips */
+    CU_ASSERT_EQUAL(fk.f->nasked, 8);
+    for (unsigned i = 0; i < fk.f->nasked && i < 8; i++)
+        CU_ASSERT_EQUAL(fk.f->asked[i], i < 5 ? 1u << i : 32u);
+    /* 126 spans filled up before the last one; all but `keep` were released */
     CU_ASSERT_EQUAL(tp_flush(), 0);
     CU_ASSERT_EQUAL(fk.f->released, NSPANS - 1 - keep);
     /* their objects stay valid and freeable */
