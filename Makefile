@@ -29,11 +29,11 @@ demo: build
 test: build
 	@scripts/run-tests.sh $(BUILD)
 
-# The unit tests under AddressSanitizer and UBSan (CI runs this too).
+# Every test suite under AddressSanitizer and UBSan (CI runs this too).
 asan: deps
 	cmake -S . -B $(ASAN) -DHEAPD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug $(CMAKE_FLAGS)
 	cmake --build $(ASAN) -j $(JOBS)
-	@scripts/run-tests.sh $(ASAN) unit
+	@scripts/run-tests.sh $(ASAN) all
 
 bench-pagealloc: build
 	$(BUILD)/bench-pagealloc

@@ -1,6 +1,7 @@
 /* client.c: the listening socket, client records, packet I/O and reclaim.
  * See client.h for the rules. */
 #define _GNU_SOURCE
+#include "errf.h"
 #include "client.h"
 
 #include <errno.h>
@@ -22,17 +23,7 @@
 #define ACCEPT_PAUSE_MS 1000   /* back-off when out of file descriptors */
 #define MAX_RX_FDS     8       /* room for fds a misbehaving client sends (all closed) */
 
-static int fail(char *err, size_t errlen, int e, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int e, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -e;
-}
+#define fail(err, errlen, e, ...) (hd_errf(err, errlen, __VA_ARGS__), -(e))
 
 /* ---- the listening socket ----------------------------------------------------------- */
 

@@ -1,5 +1,6 @@
 /* mcentral.c: partial/full span lists per size class. See mcentral.h. */
 #define _GNU_SOURCE
+#include "errf.h"
 #include "mcentral.h"
 
 #include <errno.h>
@@ -163,17 +164,7 @@ unsigned mcentral_bg_sweep(mcentral_t *c, unsigned budget)
     return done;
 }
 
-static bool bad(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static bool bad(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return false;
-}
+#define bad(err, errlen, ...) (hd_errf(err, errlen, __VA_ARGS__), false)
 
 bool mcentral_check(mcentral_t *c, char *err, size_t errlen)
 {

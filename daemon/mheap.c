@@ -1,6 +1,7 @@
 /* mheap.c: spans over the page allocator; the only writer of the span table and
  * the pagemap. See mheap.h for the life of a span and the invariants. */
 #define _GNU_SOURCE
+#include "errf.h"
 #include "mheap.h"
 
 #include <errno.h>
@@ -254,17 +255,7 @@ uint32_t spanlist_pop(mheap_t *h, spanlist_t *l)
 
 /* ---- checking ------------------------------------------------------------------------ */
 
-static bool bad(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static bool bad(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return false;
-}
+#define bad(err, errlen, ...) (hd_errf(err, errlen, __VA_ARGS__), false)
 
 bool mheap_check(mheap_t *h, char *err, size_t errlen)
 {

@@ -6,6 +6,7 @@
  * so that a client can never ftruncate it and SIGBUS everyone else.
  */
 #define _GNU_SOURCE
+#include "errf.h"
 #include "segment.h"
 
 #include <errno.h>
@@ -26,17 +27,7 @@
 
 #define COMMIT_GRAIN 4096u           /* granularity of the "committed once" bitmaps */
 
-static int fail(char *err, size_t errlen, int e, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int e, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -e;
-}
+#define fail(err, errlen, e, ...) (hd_errf(err, errlen, __VA_ARGS__), -(e))
 
 /* Map fd's first len bytes at exactly addr, or fail naming the address.
  * MAP_NORESERVE: for hugetlb memory a plain shared mapping would reserve huge
@@ -168,7 +159,7 @@ int seg_create(seg_t *s, const seg_opts_t *o, char *err, size_t errlen)
     s->aux_done = s->meta_done + meta_words;
 
     if ((r = seg_commit_meta(s, 0, HD_HEADER_BYTES)) < 0) {
-        fail(err, errlen, -r, "cannot commit the segment header: %s", strerror(-r));
+        hd_errf(err, errlen, "cannot commit the segment header: %s", strerror(-r));
         goto out;
     }
     hd_layout(s->hdr, s->base, s->npages);

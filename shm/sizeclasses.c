@@ -7,6 +7,7 @@
  * 512 is a class boundary, classes up to it use one-page spans) and the
  * invariants listed in sizeclasses.h, cheaply: division magic is checked at
  * object boundaries only, which is where an inexact magic first fails. */
+#include "errf.h"
 #include "sizeclasses.h"
 
 #include <stdarg.h>
@@ -21,18 +22,7 @@ _Static_assert(HD_SIZE_TO_CLASS128_LEN == 249, "size_to_class128 has 249 entries
  * the check so our classes stay Go's). */
 #define HD_ONE_PAGE_LIMIT 512u
 
-static bool fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static bool fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return false;
-}
+#define fail(err, errlen, ...) (hd_errf(err, errlen, __VA_ARGS__), false)
 
 /* offset / size == hd_obj_index(magic, offset) for 0 <= offset <= span.
  * The magic rounds 2^32/size up, so its error grows with the offset and is
