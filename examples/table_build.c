@@ -54,8 +54,8 @@ int main(int argc, char **argv)
         t->count++;
     }
     uint64_t off = heapd_ptr_to_offset(t);
-    printf("built a table of %ld strings at %p (offset %#llx)\n", n, (void *)t, (unsigned long long)off);
-    printf("read and free it from another process:  ./build/table-read %#llx\n", (unsigned long long)off);
+    printf("built a table of %ld strings at %p (offset 0x%llx)\n", n, (void *)t, (unsigned long long)off);
+    printf("read and free it from another process:  ./build/table-read 0x%llx\n", (unsigned long long)off);
     heapd_detach();     /* the table stays: objects outlive the process that made them */
     return 0;
 }
