@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test unit asan bench bench-pagealloc bench-alloc clean
+.PHONY: all deps build run demo test unit asan fuzz bench bench-pagealloc bench-alloc clean
 
 all: build
 
@@ -35,6 +35,16 @@ asan: deps
 	cmake --build $(ASAN) -j $(JOBS)
 	@scripts/run-tests.sh $(ASAN) all
 
+# libFuzzer harnesses (clang), each run for FUZZ_SECONDS from an empty corpus.
+FUZZ ?= build-fuzz
+FUZZ_SECONDS ?= 30
+fuzz:
+	@scripts/install-deps.sh --fuzz
+	cmake -S . -B $(FUZZ) -DCMAKE_C_COMPILER=clang -DHEAPD_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+	cmake --build $(FUZZ) -j $(JOBS) --target fuzz-rpc
+	@mkdir -p $(FUZZ)/corpus-rpc
+	$(FUZZ)/fuzz-rpc -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ)/corpus-rpc
+
 bench-pagealloc: build
 	$(BUILD)/bench-pagealloc
 
@@ -45,4 +55,4 @@ bench-alloc: build
 bench: bench-pagealloc bench-alloc
 
 clean:
-	rm -rf $(BUILD) $(ASAN) run
+	rm -rf $(BUILD) $(ASAN) $(FUZZ) run

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages heapd builds against, only those that are missing.
-# Usage: scripts/install-deps.sh [--bench]   (--bench adds the allocators bench/ compares with)
+# Usage: scripts/install-deps.sh [--bench] [--fuzz]
+#   --bench adds the allocators bench/ compares with, --fuzz adds clang for libFuzzer
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler
       liburing-dev libcunit1-dev)
-if [ "${1:-}" = "--bench" ]; then
-  pkgs+=(libjemalloc-dev libgoogle-perftools-dev libmimalloc-dev libboost-dev g++)
-fi
+for a in "$@"; do
+  case $a in
+    --bench) pkgs+=(libjemalloc-dev libgoogle-perftools-dev libmimalloc-dev libboost-dev g++ gnuplot-nox) ;;
+    --fuzz) pkgs+=(clang) ;;
+    *) echo "install-deps: unknown option $a" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

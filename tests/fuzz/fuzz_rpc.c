@@ -1,0 +1,195 @@
+/* fuzz-rpc: libFuzzer harness for the daemon's message decoder and dispatch.
+ *
+ * Each input is a short conversation of one client with a real daemon state
+ * (segment, mheap, mcentral; no socket: rpc_handle is called directly). The
+ * input is read as a script: each step's first byte picks either a raw packet
+ * (the next bytes, length-prefixed: any garbage) or a well-formed message
+ * whose fields come from the following bytes (Hello with any version, Refill,
+ * Release, AllocLarge, FreeLarge with ids taken from earlier replies or made
+ * up), so the fuzzer reaches deep states without a corpus. Spans the client
+ * is handed get random alloc and free bits written into their slots, as a
+ * buggy or hostile client could. After the conversation the client is closed
+ * (its spans reclaimed) and, every 64 inputs, the heap's invariants are
+ * checked (mheap_check, mcentral_check): any violation aborts.
+ *
+ * Build: make fuzz (clang, -fsanitize=fuzzer,address,undefined).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "daemon.h"
+#include "heapd.pb-c.h"
+#include "mcentral.h"
+#include "rpc.h"
+#include "span.h"
+
+static daemon_t *D;
+static uint8_t outbuf[HD_MAX_MSG];
+
+struct script { const uint8_t *p; size_t n; };
+
+static unsigned take(struct script *s, unsigned nbytes)
+{
+    unsigned v = 0;
+    for (unsigned i = 0; i < nbytes; i++) {
+        v <<= 8;
+        if (s->n) {
+            v |= *s->p++;
+            s->n--;
+        }
+    }
+    return v;
+}
+
+static uint32_t ids[256];
+static unsigned nids;
+
+static void remember(const rpc_out_t *out)
+{
+    Heapd__DaemonMsg *r = heapd__daemon_msg__unpack(NULL, out->len, out->buf);
+    if (!r)
+        abort();                                   /* the daemon must always encode valid replies */
+    if (r->body_case == HEAPD__DAEMON_MSG__BODY_SPANS)
+        for (size_t i = 0; i < r->spans->n_span_ids && nids < 256; i++)
+            ids[nids++] = r->spans->span_ids[i];
+    heapd__daemon_msg__free_unpacked(r, NULL);
+}
+
+/* Scribble on the slots of spans we were given, like a client allocating,
+ * freeing and misbehaving. */
+static void scribble(struct script *s)
+{
+    if (!nids)
+        return;
+    uint32_t id = ids[take(s, 1) % nids];
+    if (id >= D->seg.view.npages)
+        return;
+    hd_slot_t *sl = hd_slot_of(&D->seg.view, id);
+    unsigned w = take(s, 1) % HD_BITMAP_WORDS;
+    uint64_t a = (uint64_t)take(s, 4) << 32 | take(s, 4);
+    if (take(s, 1) & 1)
+        atomic_store(&sl->alloc_bits[w], a);
+    else
+        atomic_fetch_or(&sl->free_bits[w], a);
+}
+
+static uint32_t pick_id(struct script *s)
+{
+    unsigned k = take(s, 1);
+    if (nids && k < 200)
+        return ids[k % nids];
+    return (uint32_t)take(s, 4);
+}
+
+static size_t build(struct script *s, uint8_t *buf)
+{
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    Heapd__Hello h = HEAPD__HELLO__INIT;
+    Heapd__Refill rf = HEAPD__REFILL__INIT;
+    Heapd__Release rl = HEAPD__RELEASE__INIT;
+    Heapd__AllocLarge al = HEAPD__ALLOC_LARGE__INIT;
+    Heapd__FreeLarge fl = HEAPD__FREE_LARGE__INIT;
+    uint32_t a[HD_MAX_BATCH + 4], g[HD_MAX_BATCH + 4];
+    m.seq = take(s, 1) & 3;
+    switch (take(s, 1) % 5) {
+    case 0:
+        h.version = take(s, 1) < 240 ? HD_PROTO_VERSION : take(s, 4);
+        h.pid = (int32_t)take(s, 2);
+        h.name = "fuzz";
+        m.body_case = HEAPD__CLIENT_MSG__BODY_HELLO;
+        m.hello = &h;
+        break;
+    case 1:
+        rf.sizeclass = take(s, 1) < 240 ? take(s, 1) % 70 : take(s, 4);
+        rf.count = take(s, 1) % 70;
+        m.body_case = HEAPD__CLIENT_MSG__BODY_REFILL;
+        m.refill = &rf;
+        break;
+    case 2:
+        rl.n_span_ids = take(s, 1) % (HD_MAX_BATCH + 4);
+        for (size_t i = 0; i < rl.n_span_ids; i++)
+            a[i] = pick_id(s);
+        rl.span_ids = a;
+        m.body_case = HEAPD__CLIENT_MSG__BODY_RELEASE;
+        m.release = &rl;
+        break;
+    case 3:
+        al.pages = take(s, 1) < 240 ? take(s, 2) % 300 : (uint64_t)take(s, 4) << 16;
+        al.align_pages = take(s, 1) < 200 ? 1u << (take(s, 1) % 12) : take(s, 2);
+        al.zero = take(s, 1) & 1;
+        m.body_case = HEAPD__CLIENT_MSG__BODY_ALLOC_LARGE;
+        m.alloc_large = &al;
+        break;
+    default:
+        fl.n_span_ids = fl.n_gens = take(s, 1) % 6;
+        if (take(s, 1) > 240)
+            fl.n_gens = take(s, 1) % 6;
+        for (size_t i = 0; i < fl.n_span_ids; i++)
+            a[i] = pick_id(s);
+        for (size_t i = 0; i < fl.n_gens; i++) {
+            uint32_t id = i < fl.n_span_ids ? a[i] : 0;
+            g[i] = take(s, 1) < 200 && id < D->seg.view.npages ? D->seg.view.spans[id].gen : take(s, 4);
+        }
+        fl.span_ids = a;
+        fl.gens = g;
+        m.body_case = HEAPD__CLIENT_MSG__BODY_FREE_LARGE;
+        m.free_large = &fl;
+        break;
+    }
+    return heapd__client_msg__pack(&m, buf);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static unsigned runs;
+    if (!D) {
+        D = calloc(1, sizeof(*D));
+        char err[256];
+        daemon_opts_t o = {.size = 128ull << 20, .base = 0x3c0000000000ull, .quiet = true};
+        if (!D || daemon_init(D, &o, err, sizeof(err)) != 0) {
+            fprintf(stderr, "fuzz-rpc: daemon_init: %s\n", err);
+            abort();
+        }
+    }
+    struct script s = {data, size};
+    client_t *c = client_new(D, -1, 4242, getuid());
+    if (!c)
+        return 0;
+    nids = 0;
+    static uint8_t pkt[HD_MAX_MSG];
+    for (unsigned step = 0; step < 64 && s.n; step++) {
+        unsigned kind = take(&s, 1);
+        size_t n;
+        if (kind < 40) {                       /* raw bytes */
+            n = take(&s, 2) % 512;
+            n = n > s.n ? s.n : n;
+            memcpy(pkt, s.p, n);
+            s.p += n;
+            s.n -= n;
+        } else if (kind < 60) {
+            scribble(&s);
+            continue;
+        } else {
+            n = build(&s, pkt);
+        }
+        rpc_out_t out = {.buf = outbuf, .cap = sizeof(outbuf)};
+        enum rpc_verdict v = rpc_handle(D, c, pkt, n, &out);
+        if (out.len)
+            remember(&out);
+        if (v != RPC_OK)
+            break;
+    }
+    client_close(D, c, "fuzz input over");
+    if (++runs % 64 == 0) {
+        char err[256];
+        if (!mheap_check(&D->heap, err, sizeof(err)) || !mcentral_check(&D->central, err, sizeof(err))) {
+            fprintf(stderr, "fuzz-rpc: invariant broken: %s\n", err);
+            abort();
+        }
+    }
+    return 0;
+}
