@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test unit asan fuzz bench bench-pagealloc bench-alloc clean
+.PHONY: all deps build run demo test unit asan fuzz bench bench-pagealloc bench-alloc bench-limit clean
 
 all: build
 
@@ -52,7 +52,11 @@ bench-alloc: build
 	@scripts/install-deps.sh --bench
 	$(BUILD)/bench-alloc
 
-bench: bench-pagealloc bench-alloc
+bench-limit: build
+	@scripts/install-deps.sh --bench
+	$(BUILD)/bench-limit --plot docs/limit.png
+
+bench: bench-pagealloc bench-alloc bench-limit
 
 clean:
 	rm -rf $(BUILD) $(ASAN) $(FUZZ) run

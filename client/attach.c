@@ -91,7 +91,7 @@ static bool hdc_header_ok(const hd_header_t *h, const tp_welcome_t *w)
     return ref.meta_size == h->meta_size && ref.heap_size == h->heap_size &&
            ref.span_off == h->span_off && ref.pagemap_off == h->pagemap_off &&
            ref.slots_off == h->slots_off && ref.tiny_off == h->tiny_off &&
-           ref.pages_off == h->pages_off;
+           ref.pages_off == h->pages_off && ref.cstats_off == h->cstats_off;
 }
 
 /* Map the segment the Welcome describes; fills hdc_seg. tp_lock held. */
@@ -152,10 +152,13 @@ static void hdc_child(void)
 {
     tp_lock_reinit();
     mc_reg_lock_reinit();
+    st_lock_reinit();
     int st = atomic_load(&hdc_state);
     if (st == HDC_DETACHED)
         return;
     tp_close_locked(false);          /* sends nothing: the parent's connection */
+    st_forget_slot();                /* the parent's: we get our own when we reconnect */
+    hdc_listener_forget();
     mc_forget_all_locked(true);
     atomic_fetch_add(&hdc_epoch, 1);
     if (st != HDC_DEAD)
@@ -172,6 +175,9 @@ static void hdc_atexit(void)
     if (atomic_load(&hdc_state) == HDC_DETACHED)
         return;
     mc_release_current();
+    tp_lock();
+    mc_stats_flush_all_locked(false);  /* memstats: what every thread counted (threads still run) */
+    tp_unlock();
     tp_flush();
 }
 
@@ -220,8 +226,11 @@ int heapd_attach(const char *socket)
     }
     memcpy(hdc_path, path, sizeof path);
     hdc_client_id = w.client_id;
+    st_set_slot(w.slot);
     atomic_fetch_add(&hdc_epoch, 1);
     atomic_store(&hdc_state, HDC_ATTACHED);
+    if (hdc_pressure_wanted())
+        (void)hdc_listener_start_locked();  /* best effort: pressure then waits for a slow path */
     tp_unlock();
     return 0;
 }
@@ -252,7 +261,10 @@ int hdc_reconnect_locked(void)
         return -1;
     }
     hdc_client_id = w.client_id;
+    st_set_slot(w.slot);
     atomic_store(&hdc_state, HDC_ATTACHED);
+    if (hdc_pressure_wanted())
+        (void)hdc_listener_start_locked();
     return 0;
 }
 
@@ -260,13 +272,16 @@ void heapd_detach(void)
 {
     if (atomic_load(&hdc_state) == HDC_DETACHED)
         return;
+    hdc_listener_stop();             /* before the connection closes under it */
     mc_release_current();            /* queues Release for the calling thread's spans */
     tp_lock();
     if (atomic_load(&hdc_state) == HDC_DETACHED) {
         tp_unlock();
         return;
     }
+    mc_stats_flush_all_locked(true);   /* memstats: every thread's counts (they have stopped) */
     tp_close_locked(true);
+    st_forget_slot();
     mc_forget_all_locked(false);
     memset(&hdc_seg, 0, sizeof hdc_seg);
     munmap(hdc_heap, hdc_heap_size);

@@ -35,7 +35,8 @@
  *
  * Environment: HEAPD_SOCKET (default socket path), HEAPD_NO_URING=1 (plain
  * sendmsg/recvmsg instead of io_uring), HEAPD_ABORT_ON_ERROR=1 (abort() on an
- * invalid or double free instead of reporting and going on).
+ * invalid or double free instead of reporting and going on),
+ * HEAPD_PRESSURE_WAIT_MS (see heapd_on_pressure).
  */
 #ifndef HEAPD_H
 #define HEAPD_H
@@ -107,13 +108,46 @@ HEAPD_API void *heapd_offset_to_ptr(uint64_t off);
 /* Invalid and double frees this process has detected so far. */
 HEAPD_API uint64_t heapd_bad_frees(void);
 
-/* Give back the calling thread's cached spans and send every pending
- * asynchronous message (batched span releases and large frees) now, rather
- * than at the next refill, thread exit or detach. 0 or -1 with errno. */
+/* Give back the calling thread's cached spans, report every thread's
+ * allocation counts to the daemon (memstats: heapctl stats), and send every
+ * pending asynchronous message (batched span releases and large frees) now,
+ * rather than at the next refill, thread exit or detach. 0 or -1 with errno. */
 HEAPD_API int heapd_flush(void);
 
 /* The transport in use: "io_uring", "plain", or "none" when not connected. */
 HEAPD_API const char *heapd_transport(void);
+
+/* Memory pressure (the daemon's limits: heapd --memory-limit, --hard-limit,
+ * quotas). The daemon sends a level and how many bytes it would like back:
+ *   1  committed memory is near the soft limit (over 95%) and the daemon has
+ *      no free pages left to return to the OS;
+ *   2  it is over the soft limit (allocations still succeed);
+ *   3  an allocation was refused, or is about to be, by the hard limit or
+ *      this process's quota.
+ * The callback runs on a thread of libheapd's own ("heapd-pressure",
+ * started while a callback is registered and the process is attached; all
+ * signals blocked), never on an allocating thread and never under a heapd
+ * lock: it may free memory (a buffer pool evicts here), allocate, or call
+ * heapd_flush. One call at a time; pressures that arrive meanwhile are
+ * coalesced (highest level, latest bytes). When an allocation is refused
+ * with level 3, the allocating thread first gives back its cached spans,
+ * waits for the callback to return (at most $HEAPD_PRESSURE_WAIT_MS, default
+ * 1000), and retries once; only then does it return NULL/ENOMEM. So a
+ * callback that needs a lock held by the allocating thread costs that wait,
+ * not a deadlock. fn NULL unregisters. May be called before heapd_attach.
+ * 0, or -1 with errno (the thread could not be started). */
+typedef void (*heapd_pressure_fn)(unsigned level, uint64_t bytes_wanted, void *arg);
+HEAPD_API int heapd_on_pressure(heapd_pressure_fn fn, void *arg);
+/* Callbacks made so far in this process. */
+HEAPD_API uint64_t heapd_pressure_calls(void);
+
+/* Limit this process to `bytes` of heap pages (0: no quota): spans made for
+ * it (small-object refills that take new pages, large objects) are charged
+ * until their pages go back to the daemon, whoever frees them. An
+ * allocation that would cross the quota fails with ENOMEM (after the
+ * pressure steps above); other processes are not affected. It holds for
+ * this connection: a fork child starts without one. 0 or -1/errno. */
+HEAPD_API int heapd_set_quota(uint64_t bytes);
 
 #ifdef __cplusplus
 }

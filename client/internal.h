@@ -63,6 +63,7 @@ HD_HIDDEN void tp_lock_reinit(void);
 typedef struct tp_welcome {
     uint32_t version, client_id;
     uint64_t map_base, heap_size, meta_size;
+    uint32_t slot;              /* our memstats slot, 0 = none */
 } tp_welcome_t;
 
 /* tp_lock held. Connect to path, say Hello, and read the Welcome and its two
@@ -93,6 +94,14 @@ HD_HIDDEN int tp_free_large(uint32_t id, uint32_t gen, uint32_t npages);
 HD_HIDDEN int tp_flush(void);
 HD_HIDDEN int tp_flush_locked(void);
 
+/* tp_lock held. The connection's fd for the pressure listener to poll, or
+ * -1 when not connected. tp_drain_locked reads every packet waiting on it
+ * without blocking (unsolicited ones are handled, stale replies skipped). */
+HD_HIDDEN int tp_listen_fd_locked(void);
+HD_HIDDEN void tp_drain_locked(void);
+/* SetQuota{bytes}. 0 or -1 with errno. */
+HD_HIDDEN int tp_set_quota(uint64_t bytes);
+
 /* Bumped for every Flush the daemon sends: caches compare it with the value
  * they saw last and give back their spans at their next slow path. */
 extern HD_HIDDEN _Atomic uint64_t tp_flush_gen;
@@ -113,6 +122,63 @@ typedef struct tp_backend {
  * HDC_DETACHED on removal (caches are dropped either way). */
 HD_HIDDEN void hdc_test_install(const tp_backend_t *be, const hd_seg_t *seg, uint32_t client_id);
 
+/* ---- pressure.c: pressure callbacks and their listener thread -------------- */
+
+/* A Pressure arrived (called by whoever read it, under tp_lock). */
+HD_HIDDEN void hdc_pressure_note(unsigned level, uint64_t bytes);
+/* Pressures received so far (take it before an RPC, compare after). */
+HD_HIDDEN uint64_t hdc_pressure_gen(void);
+/* After a refused allocation: if a Pressure arrived since `since`, wait
+ * (bounded) until the listener ran the callback for it; true when one did
+ * arrive (the caller retries once). Never waits on the listener thread. */
+HD_HIDDEN bool hdc_pressure_settle(uint64_t since);
+/* tp_lock held: start the listener if it is not running. 0 or -1/errno. */
+HD_HIDDEN int hdc_listener_start_locked(void);
+/* Stop and join the listener (tp_lock NOT held). */
+HD_HIDDEN void hdc_listener_stop(void);
+/* In a fork child: the listener thread is gone. */
+HD_HIDDEN void hdc_listener_forget(void);
+/* Is a callback registered? */
+HD_HIDDEN bool hdc_pressure_wanted(void);
+
+/* ---- cstats.c: memstats counters (segment.h hd_cstats_t) ------------------- */
+
+/* What a thread counts. Only its thread adds to `cur` (relaxed load + store:
+ * no read-modify-write on the hot paths); `done` is what has been added to
+ * the process's stats slot already, under the stats lock. Small allocations
+ * are counted per span, not per object (Go's way: at refill and release, the
+ * alloc bits the thread set since; mcache.c), tiny packed objects and frees
+ * per call. */
+typedef struct st_counts {
+    _Atomic uint64_t small_allocs[HD_NUM_SIZE_CLASSES];
+    _Atomic uint64_t small_frees[HD_NUM_SIZE_CLASSES];
+    _Atomic uint64_t tiny_allocs, large_allocs, large_alloc_bytes, large_frees, large_free_bytes;
+} st_counts_t;
+typedef struct st_thread {
+    st_counts_t cur, done;              /* cur.small_frees unused: frees count in `frees` */
+    _Atomic uint64_t *frees;            /* the thread's mc_tls_frees (thread-local storage) */
+} st_thread_t;
+#define ST_FREE_FLUSH 4096u             /* a power of two */
+
+static inline void st_bump(_Atomic uint64_t *x, uint64_t d)
+{
+    atomic_store_explicit(x, atomic_load_explicit(x, memory_order_relaxed) + d, memory_order_relaxed);
+}
+
+/* Add what t counted since its last flush to our slot (the stats lock; a
+ * leaf: taken under tp_lock and mc_reg_lock, never the other way), with
+ * mcache_bytes as the caches' gauge. Without a slot (none given, a fork child
+ * not yet reconnected) the counts wait in t. */
+HD_HIDDEN void st_flush(st_thread_t *t, uint64_t mcache_bytes);
+/* Does t hold counts not yet flushed? */
+HD_HIDDEN bool st_pending(const st_thread_t *t);
+/* tp_lock held: use slot (from Welcome; 0 = none) of the mapped segment. */
+HD_HIDDEN void st_set_slot(uint32_t slot);
+/* Forget the slot (detach after the last flush, fork child). */
+HD_HIDDEN void st_forget_slot(void);
+HD_HIDDEN bool st_have_slot(void);
+HD_HIDDEN void st_lock_reinit(void);
+
 /* ---- mcache.c: the thread caches ------------------------------------------ */
 
 /* The span a class allocates from: Go's mspan fields that matter here. An
@@ -127,6 +193,7 @@ typedef struct mc_span {
     uint32_t id;            /* span id, HD_NO_SPAN when empty */
     hd_slot_t *slot;        /* the span's alloc/free bitmaps */
     bool fresh;             /* no slot we may still hand out was ever used (calloc) */
+    uint32_t live0;         /* memstats: objects allocated in it when its allocations were last counted */
 } mc_span_t;
 
 /* Index of the next free object of s, marking nothing; nelems when s is
@@ -160,6 +227,26 @@ HD_HIDDEN void mc_release_current(void);
 /* Every cache forgets its spans without giving them back (detach after the
  * connection closed; fork child). The caller holds tp_lock. */
 HD_HIDDEN void mc_forget_all_locked(bool fork_child);
+/* memstats (mcache.c). The free path counts in mc_tls_frees, the calling
+ * thread's per-class free counters: thread-local storage, so counting is one
+ * load and one store with no pointer to follow (the cache's st.frees points
+ * at them, so flushes can reach them). A thread's first free of a class, and
+ * every ST_FREE_FLUSH-th after, calls mc_stats_free_tick: it makes the
+ * thread's cache if there is none (so the thread's exit flushes it) and
+ * flushes, so even a thread that only frees reports.
+ * mc_stats_flush_current: flush this thread's counts (counting its current
+ * spans first). mc_stats_flush_all_locked (tp_lock held): flush every cache's
+ * counts; all_threads also counts the other threads' current spans (detach:
+ * they have stopped); a fork child that has not reconnected reconnects for a
+ * slot when there is something to flush. mc_count_large: a large allocation
+ * or free by this thread. */
+extern HD_HIDDEN __thread _Atomic uint64_t mc_tls_frees[HD_NUM_SIZE_CLASSES] __attribute__((tls_model("initial-exec")));
+HD_HIDDEN void mc_stats_free_tick(void);
+HD_HIDDEN void mc_stats_flush_current(void);
+HD_HIDDEN void mc_stats_flush_all_locked(bool all_threads);
+HD_HIDDEN void mc_count_large(bool alloc, uint64_t bytes);
+/* Zero every cache's counts (tp_lock held; the unit tests' stand-in). */
+HD_HIDDEN void mc_stats_reset_locked(void);
 HD_HIDDEN void mc_reg_lock(void);
 HD_HIDDEN void mc_reg_unlock(void);
 HD_HIDDEN void mc_reg_lock_reinit(void);

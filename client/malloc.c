@@ -95,14 +95,24 @@ void heapd_free(void *p)
     if (!p)
         return;
     uint32_t id;
-    enum hd_free_result r = hd_free(&hdc_seg, p, &id);
-    if (hd_likely(r == HD_FREE_OK))
+    unsigned cls;
+    enum hd_free_result r = hd_free_ex(&hdc_seg, p, &id, &cls);
+    if (hd_likely(r == HD_FREE_OK)) {
+        if (hd_likely(cls)) {        /* memstats: frees count where they happen (internal.h) */
+            uint64_t v = atomic_load_explicit(&mc_tls_frees[cls], memory_order_relaxed) + 1;
+            atomic_store_explicit(&mc_tls_frees[cls], v, memory_order_relaxed);
+            if (hd_unlikely(v % ST_FREE_FLUSH == 1))
+                mc_stats_free_tick();
+        }
         return;
+    }
     switch (r) {
     case HD_FREE_LARGE: {
         const hd_span_t *sp = &hdc_seg.spans[id];
         if (tp_free_large(id, sp->gen, sp->npages) < 0)
             hdc_report_bad_free(p, "double free (large object)");
+        else
+            mc_count_large(false, (uint64_t)sp->npages * HD_PAGE_SIZE);
         return;
     }
     case HD_FREE_NOT_HEAP:
@@ -190,6 +200,9 @@ int heapd_flush(void)
         return -1;
     }
     mc_release_current();
+    tp_lock();
+    mc_stats_flush_all_locked(false);   /* every thread's memstats counts, to our slot */
+    tp_unlock();
     if (tp_flush() < 0)
         return -1;
     if (atomic_load(&hdc_state) == HDC_DEAD) {

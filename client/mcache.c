@@ -97,12 +97,15 @@ typedef struct hd_mcache {
     _Atomic uint32_t *tiny_word;        /* its block word */
     hd_slot_t *tiny_slot;               /* its span's bitmaps */
     uint32_t tiny_span, tiny_block;     /* its span id and block index */
+    st_thread_t st;                     /* memstats counters (internal.h, cstats.c) */
     uint64_t epoch;                     /* hdc_epoch when the cache last checked */
     uint64_t flush_gen;                 /* tp_flush_gen when the cache last checked */
     struct hd_mcache *next, *prev;      /* the registry (mc_reg_mu) */
 } hd_mcache_t;
 
 static __thread hd_mcache_t *mc_tls __attribute__((tls_model("initial-exec")));
+__thread _Atomic uint64_t mc_tls_frees[HD_NUM_SIZE_CLASSES] __attribute__((tls_model("initial-exec")));
+static _Atomic unsigned mc_ncaches;     /* registered caches, for the mcache_bytes gauge */
 static pthread_mutex_t mc_reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static hd_mcache_t *mc_reg;             /* every live cache (mc_reg_mu) */
 static pthread_key_t mc_key;
@@ -174,7 +177,7 @@ void mc_span_load(mc_span_t *s, const hd_seg_t *seg, uint32_t id)
     s->elemsize = sp->elemsize;
     s->slot = hd_slot_of(seg, id);
     unsigned nfreed;
-    hd_span_sweep(s->slot, s->nelems, &nfreed);
+    s->live0 = hd_span_sweep(s->slot, s->nelems, &nfreed);    /* allocations are counted from here */
     s->fresh = sp->needzero == 0 && nfreed == 0;
     mc_span_rewind(s);
 }
@@ -271,7 +274,9 @@ static hd_mcache_t *mc_get(void)
     if (mc_reg)
         mc_reg->prev = mc;
     mc_reg = mc;
+    atomic_fetch_add(&mc_ncaches, 1);
     mc_reg_unlock();
+    mc->st.frees = mc_tls_frees;
     mc_tls = mc;
     pthread_setspecific(mc_key, mc);
     return mc;
@@ -283,7 +288,10 @@ static void mc_tiny_close(hd_mcache_t *mc)
 {
     if (!mc->tiny)
         return;
-    hd_tiny_close(mc->tiny_slot, hd_tiny_of(&hdc_seg, mc->tiny_span), mc->tiny_block);
+    bool freed;
+    if (hd_tiny_close_ex(mc->tiny_slot, hd_tiny_of(&hdc_seg, mc->tiny_span), mc->tiny_block, &freed) ==
+            HD_FREE_OK && freed)
+        st_bump(&mc->st.frees[HD_TINY_SIZE_CLASS], 1);   /* we freed the block (our thread: mc's) */
     mc->tiny = 0;
     mc->tiny_off = 0;
     mc->tiny_word = NULL;
@@ -306,10 +314,114 @@ static void mc_rel_add(hd_mcache_t *mc, mc_relbuf_t *rb, uint32_t id)
     }
 }
 
+/* ---- memstats -------------------------------------------------------------------------- */
+
+/* Count the objects allocated from s since its allocations were last counted
+ * (Go counts at refill and release too): only this thread sets alloc bits
+ * while it caches s, and only its sweeps clear them, which recount (live0). */
+static void mc_span_account(st_thread_t *st, unsigned c, mc_span_t *s)
+{
+    if (s->id == HD_NO_SPAN || !s->slot)
+        return;
+    unsigned pop = 0;
+    for (unsigned w = 0; w < hd_bitmap_words(s->nelems); w++)
+        pop += (unsigned)__builtin_popcountll(atomic_load_explicit(&s->slot->alloc_bits[w], memory_order_relaxed));
+    if (pop > s->live0)
+        st_bump(&st->cur.small_allocs[c], pop - s->live0);
+    s->live0 = pop;
+}
+
+/* The current spans of every class (the cache's own thread, or a thread
+ * that has stopped). */
+static void mc_account(hd_mcache_t *mc)
+{
+    for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++)
+        mc_span_account(&mc->st, c, &mc->cls[c].cur);
+}
+
+static uint64_t mc_cache_bytes(void) { return (uint64_t)atomic_load(&mc_ncaches) * sizeof(hd_mcache_t); }
+
+/* This cache's thread: count and add to the slot. */
+static void mc_stats_flush(hd_mcache_t *mc)
+{
+    if (mc->epoch == atomic_load(&hdc_epoch))
+        mc_account(mc);
+    st_flush(&mc->st, mc_cache_bytes());
+}
+
+void mc_stats_flush_current(void)
+{
+    if (mc_tls)
+        mc_stats_flush(mc_tls);
+}
+
+void mc_stats_free_tick(void)
+{
+    int e = errno;                  /* free() leaves errno alone */
+    hd_mcache_t *mc = mc_get();
+    errno = e;
+    if (mc)
+        mc_stats_flush(mc);
+}
+
+void mc_count_large(bool alloc, uint64_t bytes)
+{
+    int e = errno;
+    hd_mcache_t *mc = mc_get();
+    errno = e;
+    if (!mc)
+        return;
+    st_thread_t *t = &mc->st;
+    if (alloc) {
+        st_bump(&t->cur.large_allocs, 1);
+        st_bump(&t->cur.large_alloc_bytes, bytes);
+    } else {
+        st_bump(&t->cur.large_frees, 1);
+        st_bump(&t->cur.large_free_bytes, bytes);
+    }
+}
+
+void mc_stats_flush_all_locked(bool all_threads)
+{
+    mc_reg_lock();
+    uint64_t e = atomic_load(&hdc_epoch);
+    if (all_threads)
+        for (hd_mcache_t *mc = mc_reg; mc; mc = mc->next)
+            if (mc->epoch == e)
+                mc_account(mc);
+    if (!st_have_slot() && atomic_load(&hdc_state) == HDC_FORKED) {
+        bool pending = false;       /* a fork child that only freed: it needs a slot of its own */
+        for (hd_mcache_t *mc = mc_reg; mc && !pending; mc = mc->next)
+            pending = st_pending(&mc->st);
+        if (pending)
+            (void)hdc_reconnect_locked();
+    }
+    if (mc_tls && mc_tls->epoch == e)
+        mc_account(mc_tls);
+    for (hd_mcache_t *mc = mc_reg; mc; mc = mc->next)
+        st_flush(&mc->st, mc_cache_bytes());
+    mc_reg_unlock();
+}
+
+void mc_stats_reset_locked(void)
+{
+    mc_reg_lock();
+    for (hd_mcache_t *mc = mc_reg; mc; mc = mc->next) {
+        memset(&mc->st.cur, 0, sizeof mc->st.cur);
+        memset(&mc->st.done, 0, sizeof mc->st.done);
+        for (unsigned c = 0; mc->st.frees && c < HD_NUM_SIZE_CLASSES; c++)
+            atomic_store_explicit(&mc->st.frees[c], 0, memory_order_relaxed);
+    }
+    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++)
+        atomic_store_explicit(&mc_tls_frees[c], 0, memory_order_relaxed);
+    mc_reg_unlock();
+}
+
 /* Give every span back (async Release) and close the tiny block. */
 static void mc_release(hd_mcache_t *mc)
 {
     mc_relbuf_t rb = {.n = 0};
+    mc_account(mc);                  /* the current spans' allocations, before they go */
     mc_tiny_close(mc);
     for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
@@ -323,6 +435,7 @@ static void mc_release(hd_mcache_t *mc)
     if (rb.n)
         tp_release(rb.ids, rb.n);
     mc_reset(mc);
+    st_flush(&mc->st, mc_cache_bytes());
 }
 
 void mc_release_current(void)
@@ -344,14 +457,22 @@ static void mc_unregister(hd_mcache_t *mc)
 
 void mc_forget_all_locked(bool fork_child)
 {
+    if (fork_child)                  /* this thread's free counts so far are the parent's */
+        for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++)
+            atomic_store_explicit(&mc_tls_frees[c], 0, memory_order_relaxed);
     mc_reg_lock();
     for (hd_mcache_t *mc = mc_reg, *next; mc; mc = next) {
         next = mc->next;
         if (fork_child && mc != mc_tls) {
             mc_unregister(mc);       /* its thread does not exist in the child */
+            atomic_fetch_sub(&mc_ncaches, 1);
             munmap(mc, sizeof *mc);
         } else {
             mc_reset(mc);            /* spans are not ours to release (any more) */
+            if (fork_child) {        /* the counts so far are the parent's to report */
+                memset(&mc->st.cur, 0, sizeof mc->st.cur);
+                memset(&mc->st.done, 0, sizeof mc->st.done);
+            }
         }
     }
     mc_reg_unlock();
@@ -361,11 +482,14 @@ static void mc_thread_exit(void *arg)
 {
     hd_mcache_t *mc = arg;
     if (mc->epoch == atomic_load(&hdc_epoch) && atomic_load(&hdc_state) != HDC_DETACHED) {
-        mc_release(mc);
+        mc_release(mc);              /* flushes its counts too */
         tp_flush();
+    } else if (atomic_load(&hdc_state) != HDC_DETACHED) {
+        st_flush(&mc->st, mc_cache_bytes());    /* frees it made since */
     }
     mc_reg_lock();
     mc_unregister(mc);
+    atomic_fetch_sub(&mc_ncaches, 1);
     mc_reg_unlock();
     if (mc_tls == mc)
         mc_tls = NULL;
@@ -388,6 +512,23 @@ static void mc_check_stale(hd_mcache_t *mc)
         mc->flush_gen = g;
         mc_release(mc);
     }
+}
+
+/* A refusal (ENOMEM) came with Flush and/or Pressure (the daemon's hard
+ * limit or our quota, see pressure.c): give back this thread's spans, let
+ * the pressure callback run, and say whether one retry is worth it. errno
+ * stays ENOMEM. */
+static bool mc_enomem_retry(hd_mcache_t *mc, uint64_t pgen, uint64_t fgen)
+{
+    bool again = false;
+    if (mc && atomic_load(&tp_flush_gen) != fgen) {
+        mc_check_stale(mc);         /* queues Release; it goes out ahead of the retry */
+        again = true;
+    }
+    if (hdc_pressure_settle(pgen))
+        again = true;
+    errno = ENOMEM;
+    return again;
 }
 
 /* ---- the small slow path ------------------------------------------------------------ */
@@ -455,13 +596,16 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
     mc_check_stale(mc);
     mc_class_t *k = &mc->cls[c];
     int refills = 0;
+    bool retried = false;
     for (;;) {
         mc_span_t *s = &k->cur;
         if (s->id != HD_NO_SPAN) {
             unsigned i = mc_span_next(s);
             if (i < s->nelems)
                 return mc_take(s, i);
-            if (s->nelems - hd_span_sweep(s->slot, s->nelems, NULL) >= mc_min_room(s->nelems)) { /* step 1 */
+            mc_span_account(&mc->st, c, s);     /* memstats: before the sweep recounts */
+            s->live0 = hd_span_sweep(s->slot, s->nelems, NULL);
+            if (s->nelems - s->live0 >= mc_min_room(s->nelems)) {          /* step 1 */
                 s->fresh = false;    /* room means frees: used slots come round again */
                 mc_span_rewind(s);
                 continue;
@@ -482,9 +626,17 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
         uint32_t ids[MC_BATCH_CAP];
         if (k->streak < 255)
             k->streak++;
+        mc_stats_flush(mc);                  /* memstats: counts go out at every refill */
+        uint64_t pgen = hdc_pressure_gen(), fgen = atomic_load(&tp_flush_gen);
         int n = tp_refill(c, mc_batch_for(c, k->streak), ids);
-        if (n < 0)
+        if (n < 0) {
+            if (errno == ENOMEM && !retried && mc_enomem_retry(mc, pgen, fgen)) {
+                retried = true;
+                refills--;
+                continue;
+            }
             return NULL;
+        }
         unsigned good = 0;
         for (int j = n - 1; j >= 0; j--)      /* stash in reverse: ids[0] is used first */
             if (mc_span_ok(ids[j], c))
@@ -534,6 +686,7 @@ void *mc_alloc_tiny(size_t size, size_t align, bool zero)
     if (hd_likely(mc->tiny && end < HD_TINY_SIZE)) {
         uint32_t bits = 1u << off | (end < 15 ? 1u << (16 + end) : 0);
         atomic_fetch_or_explicit(mc->tiny_word, bits, memory_order_release);
+        st_bump(&mc->st.cur.tiny_allocs, 1);     /* Go's tinyAllocs */
         mc->tiny_off = end + 1;
         p = (void *)(mc->tiny + off);
     } else {
@@ -578,8 +731,13 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
     }
     uint64_t align_pages = align > HD_PAGE_SIZE ? align / HD_PAGE_SIZE : 0;
     uint32_t id;
-    if (tp_alloc_large(pages, align_pages, zero, &id) < 0)
-        return NULL;
+    uint64_t pgen = hdc_pressure_gen(), fgen = atomic_load(&tp_flush_gen);
+    if (tp_alloc_large(pages, align_pages, zero, &id) < 0) {
+        hd_mcache_t *mc = mc_tls;
+        if (errno != ENOMEM || !mc_enomem_retry(mc && mc->epoch == atomic_load(&hdc_epoch) ? mc : NULL, pgen, fgen) ||
+            tp_alloc_large(pages, align_pages, zero, &id) < 0)
+            return NULL;
+    }
     hd_span_t *sp = id < hdc_seg.npages ? &hdc_seg.spans[id] : NULL;
     uintptr_t p = sp ? hd_page_addr(&hdc_seg, id) : 0;
     if (!sp || atomic_load_explicit(&sp->state, memory_order_acquire) != HD_SPAN_LARGE ||
@@ -590,5 +748,7 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
     }
     if (zero && sp->needzero)
         memset((void *)p, 0, size);
+    mc_count_large(true, (uint64_t)sp->npages * HD_PAGE_SIZE);
+    mc_stats_flush_current();
     return (void *)p;
 }

@@ -8,8 +8,9 @@
  *  - synchronous calls (Refill, AllocLarge; Hello at connect): one at a time
  *    per process, under tp_lock; the caller waits for the reply whose seq
  *    matches. Replies with seq 0 are unsolicited: Flush bumps tp_flush_gen
- *    (caches give their spans back at their next slow path); Pressure is
- *    ignored for now.
+ *    (caches give their spans back at their next slow path); Pressure goes
+ *    to pressure.c, whose listener thread also reads them while no call is
+ *    in flight (tp_drain_locked).
  *  - asynchronous messages (Release, FreeLarge, seq 0, no reply): ids gather
  *    in one pending ClientMsg per type, sent when the batch is full (or, for
  *    FreeLarge, when it holds HD_FREE_LARGE_PAGES pages, so a process never
@@ -368,7 +369,37 @@ static void tp_unsolicited(const Heapd__DaemonMsg *m)
 {
     if (m->body_case == HEAPD__DAEMON_MSG__BODY_FLUSH)
         atomic_fetch_add(&tp_flush_gen, 1);
-    /* Pressure: reserved for the limits work; nothing to do yet. */
+    else if (m->body_case == HEAPD__DAEMON_MSG__BODY_PRESSURE)
+        hdc_pressure_note(m->pressure->level, m->pressure->bytes_wanted);
+}
+
+int tp_listen_fd_locked(void)
+{
+    return !tp_be && atomic_load(&hdc_state) == HDC_ATTACHED ? tp_fd : -1;
+}
+
+void tp_drain_locked(void)
+{
+    while (tp_listen_fd_locked() >= 0) {
+        struct iovec iov = {tp_rbuf, sizeof tp_rbuf};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+        ssize_t r = recvmsg(tp_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        if (r <= 0 || (mh.msg_flags & MSG_TRUNC)) {
+            tp_broken();
+            return;
+        }
+        tp_arena_top = 0;
+        Heapd__DaemonMsg *m = heapd__daemon_msg__unpack(&tp_pballoc, (size_t)r, tp_rbuf);
+        if (!m) {
+            tp_broken();
+            return;
+        }
+        if (m->seq == 0)
+            tp_unsolicited(m);
+        /* else a stale reply to an abandoned request: skip it */
+    }
 }
 
 /* One synchronous call: pending batches + req, then the reply with req's
@@ -491,6 +522,34 @@ int tp_alloc_large(uint64_t pages, uint64_t align_pages, bool zero, uint32_t *id
     return rc;
 }
 
+int tp_set_quota(uint64_t bytes)
+{
+    tp_lock();
+    int rc = -1;
+    if (tp_be) {
+        errno = EOPNOTSUPP;
+        tp_unlock();
+        return -1;
+    }
+    Heapd__SetQuota q = HEAPD__SET_QUOTA__INIT;
+    q.bytes = bytes;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_SET_QUOTA;
+    m.set_quota = &q;
+    Heapd__DaemonMsg *r = tp_call_locked(&m);
+    if (!r) {
+        /* errno set */
+    } else if (r->body_case == HEAPD__DAEMON_MSG__BODY_ERROR) {
+        errno = tp_errno_from_daemon(r->error->err);
+    } else if (r->body_case == HEAPD__DAEMON_MSG__BODY_ACK) {
+        rc = 0;
+    } else {
+        errno = EPROTO;
+    }
+    tp_unlock();
+    return rc;
+}
+
 /* Async batches are kept only while there is someone to send them to. */
 static bool tp_may_queue(void)
 {
@@ -586,7 +645,7 @@ static int tp_recv_welcome(int fd, tp_welcome_t *w, int fds[2])
         return -1;
     }
     *w = (tp_welcome_t){m->welcome->version, m->welcome->client_id, m->welcome->map_base,
-                        m->welcome->heap_size, m->welcome->meta_size};
+                        m->welcome->heap_size, m->welcome->meta_size, m->welcome->slot};
     fds[0] = got[0];
     fds[1] = got[1];
     return 0;
@@ -656,6 +715,8 @@ void hdc_test_install(const tp_backend_t *be, const hd_seg_t *seg, uint32_t clie
     if (tp_be && !be)
         tp_flush_locked();
     mc_forget_all_locked(false);
+    mc_stats_reset_locked();         /* each stand-in starts with no memstats counts */
+    st_forget_slot();
     tp_drop_pending();
     tp_be = be;
     if (be) {

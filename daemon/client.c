@@ -258,6 +258,9 @@ void client_close(daemon_t *d, client_t *c, const char *why)
     c->closing = true;
     uint32_t ncached = c->cached.n;
     client_reclaim(d, c);
+    limits_client_gone(d, c->id);
+    mstats_slot_retire(d, c->stat_slot);   /* fold its counters into the retired totals */
+    c->stat_slot = 0;
     if (c->prev)
         c->prev->next = c->next;
     else

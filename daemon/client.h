@@ -41,6 +41,7 @@ typedef struct client {
     bool closing;
     spanlist_t cached;          /* spans CACHED by this client */
     uint64_t requests;
+    uint32_t stat_slot;         /* memstats slot (mstats.h), 0 = none; retired at close */
     struct client *next, *prev;
     daemon_t *d;
     uv_poll_t poll;

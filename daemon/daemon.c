@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "control.h"
 
 void daemon_log(daemon_t *d, const char *fmt, ...)
 {
@@ -41,11 +42,28 @@ int daemon_init(daemon_t *d, const daemon_opts_t *o, char *err, size_t errlen)
         return r;
     }
     mcentral_init(&d->central, &d->heap);
+    unsigned pct = o->scavenge_cpu == 0 ? SCAV_DEFAULT_CPU_PCT : o->scavenge_cpu == SCAV_CPU_OFF ? 0 : o->scavenge_cpu;
+    if ((r = scav_init(d, o->soft_limit, o->hard_limit, pct)) < 0) {
+        snprintf(err, errlen, "cannot set up the scavenger: %s", strerror(-r));
+        mheap_destroy(&d->heap);
+        seg_destroy(&d->seg);
+        return r;
+    }
+    if ((r = mstats_init(d)) < 0) {
+        snprintf(err, errlen, "cannot set up memstats: %s", strerror(-r));
+        scav_destroy(d);
+        mheap_destroy(&d->heap);
+        seg_destroy(&d->seg);
+        return r;
+    }
     return 0;
 }
 
 void daemon_destroy(daemon_t *d)
 {
+    control_free(d);
+    mstats_destroy(d);
+    scav_destroy(d);
     mheap_destroy(&d->heap);
     seg_destroy(&d->seg);
 }
@@ -73,8 +91,10 @@ void daemon_stop(daemon_t *d)
         return;
     d->stopping = true;
     client_shutdown(d);
+    control_shutdown(d);
     uv_timer_stop(&d->sweep_timer);
     uv_close((uv_handle_t *)&d->sweep_timer, NULL);
+    scav_stop(d);
     for (int i = 0; i < 3; i++) {
         uv_signal_stop(&d->sigs[i]);
         uv_close((uv_handle_t *)&d->sigs[i], NULL);
@@ -92,6 +112,7 @@ int daemon_run(daemon_t *d)
     if ((r = client_start(d)) < 0) {
         daemon_log(d, "cannot poll the listening socket: %s", uv_strerror(r));
         client_shutdown(d);             /* closes what client_start opened, unlinks the socket */
+        control_shutdown(d);
         uv_run(&loop, UV_RUN_DEFAULT);  /* let the close callbacks run */
         uv_loop_close(&loop);
         d->loop = NULL;
@@ -100,6 +121,9 @@ int daemon_run(daemon_t *d)
     uv_timer_init(&loop, &d->sweep_timer);
     d->sweep_timer.data = d;
     uv_timer_start(&d->sweep_timer, on_sweep, DAEMON_SWEEP_MS, DAEMON_SWEEP_MS);
+    scav_start(d);
+    if ((r = control_start(d)) < 0)     /* the heap works without it: say so and go on */
+        daemon_log(d, "cannot serve the control socket: %s", uv_strerror(r));
     const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
     for (int i = 0; i < 3; i++) {
         uv_signal_init(&loop, &d->sigs[i]);

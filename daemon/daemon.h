@@ -25,6 +25,8 @@
 
 #include "mcentral.h"
 #include "mheap.h"
+#include "mstats.h"
+#include "scavenge.h"
 #include "segment.h"
 
 #define DAEMON_SWEEP_MS      100u   /* background sweep period */
@@ -38,12 +40,18 @@ typedef struct daemon_opts {
     const char *backing;        /* heap file, or NULL */
     bool hugetlb;
     bool quiet;                 /* no log lines on stderr */
+    uint64_t soft_limit;        /* --memory-limit bytes, 0 = none */
+    uint64_t hard_limit;        /* --hard-limit bytes, 0 = none */
+    unsigned scavenge_cpu;      /* --scavenge-cpu percent; 0 = default (1), SCAV_CPU_OFF = none */
 } daemon_opts_t;
 
 typedef struct daemon {
     seg_t seg;
     mheap_t heap;
     mcentral_t central;
+    scav_t scav;                /* scavenger and limits (scavenge.c) */
+    mstats_state_t ms;          /* memstats books: stats slots, retired totals, RPC times (mstats.c) */
+    struct control *ctl;        /* the control socket (control.c), NULL without one */
     bool quiet;
     uid_t uid;                  /* peers must have this uid, or be root */
 

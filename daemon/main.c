@@ -1,7 +1,8 @@
 /* heapd: the daemon's command line.
  *
  *   heapd --socket PATH --size SIZE [--base ADDR] [--backing PATH | --hugetlb]
- *         [--foreground] [--quiet]
+ *         [--memory-limit SIZE] [--hard-limit SIZE] [--scavenge-cpu PCT]
+ *         [--control PATH] [--foreground] [--quiet]
  *
  * Owns argument checking and process set-up only; daemon.c runs the loop.
  * Exit codes: 0 clean shutdown (SIGTERM/SIGINT) or --help/--version; 2 a bad
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "control.h"
 #include "daemon.h"
 
 #ifndef HEAPD_VERSION
@@ -34,13 +36,20 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: heapd [--socket PATH] [--size SIZE] [--base ADDR] [--backing PATH | --hugetlb]\n"
-            "             [--foreground] [--quiet]\n"
+            "             [--memory-limit SIZE] [--hard-limit SIZE] [--scavenge-cpu PCT]\n"
+            "             [--control PATH] [--foreground] [--quiet]\n"
             "  --socket PATH   listen here (default: $HEAPD_SOCKET, $XDG_RUNTIME_DIR/heapd.sock,\n"
             "                  or /tmp/heapd-UID/heapd.sock)\n"
+            "  --control PATH  the control socket heapctl talks to (default: the socket path + .ctl)\n"
             "  --size SIZE     heap size, like GOMEMLIMIT: 512MiB, 64GiB, bytes (default 16GiB, min 8MiB)\n"
             "  --base ADDR     address every process maps the heap at, 2 MiB aligned (default 0x%llx)\n"
             "  --backing PATH  keep the heap in this file (e.g. on hugetlbfs or DAX) instead of a memfd\n"
             "  --hugetlb       back the heap with huge pages (MFD_HUGETLB)\n"
+            "  --memory-limit SIZE  soft limit on committed memory, like GOMEMLIMIT: over it the\n"
+            "                  daemon releases free pages and asks clients to give memory back;\n"
+            "                  allocations still succeed (default: none)\n"
+            "  --hard-limit SIZE    allocations that would commit more than this fail with ENOMEM\n"
+            "  --scavenge-cpu PCT   CPU the background scavenger may use, 0..100 (default 1; 0: none)\n"
             "  --foreground    do not daemonize; log to stderr\n"
             "  --quiet         no log lines\n"
             "  --help, --version\n",
@@ -84,18 +93,25 @@ static int parse_addr(const char *s, uint64_t *out)
 
 int main(int argc, char **argv)
 {
-    enum { O_SOCKET = 1, O_SIZE, O_BASE, O_BACKING, O_HUGETLB, O_FG, O_QUIET, O_HELP, O_VERSION };
+    enum { O_SOCKET = 1, O_SIZE, O_BASE, O_BACKING, O_HUGETLB, O_FG, O_QUIET, O_HELP, O_VERSION,
+           O_MEMLIMIT, O_HARDLIMIT, O_SCAVCPU };
     static const struct option opts[] = {
         {"socket", required_argument, 0, O_SOCKET},   {"size", required_argument, 0, O_SIZE},
         {"base", required_argument, 0, O_BASE},       {"backing", required_argument, 0, O_BACKING},
         {"hugetlb", no_argument, 0, O_HUGETLB},       {"foreground", no_argument, 0, O_FG},
         {"quiet", no_argument, 0, O_QUIET},           {"help", no_argument, 0, O_HELP},
-        {"version", no_argument, 0, O_VERSION},       {0, 0, 0, 0},
+        {"version", no_argument, 0, O_VERSION},       {"memory-limit", required_argument, 0, O_MEMLIMIT},
+        {"hard-limit", required_argument, 0, O_HARDLIMIT}, {"scavenge-cpu", required_argument, 0, O_SCAVCPU},
+        {"control", required_argument, 0, 'C'},
+        {0, 0, 0, 0},
     };
     const char *sock = NULL, *size_arg = NULL, *backing = NULL;
     uint64_t base = HD_DEFAULT_BASE, size = DEFAULT_SIZE;
     bool hugetlb = false, fg = false, quiet = false;
+    uint64_t soft_limit = 0, hard_limit = 0;
+    unsigned scav_cpu = 0;      /* daemon_opts_t: 0 = default */
     char sizebuf[32], defsock[PATH_MAX];
+    const char *control = NULL;
 
     opterr = 0;
     int o;
@@ -123,6 +139,28 @@ int main(int argc, char **argv)
         case O_HUGETLB:
             hugetlb = true;
             break;
+        case O_MEMLIMIT:
+            if (hd_parse_size(optarg, &soft_limit) < 0)
+                die_usage("bad --memory-limit '%s': give bytes or a size like 512MiB or 64GiB", optarg);
+            break;
+        case O_HARDLIMIT:
+            if (hd_parse_size(optarg, &hard_limit) < 0)
+                die_usage("bad --hard-limit '%s': give bytes or a size like 512MiB or 64GiB", optarg);
+            break;
+        case O_SCAVCPU: {
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (errno || !*optarg || *end || optarg[0] == '-' || v > 100)
+                die_usage("bad --scavenge-cpu '%s': give a percentage 0..100", optarg);
+            scav_cpu = v == 0 ? SCAV_CPU_OFF : (unsigned)v;
+            break;
+        }
+        case 'C':
+            if (!*optarg)
+                die_usage("bad --control '%s': give a socket path", optarg);
+            control = optarg;
+            break;
         case O_FG:
             fg = true;
             break;
@@ -145,6 +183,8 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         die_usage("unexpected argument '%s' (see --help)", argv[optind]);
+    if (soft_limit && hard_limit && hard_limit < soft_limit)
+        die_usage("%s", "--hard-limit is below --memory-limit");
     if (backing && hugetlb)
         die_usage("%s", "--backing and --hugetlb exclude each other (put the file on hugetlbfs instead)");
     if (size < MIN_SIZE)
@@ -174,6 +214,25 @@ int main(int argc, char **argv)
     }
     if (strlen(sock) >= sizeof(((daemon_t *)0)->sock_path))
         die_usage("socket path too long (at most 107 bytes): %s", sock);
+    char ctlpath[PATH_MAX];     /* the control socket: absolute too */
+    bool ctl_default = !control;
+    if (!control) {
+        if (snprintf(ctlpath, sizeof(ctlpath), "%s.ctl", sock) >= (int)sizeof(ctlpath))
+            ctlpath[0] = 0;
+    } else if (control[0] != '/') {
+        char cwd[PATH_MAX];
+        if (!getcwd(cwd, sizeof(cwd)) || snprintf(ctlpath, sizeof(ctlpath), "%s/%s", cwd, control) >= (int)sizeof(ctlpath))
+            die_usage("cannot make control socket path '%s' absolute", control);
+    } else if (snprintf(ctlpath, sizeof(ctlpath), "%s", control) >= (int)sizeof(ctlpath)) {
+        die_usage("control socket path too long: %s", control);
+    }
+    if (strlen(ctlpath) >= sizeof(((daemon_t *)0)->sock_path) || !ctlpath[0]) {
+        if (!ctl_default)
+            die_usage("control socket path too long (at most 107 bytes): %s", ctlpath);
+        if (!quiet)             /* the heap works without it */
+            fprintf(stderr, "heapd: no control socket: %s.ctl is too long (give --control PATH)\n", sock);
+        ctlpath[0] = 0;
+    }
 
     daemon_t *d = calloc(1, sizeof(*d));
     if (!d) {
@@ -181,7 +240,8 @@ int main(int argc, char **argv)
         return 1;
     }
     char err[512];
-    daemon_opts_t dopt = {.size = size, .base = base, .backing = backing, .hugetlb = hugetlb, .quiet = quiet};
+    daemon_opts_t dopt = {.size = size, .base = base, .backing = backing, .hugetlb = hugetlb, .quiet = quiet,
+                          .soft_limit = soft_limit, .hard_limit = hard_limit, .scavenge_cpu = scav_cpu};
     if (daemon_init(d, &dopt, err, sizeof(err)) < 0) {
         fprintf(stderr, "heapd: %s\n", err);
         return 1;
@@ -191,8 +251,14 @@ int main(int argc, char **argv)
         daemon_destroy(d);
         return 1;
     }
-    daemon_log(d, "listening on %s (heap %s at 0x%llx)", sock, fmt_size(size, sizebuf, sizeof(sizebuf)),
-               (unsigned long long)base);
+    if (ctlpath[0] && control_listen(d, ctlpath, err, sizeof(err)) < 0) {
+        fprintf(stderr, "heapd: %s\n", err);
+        client_shutdown(d);     /* no loop yet: closes and unlinks the client socket */
+        daemon_destroy(d);
+        return 1;
+    }
+    daemon_log(d, "listening on %s (heap %s at 0x%llx), control %s", sock, fmt_size(size, sizebuf, sizeof(sizebuf)),
+               (unsigned long long)base, ctlpath[0] ? ctlpath : "none");
 
     if (!fg) {
         fflush(stdout);
@@ -201,6 +267,8 @@ int main(int argc, char **argv)
         if (pid < 0) {
             fprintf(stderr, "heapd: fork: %s\n", strerror(errno));
             unlink(sock);
+            if (ctlpath[0])
+                unlink(ctlpath);
             return 1;
         }
         if (pid > 0) {

@@ -90,6 +90,8 @@ int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32
     uint64_t want = npages + align - 1;     /* room to slide to an aligned start */
     if (want > h->pa.npages)
         return -ENOMEM;
+    if (h->admit && h->admit(h->limits_ctx, npages, owner) < 0)
+        return -ENOMEM;                     /* a limit or quota: nothing changed */
 
     uint64_t scav, base = pa_alloc(&h->pa, want, &scav);
     if (base == PA_FAIL) {
@@ -153,6 +155,8 @@ int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32
     mheap_book_add(&hdr->spans_inuse, 1);
     mheap_book_add(st == HD_SPAN_CACHED ? &hdr->spans_cached : &hdr->spans_large, 1);
     mheap_book_add(&hdr->pages_inuse, (int64_t)npages);
+    if (h->on_alloc)
+        h->on_alloc(h->limits_ctx, (uint32_t)id, npages, owner);
     mheap_publish(h);
     return (int64_t)id;
 }
@@ -177,6 +181,8 @@ int mheap_free_span(mheap_t *h, uint32_t id)
     if (st == HD_SPAN_FREE || h->v->pagemap[id] != id + 1 || h->priv[id].list != SL_NONE)
         return -EINVAL;
     uint64_t n = sp->npages;
+    if (h->on_free)
+        h->on_free(h->limits_ctx, id, n);
     atomic_store_explicit(&sp->state, HD_SPAN_FREE, memory_order_release);
     for (uint64_t p = id; p < id + n; p++)
         __atomic_store_n(&h->v->pagemap[p], 0, __ATOMIC_RELEASE);

@@ -68,6 +68,13 @@ typedef struct mheap {
     span_priv_t *priv;          /* [npages], MAP_NORESERVE */
     size_t priv_len;
     bool punch_broken;          /* a hole punch failed: no page is known zero any more */
+    /* Limits (scavenge.c; all NULL without them). admit runs before a span
+     * takes pages: 0, or -ENOMEM to refuse (nothing changed). on_alloc and
+     * on_free run after a span was made / before its pages go back. */
+    int (*admit)(void *ctx, uint64_t npages, uint32_t owner);
+    void (*on_alloc)(void *ctx, uint32_t id, uint64_t npages, uint32_t owner);
+    void (*on_free)(void *ctx, uint32_t id, uint64_t npages);
+    void *limits_ctx;
 } mheap_t;
 
 /* Set up over a created segment. 0 or -errno. */

@@ -107,6 +107,9 @@ static enum rpc_verdict on_hello(daemon_t *d, client_t *c, uint64_t seq, const H
     w.map_base = d->seg.base;
     w.heap_size = d->seg.heap_size;
     w.meta_size = d->seg.meta_size;
+    if (!c->stat_slot)              /* memstats: where this client adds its counters (mstats.h) */
+        c->stat_slot = mstats_slot_assign(d, c->id);
+    w.slot = c->stat_slot;
     Heapd__DaemonMsg m = HEAPD__DAEMON_MSG__INIT;
     m.seq = seq;
     m.body_case = HEAPD__DAEMON_MSG__BODY_WELCOME;
@@ -239,6 +242,38 @@ static enum rpc_verdict on_free_large(daemon_t *d, client_t *c, uint64_t seq, co
     return RPC_OK;
 }
 
+/* ---- limits (scavenge.h) ---------------------------------------------------------- */
+
+static enum rpc_verdict on_set_quota(daemon_t *d, client_t *c, uint64_t seq, const Heapd__SetQuota *q,
+                                     rpc_out_t *out)
+{
+    if (limits_set_quota(d, c->id, q->bytes) < 0)
+        reply_error(out, seq, ENOMEM, "no room for a quota account");
+    else
+        reply_ack(out, seq);
+    return RPC_OK;
+}
+
+static enum rpc_verdict on_set_limit(daemon_t *d, client_t *c, uint64_t seq, const Heapd__SetLimit *l,
+                                     rpc_out_t *out)
+{
+    (void)c;
+    if (limits_set(d, l->soft, l->hard) < 0)
+        reply_error(out, seq, EINVAL, "SetLimit{soft %llu, hard %llu}: the hard limit is below the soft one",
+                    (unsigned long long)l->soft, (unsigned long long)l->hard);
+    else
+        reply_ack(out, seq);
+    return RPC_OK;
+}
+
+static enum rpc_verdict on_scavenge(daemon_t *d, client_t *c, uint64_t seq, rpc_out_t *out)
+{
+    (void)c;
+    scavenge_all(d);
+    reply_ack(out, seq);
+    return RPC_OK;
+}
+
 /* ---- dispatch ------------------------------------------------------------------- */
 
 enum rpc_verdict rpc_handle(daemon_t *d, client_t *c, const uint8_t *pkt, size_t len, rpc_out_t *out)
@@ -251,6 +286,7 @@ enum rpc_verdict rpc_handle(daemon_t *d, client_t *c, const uint8_t *pkt, size_t
         out->why = len ? "oversized packet" : "empty packet";
         return RPC_DISCONNECT;
     }
+    uint64_t t0 = mstats_now_ns();  /* handling time, for memstats */
     /* protobuf-c with the system allocator: this is the daemon, not a client's malloc. */
     Heapd__ClientMsg *m = heapd__client_msg__unpack(NULL, len, pkt);
     if (!m) {
@@ -286,12 +322,22 @@ enum rpc_verdict rpc_handle(daemon_t *d, client_t *c, const uint8_t *pkt, size_t
         case HEAPD__CLIENT_MSG__BODY_FREE_LARGE:
             v = on_free_large(d, c, m->seq, m->free_large, out);
             break;
+        case HEAPD__CLIENT_MSG__BODY_SET_QUOTA:
+            v = on_set_quota(d, c, m->seq, m->set_quota, out);
+            break;
+        case HEAPD__CLIENT_MSG__BODY_SET_LIMIT:
+            v = on_set_limit(d, c, m->seq, m->set_limit, out);
+            break;
+        case HEAPD__CLIENT_MSG__BODY_SCAVENGE:
+            v = on_scavenge(d, c, m->seq, out);
+            break;
         default:
             out->why = "unknown message";
             v = RPC_DISCONNECT;
             break;
         }
     }
+    mstats_rpc(d, (unsigned)m->body_case, mstats_now_ns() - t0);
     heapd__client_msg__free_unpacked(m, NULL);
     if (v == RPC_DISCONNECT)
         out->len = out->nfds = 0;

@@ -17,9 +17,13 @@
  *    counted in bad_requests; the reply (seq != 0 only) is Error{EINVAL} naming
  *    the first, else Ack;
  *  - AllocLarge: pages >= 1, align_pages 0 or a power of two (EINVAL); more
- *    pages than the heap has, or no room: ENOMEM.
- * Hello, Refill and AllocLarge are always answered (echoing seq, even 0);
- * Release and FreeLarge only when seq != 0.
+ *    pages than the heap has, or no room: ENOMEM. A hard limit or quota
+ *    (scavenge.h) refuses with ENOMEM too, after sending this client Flush
+ *    and Pressure{3} (so they arrive ahead of the reply);
+ *  - SetQuota (this client's), SetLimit (the daemon's; EINVAL when hard <
+ *    soft), Scavenge (release every free page): Ack.
+ * Hello, Refill, AllocLarge, SetQuota, SetLimit and Scavenge are always
+ * answered (echoing seq, even 0); Release and FreeLarge only when seq != 0.
  */
 #ifndef HEAPD_DAEMON_RPC_H
 #define HEAPD_DAEMON_RPC_H

@@ -164,6 +164,8 @@ int seg_create(seg_t *s, const seg_opts_t *o, char *err, size_t errlen)
     }
     hd_layout(s->hdr, s->base, s->npages);
     hd_seg_view(&s->view, s->hdr);
+    struct stat hst;    /* hugetlbfs punches whole huge pages only: no scavenging there */
+    s->punch_grain_ok = fstat(s->heap_fd, &hst) == 0 && hst.st_blksize <= (blksize_t)HD_PAGE_SIZE && !o->hugetlb;
     return 0;
 
 out:
@@ -226,7 +228,7 @@ int seg_decommit_pages(seg_t *s, uint64_t page, uint64_t npages)
 }
 
 /* Commit [off, off+len) of fd once, remembering committed 4 KiB pages in done. */
-static int commit_once(int fd, uint64_t *done, uint64_t off, uint64_t len)
+static int commit_once(int fd, uint64_t *done, uint64_t *committed, uint64_t off, uint64_t len)
 {
     if (len == 0)
         return 0;
@@ -244,6 +246,7 @@ static int commit_once(int fd, uint64_t *done, uint64_t off, uint64_t len)
             return r;
         for (uint64_t i = p; i <= q; i++)
             done[i / 64] |= 1ull << (i % 64);
+        *committed += (q - p + 1) * COMMIT_GRAIN;
         p = q + 1;
     }
     return 0;
@@ -253,7 +256,7 @@ int seg_commit_meta(seg_t *s, uint64_t off, uint64_t len)
 {
     if (off > s->meta_size || len > s->meta_size - off)
         return -EINVAL;
-    return commit_once(s->meta_fd, s->meta_done, off, len);
+    return commit_once(s->meta_fd, s->meta_done, &s->meta_committed, off, len);
 }
 
 int seg_commit_aux(seg_t *s, uint64_t off, uint64_t len)
@@ -261,5 +264,5 @@ int seg_commit_aux(seg_t *s, uint64_t off, uint64_t len)
     uint64_t lim = s->hdr->pages_off;
     if (off > lim || len > lim - off)
         return -EINVAL;
-    return commit_once(s->heap_fd, s->aux_done, off, len);
+    return commit_once(s->heap_fd, s->aux_done, &s->meta_committed, off, len);
 }

@@ -49,6 +49,8 @@ typedef struct seg {
     uint64_t *meta_done;        /* bit per 4 KiB page of meta: committed */
     uint64_t *aux_done;         /* bit per 4 KiB page of heap [0, pages_off): committed */
     size_t done_len;            /* bytes of the one reservation behind both bitmaps */
+    uint64_t meta_committed;    /* bytes committed in both metadata regions (the bits set) */
+    bool punch_grain_ok;        /* hole punches free single pages (st_blksize <= 8 KiB) */
 } seg_t;
 
 /* Create, size, map and seal both memfds (or open the backing file) and fill the

@@ -13,6 +13,7 @@ In another terminal, attach a client and run the example:
   export HEAPD_SOCKET=$sock
   $build/table-build 1000          # builds a hash table in the shared heap, prints its offset
   $build/table-read  OFFSET        # another process reads it by offset and frees it
+  $build/heapctl stats             # memstats (the control socket: \$HEAPD_SOCKET.ctl); also clients, top
 
 Programs link libheapd ($build/libheapd.so, header client/heapd.h) and call
 heapd_attach(NULL) to use \$HEAPD_SOCKET.

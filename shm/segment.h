@@ -5,7 +5,7 @@
  *
  *   base                                  base + meta_size
  *   | meta memfd (clients: read-only)     | heap memfd (read-write for all)             |
- *   | header | span table | pagemap       | slots | tiny areas | heap pages ...        |
+ *   | header | span table | pagemap       | slots | tiny areas | client stats | heap pages ... |
  *
  * The meta memfd is written only by the daemon, through the mapping it made
  * before sealing the memfd with F_SEAL_FUTURE_WRITE; any later mapping is
@@ -39,7 +39,7 @@
 #include "sizeclasses.h"
 
 #define HD_MAGIC            0x3176645f70616568ull   /* "heapd_v1" little-endian */
-#define HD_LAYOUT_VERSION   1u
+#define HD_LAYOUT_VERSION   2u                      /* 2: client stats slots */
 #define HD_PROTO_VERSION    1u
 #define HD_DEFAULT_BASE     0x200000000000ull       /* 32 TiB: far above brk, below mmap_base */
 #define HD_SEG_ALIGN        (2u << 20)              /* region alignment: 2 MiB huge pages */
@@ -101,6 +101,37 @@ typedef struct hd_tiny {
 } hd_tiny_t;
 _Static_assert(sizeof(hd_tiny_t) == 2048, "tiny area size");
 
+/* Client stats slots (memstats, Go's consistentHeapStats): one per connected
+ * client, at cstats_off + slot * sizeof(hd_cstats_t) in the heap memfd. The
+ * daemon assigns a slot at Hello (Welcome.slot; slot 0 is never used, so 0
+ * means none), zeroes it and writes `owner`; the client adds its threads'
+ * counters into it under `seq` (odd while an update is under way) on refill,
+ * release, thread exit, heapd_flush and detach; the daemon reads it without
+ * an RPC, retrying while seq is odd or changed, and folds it into retired
+ * totals when the client disconnects. Counters only grow.
+ *  - small_allocs[c]: objects of class c allocated (class 2: 16 B tiny blocks)
+ *  - small_frees[c]:  objects of class c freed by this process (tiny blocks
+ *                     when their last object goes, or their cache closes them)
+ *  - tiny_allocs:     tiny objects packed into an open block (Go's
+ *                     tinyAllocCount: counted as a malloc and a free at once)
+ *  - large_*:         large objects and their bytes (whole pages)
+ *  - mcache_bytes:    a gauge: bytes of this process's thread caches */
+#define HD_STAT_SLOTS       4096u
+typedef struct hd_cstats {
+    _Atomic uint64_t seq;                /* odd while the client updates the counters */
+    _Atomic uint32_t owner;              /* client id the daemon gave the slot to */
+    uint32_t _pad0;
+    _Atomic uint64_t small_allocs[HD_NUM_SIZE_CLASSES];
+    _Atomic uint64_t small_frees[HD_NUM_SIZE_CLASSES];
+    _Atomic uint64_t tiny_allocs;
+    _Atomic uint64_t large_allocs, large_alloc_bytes;
+    _Atomic uint64_t large_frees, large_free_bytes;
+    _Atomic uint64_t mcache_bytes;
+    _Atomic uint64_t flushes;            /* updates made (diagnostics) */
+    uint64_t _reserved[256 - 2 - 2 * HD_NUM_SIZE_CLASSES - 7];
+} hd_cstats_t;
+_Static_assert(sizeof(hd_cstats_t) == 2048, "client stats slot size");
+
 /* The first 4 KiB of the meta memfd. Layout fields are fixed at creation; the
  * books below them are published by the daemon after every change. */
 typedef struct hd_header {
@@ -116,7 +147,8 @@ typedef struct hd_header {
     uint64_t slots_off;         /* heap-memfd offset of hd_slot_t[npages] */
     uint64_t tiny_off;          /* heap-memfd offset of hd_tiny_t[npages] */
     uint64_t pages_off;         /* heap-memfd offset of page 0 (2 MiB aligned) */
-    uint64_t _layout_reserved[5];
+    uint64_t cstats_off;        /* heap-memfd offset of hd_cstats_t[HD_STAT_SLOTS] */
+    uint64_t _layout_reserved[4];
 
     /* daemon books (relaxed atomics; `books_seq` bumps after each update) */
     _Atomic uint64_t books_seq;
@@ -131,6 +163,15 @@ typedef struct hd_header {
     _Atomic uint64_t clients_total;     /* clients ever accepted */
     _Atomic uint64_t refills;           /* Refill requests served */
     _Atomic uint64_t bad_requests;      /* requests refused as invalid */
+    /* limits and the scavenger (daemon/scavenge.h says what each counts) */
+    _Atomic uint64_t soft_limit, hard_limit;        /* bytes, 0 = none */
+    _Atomic uint64_t committed_bytes;   /* heap pages in use + free unreleased, + metadata */
+    _Atomic uint64_t released_bytes;    /* free heap pages returned to the OS (or never touched) */
+    _Atomic uint64_t overshoot_max;     /* most committed_bytes ever exceeded soft_limit by */
+    _Atomic uint64_t scavenged_total;   /* bytes released since start */
+    _Atomic uint64_t scavenge_runs;     /* background slices + forced passes */
+    _Atomic uint64_t pressure_sent, flush_sent;     /* unsolicited messages sent */
+    _Atomic uint64_t hard_limit_refusals;           /* ENOMEM from the hard limit or a quota */
 } hd_header_t;
 _Static_assert(sizeof(hd_header_t) <= HD_HEADER_BYTES, "header fits its page");
 
@@ -141,6 +182,7 @@ typedef struct hd_seg {
     uint32_t *pagemap;
     hd_slot_t *slots;
     hd_tiny_t *tiny;
+    hd_cstats_t *cstats;        /* client stats slots */
     uintptr_t pages;            /* address of heap page 0 */
     uint64_t npages;
 } hd_seg_t;
@@ -160,7 +202,8 @@ static inline void hd_layout(hd_header_t *h, uint64_t base, uint64_t npages)
     h->meta_size = hd_align_up(h->pagemap_off + npages * sizeof(uint32_t), HD_SEG_ALIGN);
     h->slots_off = 0;
     h->tiny_off = hd_align_up(npages * sizeof(hd_slot_t), 4096);
-    h->pages_off = hd_align_up(h->tiny_off + npages * sizeof(hd_tiny_t), HD_SEG_ALIGN);
+    h->cstats_off = hd_align_up(h->tiny_off + npages * sizeof(hd_tiny_t), 4096);
+    h->pages_off = hd_align_up(h->cstats_off + HD_STAT_SLOTS * sizeof(hd_cstats_t), HD_SEG_ALIGN);
     h->heap_size = h->pages_off + npages * HD_PAGE_SIZE;
 }
 
@@ -173,6 +216,7 @@ static inline void hd_seg_view(hd_seg_t *s, hd_header_t *hdr)
     s->pagemap = (uint32_t *)(meta + hdr->pagemap_off);
     s->slots = (hd_slot_t *)(heap + hdr->slots_off);
     s->tiny = (hd_tiny_t *)(heap + hdr->tiny_off);
+    s->cstats = (hd_cstats_t *)(heap + hdr->cstats_off);
     s->pages = (uintptr_t)(heap + hdr->pages_off);
     s->npages = hdr->npages;
 }

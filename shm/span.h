@@ -88,9 +88,12 @@ static inline enum hd_free_result hd_free_index(hd_slot_t *sl, unsigned i)
 
 static inline hd_tiny_t *hd_tiny_of(const hd_seg_t *s, uint32_t id) { return &s->tiny[id]; }
 
-/* Free the tiny object starting at byte j of block b. */
-static inline enum hd_free_result hd_tiny_free(hd_slot_t *sl, hd_tiny_t *t, unsigned b, unsigned j)
+/* Free the tiny object starting at byte j of block b. *block_freed says
+ * whether this free also freed the block (it was the last one out). */
+static inline enum hd_free_result hd_tiny_free_ex(hd_slot_t *sl, hd_tiny_t *t, unsigned b, unsigned j,
+                                                  bool *block_freed)
 {
+    *block_freed = false;
     uint32_t w = atomic_load_explicit(&t->block[b], memory_order_relaxed), nw;
     do {
         if (!(w & (1u << j)))
@@ -100,7 +103,14 @@ static inline enum hd_free_result hd_tiny_free(hd_slot_t *sl, hd_tiny_t *t, unsi
             nw = 0;                                  /* last one out resets the block */
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
+    *block_freed = nw == 0;
     return nw == 0 ? hd_free_index(sl, b) : HD_FREE_OK;
+}
+
+static inline enum hd_free_result hd_tiny_free(hd_slot_t *sl, hd_tiny_t *t, unsigned b, unsigned j)
+{
+    bool freed;
+    return hd_tiny_free_ex(sl, t, b, j, &freed);
 }
 
 /* Close block b: clear its open bit. If no object in it is live, the word
@@ -109,8 +119,9 @@ static inline enum hd_free_result hd_tiny_free(hd_slot_t *sl, hd_tiny_t *t, unsi
  * another block or gives the span back; an open block always lies in a span
  * its client caches, so the daemon closes every block still open in the
  * class-2 spans it reclaims from a client that is gone. */
-static inline enum hd_free_result hd_tiny_close(hd_slot_t *sl, hd_tiny_t *t, unsigned b)
+static inline enum hd_free_result hd_tiny_close_ex(hd_slot_t *sl, hd_tiny_t *t, unsigned b, bool *block_freed)
 {
+    *block_freed = false;
     uint32_t w = atomic_load_explicit(&t->block[b], memory_order_relaxed), nw;
     do {
         if (!(w & HD_TINY_OPEN))
@@ -120,7 +131,14 @@ static inline enum hd_free_result hd_tiny_close(hd_slot_t *sl, hd_tiny_t *t, uns
             nw = 0;
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
+    *block_freed = nw == 0;
     return nw == 0 ? hd_free_index(sl, b) : HD_FREE_OK;
+}
+
+static inline enum hd_free_result hd_tiny_close(hd_slot_t *sl, hd_tiny_t *t, unsigned b)
+{
+    bool freed;
+    return hd_tiny_close_ex(sl, t, b, &freed);
 }
 
 /* Usable bytes of the tiny object starting at byte j of block word w. */
@@ -133,9 +151,12 @@ static inline unsigned hd_tiny_usable(uint32_t w, unsigned j)
 
 /* The free path for any pointer, from any process. Small objects are freed
  * here; large ones are reported as HD_FREE_LARGE for the caller's RPC. *idp
- * gets the span id when one was found. */
-static inline enum hd_free_result hd_free(const hd_seg_t *s, void *p, uint32_t *idp)
+ * gets the span id when one was found. On HD_FREE_OK, *cls gets the size
+ * class of the object whose free bit was set (for memstats), or 0 when none
+ * was: a tiny object whose block still holds others. */
+static inline enum hd_free_result hd_free_ex(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls)
 {
+    *cls = 0;
     uint32_t id = hd_span_of(s, p);
     if (id == HD_NO_SPAN)
         return HD_FREE_NOT_HEAP;
@@ -148,15 +169,26 @@ static inline enum hd_free_result hd_free(const hd_seg_t *s, void *p, uint32_t *
     if (st != HD_SPAN_CACHED && st != HD_SPAN_CENTRAL)
         return HD_FREE_NOT_HEAP;
     hd_slot_t *sl = hd_slot_of(s, id);
-    if (sp->sizeclass == HD_TINY_SIZE_CLASS)        /* tiny objects start at any byte */
-        return hd_tiny_free(sl, hd_tiny_of(s, id), (unsigned)(off / HD_TINY_SIZE),
-                            (unsigned)(off % HD_TINY_SIZE));
+    if (sp->sizeclass == HD_TINY_SIZE_CLASS) {      /* tiny objects start at any byte */
+        bool block;
+        enum hd_free_result r = hd_tiny_free_ex(sl, hd_tiny_of(s, id), (unsigned)(off / HD_TINY_SIZE),
+                                                (unsigned)(off % HD_TINY_SIZE), &block);
+        *cls = block ? HD_TINY_SIZE_CLASS : 0;
+        return r;
+    }
     unsigned i = (unsigned)(((uint64_t)off * sp->divmagic) >> 32);
     if (i >= sp->nelems)
         return HD_FREE_NOT_START;                   /* in the span's tail waste */
     if ((uintptr_t)i * sp->elemsize != off)
         return HD_FREE_NOT_START;
+    *cls = sp->sizeclass;
     return hd_free_index(sl, i);
+}
+
+static inline enum hd_free_result hd_free(const hd_seg_t *s, void *p, uint32_t *idp)
+{
+    unsigned cls;
+    return hd_free_ex(s, p, idp, &cls);
 }
 
 #endif

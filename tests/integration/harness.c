@@ -40,9 +40,9 @@ void harness_cleanup(void)
             daemons[i] = 0;
         }
         if (dirs[i][0]) {
-            static const char *files[] = {"heapd.sock", "heapd.log"};
+            static const char *files[] = {"heapd.sock", "heapd.log", "heapd.sock.ctl"};
             char path[sizeof(dirs[0]) + 16];
-            for (unsigned k = 0; k < 2; k++) {
+            for (unsigned k = 0; k < 3; k++) {
                 snprintf(path, sizeof(path), "%.127s/%.15s", dirs[i], files[k]);
                 unlink(path);
             }

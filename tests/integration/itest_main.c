@@ -609,6 +609,8 @@ int main(int argc, char **argv)
     CU_add_test(s, "segment exhaustion and recovery", test_exhaustion);
     CU_add_test(s, "4 processes x 2 threads, io_uring", test_workload_uring);
     CU_add_test(s, "4 processes x 2 threads, plain send/recv", test_workload_plain);
+    for (unsigned i = 0; i < unit_nsuites; i++)     /* suites of the other itest_*.c files (UNIT_SUITE) */
+        unit_suites[i]();
     CU_basic_set_mode(argc > 1 && strcmp(argv[1], "-v") == 0 ? CU_BRM_VERBOSE : CU_BRM_NORMAL);
     CU_basic_run_tests();
     unsigned failed = CU_get_number_of_failures() + CU_get_number_of_suites_failed();

@@ -1,0 +1,107 @@
+/* cstats.c: the process's memstats slot (segment.h hd_cstats_t).
+ *
+ * Owns: which slot of the segment is ours (Welcome.slot; the daemon gives
+ * one per connection), and the stats lock that serializes this process's
+ * updates of it. The threads count in their caches (mcache.c, st_thread_t)
+ * and add their counts here at refill, release, thread exit, every
+ * ST_FREE_FLUSH frees, heapd_flush, detach and exit.
+ *
+ * The update is Go's consistentHeapStats writer: seq becomes odd, the
+ * counters grow, seq becomes even again (release). The daemon reads the slot
+ * without asking us: it retries while seq is odd or has changed, so it never
+ * sees half an update. The lock keeps two threads of this process from
+ * interleaving their updates; other processes never write our slot.
+ *
+ * A slot is written only while its owner field still names us: when the
+ * daemon dropped us (and may give the slot to a newer client) our late
+ * counts are lost rather than credited to someone else.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <string.h>
+
+#include "internal.h"
+
+static pthread_mutex_t st_mu = PTHREAD_MUTEX_INITIALIZER;
+static hd_cstats_t *st_slot;            /* st_mu */
+static uint32_t st_owner;               /* the client id the slot was given to */
+
+void st_lock_reinit(void) { pthread_mutex_init(&st_mu, NULL); }
+
+void st_set_slot(uint32_t slot)
+{
+    pthread_mutex_lock(&st_mu);
+    if (slot && slot < HD_STAT_SLOTS && hdc_seg.cstats) {
+        st_slot = &hdc_seg.cstats[slot];
+        st_owner = hdc_client_id;
+    } else {
+        st_slot = NULL;
+    }
+    pthread_mutex_unlock(&st_mu);
+}
+
+void st_forget_slot(void)
+{
+    pthread_mutex_lock(&st_mu);
+    st_slot = NULL;
+    pthread_mutex_unlock(&st_mu);
+}
+
+bool st_have_slot(void)
+{
+    pthread_mutex_lock(&st_mu);
+    bool r = st_slot != NULL;
+    pthread_mutex_unlock(&st_mu);
+    return r;
+}
+
+static inline uint64_t ld(const _Atomic uint64_t *x)
+{
+    return atomic_load_explicit((_Atomic uint64_t *)x, memory_order_relaxed);
+}
+
+bool st_pending(const st_thread_t *t)
+{
+    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++)
+        if (ld(&t->cur.small_allocs[c]) != ld(&t->done.small_allocs[c]) ||
+            (t->frees && ld(&t->frees[c]) != ld(&t->done.small_frees[c])))
+            return true;
+    return ld(&t->cur.tiny_allocs) != ld(&t->done.tiny_allocs) ||
+           ld(&t->cur.large_allocs) != ld(&t->done.large_allocs) ||
+           ld(&t->cur.large_frees) != ld(&t->done.large_frees);
+}
+
+/* slot += cur - done; done = cur. */
+static inline void st_move(_Atomic uint64_t *slot, _Atomic uint64_t *cur, _Atomic uint64_t *done)
+{
+    uint64_t c = ld(cur), d = ld(done);
+    if (c == d)
+        return;
+    atomic_store_explicit(slot, ld(slot) + (c - d), memory_order_relaxed);
+    atomic_store_explicit(done, c, memory_order_relaxed);
+}
+
+void st_flush(st_thread_t *t, uint64_t mcache_bytes)
+{
+    pthread_mutex_lock(&st_mu);
+    hd_cstats_t *s = st_slot;
+    if (s && atomic_load_explicit(&s->owner, memory_order_acquire) == st_owner) {
+        uint64_t q = ld(&s->seq) & ~1ull;
+        atomic_store_explicit(&s->seq, q + 1, memory_order_relaxed);    /* odd: under way */
+        atomic_thread_fence(memory_order_release);
+        for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
+            st_move(&s->small_allocs[c], &t->cur.small_allocs[c], &t->done.small_allocs[c]);
+            if (t->frees)
+                st_move(&s->small_frees[c], &t->frees[c], &t->done.small_frees[c]);
+        }
+        st_move(&s->tiny_allocs, &t->cur.tiny_allocs, &t->done.tiny_allocs);
+        st_move(&s->large_allocs, &t->cur.large_allocs, &t->done.large_allocs);
+        st_move(&s->large_alloc_bytes, &t->cur.large_alloc_bytes, &t->done.large_alloc_bytes);
+        st_move(&s->large_frees, &t->cur.large_frees, &t->done.large_frees);
+        st_move(&s->large_free_bytes, &t->cur.large_free_bytes, &t->done.large_free_bytes);
+        atomic_store_explicit(&s->mcache_bytes, mcache_bytes, memory_order_relaxed);
+        atomic_store_explicit(&s->flushes, ld(&s->flushes) + 1, memory_order_relaxed);
+        atomic_store_explicit(&s->seq, q + 2, memory_order_release);    /* even: consistent */
+    }
+    pthread_mutex_unlock(&st_mu);
+}

@@ -1,0 +1,515 @@
+/* mstats.c: stats slots, retired totals, RPC books, and the assembled
+ * memstats and Prometheus text. See mstats.h. */
+#define _GNU_SOURCE
+#include "mstats.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "daemon.h"
+#include "heapd.pb-c.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() do { } while (0)
+#endif
+
+const char *const mstats_rpc_names[MS_RPC_NTYPES] = {"hello", "refill", "release", "alloc_large", "free_large"};
+const uint64_t mstats_rpc_bounds_ns[MSTATS_RPC_BUCKETS - 1] = {
+    1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 10000000,
+};
+
+uint64_t mstats_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int mstats_init(daemon_t *d)
+{
+    mstats_state_t *ms = &d->ms;
+    memset(ms, 0, sizeof(*ms));
+    ms->owner = calloc(HD_STAT_SLOTS, sizeof(*ms->owner));
+    ms->stale = calloc(HD_STAT_SLOTS, 1);
+    ms->last_len = HD_STAT_SLOTS * sizeof(mstats_counters_t);
+    void *m = mmap(NULL, ms->last_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (!ms->owner || !ms->stale || m == MAP_FAILED) {
+        free(ms->owner);
+        free(ms->stale);
+        if (m != MAP_FAILED)
+            munmap(m, ms->last_len);
+        memset(ms, 0, sizeof(*ms));
+        return -ENOMEM;
+    }
+    ms->last = m;
+    ms->start_ns = mstats_now_ns();
+    return 0;
+}
+
+void mstats_destroy(daemon_t *d)
+{
+    mstats_state_t *ms = &d->ms;
+    free(ms->owner);
+    free(ms->stale);
+    if (ms->last)
+        munmap(ms->last, ms->last_len);
+    memset(ms, 0, sizeof(*ms));
+}
+
+/* ---- slots --------------------------------------------------------------------------- */
+
+static hd_cstats_t *slot_at(daemon_t *d, uint32_t slot) { return &d->seg.view.cstats[slot]; }
+
+uint32_t mstats_slot_assign(daemon_t *d, uint32_t client_id)
+{
+    mstats_state_t *ms = &d->ms;
+    if (!ms->owner || client_id == 0)
+        return 0;
+    const uint32_t n = HD_STAT_SLOTS - 1;       /* slots 1..HD_STAT_SLOTS-1 */
+    for (uint32_t k = 1; k <= n; k++) {
+        uint32_t i = 1 + (ms->next_slot + k - 1) % n;   /* the one after next_slot first */
+        if (ms->owner[i])
+            continue;
+        hd_header_t *hdr = d->seg.hdr;
+        if (seg_commit_aux(&d->seg, hdr->cstats_off + (uint64_t)i * sizeof(hd_cstats_t), sizeof(hd_cstats_t)) < 0) {
+            daemon_log(d, "memstats: cannot commit a stats slot for client %u: its counts will not show", client_id);
+            return 0;
+        }
+        hd_cstats_t *s = slot_at(d, i);
+        memset((void *)s, 0, sizeof(*s));
+        memset(&ms->last[i], 0, sizeof(ms->last[i]));
+        ms->stale[i] = 0;
+        atomic_store_explicit(&s->owner, client_id, memory_order_release);
+        ms->owner[i] = client_id;
+        ms->next_slot = i;
+        ms->slots_used++;
+        return i;
+    }
+    daemon_log(d, "memstats: no stats slot left for client %u (%u in use): its counts will not show", client_id,
+               ms->slots_used);
+    return 0;
+}
+
+/* Copy the counters (relaxed loads: each value is whole; seq says whether
+ * they belong together). */
+static void copy_counters(const hd_cstats_t *s, mstats_counters_t *o)
+{
+    hd_cstats_t *w = (hd_cstats_t *)s;
+    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
+        o->small_allocs[c] = atomic_load_explicit(&w->small_allocs[c], memory_order_relaxed);
+        o->small_frees[c] = atomic_load_explicit(&w->small_frees[c], memory_order_relaxed);
+    }
+    o->tiny_allocs = atomic_load_explicit(&w->tiny_allocs, memory_order_relaxed);
+    o->large_allocs = atomic_load_explicit(&w->large_allocs, memory_order_relaxed);
+    o->large_alloc_bytes = atomic_load_explicit(&w->large_alloc_bytes, memory_order_relaxed);
+    o->large_frees = atomic_load_explicit(&w->large_frees, memory_order_relaxed);
+    o->large_free_bytes = atomic_load_explicit(&w->large_free_bytes, memory_order_relaxed);
+    o->mcache_bytes = atomic_load_explicit(&w->mcache_bytes, memory_order_relaxed);
+    o->flushes = atomic_load_explicit(&w->flushes, memory_order_relaxed);
+}
+
+static void add_counters(mstats_counters_t *a, const mstats_counters_t *b, bool gauges)
+{
+    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
+        a->small_allocs[c] += b->small_allocs[c];
+        a->small_frees[c] += b->small_frees[c];
+    }
+    a->tiny_allocs += b->tiny_allocs;
+    a->large_allocs += b->large_allocs;
+    a->large_alloc_bytes += b->large_alloc_bytes;
+    a->large_frees += b->large_frees;
+    a->large_free_bytes += b->large_free_bytes;
+    a->flushes += b->flushes;
+    if (gauges)
+        a->mcache_bytes += b->mcache_bytes;
+}
+
+bool mstats_slot_read(daemon_t *d, uint32_t slot, mstats_counters_t *out)
+{
+    mstats_state_t *ms = &d->ms;
+    if (slot == 0 || slot >= HD_STAT_SLOTS || !ms->owner || !ms->owner[slot]) {
+        memset(out, 0, sizeof(*out));
+        return true;
+    }
+    hd_cstats_t *s = slot_at(d, slot);
+    /* A writer holds seq odd for a few hundred ns; one that stays odd was
+     * preempted, died, or misbehaves: no waiting for it (no yield: the loop
+     * thread serves everyone), and a slot that was stale last time gets two
+     * tries, not 64. */
+    unsigned tries = ms->stale[slot] ? 2 : MSTATS_READ_TRIES;
+    for (unsigned t = 0; t < tries; t++) {
+        uint64_t s1 = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (!(s1 & 1)) {
+            copy_counters(s, out);
+            atomic_thread_fence(memory_order_acquire);
+            uint64_t s2 = atomic_load_explicit(&s->seq, memory_order_relaxed);
+            if (s1 == s2) {
+                ms->last[slot] = *out;
+                ms->stale[slot] = 0;
+                return true;
+            }
+        }
+        ms->slot_retries++;
+        cpu_relax();
+    }
+    ms->slot_stale++;
+    ms->stale[slot] = 1;
+    *out = ms->last[slot];
+    return false;
+}
+
+void mstats_slot_retire(daemon_t *d, uint32_t slot)
+{
+    mstats_state_t *ms = &d->ms;
+    if (slot == 0 || slot >= HD_STAT_SLOTS || !ms->owner || !ms->owner[slot])
+        return;
+    mstats_counters_t c;
+    if (!mstats_slot_read(d, slot, &c))
+        copy_counters(slot_at(d, slot), &c);  /* it died mid-update: its latest values are the best */
+    add_counters(&ms->retired, &c, false);
+    atomic_store_explicit(&slot_at(d, slot)->owner, 0, memory_order_release);
+    ms->owner[slot] = 0;
+    ms->slots_used--;
+}
+
+/* ---- RPC books ---------------------------------------------------------------------------- */
+
+void mstats_rpc(daemon_t *d, unsigned body, uint64_t ns)
+{
+    unsigned t;
+    switch (body) {
+    case HEAPD__CLIENT_MSG__BODY_HELLO:       t = MS_RPC_HELLO; break;
+    case HEAPD__CLIENT_MSG__BODY_REFILL:      t = MS_RPC_REFILL; break;
+    case HEAPD__CLIENT_MSG__BODY_RELEASE:     t = MS_RPC_RELEASE; break;
+    case HEAPD__CLIENT_MSG__BODY_ALLOC_LARGE: t = MS_RPC_ALLOC_LARGE; break;
+    case HEAPD__CLIENT_MSG__BODY_FREE_LARGE:  t = MS_RPC_FREE_LARGE; break;
+    default: return;
+    }
+    mstats_state_t *ms = &d->ms;
+    ms->rpc_count[t]++;
+    ms->rpc_ns[t] += ns;
+    if (ns > ms->rpc_max_ns[t])
+        ms->rpc_max_ns[t] = ns;
+    unsigned b = 0;
+    while (b < MSTATS_RPC_BUCKETS - 1 && ns > mstats_rpc_bounds_ns[b])
+        b++;
+    ms->rpc_hist[b]++;
+}
+
+/* ---- assembly ----------------------------------------------------------------------------- */
+
+/* Resident bytes of [p, p+len) (mincore). */
+static uint64_t resident(const void *p, size_t len)
+{
+    if (!p || !len)
+        return 0;
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(pg - 1);
+    size_t n = ((uintptr_t)p + len - a + pg - 1) / pg;
+    unsigned char vec[4096];
+    uint64_t r = 0;
+    for (size_t i = 0; i < n; i += sizeof(vec)) {
+        size_t k = n - i < sizeof(vec) ? n - i : sizeof(vec);
+        if (mincore((void *)(a + i * pg), k * pg, vec) < 0)
+            return r;
+        for (size_t j = 0; j < k; j++)
+            r += vec[j] & 1;
+    }
+    return r * pg;
+}
+
+static uint64_t sub0(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
+
+static void counter_totals(const mstats_counters_t *c, uint64_t *ab, uint64_t *fb, uint64_t *na, uint64_t *nf)
+{
+    uint64_t a = c->large_alloc_bytes, f = c->large_free_bytes;
+    uint64_t ma = c->large_allocs + c->tiny_allocs, mf = c->large_frees + c->tiny_allocs;
+    for (unsigned k = 1; k < HD_NUM_SIZE_CLASSES; k++) {
+        a += c->small_allocs[k] * hd_class_to_size[k];
+        f += c->small_frees[k] * hd_class_to_size[k];
+        ma += c->small_allocs[k];
+        mf += c->small_frees[k];
+    }
+    *ab = a;
+    *fb = f;
+    *na = ma;
+    *nf = mf;
+}
+
+void mstats_read(daemon_t *d, mstats_t *m)
+{
+    memset(m, 0, sizeof(*m));
+    mstats_state_t *ms = &d->ms;
+    mstats_counters_t sum = ms->retired, c;
+    for (client_t *cl = d->clients; cl; cl = cl->next) {
+        if (!cl->stat_slot)
+            continue;
+        mstats_slot_read(d, cl->stat_slot, &c);
+        add_counters(&sum, &c, true);
+    }
+
+    /* objects and bytes, from the clients */
+    uint64_t ab, fb;
+    counter_totals(&sum, &ab, &fb, &m->mallocs, &m->frees);
+    m->total_alloc = ab;
+    m->free_bytes = fb;
+    m->heap_alloc = m->alloc = sub0(ab, fb);
+    m->heap_objects = sub0(m->mallocs, m->frees);
+    m->tiny_allocs = sum.tiny_allocs;
+    m->large_allocs = sum.large_allocs;
+    m->large_alloc_bytes = sum.large_alloc_bytes;
+    m->large_frees = sum.large_frees;
+    m->large_free_bytes = sum.large_free_bytes;
+    for (unsigned k = 1; k < HD_NUM_SIZE_CLASSES; k++) {
+        mstats_class_t *r = &m->by_size[k];
+        r->size = hd_class_to_size[k];
+        r->span_bytes = (uint32_t)hd_class_to_npages[k] * HD_PAGE_SIZE;
+        r->mallocs = sum.small_allocs[k];
+        r->frees = sum.small_frees[k];
+        r->spans_central = d->central.partial[k].n + d->central.full[k].n;
+    }
+
+    /* pages and spans, from the daemon */
+    const hd_header_t *h = d->seg.hdr;
+    const pagealloc_t *pa = &d->heap.pa;
+    m->heap_sys = pa->grown * HD_PAGE_SIZE;
+    m->heap_inuse = atomic_load_explicit(&((hd_header_t *)h)->pages_inuse, memory_order_relaxed) * HD_PAGE_SIZE;
+    m->heap_idle = pa->free_pages * HD_PAGE_SIZE;
+    m->heap_released = pa->scav_pages * HD_PAGE_SIZE;
+    m->heap_free = sub0(m->heap_idle, m->heap_released);
+    m->heap_capacity = d->seg.npages * HD_PAGE_SIZE;
+    m->spans_inuse = h->spans_inuse;
+    m->spans_cached = h->spans_cached;
+    m->spans_central = h->spans_central;
+    m->spans_large = h->spans_large;
+    m->objects_central = h->objects_central;
+    m->clients = h->clients;
+    m->clients_total = h->clients_total;
+    m->refills = h->refills;
+    m->bad_requests = h->bad_requests;
+
+    /* metadata: span table entries, pagemap entries and bitmap slots of live
+     * spans are in use; everything committed in the metadata regions is Sys */
+    uint64_t small_spans = sub0(m->spans_inuse, m->spans_large);
+    m->mspan_inuse = m->spans_inuse * sizeof(hd_span_t) + small_spans * sizeof(hd_slot_t) +
+                     (m->heap_inuse / HD_PAGE_SIZE) * sizeof(uint32_t);
+    m->mspan_sys = d->seg.meta_committed > m->mspan_inuse ? d->seg.meta_committed : m->mspan_inuse;
+    m->mcache_inuse = m->mcache_sys = sum.mcache_bytes;
+    /* the daemon's private metadata: page allocator, span records, last
+     * copies; mincore over up to GiBs of span records is not free, so at
+     * most once a second */
+    uint64_t now = mstats_now_ns();
+    if (!ms->other_at_ns || now - ms->other_at_ns >= 1000000000ull) {
+        ms->other_resident = pa_meta_resident(pa) + resident(d->heap.priv, (size_t)pa->grown * sizeof(span_priv_t));
+        ms->other_at_ns = now;
+    }
+    m->other_sys = ms->other_resident + (uint64_t)ms->slots_used * sizeof(mstats_counters_t);
+    m->sys = m->heap_sys + m->mspan_sys + m->mcache_sys + m->other_sys;
+
+    limits_get(d, &m->limits);
+
+    m->uptime_ns = mstats_now_ns() - ms->start_ns;
+    m->slot_retries = ms->slot_retries;
+    m->slot_stale = ms->slot_stale;
+    m->control_requests = ms->control_requests;
+    m->control_throttled = ms->control_throttled;
+    memcpy(m->rpc_count, ms->rpc_count, sizeof(m->rpc_count));
+    memcpy(m->rpc_ns, ms->rpc_ns, sizeof(m->rpc_ns));
+    memcpy(m->rpc_max_ns, ms->rpc_max_ns, sizeof(m->rpc_max_ns));
+    memcpy(m->rpc_hist, ms->rpc_hist, sizeof(m->rpc_hist));
+}
+
+void mstats_client(daemon_t *d, const client_t *cl, mstats_client_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    mstats_counters_t c;
+    mstats_slot_read(d, cl->stat_slot, &c);
+    counter_totals(&c, &out->alloc_bytes, &out->free_bytes, &out->mallocs, &out->frees);
+    out->live_bytes = (int64_t)(out->alloc_bytes - out->free_bytes);
+    out->mcache_bytes = c.mcache_bytes;
+    out->cached_spans = cl->cached.n;
+    for (uint32_t id = cl->cached.head; id != HD_NO_SPAN; id = d->heap.priv[id].next)
+        out->cached_bytes += (uint64_t)d->heap.v->spans[id].npages * HD_PAGE_SIZE;
+}
+
+/* ---- Prometheus text ------------------------------------------------------------------------ */
+
+typedef struct pbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} pbuf_t;
+
+static void pf(pbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void pf(pbuf_t *b, const char *fmt, ...)
+{
+    if (b->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = true;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t ncap = b->cap * 2 + (size_t)n;
+        char *q = realloc(b->p, ncap);
+        if (!q) {
+            b->oom = true;
+            return;
+        }
+        b->p = q;
+        b->cap = ncap;
+    }
+}
+
+static void family(pbuf_t *b, const char *name, const char *type, const char *help)
+{
+    pf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void one(pbuf_t *b, const char *name, const char *type, const char *help, uint64_t v)
+{
+    family(b, name, type, help);
+    pf(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+/* A histogram over the size classes: bucket le=size[c] holds classes <= c,
+ * large objects only in +Inf. */
+static void by_size_hist(pbuf_t *b, const char *name, const char *help, const mstats_t *m, bool frees)
+{
+    family(b, name, "histogram", help);
+    uint64_t cum = 0;
+    for (unsigned k = 1; k < HD_NUM_SIZE_CLASSES; k++) {
+        cum += frees ? m->by_size[k].frees : m->by_size[k].mallocs;
+        pf(b, "%s_bucket{le=\"%u\"} %llu\n", name, m->by_size[k].size, (unsigned long long)cum);
+    }
+    cum += frees ? m->large_frees : m->large_allocs;
+    pf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    pf(b, "%s_sum %llu\n", name, (unsigned long long)(frees ? m->free_bytes : m->total_alloc));
+    pf(b, "%s_count %llu\n", name, (unsigned long long)cum);
+}
+
+char *mstats_prometheus(const mstats_t *m, size_t *len)
+{
+    pbuf_t b = {.cap = 32768};
+    b.p = malloc(b.cap);
+    if (!b.p)
+        return NULL;
+    b.p[0] = 0;
+
+    /* /memory/classes/... : together they add up to Sys */
+    /* HeapAlloc can pass HeapInuse for a moment (frees not yet reported while
+     * the daemon already freed their spans): cap it so the classes add up */
+    uint64_t objects = m->heap_alloc < m->heap_inuse ? m->heap_alloc : m->heap_inuse;
+    one(&b, "heapd_memory_classes_heap_objects_bytes", "gauge",
+        "Memory occupied by live objects (HeapAlloc, at most HeapInuse).", objects);
+    one(&b, "heapd_memory_classes_heap_unused_bytes", "gauge",
+        "Memory in spans in use that holds no live object (HeapInuse - HeapAlloc).", m->heap_inuse - objects);
+    one(&b, "heapd_memory_classes_heap_free_bytes", "gauge",
+        "Free heap pages still backed by memory (HeapIdle - HeapReleased).", m->heap_free);
+    one(&b, "heapd_memory_classes_heap_released_bytes", "gauge",
+        "Free heap pages returned to the OS (HeapReleased).", m->heap_released);
+    one(&b, "heapd_memory_classes_metadata_mspan_inuse_bytes", "gauge",
+        "Span table, pagemap and bitmap memory of live spans (MSpanInuse).", m->mspan_inuse);
+    one(&b, "heapd_memory_classes_metadata_mspan_free_bytes", "gauge",
+        "Committed span metadata not used by live spans (MSpanSys - MSpanInuse).", sub0(m->mspan_sys, m->mspan_inuse));
+    one(&b, "heapd_memory_classes_metadata_mcache_inuse_bytes", "gauge",
+        "Thread caches of the attached clients (MCacheInuse).", m->mcache_inuse);
+    one(&b, "heapd_memory_classes_metadata_other_bytes", "gauge",
+        "The daemon's private metadata: page allocator, span records (OtherSys).", m->other_sys);
+    one(&b, "heapd_memory_classes_total_bytes", "gauge", "All memory heapd accounts for (Sys).", m->sys);
+    one(&b, "heapd_heap_capacity_bytes", "gauge", "Bytes of heap pages the segment can hold.", m->heap_capacity);
+
+    /* /gc/heap/... */
+    one(&b, "heapd_gc_heap_allocs_bytes_total", "counter", "Bytes allocated, cumulative (TotalAlloc).", m->total_alloc);
+    one(&b, "heapd_gc_heap_allocs_objects_total", "counter", "Objects allocated, cumulative (Mallocs).", m->mallocs);
+    one(&b, "heapd_gc_heap_frees_bytes_total", "counter", "Bytes freed, cumulative.", m->free_bytes);
+    one(&b, "heapd_gc_heap_frees_objects_total", "counter", "Objects freed, cumulative (Frees).", m->frees);
+    one(&b, "heapd_gc_heap_tiny_allocs_objects_total", "counter",
+        "Tiny objects packed into an open 16 B block (counted as allocated and freed at once).", m->tiny_allocs);
+    one(&b, "heapd_gc_heap_objects_objects", "gauge", "Live objects (HeapObjects).", m->heap_objects);
+    by_size_hist(&b, "heapd_gc_heap_allocs_by_size_bytes", "Objects allocated, by size class (large objects in +Inf).", m, false);
+    by_size_hist(&b, "heapd_gc_heap_frees_by_size_bytes", "Objects freed, by size class (large objects in +Inf).", m, true);
+
+    family(&b, "heapd_size_class_objects", "gauge", "Live objects per size class (mallocs - frees).");
+    for (unsigned k = 1; k < HD_NUM_SIZE_CLASSES; k++)
+        pf(&b, "heapd_size_class_objects{class=\"%u\",size=\"%u\"} %llu\n", k, m->by_size[k].size,
+           (unsigned long long)sub0(m->by_size[k].mallocs, m->by_size[k].frees));
+    family(&b, "heapd_size_class_central_spans", "gauge", "Spans of each size class in the central lists.");
+    for (unsigned k = 1; k < HD_NUM_SIZE_CLASSES; k++)
+        pf(&b, "heapd_size_class_central_spans{class=\"%u\",size=\"%u\"} %llu\n", k, m->by_size[k].size,
+           (unsigned long long)m->by_size[k].spans_central);
+    family(&b, "heapd_spans", "gauge", "Live spans by state.");
+    pf(&b, "heapd_spans{state=\"cached\"} %llu\n", (unsigned long long)m->spans_cached);
+    pf(&b, "heapd_spans{state=\"central\"} %llu\n", (unsigned long long)m->spans_central);
+    pf(&b, "heapd_spans{state=\"large\"} %llu\n", (unsigned long long)m->spans_large);
+
+    /* limits and the scavenger (/gc/gomemlimit, /gc/scavenge/...) */
+    one(&b, "heapd_gc_gomemlimit_bytes", "gauge", "Soft memory limit, 0 = none (GOMEMLIMIT).", m->limits.soft_limit);
+    one(&b, "heapd_memory_limit_hard_bytes", "gauge", "Hard memory limit, 0 = none.", m->limits.hard_limit);
+    one(&b, "heapd_memory_committed_bytes", "gauge", "Bytes counted against the limits.", m->limits.committed);
+    one(&b, "heapd_memory_limit_overshoot_max_bytes", "gauge", "Most the soft limit was ever exceeded by.",
+        m->limits.overshoot_max);
+    one(&b, "heapd_scavenge_released_bytes_total", "counter", "Bytes the scavenger returned to the OS.",
+        m->limits.scavenged_total);
+    one(&b, "heapd_scavenge_runs_total", "counter", "Scavenger passes.", m->limits.scavenge_runs);
+    one(&b, "heapd_pressure_sent_total", "counter", "Pressure messages sent to clients.", m->limits.pressure_sent);
+    one(&b, "heapd_flush_sent_total", "counter", "Flush messages sent to clients because of the limits.",
+        m->limits.flush_sent);
+    one(&b, "heapd_hard_limit_refusals_total", "counter", "Allocations refused by the hard limit or a quota.",
+        m->limits.hard_limit_refusals);
+
+    /* the daemon */
+    one(&b, "heapd_clients", "gauge", "Connected clients.", m->clients);
+    one(&b, "heapd_clients_connected_total", "counter", "Clients ever accepted.", m->clients_total);
+    one(&b, "heapd_refills_total", "counter", "Refill requests served.", m->refills);
+    one(&b, "heapd_bad_requests_total", "counter", "Client requests refused as invalid.", m->bad_requests);
+    family(&b, "heapd_rpc_requests_total", "counter", "Client RPCs handled, by type.");
+    for (unsigned t = 0; t < MS_RPC_NTYPES; t++)
+        pf(&b, "heapd_rpc_requests_total{type=\"%s\"} %llu\n", mstats_rpc_names[t], (unsigned long long)m->rpc_count[t]);
+    family(&b, "heapd_rpc_busy_seconds_total", "counter", "Daemon time spent handling client RPCs, by type.");
+    for (unsigned t = 0; t < MS_RPC_NTYPES; t++)
+        pf(&b, "heapd_rpc_busy_seconds_total{type=\"%s\"} %.9f\n", mstats_rpc_names[t], (double)m->rpc_ns[t] / 1e9);
+    family(&b, "heapd_rpc_handling_seconds", "histogram", "Time the daemon took to handle one client RPC.");
+    uint64_t cum = 0, nsum = 0;
+    for (unsigned k = 0; k < MSTATS_RPC_BUCKETS; k++) {
+        cum += m->rpc_hist[k];
+        if (k < MSTATS_RPC_BUCKETS - 1)
+            pf(&b, "heapd_rpc_handling_seconds_bucket{le=\"%g\"} %llu\n", (double)mstats_rpc_bounds_ns[k] / 1e9,
+               (unsigned long long)cum);
+        else
+            pf(&b, "heapd_rpc_handling_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    }
+    for (unsigned t = 0; t < MS_RPC_NTYPES; t++)
+        nsum += m->rpc_ns[t];
+    pf(&b, "heapd_rpc_handling_seconds_sum %.9f\n", (double)nsum / 1e9);
+    pf(&b, "heapd_rpc_handling_seconds_count %llu\n", (unsigned long long)cum);
+    one(&b, "heapd_control_requests_total", "counter", "Control-socket requests served.", m->control_requests);
+    family(&b, "heapd_uptime_seconds", "gauge", "Seconds since the daemon started.");
+    pf(&b, "heapd_uptime_seconds %.3f\n", (double)m->uptime_ns / 1e9);
+
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}

@@ -1,0 +1,159 @@
+/* mstats: memstats for the whole shared heap, Go's runtime.MemStats and
+ * runtime/metrics, assembled by the daemon (the numbers heapctl shows).
+ *
+ * Three sources, none of which costs an allocation path anything:
+ *  - the clients' stats slots (segment.h hd_cstats_t): each client adds its
+ *    threads' counters (mallocs and frees per size class, tiny, large) into
+ *    its slot under a sequence counter (Go's consistentHeapStats: odd while
+ *    it writes). The daemon reads a slot without an RPC: it retries while
+ *    seq is odd or changed, at most MSTATS_READ_TRIES times (2 for a slot
+ *    whose last read failed), never waiting on the writer, and otherwise
+ *    uses the slot's last consistent copy, so it never sees a torn set of
+ *    counters. Frees are counted by the process that frees.
+ *  - the retired totals: when a client disconnects its slot is folded into
+ *    them (the last values it wrote), so the sums survive the client.
+ *  - the daemon's own books: pages in use / free / released from the page
+ *    allocator, spans per state from the header books, committed metadata,
+ *    limit and scavenger state (scavenge.h), RPC counts and handling times.
+ *
+ * Owns: the slot table (which slot belongs to which client; slot 0 is never
+ * given out, so 0 means "none"), the per-slot last consistent copies, the
+ * retired totals, the RPC books. Daemon loop thread only, no locks.
+ *
+ * Derived numbers (Go's ReadMemStats, with explicit frees):
+ *   TotalAlloc = large_alloc_bytes + sum small_allocs[c] * size[c]
+ *   Mallocs    = large_allocs + sum small_allocs[c] + tiny_allocs
+ *   Frees      = large_frees + sum small_frees[c] + tiny_allocs
+ *   HeapAlloc = Alloc = TotalAlloc - freed bytes;  HeapObjects = Mallocs - Frees
+ *   HeapSys = grown pages;  HeapInuse = pages in spans (header book);
+ *   HeapIdle = free pages (page allocator);  HeapReleased = scavenged pages
+ * so HeapSys = HeapInuse + HeapIdle checks the page allocator against the
+ * header books. A tiny object packed into an open block counts as a malloc
+ * and a free at once (Go's tinyAllocs); the 16 B block holding it is the
+ * object HeapObjects counts, freed when its last object goes.
+ */
+#ifndef HEAPD_DAEMON_MSTATS_H
+#define HEAPD_DAEMON_MSTATS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "scavenge.h"
+#include "segment.h"
+
+typedef struct daemon daemon_t;
+struct client;
+
+#define MSTATS_READ_TRIES   64u      /* consistent-read attempts per slot before the last copy */
+#define MSTATS_RPC_BUCKETS  13u      /* handling-time histogram: 12 bounds + infinity */
+
+/* RPC types with books (ClientMsg bodies). */
+enum mstats_rpc {
+    MS_RPC_HELLO = 0,
+    MS_RPC_REFILL,
+    MS_RPC_RELEASE,
+    MS_RPC_ALLOC_LARGE,
+    MS_RPC_FREE_LARGE,
+    MS_RPC_NTYPES,
+};
+extern const char *const mstats_rpc_names[MS_RPC_NTYPES];
+/* Upper bounds of the histogram buckets, in ns (the last is infinity). */
+extern const uint64_t mstats_rpc_bounds_ns[MSTATS_RPC_BUCKETS - 1];
+
+/* Counters of one stats slot, copied out of shared memory (plain values). */
+typedef struct mstats_counters {
+    uint64_t small_allocs[HD_NUM_SIZE_CLASSES];
+    uint64_t small_frees[HD_NUM_SIZE_CLASSES];
+    uint64_t tiny_allocs;
+    uint64_t large_allocs, large_alloc_bytes;
+    uint64_t large_frees, large_free_bytes;
+    uint64_t mcache_bytes;          /* a gauge: not folded into the retired totals */
+    uint64_t flushes;
+} mstats_counters_t;
+
+/* The daemon's books (daemon_t.ms). */
+typedef struct mstats_state {
+    mstats_counters_t retired;          /* clients that are gone */
+    uint32_t *owner;                    /* [HD_STAT_SLOTS] client id per slot, 0 = free */
+    mstats_counters_t *last;            /* [HD_STAT_SLOTS] last consistent copies, MAP_NORESERVE */
+    uint8_t *stale;                     /* [HD_STAT_SLOTS] 1: the last read fell back to `last` */
+    size_t last_len;
+    uint32_t next_slot;                 /* the search for a free slot starts after it */
+    uint32_t slots_used;
+    uint64_t slot_retries, slot_stale;
+    uint64_t rpc_count[MS_RPC_NTYPES], rpc_ns[MS_RPC_NTYPES], rpc_max_ns[MS_RPC_NTYPES];
+    uint64_t rpc_hist[MSTATS_RPC_BUCKETS];
+    uint64_t control_requests, control_throttled;   /* control.c keeps these */
+    uint64_t start_ns;
+    uint64_t other_resident, other_at_ns;           /* OtherSys's mincore part, and when */
+} mstats_state_t;
+
+/* One size class row. */
+typedef struct mstats_class {
+    uint32_t size, span_bytes;
+    uint64_t mallocs, frees;
+    uint64_t spans_central;
+} mstats_class_t;
+
+/* Everything heapctl stats shows. Field names follow Go's MemStats. */
+typedef struct mstats {
+    /* Go's runtime.MemStats */
+    uint64_t alloc, total_alloc, sys, lookups, mallocs, frees;
+    uint64_t heap_alloc, heap_sys, heap_idle, heap_inuse, heap_released, heap_objects;
+    uint64_t stack_inuse, stack_sys, mspan_inuse, mspan_sys, mcache_inuse, mcache_sys;
+    uint64_t buck_hash_sys, gc_sys, other_sys, next_gc;
+    mstats_class_t by_size[HD_NUM_SIZE_CLASSES];    /* [1..67]; [0] unused */
+    /* heapd's own */
+    uint64_t tiny_allocs, large_allocs, large_alloc_bytes, large_frees, large_free_bytes;
+    uint64_t free_bytes;                            /* bytes freed (TotalAlloc - HeapAlloc) */
+    uint64_t heap_free, heap_capacity;
+    uint64_t spans_inuse, spans_cached, spans_central, spans_large, objects_central;
+    uint64_t clients, clients_total, refills, bad_requests;
+    uint64_t uptime_ns, slot_retries, slot_stale, control_requests, control_throttled;
+    limits_info_t limits;
+    uint64_t rpc_count[MS_RPC_NTYPES], rpc_ns[MS_RPC_NTYPES], rpc_max_ns[MS_RPC_NTYPES];
+    uint64_t rpc_hist[MSTATS_RPC_BUCKETS];
+} mstats_t;
+
+/* One client's row (heapctl clients). */
+typedef struct mstats_client {
+    uint64_t alloc_bytes, free_bytes, mallocs, frees, mcache_bytes;
+    int64_t live_bytes;                 /* alloc_bytes - free_bytes */
+    uint32_t cached_spans;
+    uint64_t cached_bytes;
+} mstats_client_t;
+
+/* Set up / tear down d->ms (daemon_init / daemon_destroy). 0 or -ENOMEM. */
+int mstats_init(daemon_t *d);
+void mstats_destroy(daemon_t *d);
+
+/* A slot for a new client (at its Hello): committed, zeroed, owner written.
+ * Returns 1..HD_STAT_SLOTS-1, or 0 when none is free or it cannot be
+ * committed (the client then keeps its counts to itself). A freed slot is
+ * reused only after every other free slot, so a late write by a client that
+ * is gone (it checks owner before writing) is unlikely to land in a new one. */
+uint32_t mstats_slot_assign(daemon_t *d, uint32_t client_id);
+/* A client went away: fold its slot's last values into the retired totals
+ * and free the slot. No-op for slot 0. */
+void mstats_slot_retire(daemon_t *d, uint32_t slot);
+/* A consistent copy of a slot's counters. true if this read was consistent,
+ * false if it fell back to the last consistent copy (a writer was mid-update
+ * for MSTATS_READ_TRIES attempts). */
+bool mstats_slot_read(daemon_t *d, uint32_t slot, mstats_counters_t *out);
+
+/* The books of one handled RPC: body is the ClientMsg body case. */
+void mstats_rpc(daemon_t *d, unsigned body, uint64_t ns);
+/* Monotonic time in ns. */
+uint64_t mstats_now_ns(void);
+
+/* Assemble the whole picture. */
+void mstats_read(daemon_t *d, mstats_t *out);
+/* One client's row. */
+void mstats_client(daemon_t *d, const struct client *c, mstats_client_t *out);
+
+/* The Prometheus text exposition format (version 0.0.4) of m: a NUL-
+ * terminated malloc'd string (*len without the NUL), or NULL (no memory). */
+char *mstats_prometheus(const mstats_t *m, size_t *len);
+
+#endif
