@@ -41,9 +41,9 @@ FUZZ_SECONDS ?= 30
 fuzz:
 	@scripts/install-deps.sh --fuzz
 	cmake -S . -B $(FUZZ) -DCMAKE_C_COMPILER=clang -DHEAPD_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
-	cmake --build $(FUZZ) -j $(JOBS) --target fuzz-rpc
-	@mkdir -p $(FUZZ)/corpus-rpc
-	$(FUZZ)/fuzz-rpc -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ)/corpus-rpc
+	cmake --build $(FUZZ) -j $(JOBS) --target fuzz-rpc fuzz-control
+	@for f in rpc control; do mkdir -p $(FUZZ)/corpus-$$f; \
+	  $(FUZZ)/fuzz-$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ)/corpus-$$f || exit 1; done
 
 bench-pagealloc: build
 	$(BUILD)/bench-pagealloc
