@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test unit asan fuzz bench bench-pagealloc bench-alloc bench-limit clean
+.PHONY: all deps build run demo test unit asan tsan fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit clean
 
 all: build
 
@@ -35,15 +35,39 @@ asan: deps
 	cmake --build $(ASAN) -j $(JOBS)
 	@scripts/run-tests.sh $(ASAN) all
 
-# libFuzzer harnesses (clang), each run for FUZZ_SECONDS from an empty corpus.
+# ThreadSanitizer: the unit suites whose code runs on several threads of one
+# process (mcache: the client library, cross-thread frees, thread exit; span:
+# concurrent frees and sweeps). Suites that map a real segment at a fixed
+# address (0x2000..., 0x3000...), and the integration tests' daemons and
+# clients, cannot run under TSan: its shadow memory owns those addresses.
+TSAN ?= build-tsan
+TSAN_SUITES ?= mcache,span
+tsan: deps
+	cmake -S . -B $(TSAN) -DHEAPD_TSAN=ON -DCMAKE_BUILD_TYPE=Debug $(CMAKE_FLAGS)
+	cmake --build $(TSAN) -j $(JOBS) --target heapd-unit
+	HEAPD_UNIT_SUITES=$(TSAN_SUITES) TSAN_OPTIONS="halt_on_error=1 $(TSAN_OPTIONS)" $(TSAN)/heapd-unit
+
+# libFuzzer harnesses (clang), each run for FUZZ_SECONDS. Each starts from the
+# seeds in tests/fuzz/corpus/<harness>/, copied into the build directory's
+# working corpus (the repo copy is never written by a run). `make fuzz-corpus`
+# merges what the runs found back into the seeds (small: -set_cover_merge=1
+# adds only inputs that add coverage; keep each harness under ~200 files, 1 MiB).
 FUZZ ?= build-fuzz
 FUZZ_SECONDS ?= 30
-fuzz:
+FUZZERS ?= rpc control free
+fuzz-build:
 	@scripts/install-deps.sh --fuzz
 	cmake -S . -B $(FUZZ) -DCMAKE_C_COMPILER=clang -DHEAPD_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
-	cmake --build $(FUZZ) -j $(JOBS) --target fuzz-rpc fuzz-control
-	@for f in rpc control; do mkdir -p $(FUZZ)/corpus-$$f; \
+	cmake --build $(FUZZ) -j $(JOBS) $(addprefix --target fuzz-,$(FUZZERS))
+
+fuzz: fuzz-build
+	@for f in $(FUZZERS); do mkdir -p $(FUZZ)/corpus-$$f; \
+	  if [ -d tests/fuzz/corpus/$$f ]; then cp -R tests/fuzz/corpus/$$f/. $(FUZZ)/corpus-$$f/; fi; \
 	  $(FUZZ)/fuzz-$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ)/corpus-$$f || exit 1; done
+
+fuzz-corpus: fuzz-build
+	@for f in $(FUZZERS); do mkdir -p tests/fuzz/corpus/$$f $(FUZZ)/corpus-$$f; \
+	  $(FUZZ)/fuzz-$$f -set_cover_merge=1 tests/fuzz/corpus/$$f $(FUZZ)/corpus-$$f || exit 1; done
 
 bench-pagealloc: build
 	$(BUILD)/bench-pagealloc
@@ -59,4 +83,4 @@ bench-limit: build
 bench: bench-pagealloc bench-alloc bench-limit
 
 clean:
-	rm -rf $(BUILD) $(ASAN) $(FUZZ) run
+	rm -rf $(BUILD) $(ASAN) $(TSAN) $(FUZZ) run

@@ -33,6 +33,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,6 +156,9 @@ static void hdc_child(void)
     tp_lock_reinit();
     mc_reg_lock_reinit();
     st_lock_reinit();
+#ifdef HEAPD_CRASHPOINTS
+    hdc_crashpoint_reset();
+#endif
     int st = atomic_load(&hdc_state);
     if (st == HDC_DETACHED)
         return;
@@ -188,6 +194,48 @@ static void hdc_init_once(void)
 }
 
 void hdc_hooks_init(void) { pthread_once(&hdc_once, hdc_init_once); }
+
+#ifdef HEAPD_CRASHPOINTS
+/* Crash points (internal.h). The counter is shared by every thread; the
+ * setting is read at the first pass (no allocation: getenv, strtoull). */
+static _Atomic uint64_t hdc_cp_passes;
+static _Atomic int64_t hdc_cp_at = -1;    /* -1: not read yet, -2: being read, 0: off */
+static _Atomic int hdc_cp_kill;
+static char hdc_cp_only[16];              /* "@name": count that point only */
+
+void hdc_crashpoint_reset(void)
+{
+    atomic_store(&hdc_cp_passes, 0);
+    atomic_store(&hdc_cp_at, -1);
+}
+
+void hdc_crashpoint(const char *where)
+{
+    int64_t at = atomic_load_explicit(&hdc_cp_at, memory_order_acquire);
+    while (at < 0) {            /* one thread reads the setting, the others wait for it */
+        int64_t unread = -1;
+        if (at == -1 && atomic_compare_exchange_strong(&hdc_cp_at, &unread, -2)) {
+            const char *e = getenv("HEAPD_CRASHPOINT");
+            char *end = NULL;
+            unsigned long long n = e ? strtoull(e, &end, 10) : 0;
+            bool bykill = end && strncmp(end, ":kill", 5) == 0;
+            if (bykill)
+                end += 5;
+            snprintf(hdc_cp_only, sizeof(hdc_cp_only), "%s", end && *end == '@' ? end + 1 : "");
+            atomic_store(&hdc_cp_kill, bykill);
+            atomic_store_explicit(&hdc_cp_at, (int64_t)(n > INT64_MAX ? INT64_MAX : n), memory_order_release);
+        }
+        at = atomic_load_explicit(&hdc_cp_at, memory_order_acquire);
+    }
+    if (at == 0 || (hdc_cp_only[0] && strcmp(hdc_cp_only, where) != 0))
+        return;
+    if (atomic_fetch_add(&hdc_cp_passes, 1) + 1 != (uint64_t)at)
+        return;
+    if (atomic_load(&hdc_cp_kill))
+        raise(SIGKILL);
+    _exit(99);
+}
+#endif
 
 /* ---- attach, reconnect, detach ------------------------------------------------- */
 

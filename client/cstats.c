@@ -89,6 +89,7 @@ void st_flush(st_thread_t *t, uint64_t mcache_bytes)
         uint64_t q = ld(&s->seq) & ~1ull;
         atomic_store_explicit(&s->seq, q + 1, memory_order_relaxed);    /* odd: under way */
         atomic_thread_fence(memory_order_release);
+        HDC_CRASHPOINT("flush");          /* seq odd: the daemon must not wait for it */
         for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
             st_move(&s->small_allocs[c], &t->cur.small_allocs[c], &t->done.small_allocs[c]);
             if (t->frees)

@@ -251,4 +251,22 @@ HD_HIDDEN void mc_reg_lock(void);
 HD_HIDDEN void mc_reg_unlock(void);
 HD_HIDDEN void mc_reg_lock_reinit(void);
 
+/* ---- attach.c: crash points (test builds only) ---------------------------- */
+
+/* HEAPD_CRASHPOINT=n[:kill][@point]: at the n-th pass (counted per process,
+ * from 1; a fork child counts afresh) through any crash point, or through the
+ * one named, the process dies on the spot: _exit(99), or SIGKILL with
+ * ":kill". Compiled in only with -DHEAPD_CRASHPOINTS (CMake builds the
+ * client that way for heapd-itest alone, as heapd_client_crash); everywhere
+ * else HDC_CRASHPOINT is nothing. The points: "refill"
+ * (spans cached, not yet in the cache), "release" (ids half queued),
+ * "flush" (stats slot seq odd), "large" (large span allocated, not returned). */
+#ifdef HEAPD_CRASHPOINTS
+HD_HIDDEN void hdc_crashpoint(const char *where);
+HD_HIDDEN void hdc_crashpoint_reset(void);
+#define HDC_CRASHPOINT(where) hdc_crashpoint(where)
+#else
+#define HDC_CRASHPOINT(where) ((void)0)
+#endif
+
 #endif

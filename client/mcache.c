@@ -629,6 +629,8 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
         mc_stats_flush(mc);                  /* memstats: counts go out at every refill */
         uint64_t pgen = hdc_pressure_gen(), fgen = atomic_load(&tp_flush_gen);
         int n = tp_refill(c, mc_batch_for(c, k->streak), ids);
+        if (n > 0)
+            HDC_CRASHPOINT("refill");     /* the spans are ours at the daemon, not in the cache */
         if (n < 0) {
             if (errno == ENOMEM && !retried && mc_enomem_retry(mc, pgen, fgen)) {
                 retried = true;
@@ -746,6 +748,7 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
         errno = EPROTO;
         return NULL;
     }
+    HDC_CRASHPOINT("large");          /* allocated at the daemon, never returned */
     if (zero && sp->needzero)
         memset((void *)p, 0, size);
     mc_count_large(true, (uint64_t)sp->npages * HD_PAGE_SIZE);

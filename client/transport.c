@@ -561,6 +561,8 @@ void tp_release(const uint32_t *ids, unsigned n)
 {
     tp_lock();
     for (unsigned i = 0; i < n && tp_may_queue(); i++) {
+        if (i == n / 2)
+            HDC_CRASHPOINT("release");    /* half the batch queued, the rest not */
         tp_rel.ids[tp_rel.n++] = ids[i];
         if (tp_rel.n == HD_MAX_BATCH)
             tp_flush_locked();
@@ -605,7 +607,7 @@ static int tp_recv_welcome(int fd, tp_welcome_t *w, int fds[2])
     while ((len = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
         ;
     int got[4], ngot = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+    for (struct cmsghdr *c = len >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
             continue;
         size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -683,11 +685,10 @@ int tp_connect_locked(const char *path, tp_welcome_t *w, int fds[2])
     tp_fd = fd;                      /* plain_send writes to tp_fd */
     rc = plain_send(&pk);
     tp_fd = sfd;
-    if (rc < 0) {
-        if (errno == ECONNRESET)
-            errno = EPIPE;
+    if (rc < 0 && errno != EPIPE && errno != ECONNRESET)
         goto fail;
-    }
+    /* Also when the send failed: a daemon that refuses a peer (EACCES) sends
+     * its Error at accept and closes; the Error is still ours to read. */
     if (tp_recv_welcome(fd, w, fds) < 0)
         goto fail;
 

@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <poll.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -91,7 +93,13 @@ int client_listen(daemon_t *d, const char *path, char *err, size_t errlen)
         close(fd);
         return fail(err, errlen, e, "cannot bind %s: %s", path, strerror(e));
     }
-    if (chmod(path, 0600) < 0 || listen(fd, 128) < 0 || stat(path, &st) < 0) {
+    if (d->sock_gid_set && chown(path, (uid_t)-1, d->sock_gid) < 0) {
+        e = errno;
+        close(fd);
+        unlink(path);
+        return fail(err, errlen, e, "cannot give %s to group %u: %s", path, (unsigned)d->sock_gid, strerror(e));
+    }
+    if (chmod(path, d->sock_mode ? (mode_t)d->sock_mode : 0600) < 0 || listen(fd, 128) < 0 || stat(path, &st) < 0) {
         e = errno;
         close(fd);
         unlink(path);
@@ -113,10 +121,88 @@ static void reject(int fd, const char *msg)
     rpc_encode_error(&out, 0, EACCES, msg);   /* seq 0: nothing to echo yet */
     if (out.len)
         (void)send(fd, buf, out.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    /* Read what the peer sent already (its Hello): closing with unread data
+     * would reset the connection and the peer might miss the Error. */
+    for (int i = 0; i < 4 && recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0; i++)
+        ;
     close(fd);
 }
 
 static void on_accept(uv_poll_t *p, int status, int events);
+
+/* May this peer attach? Root and the daemon's own uid always; else its uid in
+ * --allow-uid, or its gid or one of its supplementary groups (SO_PEERGROUPS,
+ * as they were at connect) in --allow-gid. Checked before any fd is passed. */
+static bool peer_allowed(const daemon_t *d, int fd, const struct ucred *cr)
+{
+    if (cr->uid == d->uid || cr->uid == 0)
+        return true;
+    for (unsigned i = 0; i < d->n_allow_uids; i++)
+        if (cr->uid == d->allow_uids[i])
+            return true;
+    if (!d->n_allow_gids)
+        return false;
+    gid_t groups[256];
+    socklen_t glen = sizeof(groups);
+    unsigned ng = 0;
+#ifdef SO_PEERGROUPS
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0)
+        ng = glen / sizeof(gid_t);
+#endif
+    for (unsigned i = 0; i < d->n_allow_gids; i++) {
+        if (cr->gid == d->allow_gids[i])
+            return true;
+        for (unsigned k = 0; k < ng; k++)
+            if (groups[k] == d->allow_gids[i])
+                return true;
+    }
+    return false;
+}
+
+static void on_client_closed(uv_handle_t *hd);
+
+/* The process behind the peer ended: the same as a hang-up. */
+static void on_pid_exit(uv_poll_t *p, int status, int events)
+{
+    client_t *c = p->data;
+    (void)status;
+    (void)events;
+    client_close(c->d, c, "its process exited");
+}
+
+/* Watch the peer's process with a pidfd (the lease). Best effort: without a
+ * pidfd (old kernel, pid 0 from another pid namespace) the socket alone tells. */
+static void client_watch_pid(daemon_t *d, client_t *c)
+{
+#ifdef SYS_pidfd_open
+    if (c->pid <= 0)
+        return;
+    int pfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
+    if (pfd < 0)
+        return;     /* ESRCH: gone already, the socket says so too */
+    /* The pid may have been reused between the peer's connect and now; that
+     * needs the peer dead, and then its socket end is closed: check it after
+     * opening the pidfd, so a pidfd on a stranger is never kept. */
+    struct pollfd pf = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&pf, 1, 0) == 1 && (pf.revents & (POLLHUP | POLLERR | POLLRDHUP))) {
+        close(pfd);
+        return;
+    }
+    (void)fcntl(pfd, F_SETFD, FD_CLOEXEC);
+    if (uv_poll_init(d->loop, &c->pidpoll, pfd) < 0) {
+        close(pfd);
+        return;
+    }
+    c->pidfd = pfd;
+    c->pidpoll.data = c;
+    c->pidpolling = true;
+    c->open_handles++;
+    uv_poll_start(&c->pidpoll, UV_READABLE, on_pid_exit);
+#else
+    (void)d;
+    (void)c;
+#endif
+}
 
 static void accept_resume_cb(uv_timer_t *t)
 {
@@ -154,8 +240,9 @@ static void on_accept(uv_poll_t *p, int status, int events)
             close(fd);
             continue;
         }
-        if (cr.uid != d->uid && cr.uid != 0) {
-            daemon_log(d, "refused pid %d uid %u: permission denied", (int)cr.pid, (unsigned)cr.uid);
+        if (!peer_allowed(d, fd, &cr)) {
+            daemon_log(d, "refused pid %d uid %u gid %u: permission denied", (int)cr.pid, (unsigned)cr.uid,
+                       (unsigned)cr.gid);
             reject(fd, "permission denied");
             continue;
         }
@@ -171,7 +258,9 @@ static void on_accept(uv_poll_t *p, int status, int events)
         }
         c->poll.data = c;
         c->polling = true;
+        c->open_handles++;
         uv_poll_start(&c->poll, UV_READABLE | UV_DISCONNECT, on_client_io);
+        client_watch_pid(d, c);
     }
 }
 
@@ -219,6 +308,7 @@ client_t *client_new(daemon_t *d, int fd, pid_t pid, uid_t uid)
         return NULL;
     c->id = d->next_client_id++;
     c->fd = fd;
+    c->pidfd = -1;
     c->pid = pid;
     c->uid = uid;
     c->d = d;
@@ -246,8 +336,12 @@ void client_reclaim(daemon_t *d, client_t *c)
 static void on_client_closed(uv_handle_t *hd)
 {
     client_t *c = hd->data;
+    if (--c->open_handles)
+        return;     /* the other handle's callback frees the record */
     if (c->fd >= 0)
         close(c->fd);
+    if (c->pidfd >= 0)
+        close(c->pidfd);
     free(c);
 }
 
@@ -274,11 +368,16 @@ void client_close(daemon_t *d, client_t *c, const char *why)
                    c->name[0] ? ", " : "", c->name, why, ncached);
     else
         daemon_log(d, "connection %u from pid %d closed: %s", c->id, (int)c->pid, why);
+    if (c->pidpolling) {
+        uv_poll_stop(&c->pidpoll);
+        uv_close((uv_handle_t *)&c->pidpoll, on_client_closed);
+    }
     if (c->polling) {
         uv_poll_stop(&c->poll);
         uv_close((uv_handle_t *)&c->poll, on_client_closed);
-        return;
     }
+    if (c->open_handles)
+        return;
     if (c->fd >= 0)
         close(c->fd);
     free(c);

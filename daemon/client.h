@@ -16,7 +16,13 @@
  *    processes may hold the objects;
  *  - replies go out with nonblocking sendmsg; a client whose socket buffer is
  *    full is not reading, and is disconnected rather than waited for;
- *  - nothing a client sends can crash the daemon or touch another client.
+ *  - nothing a client sends can crash the daemon or touch another client;
+ *  - the lease: a client ends when its socket reports EOF/HUP/error OR when
+ *    the pidfd of its process (pidfd_open of the SO_PEERCRED pid) becomes
+ *    readable, whichever comes first; client_close is idempotent. Nothing is
+ *    keyed on the pid: a process that reuses a dead client's pid connects as
+ *    a new client with a new id (the id is the lease epoch, also in its spans'
+ *    owner and its stats slot's owner).
  */
 #ifndef HEAPD_DAEMON_CLIENT_H
 #define HEAPD_DAEMON_CLIENT_H
@@ -46,10 +52,17 @@ typedef struct client {
     daemon_t *d;
     uv_poll_t poll;
     bool polling;
+    /* the lease: a pidfd on the peer (SO_PEERCRED pid, opened at accept),
+     * watched like the socket; either one ending ends the client */
+    int pidfd;                  /* -1: none (no pid, no pidfd_open, or the peer already gone) */
+    uv_poll_t pidpoll;
+    bool pidpolling;
+    unsigned open_handles;      /* libuv handles still to close before the record is freed */
 } client_t;
 
 /* Create the listening socket at path (parent directories made 0700 when
- * missing, socket file 0600). 0, or -errno with a message naming the path. */
+ * missing, socket file d->sock_mode or 0600, group d->sock_gid if set). 0, or
+ * -errno with a message naming the path. */
 int client_listen(daemon_t *d, const char *path, char *err, size_t errlen);
 /* Start accepting on d->loop. 0 or -errno. */
 int client_start(daemon_t *d);

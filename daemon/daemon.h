@@ -31,6 +31,7 @@
 
 #define DAEMON_SWEEP_MS      100u   /* background sweep period */
 #define DAEMON_SWEEP_BUDGET  1024u  /* spans swept per tick: a few hundred microseconds at most */
+#define DAEMON_MAX_ALLOW     32u    /* entries in each --allow-uid/--allow-gid list */
 
 struct client;
 
@@ -53,7 +54,13 @@ typedef struct daemon {
     mstats_state_t ms;          /* memstats books: stats slots, retired totals, RPC times (mstats.c) */
     struct control *ctl;        /* the control socket (control.c), NULL without one */
     bool quiet;
-    uid_t uid;                  /* peers must have this uid, or be root */
+    uid_t uid;                  /* peers must have this uid, or be root, or be allowed: */
+    uid_t allow_uids[DAEMON_MAX_ALLOW];   /* --allow-uid: these uids too */
+    gid_t allow_gids[DAEMON_MAX_ALLOW];   /* --allow-gid: peers in these groups too */
+    unsigned n_allow_uids, n_allow_gids;
+    unsigned sock_mode;         /* --socket-mode of the client socket file; 0: 0600 */
+    bool sock_gid_set;          /* --socket-group given: chown the socket file to sock_gid */
+    gid_t sock_gid;
 
     /* clients (client.c) */
     struct client *clients;     /* doubly linked, newest first */

@@ -3,6 +3,7 @@
  *   heapd --socket PATH --size SIZE [--base ADDR] [--backing PATH | --hugetlb]
  *         [--memory-limit SIZE] [--hard-limit SIZE] [--scavenge-cpu PCT]
  *         [--control PATH] [--foreground] [--quiet]
+ *         [--socket-mode OCTAL] [--socket-group NAME|GID] [--allow-uid LIST] [--allow-gid LIST]
  *
  * Owns argument checking and process set-up only; daemon.c runs the loop.
  * Exit codes: 0 clean shutdown (SIGTERM/SIGINT) or --help/--version; 2 a bad
@@ -16,7 +17,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +41,7 @@ static void usage(FILE *f)
             "usage: heapd [--socket PATH] [--size SIZE] [--base ADDR] [--backing PATH | --hugetlb]\n"
             "             [--memory-limit SIZE] [--hard-limit SIZE] [--scavenge-cpu PCT]\n"
             "             [--control PATH] [--foreground] [--quiet]\n"
+            "             [--socket-mode OCTAL] [--socket-group NAME|GID] [--allow-uid LIST] [--allow-gid LIST]\n"
             "  --socket PATH   listen here (default: $HEAPD_SOCKET, $XDG_RUNTIME_DIR/heapd.sock,\n"
             "                  or /tmp/heapd-UID/heapd.sock)\n"
             "  --control PATH  the control socket heapctl talks to (default: the socket path + .ctl)\n"
@@ -50,6 +54,11 @@ static void usage(FILE *f)
             "                  allocations still succeed (default: none)\n"
             "  --hard-limit SIZE    allocations that would commit more than this fail with ENOMEM\n"
             "  --scavenge-cpu PCT   CPU the background scavenger may use, 0..100 (default 1; 0: none)\n"
+            "  --socket-mode OCTAL   mode of the socket file (default 0600)\n"
+            "  --socket-group NAME|GID  group of the socket file (default: the daemon's)\n"
+            "  --allow-uid LIST  users (names or uids, comma-separated) who may attach besides\n"
+            "                  the daemon's own uid and root (the default: only those)\n"
+            "  --allow-gid LIST  groups (names or gids) whose members may attach\n"
             "  --foreground    do not daemonize; log to stderr\n"
             "  --quiet         no log lines\n"
             "  --help, --version\n",
@@ -91,10 +100,66 @@ static int parse_addr(const char *s, uint64_t *out)
     return 0;
 }
 
+/* A uid or gid: digits, or a name looked up in passwd/group. -1 if neither. */
+static int parse_id(const char *s, bool group, unsigned *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (*s && *s != '-' && *s != '+' && !*end && !errno && v < UINT_MAX) {
+        *out = (unsigned)v;
+        return 0;
+    }
+    if (group) {
+        struct group *g = getgrnam(s);
+        if (g) {
+            *out = g->gr_gid;
+            return 0;
+        }
+    } else {
+        struct passwd *pw = getpwnam(s);
+        if (pw) {
+            *out = pw->pw_uid;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* --allow-uid/--allow-gid: comma-separated ids or names, appended to list. */
+static void parse_id_list(const char *opt, const char *arg, bool group, unsigned *list, unsigned *n)
+{
+    char buf[1024];
+    if (!*arg || strlen(arg) >= sizeof(buf)) {
+        fprintf(stderr, "heapd: bad %s '%s': give %s, comma-separated\n", opt, arg,
+                group ? "group names or gids" : "user names or uids");
+        exit(2);
+    }
+    snprintf(buf, sizeof(buf), "%s", arg);
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        unsigned id;
+        if (parse_id(t, group, &id) < 0) {
+            fprintf(stderr, "heapd: bad %s '%s': no %s '%s'\n", opt, arg, group ? "group" : "user", t);
+            exit(2);
+        }
+        if (*n >= DAEMON_MAX_ALLOW) {
+            fprintf(stderr, "heapd: bad %s '%s': at most %u entries\n", opt, arg, DAEMON_MAX_ALLOW);
+            exit(2);
+        }
+        list[(*n)++] = id;
+    }
+    if (!*n) {
+        fprintf(stderr, "heapd: bad %s '%s': give %s, comma-separated\n", opt, arg,
+                group ? "group names or gids" : "user names or uids");
+        exit(2);
+    }
+}
+
 int main(int argc, char **argv)
 {
     enum { O_SOCKET = 1, O_SIZE, O_BASE, O_BACKING, O_HUGETLB, O_FG, O_QUIET, O_HELP, O_VERSION,
-           O_MEMLIMIT, O_HARDLIMIT, O_SCAVCPU };
+           O_MEMLIMIT, O_HARDLIMIT, O_SCAVCPU, O_SOCKMODE, O_SOCKGROUP, O_ALLOWUID, O_ALLOWGID };
     static const struct option opts[] = {
         {"socket", required_argument, 0, O_SOCKET},   {"size", required_argument, 0, O_SIZE},
         {"base", required_argument, 0, O_BASE},       {"backing", required_argument, 0, O_BACKING},
@@ -103,6 +168,8 @@ int main(int argc, char **argv)
         {"version", no_argument, 0, O_VERSION},       {"memory-limit", required_argument, 0, O_MEMLIMIT},
         {"hard-limit", required_argument, 0, O_HARDLIMIT}, {"scavenge-cpu", required_argument, 0, O_SCAVCPU},
         {"control", required_argument, 0, 'C'},
+        {"socket-mode", required_argument, 0, O_SOCKMODE}, {"socket-group", required_argument, 0, O_SOCKGROUP},
+        {"allow-uid", required_argument, 0, O_ALLOWUID},   {"allow-gid", required_argument, 0, O_ALLOWGID},
         {0, 0, 0, 0},
     };
     const char *sock = NULL, *size_arg = NULL, *backing = NULL;
@@ -112,6 +179,9 @@ int main(int argc, char **argv)
     unsigned scav_cpu = 0;      /* daemon_opts_t: 0 = default */
     char sizebuf[32], defsock[PATH_MAX];
     const char *control = NULL;
+    unsigned sock_mode = 0, sock_gid = 0, allow_uids[DAEMON_MAX_ALLOW], allow_gids[DAEMON_MAX_ALLOW];
+    unsigned n_allow_uids = 0, n_allow_gids = 0;
+    bool sock_gid_set = false;
 
     opterr = 0;
     int o;
@@ -156,6 +226,27 @@ int main(int argc, char **argv)
             scav_cpu = v == 0 ? SCAV_CPU_OFF : (unsigned)v;
             break;
         }
+        case O_SOCKMODE: {
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(optarg, &end, 8);
+            if (errno || !*optarg || *end || optarg[0] == '-' || optarg[0] == '+' || v > 0777 || (v & 0600) != 0600)
+                die_usage("bad --socket-mode '%s': give octal permission bits 0600..0777 (the owner needs rw)",
+                          optarg);
+            sock_mode = (unsigned)v;
+            break;
+        }
+        case O_SOCKGROUP:
+            if (parse_id(optarg, true, &sock_gid) < 0)
+                die_usage("bad --socket-group '%s': no such group (give a name or a gid)", optarg);
+            sock_gid_set = true;
+            break;
+        case O_ALLOWUID:
+            parse_id_list("--allow-uid", optarg, false, allow_uids, &n_allow_uids);
+            break;
+        case O_ALLOWGID:
+            parse_id_list("--allow-gid", optarg, true, allow_gids, &n_allow_gids);
+            break;
         case 'C':
             if (!*optarg)
                 die_usage("bad --control '%s': give a socket path", optarg);
@@ -246,6 +337,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "heapd: %s\n", err);
         return 1;
     }
+    d->sock_mode = sock_mode;
+    d->sock_gid_set = sock_gid_set;
+    d->sock_gid = (gid_t)sock_gid;
+    for (unsigned i = 0; i < n_allow_uids; i++)
+        d->allow_uids[i] = (uid_t)allow_uids[i];
+    for (unsigned i = 0; i < n_allow_gids; i++)
+        d->allow_gids[i] = (gid_t)allow_gids[i];
+    d->n_allow_uids = n_allow_uids;
+    d->n_allow_gids = n_allow_gids;
     if (client_listen(d, sock, err, sizeof(err)) < 0) {
         fprintf(stderr, "heapd: %s\n", err);
         daemon_destroy(d);

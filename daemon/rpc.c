@@ -257,8 +257,9 @@ static enum rpc_verdict on_set_quota(daemon_t *d, client_t *c, uint64_t seq, con
 static enum rpc_verdict on_set_limit(daemon_t *d, client_t *c, uint64_t seq, const Heapd__SetLimit *l,
                                      rpc_out_t *out)
 {
-    (void)c;
-    if (limits_set(d, l->soft, l->hard) < 0)
+    if (c->uid != d->uid && c->uid != 0)   /* clients let in by --allow-uid/--allow-gid: not theirs */
+        reply_error(out, seq, EACCES, "SetLimit: only the daemon's user or root may change the limits");
+    else if (limits_set(d, l->soft, l->hard) < 0)
         reply_error(out, seq, EINVAL, "SetLimit{soft %llu, hard %llu}: the hard limit is below the soft one",
                     (unsigned long long)l->soft, (unsigned long long)l->hard);
     else

@@ -75,8 +75,10 @@ int daemon_start(daemon_proc_t *d, const char *size, const char *const *extra)
         return -1;
     snprintf(d->sock, sizeof(d->sock), "%s/heapd.sock", d->dir);
     snprintf(d->log, sizeof(d->log), "%s/heapd.log", d->dir);
-    /* a fresh base per daemon: 2 TiB apart, above the default */
-    d->base = HD_DEFAULT_BASE + (uint64_t)(++counter) * (2ull << 40);
+    /* a fresh base per daemon: 2 TiB apart, above the default, cycling through
+     * 34..88 TiB (stopped daemons' bases come round again): ASan's allocator
+     * lives at 96 TiB and the libraries near 128 TiB */
+    d->base = HD_DEFAULT_BASE + (uint64_t)(++counter % 28 + 1) * (2ull << 40);
     char base[32];
     snprintf(base, sizeof(base), "%#llx", (unsigned long long)d->base);
 
@@ -109,6 +111,13 @@ int daemon_start(daemon_proc_t *d, const char *size, const char *const *extra)
         int fd = raw_connect(d->sock);
         if (fd >= 0) {
             close(fd);
+            /* the control socket (sock + .ctl) is bound just after the client
+             * socket listens: wait for it too, briefly (a test may pass --control) */
+            char ctl[sizeof(d->sock) + 8];
+            struct stat cst;
+            snprintf(ctl, sizeof(ctl), "%s.ctl", d->sock);
+            for (int i = 0; i < 200 && stat(ctl, &cst) != 0; i++)
+                usleep(5000);
             return 0;
         }
         if (waitpid(pid, NULL, WNOHANG) == pid) {
