@@ -55,25 +55,25 @@ static int make_parents(const char *path, char *err, size_t errlen)
     return 0;
 }
 
-int client_listen(daemon_t *d, const char *path, char *err, size_t errlen)
+int sock_path_prepare(const char *path, int type, struct sockaddr_un *sa, char *err, size_t errlen)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (!*path || strlen(path) >= sizeof(sa.sun_path))
-        return fail(err, errlen, ENAMETOOLONG, "socket path must be 1..%zu bytes: %s", sizeof(sa.sun_path) - 1,
-                    path);
-    memcpy(sa.sun_path, path, strlen(path) + 1);
+    memset(sa, 0, sizeof(*sa));
+    sa->sun_family = AF_UNIX;
+    if (!*path || strlen(path) >= sizeof(sa->sun_path))
+        return fail(err, errlen, ENAMETOOLONG, "socket path must be 1..%zu bytes: %s",
+                    sizeof(sa->sun_path) - 1, path);
+    memcpy(sa->sun_path, path, strlen(path) + 1);
     int r = make_parents(path, err, errlen);
     if (r < 0)
         return r;
-
     /* A socket file already there: a live daemon's (refuse) or a stale one (replace). */
     struct stat st;
     if (lstat(path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode))
             return fail(err, errlen, EEXIST, "%s exists and is not a socket", path);
-        int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        int probe = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
         if (probe >= 0) {
-            int live = connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+            int live = connect(probe, (struct sockaddr *)sa, sizeof(*sa)) == 0;
             close(probe);
             if (live)
                 return fail(err, errlen, EADDRINUSE, "another daemon is listening on %s", path);
@@ -81,6 +81,16 @@ int client_listen(daemon_t *d, const char *path, char *err, size_t errlen)
         if (unlink(path) < 0 && errno != ENOENT)
             return fail(err, errlen, errno, "cannot remove stale socket %s: %s", path, strerror(errno));
     }
+    return 0;
+}
+
+int client_listen(daemon_t *d, const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sa;
+    struct stat st;                     /* identity of the file we create */
+    int r = sock_path_prepare(path, SOCK_SEQPACKET, &sa, err, errlen);
+    if (r < 0)
+        return r;
 
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)

@@ -64,6 +64,11 @@ typedef struct client {
  * missing, socket file d->sock_mode or 0600, group d->sock_gid if set). 0, or
  * -errno with a message naming the path. */
 int client_listen(daemon_t *d, const char *path, char *err, size_t errlen);
+/* Ready path for a listening socket of this type: check its length, create
+ * missing parent directories (0700), refuse if a live daemon answers there,
+ * remove a stale socket file. Fills *sa. 0, or -errno with a message. */
+struct sockaddr_un;
+int sock_path_prepare(const char *path, int type, struct sockaddr_un *sa, char *err, size_t errlen);
 /* Start accepting on d->loop. 0 or -errno. */
 int client_start(daemon_t *d);
 /* Stop accepting, unlink the socket file, close every client. */

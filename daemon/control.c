@@ -389,52 +389,13 @@ int control_handle(daemon_t *d, const uint8_t *req, size_t len, uint8_t **reply,
 
 /* ---- the socket ---------------------------------------------------------------------- */
 
-static int make_parents(const char *path, char *err, size_t errlen)
-{
-    char buf[108];
-    snprintf(buf, sizeof(buf), "%s", path);
-    char *slash = strrchr(buf, '/');
-    if (!slash || slash == buf)
-        return 0;
-    *slash = 0;
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == 0) {
-            char c = *p;
-            *p = 0;
-            if (mkdir(buf, 0700) < 0 && errno != EEXIST)
-                return fail(err, errlen, errno, "cannot create directory %s: %s", buf, strerror(errno));
-            *p = c;
-            if (c == 0)
-                break;
-        }
-    }
-    return 0;
-}
-
 int control_listen(daemon_t *d, const char *path, char *err, size_t errlen)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (!*path || strlen(path) >= sizeof(sa.sun_path))
-        return fail(err, errlen, ENAMETOOLONG, "control socket path must be 1..%zu bytes: %s",
-                    sizeof(sa.sun_path) - 1, path);
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    int r = make_parents(path, err, errlen);
+    struct sockaddr_un sa;
+    struct stat st;                     /* identity of the file we create */
+    int r = sock_path_prepare(path, SOCK_STREAM, &sa, err, errlen);
     if (r < 0)
         return r;
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode))
-            return fail(err, errlen, EEXIST, "%s exists and is not a socket", path);
-        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (probe >= 0) {
-            int live = connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-            close(probe);
-            if (live)
-                return fail(err, errlen, EADDRINUSE, "another daemon serves the control socket %s", path);
-        }
-        if (unlink(path) < 0 && errno != ENOENT)
-            return fail(err, errlen, errno, "cannot remove stale socket %s: %s", path, strerror(errno));
-    }
     control_t *ctl = calloc(1, sizeof(*ctl));
     if (!ctl)
         return fail(err, errlen, ENOMEM, "out of memory");
