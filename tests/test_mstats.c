@@ -38,6 +38,7 @@
 #include "mstats.h"
 #include "promcheck.h"
 #include "rpc.h"
+#include "daemon_fixture.h"
 #include "unit.h"
 
 #define TEST_SIZE (64ull << 20)
@@ -53,54 +54,20 @@ typedef struct tclient {
     uint32_t slot;
 } tclient_t;
 
-static void setup(void)
-{
-    D = calloc(1, sizeof(*D));
-    CU_ASSERT_FATAL(D != NULL);
-    char err[256];
-    daemon_opts_t o = {.size = TEST_SIZE, .base = 0x3c0000000000ull + (uint64_t)(nbase++) * (4ull << 30),
-                       .quiet = true};
-    int r = daemon_init(D, &o, err, sizeof(err));
-    if (r < 0)
-        fprintf(stderr, "daemon_init: %s\n", err);
-    CU_ASSERT_FATAL(r == 0);
-}
+static void setup(void) { D = fx_daemon_new(TEST_SIZE, 0x3c0000000000ull + (uint64_t)(nbase++) * (4ull << 30)); }
 
 static void teardown(void)
 {
-    while (D->clients)
-        client_close(D, D->clients, "test done");
-    daemon_destroy(D);
-    free(D);
+    fx_daemon_free(D);
     D = NULL;
 }
 
-static enum rpc_verdict send_msg(client_t *c, Heapd__ClientMsg *m)
-{
-    uint8_t buf[HD_MAX_MSG];
-    size_t n = heapd__client_msg__pack(m, buf);
-    return rpc_handle(D, c, buf, n, &OUT);
-}
+static enum rpc_verdict send_msg(client_t *c, Heapd__ClientMsg *m) { return fx_send(D, c, m, &OUT); }
 
 static tclient_t mkclient(void)
 {
-    int sv[2];
-    CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
-    tclient_t t = {client_new(D, sv[0], 0, getuid()), sv[1], 0};
-    CU_ASSERT_FATAL(t.c != NULL);
-    Heapd__Hello h = HEAPD__HELLO__INIT;
-    h.version = HD_PROTO_VERSION;
-    h.pid = 4242;
-    h.name = "unit";
-    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
-    m.seq = 1;
-    m.body_case = HEAPD__CLIENT_MSG__BODY_HELLO;
-    m.hello = &h;
-    CU_ASSERT_FATAL(send_msg(t.c, &m) == RPC_OK);
-    Heapd__DaemonMsg *r = heapd__daemon_msg__unpack(NULL, OUT.len, OUT.buf);
-    CU_ASSERT_FATAL(r != NULL && r->body_case == HEAPD__DAEMON_MSG__BODY_WELCOME);
-    t.slot = r->welcome->slot;
-    heapd__daemon_msg__free_unpacked(r, NULL);
+    tclient_t t = {0};
+    t.c = fx_client(D, &OUT, &t.peer, &t.slot);
     return t;
 }
 
@@ -110,20 +77,7 @@ static void rmclient(tclient_t *t)
     close(t->peer);
 }
 
-static int64_t alloc_large(tclient_t *t, uint64_t pages)
-{
-    Heapd__AllocLarge a = HEAPD__ALLOC_LARGE__INIT;
-    a.pages = pages;
-    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
-    m.seq = 7;
-    m.body_case = HEAPD__CLIENT_MSG__BODY_ALLOC_LARGE;
-    m.alloc_large = &a;
-    CU_ASSERT_FATAL(send_msg(t->c, &m) == RPC_OK);
-    Heapd__DaemonMsg *r = heapd__daemon_msg__unpack(NULL, OUT.len, OUT.buf);
-    int64_t id = r && r->body_case == HEAPD__DAEMON_MSG__BODY_SPANS ? (int64_t)r->spans->span_ids[0] : -1;
-    heapd__daemon_msg__free_unpacked(r, NULL);
-    return id;
-}
+static int64_t alloc_large(tclient_t *t, uint64_t pages) { return fx_alloc_large(D, t->c, &OUT, pages); }
 
 static void free_large(tclient_t *t, uint32_t id)
 {

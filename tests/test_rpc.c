@@ -17,6 +17,7 @@
 #include "mcentral.h"
 #include "rpc.h"
 #include "span.h"
+#include "daemon_fixture.h"
 #include "unit.h"
 
 #define TEST_SIZE (64ull << 20)
@@ -26,49 +27,18 @@ static unsigned nbase;
 static uint8_t outbuf[HD_MAX_MSG];
 static rpc_out_t OUT = {.buf = outbuf, .cap = sizeof(outbuf)};
 
-static void setup(void)
-{
-    D = calloc(1, sizeof(*D));
-    CU_ASSERT_FATAL(D != NULL);
-    char err[256];
-    daemon_opts_t o = {.size = TEST_SIZE, .base = 0x380000000000ull + (uint64_t)(nbase++) * (4ull << 30),
-                       .quiet = true};
-    int r = daemon_init(D, &o, err, sizeof(err));
-    if (r < 0)
-        fprintf(stderr, "daemon_init: %s\n", err);
-    CU_ASSERT_FATAL(r == 0);
-}
+static void setup(void) { D = fx_daemon_new(TEST_SIZE, 0x380000000000ull + (uint64_t)(nbase++) * (4ull << 30)); }
 
-static void check_all(void)
-{
-    char err[256] = "";
-    bool ok = mheap_check(&D->heap, err, sizeof(err));
-    if (!ok)
-        fprintf(stderr, "mheap_check: %s\n", err);
-    CU_ASSERT(ok);
-    ok = mcentral_check(&D->central, err, sizeof(err));
-    if (!ok)
-        fprintf(stderr, "mcentral_check: %s\n", err);
-    CU_ASSERT(ok);
-}
+static void check_all(void) { fx_check(D); }
 
 static void teardown(void)
 {
-    while (D->clients)
-        client_close(D, D->clients, "test over");
-    check_all();
-    daemon_destroy(D);
-    free(D);
+    fx_daemon_free(D);
     D = NULL;
 }
 
 /* Pack m, hand it to rpc_handle for c. */
-static enum rpc_verdict send_msg(client_t *c, Heapd__ClientMsg *m)
-{
-    uint8_t buf[HD_MAX_MSG];
-    size_t n = heapd__client_msg__pack(m, buf);
-    return rpc_handle(D, c, buf, n, &OUT);
-}
+static enum rpc_verdict send_msg(client_t *c, Heapd__ClientMsg *m) { return fx_send(D, c, m, &OUT); }
 
 /* The reply in OUT, unpacked (NULL if there is none). Free with reply_free. */
 static Heapd__DaemonMsg *reply(void)

@@ -20,6 +20,7 @@
 #include "mcentral.h"
 #include "rpc.h"
 #include "scavenge.h"
+#include "daemon_fixture.h"
 #include "unit.h"
 
 #define TEST_SIZE (64ull << 20)
@@ -35,39 +36,12 @@ typedef struct tclient {
     int peer;           /* our end of its socket: unsolicited messages arrive here */
 } tclient_t;
 
-static void setup(void)
-{
-    D = calloc(1, sizeof(*D));
-    CU_ASSERT_FATAL(D != NULL);
-    char err[256];
-    daemon_opts_t o = {.size = TEST_SIZE, .base = 0x3a0000000000ull + (uint64_t)(nbase++) * (4ull << 30),
-                       .quiet = true};
-    int r = daemon_init(D, &o, err, sizeof(err));
-    if (r < 0)
-        fprintf(stderr, "daemon_init: %s\n", err);
-    CU_ASSERT_FATAL(r == 0);
-}
+static void setup(void) { D = fx_daemon_new(TEST_SIZE, 0x3a0000000000ull + (uint64_t)(nbase++) * (4ull << 30)); }
 
-static void check_all(void)
-{
-    char err[256] = "";
-    bool ok = mheap_check(&D->heap, err, sizeof(err));
-    if (!ok)
-        fprintf(stderr, "mheap_check: %s\n", err);
-    CU_ASSERT(ok);
-    ok = mcentral_check(&D->central, err, sizeof(err));
-    if (!ok)
-        fprintf(stderr, "mcentral_check: %s\n", err);
-    CU_ASSERT(ok);
-}
 
 static void teardown(void)
 {
-    while (D->clients)
-        client_close(D, D->clients, "test over");
-    check_all();
-    daemon_destroy(D);
-    free(D);
+    fx_daemon_free(D);
     D = NULL;
 }
 
@@ -96,27 +70,12 @@ static void sleep_ms(unsigned ms)
     nanosleep(&ts, NULL);
 }
 
-static enum rpc_verdict send_msg(client_t *c, Heapd__ClientMsg *m)
-{
-    uint8_t buf[HD_MAX_MSG];
-    size_t n = heapd__client_msg__pack(m, buf);
-    return rpc_handle(D, c, buf, n, &OUT);
-}
+static enum rpc_verdict send_msg(client_t *c, Heapd__ClientMsg *m) { return fx_send(D, c, m, &OUT); }
 
 static tclient_t mkclient(void)
 {
-    int sv[2];
-    CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
-    tclient_t t = {client_new(D, sv[0], 0, getuid()), sv[1]};
-    CU_ASSERT_FATAL(t.c != NULL);
-    Heapd__Hello h = HEAPD__HELLO__INIT;
-    h.version = HD_PROTO_VERSION;
-    h.pid = 4242;
-    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
-    m.seq = 1;
-    m.body_case = HEAPD__CLIENT_MSG__BODY_HELLO;
-    m.hello = &h;
-    CU_ASSERT_FATAL(send_msg(t.c, &m) == RPC_OK);
+    tclient_t t = {0};
+    t.c = fx_client(D, &OUT, &t.peer, NULL);
     return t;
 }
 
@@ -126,26 +85,7 @@ static void rmclient(tclient_t *t)
     close(t->peer);
 }
 
-/* AllocLarge of pages: the span id, or -errno from the daemon's Error. */
-static int64_t alloc_large(tclient_t *t, uint64_t pages)
-{
-    Heapd__AllocLarge a = HEAPD__ALLOC_LARGE__INIT;
-    a.pages = pages;
-    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
-    m.seq = 7;
-    m.body_case = HEAPD__CLIENT_MSG__BODY_ALLOC_LARGE;
-    m.alloc_large = &a;
-    CU_ASSERT_FATAL(send_msg(t->c, &m) == RPC_OK);
-    Heapd__DaemonMsg *r = heapd__daemon_msg__unpack(NULL, OUT.len, OUT.buf);
-    CU_ASSERT_FATAL(r != NULL);
-    int64_t v = -EPROTO;
-    if (r->body_case == HEAPD__DAEMON_MSG__BODY_SPANS && r->spans->n_span_ids == 1)
-        v = r->spans->span_ids[0];
-    else if (r->body_case == HEAPD__DAEMON_MSG__BODY_ERROR)
-        v = -r->error->err;
-    heapd__daemon_msg__free_unpacked(r, NULL);
-    return v;
-}
+static int64_t alloc_large(tclient_t *t, uint64_t pages) { return fx_alloc_large(D, t->c, &OUT, pages); }
 
 static void free_large(tclient_t *t, int64_t id)
 {
