@@ -197,40 +197,74 @@ ssize_t raw_call(int fd, const void *msg, size_t len, void *buf, size_t buflen, 
     return recv(fd, buf, buflen, 0);
 }
 
-int books_read(const char *sock, hd_header_t *out)
+int raw_hello_fds(const char *sock, const char *name, int fds[2], int *nfds, int *connp)
 {
+    fds[0] = fds[1] = -1;
+    *nfds = 0;
     int fd = raw_connect(sock);
     if (fd < 0)
         return -1;
     Heapd__Hello hello = HEAPD__HELLO__INIT;
     hello.version = HD_PROTO_VERSION;
     hello.pid = getpid();
-    hello.name = "itest-books";
+    hello.name = (char *)name;
     Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
     m.seq = 1;
     m.body_case = HEAPD__CLIENT_MSG__BODY_HELLO;
     m.hello = &hello;
     uint8_t buf[4096];
     size_t n = heapd__client_msg__pack(&m, buf);
-    if (send(fd, buf, n, MSG_NOSIGNAL) != (ssize_t)n) {
-        close(fd);
-        return -1;
-    }
     struct pollfd p = {.fd = fd, .events = POLLIN};
+    /* a refused peer may find the socket closed already: the reply is still queued */
+    (void)send(fd, buf, n, MSG_NOSIGNAL);
     if (poll(&p, 1, 5000) <= 0) {
         close(fd);
         return -1;
     }
-    char cbuf[CMSG_SPACE(2 * sizeof(int))];
+    union {
+        char buf[CMSG_SPACE(4 * sizeof(int))];
+        struct cmsghdr align;
+    } cm;
+    memset(&cm, 0, sizeof(cm));
     struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf)};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf)};
     ssize_t r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
-    int fds[2] = {-1, -1}, rc = -1;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-            c->cmsg_len >= CMSG_LEN(2 * sizeof(int)))
-            memcpy(fds, CMSG_DATA(c), sizeof(fds));
-    if (r > 0 && fds[0] >= 0) {
+    if (connp)
+        *connp = fd;
+    else
+        close(fd);
+    for (struct cmsghdr *c = r > 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < k; i++) {
+                int f;
+                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                if (*nfds < 2)
+                    fds[*nfds] = f;
+                else
+                    close(f);
+                (*nfds)++;
+            }
+        }
+    }
+    if (r <= 0)
+        return -1;
+    Heapd__DaemonMsg *rep = heapd__daemon_msg__unpack(NULL, (size_t)r, buf);
+    if (!rep)
+        return -1;
+    int ret = -1;
+    if (rep->body_case == HEAPD__DAEMON_MSG__BODY_ERROR)
+        ret = rep->error->err > 0 ? rep->error->err : -1;
+    else if (rep->body_case == HEAPD__DAEMON_MSG__BODY_WELCOME && *nfds == 2)
+        ret = 0;
+    heapd__daemon_msg__free_unpacked(rep, NULL);
+    return ret;
+}
+
+int books_read(const char *sock, hd_header_t *out)
+{
+    int fds[2], nfds, rc = -1;
+    if (raw_hello_fds(sock, "itest-books", fds, &nfds, NULL) == 0) {
         void *hm = mmap(NULL, HD_HEADER_BYTES, PROT_READ, MAP_SHARED, fds[0], 0);
         if (hm != MAP_FAILED) {
             memcpy(out, hm, sizeof(*out));
@@ -238,10 +272,8 @@ int books_read(const char *sock, hd_header_t *out)
             rc = 0;
         }
     }
-    for (int i = 0; i < 2; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
-    close(fd);
+    for (int i = 0; i < 2 && i < nfds; i++)
+        close(fds[i]);
     return rc;
 }
 

@@ -41,6 +41,13 @@ int books_read(const char *sock, hd_header_t *out);
  * value and leaves the last books in *out. */
 bool books_wait(const char *sock, hd_header_t *out, bool (*pred)(const hd_header_t *), unsigned timeout_ms);
 
+/* Say Hello (version HD_PROTO_VERSION, this name) on a raw connection and read
+ * the reply with its fds. Returns 0 for a Welcome with both fds in fds[], the
+ * daemon's errno for an Error, or -1. fds[] keeps at most 2 (more are closed;
+ * *nfds counts all received). The connection goes to *connp if given, else it
+ * is closed. */
+int raw_hello_fds(const char *sock, const char *name, int fds[2], int *nfds, int *connp);
+
 /* A raw exchange for protocol tests: connect, send one packed ClientMsg,
  * receive one packet into buf. Returns bytes received, 0 on EOF, -1 on error. */
 int raw_connect(const char *sock);

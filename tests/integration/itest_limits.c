@@ -47,35 +47,12 @@ static int watch_open(const char *sock, watch_t *w)
 {
     memset(w, 0, sizeof(*w));
     w->meta_fd = w->heap_fd = -1;
-    int fd = raw_connect(sock);
-    if (fd < 0)
-        return -1;
-    Heapd__Hello hello = HEAPD__HELLO__INIT;
-    hello.version = HD_PROTO_VERSION;
-    hello.pid = getpid();
-    hello.name = "itest-watch";
-    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
-    m.seq = 1;
-    m.body_case = HEAPD__CLIENT_MSG__BODY_HELLO;
-    m.hello = &hello;
-    uint8_t buf[4096];
-    size_t n = heapd__client_msg__pack(&m, buf);
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    if (send(fd, buf, n, MSG_NOSIGNAL) != (ssize_t)n || poll(&p, 1, 5000) <= 0) {
-        close(fd);
+    int fds[2], nfds;
+    if (raw_hello_fds(sock, "itest-watch", fds, &nfds, NULL) != 0) {
+        for (int i = 0; i < 2 && i < nfds; i++)
+            close(fds[i]);
         return -1;
     }
-    char cbuf[CMSG_SPACE(2 * sizeof(int))];
-    struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf)};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
-    ssize_t r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
-    int fds[2] = {-1, -1};
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len >= CMSG_LEN(2 * sizeof(int)))
-            memcpy(fds, CMSG_DATA(c), sizeof(fds));
-    close(fd);
-    if (r <= 0 || fds[0] < 0)
-        return -1;
     void *hm = mmap(NULL, HD_HEADER_BYTES, PROT_READ, MAP_SHARED, fds[0], 0);
     if (hm == MAP_FAILED) {
         close(fds[0]);

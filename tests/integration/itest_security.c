@@ -34,66 +34,7 @@
  * closed, or left in *connp if that is not NULL. */
 static int raw_hello_conn(const char *sock, int fds[2], int *nfds, int *connp)
 {
-    fds[0] = fds[1] = -1;
-    *nfds = 0;
-    int fd = raw_connect(sock);
-    if (fd < 0)
-        return -1;
-    Heapd__Hello hello = HEAPD__HELLO__INIT;
-    hello.version = HD_PROTO_VERSION;
-    hello.pid = getpid();
-    hello.name = "itest-security";
-    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
-    m.seq = 1;
-    m.body_case = HEAPD__CLIENT_MSG__BODY_HELLO;
-    m.hello = &hello;
-    uint8_t buf[4096];
-    size_t n = heapd__client_msg__pack(&m, buf);
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    /* a refused peer may find the socket closed already: the reply is still queued */
-    (void)send(fd, buf, n, MSG_NOSIGNAL);
-    if (poll(&p, 1, 5000) <= 0) {
-        close(fd);
-        return -1;
-    }
-    union {
-        char buf[CMSG_SPACE(4 * sizeof(int))];
-        struct cmsghdr align;
-    } cm;
-    memset(&cm, 0, sizeof(cm));
-    struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf)};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf)};
-    ssize_t r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
-    if (connp)
-        *connp = fd;
-    else
-        close(fd);
-    for (struct cmsghdr *c = r > 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-            int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            for (int i = 0; i < k; i++) {
-                int f;
-                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                if (*nfds < 2)
-                    fds[*nfds] = f;
-                else
-                    close(f);
-                (*nfds)++;
-            }
-        }
-    }
-    if (r <= 0)
-        return -1;
-    Heapd__DaemonMsg *rep = heapd__daemon_msg__unpack(NULL, (size_t)r, buf);
-    if (!rep)
-        return -1;
-    int ret = -1;
-    if (rep->body_case == HEAPD__DAEMON_MSG__BODY_ERROR)
-        ret = rep->error->err > 0 ? rep->error->err : -1;
-    else if (rep->body_case == HEAPD__DAEMON_MSG__BODY_WELCOME && *nfds == 2)
-        ret = 0;
-    heapd__daemon_msg__free_unpacked(rep, NULL);
-    return ret;
+    return raw_hello_fds(sock, "itest-security", fds, nfds, connp);
 }
 
 static int raw_hello(const char *sock, int fds[2], int *nfds) { return raw_hello_conn(sock, fds, nfds, NULL); }
