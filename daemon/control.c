@@ -12,7 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "client.h"
+#include "conn.h"
 #include "control.pb-c.h"
 #include "errf.h"
 #include "mstats.h"

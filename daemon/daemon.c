@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "client.h"
+#include "conn.h"
 #include "control.h"
 
 void daemon_log(daemon_t *d, const char *fmt, ...)

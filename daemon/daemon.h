@@ -27,7 +27,7 @@
 #include "mheap.h"
 #include "mstats.h"
 #include "scavenge.h"
-#include "segment.h"
+#include "memfd.h"
 
 #define DAEMON_SWEEP_MS      100u   /* background sweep period */
 #define DAEMON_SWEEP_BUDGET  1024u  /* spans swept per tick: a few hundred microseconds at most */

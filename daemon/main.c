@@ -25,7 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "client.h"
+#include "conn.h"
 #include "control.h"
 #include "daemon.h"
 

@@ -34,7 +34,7 @@
 #include <stdint.h>
 
 #include "pagealloc.h"
-#include "segment.h"
+#include "memfd.h"
 
 #define MHEAP_GROW_PAGES 16384u   /* grow the page allocator by at least 128 MiB */
 

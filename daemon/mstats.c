@@ -12,7 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "client.h"
+#include "conn.h"
 #include "daemon.h"
 #include "heapd.pb-c.h"
 

@@ -40,7 +40,7 @@
 #include <stdint.h>
 
 #include "scavenge.h"
-#include "segment.h"
+#include "memfd.h"
 
 typedef struct daemon daemon_t;
 struct client;

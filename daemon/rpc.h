@@ -31,7 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "client.h"
+#include "conn.h"
 #include "daemon.h"
 
 enum rpc_verdict {

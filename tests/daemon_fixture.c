@@ -8,7 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "client.h"
+#include "conn.h"
 #include "mcentral.h"
 
 daemon_t *fx_daemon_new(uint64_t size, uint64_t base)

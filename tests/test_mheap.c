@@ -1,4 +1,4 @@
-/* Unit tests of daemon/segment.c, mheap.c and mcentral.c on a real segment
+/* Unit tests of daemon/memfd.c, mheap.c and mcentral.c on a real segment
  * (64 MiB memfds mapped in this process), without sockets: span states, the
  * pagemap, slots, books, the sweep, the background sweep, large aligned spans,
  * generations, hostile bitmaps and a backing store that cannot be committed. */
@@ -14,7 +14,7 @@
 
 #include "mcentral.h"
 #include "mheap.h"
-#include "segment.h"
+#include "memfd.h"
 #include "span.h"
 #include "unit.h"
 

@@ -28,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "client.h"
+#include "conn.h"
 #include "control.h"
 #include "control.pb-c.h"
 #include "daemon.h"

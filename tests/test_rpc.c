@@ -11,7 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "client.h"
+#include "conn.h"
 #include "daemon.h"
 #include "heapd.pb-c.h"
 #include "mcentral.h"

@@ -19,7 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "client.h"
+#include "conn.h"
 #include "daemon.h"
 #include "heapd.pb-c.h"
 #include "mcentral.h"

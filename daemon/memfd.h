@@ -1,4 +1,4 @@
-/* segment: the daemon's side of the shared segment (shm/segment.h has the layout).
+/* memfd: the daemon's side of the shared segment (shm/segment.h has the layout).
  *
  * Owns the two file descriptors behind the heap, the daemon's read-write
  * mappings of them at the agreed base, and committing backing store.
@@ -22,14 +22,14 @@
  *    Heap pages are the scavenger's business: the page allocator says which
  *    ones need committing (pa_alloc's scav count).
  */
-#ifndef HEAPD_DAEMON_SEGMENT_H
-#define HEAPD_DAEMON_SEGMENT_H
+#ifndef HEAPD_DAEMON_MEMFD_H
+#define HEAPD_DAEMON_MEMFD_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-/* The shared layout. By relative path: this header has the same name, and
+/* The shared layout. By relative path: this header once shared its name, and
  * with -I daemon -I shm a plain "segment.h" would include itself. */
 #include "../shm/segment.h"
 

@@ -1,8 +1,8 @@
-/* client.c: the listening socket, client records, packet I/O and reclaim.
- * See client.h for the rules. */
+/* conn.c: the listening socket, client records, packet I/O and reclaim.
+ * See conn.h for the rules. */
 #define _GNU_SOURCE
 #include "errf.h"
-#include "client.h"
+#include "conn.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-/* segment.c: create, map, seal and commit the shared segment. See segment.h.
+/* memfd.c: create, map, seal and commit the shared segment. See memfd.h.
  *
  * Order matters in seg_create: the meta memfd must be mapped read-write by the
  * daemon *before* F_SEAL_FUTURE_WRITE goes on (the seal forbids new writable
@@ -7,7 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "errf.h"
-#include "segment.h"
+#include "memfd.h"
 
 #include <errno.h>
 #include <fcntl.h>

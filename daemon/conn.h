@@ -1,4 +1,4 @@
-/* client: connections. The listening socket, one record per connected client,
+/* conn: connections. The listening socket, one record per connected client,
  * packet I/O, and reclaim when a client goes away.
  *
  * Owns: the SOCK_SEQPACKET listening socket (its file: stale ones are
@@ -24,8 +24,8 @@
  *    a new client with a new id (the id is the lease epoch, also in its spans'
  *    owner and its stats slot's owner).
  */
-#ifndef HEAPD_DAEMON_CLIENT_H
-#define HEAPD_DAEMON_CLIENT_H
+#ifndef HEAPD_DAEMON_CONN_H
+#define HEAPD_DAEMON_CONN_H
 
 #include <stdbool.h>
 #include <stdint.h>
