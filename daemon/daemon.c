@@ -43,8 +43,9 @@ int daemon_init(daemon_t *d, const daemon_opts_t *o, char *err, size_t errlen)
     }
     mcentral_init(&d->central, &d->heap);
     unsigned pct = o->scavenge_cpu == 0 ? SCAV_DEFAULT_CPU_PCT : o->scavenge_cpu == SCAV_CPU_OFF ? 0 : o->scavenge_cpu;
-    if ((r = scav_init(d, o->soft_limit, o->hard_limit, pct)) < 0) {
-        snprintf(err, errlen, "cannot set up the scavenger: %s", strerror(-r));
+    if ((r = limits_init(d, o->soft_limit, o->hard_limit)) < 0 || (r = scav_init(d, pct)) < 0) {
+        snprintf(err, errlen, "cannot set up the limits and the scavenger: %s", strerror(-r));
+        limits_destroy(d);
         mheap_destroy(&d->heap);
         seg_destroy(&d->seg);
         return r;
@@ -52,6 +53,7 @@ int daemon_init(daemon_t *d, const daemon_opts_t *o, char *err, size_t errlen)
     if ((r = mstats_init(d)) < 0) {
         snprintf(err, errlen, "cannot set up memstats: %s", strerror(-r));
         scav_destroy(d);
+        limits_destroy(d);
         mheap_destroy(&d->heap);
         seg_destroy(&d->seg);
         return r;
@@ -64,6 +66,7 @@ void daemon_destroy(daemon_t *d)
     control_free(d);
     mstats_destroy(d);
     scav_destroy(d);
+    limits_destroy(d);
     mheap_destroy(&d->heap);
     seg_destroy(&d->seg);
 }

@@ -26,6 +26,7 @@
 #include "mcentral.h"
 #include "mheap.h"
 #include "mstats.h"
+#include "memlimit.h"
 #include "scavenge.h"
 #include "memfd.h"
 
@@ -50,7 +51,8 @@ typedef struct daemon {
     seg_t seg;
     mheap_t heap;
     mcentral_t central;
-    scav_t scav;                /* scavenger and limits (scavenge.c) */
+    scav_t scav;                /* the scavenger (scavenge.c) */
+    limits_t lim;               /* limits, quotas, Flush/Pressure rounds (memlimit.c) */
     mstats_state_t ms;          /* memstats books: stats slots, retired totals, RPC times (mstats.c) */
     struct control *ctl;        /* the control socket (control.c), NULL without one */
     bool quiet;

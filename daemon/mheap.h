@@ -68,7 +68,7 @@ typedef struct mheap {
     span_priv_t *priv;          /* [npages], MAP_NORESERVE */
     size_t priv_len;
     bool punch_broken;          /* a hole punch failed: no page is known zero any more */
-    /* Limits (scavenge.c; all NULL without them). admit runs before a span
+    /* Limits (memlimit.c; all NULL without them). admit runs before a span
      * takes pages: 0, or -ENOMEM to refuse (nothing changed). on_alloc and
      * on_free run after a span was made / before its pages go back. */
     int (*admit)(void *ctx, uint64_t npages, uint32_t owner);

@@ -14,7 +14,7 @@
  *    them (the last values it wrote), so the sums survive the client.
  *  - the daemon's own books: pages in use / free / released from the page
  *    allocator, spans per state from the header books, committed metadata,
- *    limit and scavenger state (scavenge.h), RPC counts and handling times.
+ *    limit and scavenger state (memlimit.h, scavenge.h), RPC counts and handling times.
  *
  * Owns: the slot table (which slot belongs to which client; slot 0 is never
  * given out, so 0 means "none"), the per-slot last consistent copies, the
@@ -39,7 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "scavenge.h"
+#include "memlimit.h"
 #include "memfd.h"
 
 typedef struct daemon daemon_t;

@@ -242,7 +242,7 @@ static enum rpc_verdict on_free_large(daemon_t *d, client_t *c, uint64_t seq, co
     return RPC_OK;
 }
 
-/* ---- limits (scavenge.h) ---------------------------------------------------------- */
+/* ---- limits (memlimit.h) ---------------------------------------------------------- */
 
 static enum rpc_verdict on_set_quota(daemon_t *d, client_t *c, uint64_t seq, const Heapd__SetQuota *q,
                                      rpc_out_t *out)

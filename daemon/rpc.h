@@ -18,7 +18,7 @@
  *    the first, else Ack;
  *  - AllocLarge: pages >= 1, align_pages 0 or a power of two (EINVAL); more
  *    pages than the heap has, or no room: ENOMEM. A hard limit or quota
- *    (scavenge.h) refuses with ENOMEM too, after sending this client Flush
+ *    (memlimit.h) refuses with ENOMEM too, after sending this client Flush
  *    and Pressure{3} (so they arrive ahead of the reply);
  *  - SetQuota (this client's), SetLimit (the daemon's; EINVAL when hard <
  *    soft), Scavenge (release every free page): Ack.

@@ -1,4 +1,4 @@
-/* Unit tests of daemon/scavenge.c: what is counted (checked against the
+/* Unit tests of daemon/scavenge.c and daemon/memlimit.c: what is counted (checked against the
  * memfds' st_blocks, the truth from outside), the scavenger's order, the
  * soft and hard limits, quotas, run-time changes and background pacing.
  * The daemon has no loop here; client records get one end of a socketpair,
@@ -19,6 +19,7 @@
 #include "heapd.pb-c.h"
 #include "mcentral.h"
 #include "rpc.h"
+#include "memlimit.h"
 #include "scavenge.h"
 #include "daemon_fixture.h"
 #include "unit.h"

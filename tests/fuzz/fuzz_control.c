@@ -14,6 +14,7 @@
 #include "control.pb-c.h"
 #include "daemon.h"
 #include "mcentral.h"
+#include "memlimit.h"
 #include "scavenge.h"
 
 static daemon_t *D;
