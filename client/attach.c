@@ -46,6 +46,7 @@
 
 #include "heapd.h"
 #include "internal.h"
+#include "lockorder.h"
 
 hd_seg_t hdc_seg;
 _Atomic int hdc_state;
@@ -153,6 +154,7 @@ static void hdc_parent(void)
 
 static void hdc_child(void)
 {
+    HD_LOCK_RESET();                 /* prepare's locks are reinitialized, not released */
     tp_lock_reinit();
     mc_reg_lock_reinit();
     st_lock_reinit();
@@ -328,8 +330,9 @@ void heapd_detach(void)
         return;
     }
     mc_stats_flush_all_locked(true);   /* memstats: every thread's counts (they have stopped) */
+    mc_release_all_locked();           /* every thread's spans: the close then ends our lease */
+    st_forget_slot();                  /* before the close: the daemon may reuse it then (cstats.c) */
     tp_close_locked(true);
-    st_forget_slot();
     mc_forget_all_locked(false);
     memset(&hdc_seg, 0, sizeof hdc_seg);
     munmap(hdc_heap, hdc_heap_size);

@@ -12,46 +12,64 @@
  * sees half an update. The lock keeps two threads of this process from
  * interleaving their updates; other processes never write our slot.
  *
- * A slot is written only while its owner field still names us: when the
- * daemon dropped us (and may give the slot to a newer client) our late
- * counts are lost rather than credited to someone else.
+ * The slot's lease (the rule that makes this writer safe without checking
+ * the slot's owner field, which would race with the daemon reusing it): the
+ * daemon frees a slot, and may give it to another client, only after our
+ * process is dead (its pidfd) or after we closed our connection with nothing
+ * cached (a detach). A connection the daemon drops, or one that breaks, does
+ * not end the lease: the daemon keeps the slot quarantined until we exit.
+ * So the slot is ours from Welcome until st_forget_slot, and every path that
+ * closes the connection on our side forgets the slot first (detach, the fork
+ * child's inherited connection, transport.c's tp_broken), under this lock,
+ * so no update is under way or can start once the daemon sees the close.
+ * (The lead moves this rule next to hd_cstats_t in shm/layout.h.)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <string.h>
 
 #include "internal.h"
+#include "lockorder.h"
 
 static pthread_mutex_t st_mu = PTHREAD_MUTEX_INITIALIZER;
-static hd_cstats_t *st_slot;            /* st_mu */
-static uint32_t st_owner;               /* the client id the slot was given to */
+static hd_cstats_t *st_slot;            /* st_mu; ours until st_forget_slot (the lease, above) */
+
+static void st_lock(void)
+{
+    pthread_mutex_lock(&st_mu);
+    HD_LOCK_TAKEN(HD_LOCK_ST, "st_mu");
+}
+static void st_unlock(void)
+{
+    HD_LOCK_DROPPED(HD_LOCK_ST);
+    pthread_mutex_unlock(&st_mu);
+}
 
 void st_lock_reinit(void) { pthread_mutex_init(&st_mu, NULL); }
 
 void st_set_slot(uint32_t slot)
 {
-    pthread_mutex_lock(&st_mu);
+    st_lock();
     if (slot && slot < HD_STAT_SLOTS && hdc_seg.cstats) {
         st_slot = &hdc_seg.cstats[slot];
-        st_owner = hdc_client_id;
     } else {
         st_slot = NULL;
     }
-    pthread_mutex_unlock(&st_mu);
+    st_unlock();
 }
 
 void st_forget_slot(void)
 {
-    pthread_mutex_lock(&st_mu);
+    st_lock();
     st_slot = NULL;
-    pthread_mutex_unlock(&st_mu);
+    st_unlock();
 }
 
 bool st_have_slot(void)
 {
-    pthread_mutex_lock(&st_mu);
+    st_lock();
     bool r = st_slot != NULL;
-    pthread_mutex_unlock(&st_mu);
+    st_unlock();
     return r;
 }
 
@@ -83,9 +101,9 @@ static inline void st_move(_Atomic uint64_t *slot, _Atomic uint64_t *cur, _Atomi
 
 void st_flush(st_thread_t *t, uint64_t mcache_bytes)
 {
-    pthread_mutex_lock(&st_mu);
+    st_lock();
     hd_cstats_t *s = st_slot;
-    if (s && atomic_load_explicit(&s->owner, memory_order_acquire) == st_owner) {
+    if (s) {
         uint64_t q = ld(&s->seq) & ~1ull;
         atomic_store_explicit(&s->seq, q + 1, memory_order_relaxed);    /* odd: under way */
         atomic_thread_fence(memory_order_release);
@@ -104,5 +122,5 @@ void st_flush(st_thread_t *t, uint64_t mcache_bytes)
         atomic_store_explicit(&s->flushes, ld(&s->flushes) + 1, memory_order_relaxed);
         atomic_store_explicit(&s->seq, q + 2, memory_order_release);    /* even: consistent */
     }
-    pthread_mutex_unlock(&st_mu);
+    st_unlock();
 }

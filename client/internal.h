@@ -2,12 +2,10 @@
  * unit tests), never with users. Declarations are grouped by the file that
  * defines them. Every name here is hidden from the shared library's ABI.
  *
- * Locks, in the only order they may be taken:
- *   1. tp_lock (transport.c): the connection, the pending async batches, the
- *      client state (attach/detach/fork), every RPC.
- *   2. mc_reg_lock (mcache.c): the list of live thread caches.
- * The fast paths (small/tiny allocation from the thread's cache, every free)
- * take no lock. */
+ * Locks: client/lockorder.h has the one table of every lock in client/ and
+ * the order they may be taken in (checked in HEAPD_DEBUG builds). The fast
+ * paths (small/tiny allocation from the thread's cache, every free) take no
+ * lock. */
 #ifndef HEAPD_CLIENT_INTERNAL_H
 #define HEAPD_CLIENT_INTERNAL_H
 
@@ -88,6 +86,7 @@ HD_HIDDEN int tp_alloc_large(uint64_t pages, uint64_t align_pages, bool zero, ui
 
 /* Asynchronous messages: queued, sent in batches (see transport.c). */
 HD_HIDDEN void tp_release(const uint32_t *ids, unsigned n);
+HD_HIDDEN void tp_release_locked(const uint32_t *ids, unsigned n);   /* tp_lock held */
 /* Queue a FreeLarge. -1 if the same span is already queued (a double free). */
 HD_HIDDEN int tp_free_large(uint32_t id, uint32_t gen, uint32_t npages);
 /* Send the pending batches now. 0, or -1 with errno. */
@@ -224,6 +223,11 @@ HD_HIDDEN void *mc_alloc_large(size_t size, size_t align, bool zero);
 /* The calling thread's cache: give its spans back (async Release), close its
  * tiny block. Keeps the cache. */
 HD_HIDDEN void mc_release_current(void);
+/* detach, tp_lock held, the other threads stopped using the heap: every
+ * cache of this epoch gives its spans back (queued Release), so the daemon
+ * sees a close with nothing cached and the lease ends at once
+ * (daemon/conn.h); spans left cached would stay quarantined until exit. */
+HD_HIDDEN void mc_release_all_locked(void);
 /* Every cache forgets its spans without giving them back (detach after the
  * connection closed; fork child). The caller holds tp_lock. */
 HD_HIDDEN void mc_forget_all_locked(bool fork_child);

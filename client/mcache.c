@@ -72,6 +72,7 @@
 #include <sys/mman.h>
 
 #include "internal.h"
+#include "lockorder.h"
 
 #define MC_BATCH_CAP 32u                /* spans per refill, at most (<= HD_MAX_BATCH) */
 #define MC_REFILL_OBJS 256u
@@ -111,8 +112,16 @@ static hd_mcache_t *mc_reg;             /* every live cache (mc_reg_mu) */
 static pthread_key_t mc_key;
 static pthread_once_t mc_key_once = PTHREAD_ONCE_INIT;
 
-void mc_reg_lock(void) { pthread_mutex_lock(&mc_reg_mu); }
-void mc_reg_unlock(void) { pthread_mutex_unlock(&mc_reg_mu); }
+void mc_reg_lock(void)
+{
+    pthread_mutex_lock(&mc_reg_mu);
+    HD_LOCK_TAKEN(HD_LOCK_MC_REG, "mc_reg_mu");
+}
+void mc_reg_unlock(void)
+{
+    HD_LOCK_DROPPED(HD_LOCK_MC_REG);
+    pthread_mutex_unlock(&mc_reg_mu);
+}
 void mc_reg_lock_reinit(void) { pthread_mutex_init(&mc_reg_mu, NULL); }
 
 /* ---- rules ------------------------------------------------------------------ */
@@ -301,6 +310,7 @@ static void mc_tiny_close(hd_mcache_t *mc)
 typedef struct mc_relbuf {
     uint32_t ids[HD_MAX_BATCH];
     unsigned n;
+    void (*send)(const uint32_t *ids, unsigned n);   /* NULL: tp_release */
 } mc_relbuf_t;
 
 static void mc_rel_add(hd_mcache_t *mc, mc_relbuf_t *rb, uint32_t id)
@@ -309,7 +319,7 @@ static void mc_rel_add(hd_mcache_t *mc, mc_relbuf_t *rb, uint32_t id)
         mc_tiny_close(mc);           /* never release a span under an open block */
     rb->ids[rb->n++] = id;
     if (rb->n == HD_MAX_BATCH) {
-        tp_release(rb->ids, rb->n);
+        (rb->send ? rb->send : tp_release)(rb->ids, rb->n);
         rb->n = 0;
     }
 }
@@ -417,10 +427,11 @@ void mc_stats_reset_locked(void)
     mc_reg_unlock();
 }
 
-/* Give every span back (async Release) and close the tiny block. */
-static void mc_release(hd_mcache_t *mc)
+/* Give every span back (async Release through send, NULL: tp_release) and
+ * close the tiny block. */
+static void mc_release_via(hd_mcache_t *mc, void (*send)(const uint32_t *ids, unsigned n))
 {
-    mc_relbuf_t rb = {.n = 0};
+    mc_relbuf_t rb = {.n = 0, .send = send};
     mc_account(mc);                  /* the current spans' allocations, before they go */
     mc_tiny_close(mc);
     for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
@@ -433,9 +444,21 @@ static void mc_release(hd_mcache_t *mc)
             mc_rel_add(mc, &rb, k->full[i]);
     }
     if (rb.n)
-        tp_release(rb.ids, rb.n);
+        (send ? send : tp_release)(rb.ids, rb.n);
     mc_reset(mc);
     st_flush(&mc->st, mc_cache_bytes());
+}
+
+static void mc_release(hd_mcache_t *mc) { mc_release_via(mc, NULL); }
+
+void mc_release_all_locked(void)
+{
+    uint64_t e = atomic_load(&hdc_epoch);
+    mc_reg_lock();
+    for (hd_mcache_t *mc = mc_reg; mc; mc = mc->next)
+        if (mc->epoch == e)
+            mc_release_via(mc, tp_release_locked);
+    mc_reg_unlock();
 }
 
 void mc_release_current(void)
@@ -546,6 +569,16 @@ static bool mc_span_ok(uint32_t id, unsigned c)
            sp->npages == hd_class_to_npages[c] && id + (uint64_t)sp->npages <= hdc_seg.npages;
 }
 
+/* Is a span we kept still ours to allocate from? The daemon lends it until we
+ * give it back or our process dies (daemon/conn.h), so this holds unless
+ * something broke; a slow path checks it before it takes objects from a kept
+ * span, so it never writes into a span another client may own. */
+static bool mc_still_ours(uint32_t id)
+{
+    hd_span_t *sp = &hdc_seg.spans[id];
+    return atomic_load_explicit(&sp->state, memory_order_acquire) == HD_SPAN_CACHED && sp->owner == hdc_client_id;
+}
+
 static void mc_push_full(hd_mcache_t *mc, unsigned c, uint32_t id)
 {
     mc_class_t *k = &mc->cls[c];
@@ -574,6 +607,12 @@ static bool mc_reuse_full(mc_class_t *k)
     unsigned best = UINT32_MAX;
     for (unsigned i = 0; i < k->nfull; i++) {
         uint32_t id = k->full[i];
+        if (!mc_still_ours(id)) {    /* forget it: not ours to touch */
+            memmove(&k->full[i], &k->full[i + 1], (k->nfull - i - 1u) * sizeof k->full[0]);
+            k->nfull--;
+            i--;
+            continue;
+        }
         hd_slot_t *sl = hd_slot_of(&hdc_seg, id);
         unsigned nelems = hdc_seg.spans[id].nelems;
         if (nelems - hd_span_sweep(sl, nelems, NULL) >= mc_min_room(nelems)) {
@@ -597,6 +636,8 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
     mc_class_t *k = &mc->cls[c];
     int refills = 0;
     bool retried = false;
+    if (k->cur.id != HD_NO_SPAN && !mc_still_ours(k->cur.id))
+        mc_span_clear(&k->cur);      /* not ours any more: never sweep or take from it */
     for (;;) {
         mc_span_t *s = &k->cur;
         if (s->id != HD_NO_SPAN) {
@@ -614,7 +655,9 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             mc_span_clear(s);
         }
         if (k->nstash) {
-            mc_span_load(s, &hdc_seg, k->stash[--k->nstash]);
+            uint32_t id = k->stash[--k->nstash];
+            if (mc_still_ours(id))
+                mc_span_load(s, &hdc_seg, id);
             continue;
         }
         if (mc_reuse_full(k))                                             /* step 3 */

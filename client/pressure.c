@@ -27,7 +27,8 @@
  * fails does the caller get NULL/ENOMEM. The listener never waits for
  * itself (a callback that allocates gets ENOMEM directly).
  *
- * Locks: tp_lock → pr_mu, never the other way; the callback runs with none.
+ * Locks: tp_lock → pr_mu, never the other way (client/lockorder.h); the
+ * callback runs with none.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -42,11 +43,23 @@
 
 #include "heapd.h"
 #include "internal.h"
+#include "lockorder.h"
 
 #define PR_WAIT_MS_DEFAULT 1000
 
 static pthread_mutex_t pr_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pr_cv = PTHREAD_COND_INITIALIZER;
+
+static void pr_lock(void)
+{
+    pthread_mutex_lock(&pr_mu);
+    HD_LOCK_TAKEN(HD_LOCK_PR, "pr_mu");
+}
+static void pr_unlock(void)
+{
+    HD_LOCK_DROPPED(HD_LOCK_PR);
+    pthread_mutex_unlock(&pr_mu);
+}
 /* Guarded by pr_mu. */
 static heapd_pressure_fn pr_fn;
 static void *pr_arg;
@@ -71,12 +84,12 @@ static void pr_wake(void)
 
 void hdc_pressure_note(unsigned level, uint64_t bytes)
 {
-    pthread_mutex_lock(&pr_mu);
+    pr_lock();
     if (level > pr_level)
         pr_level = level;
     pr_bytes = bytes;
     atomic_fetch_add(&pr_gen, 1);
-    pthread_mutex_unlock(&pr_mu);
+    pr_unlock();
     pr_wake();
 }
 
@@ -93,10 +106,10 @@ static int pr_wait_ms(void)
 
 bool hdc_pressure_settle(uint64_t since)
 {
-    pthread_mutex_lock(&pr_mu);
+    pr_lock();
     uint64_t g = atomic_load(&pr_gen);
     if (g == since) {
-        pthread_mutex_unlock(&pr_mu);
+        pr_unlock();
         return false;
     }
     if (pr_fn && pr_running && !pr_on_listener) {
@@ -113,17 +126,17 @@ bool hdc_pressure_settle(uint64_t since)
             if (pthread_cond_clockwait(&pr_cv, &pr_mu, CLOCK_MONOTONIC, &dl) == ETIMEDOUT)
                 break;
     }
-    pthread_mutex_unlock(&pr_mu);
+    pr_unlock();
     return true;
 }
 
 /* Run the callback for what is pending (listener thread, no lock held). */
 static void pr_dispatch(void)
 {
-    pthread_mutex_lock(&pr_mu);
+    pr_lock();
     uint64_t g = atomic_load(&pr_gen);
     if (pr_done == g) {
-        pthread_mutex_unlock(&pr_mu);
+        pr_unlock();
         return;
     }
     heapd_pressure_fn fn = pr_fn;
@@ -132,16 +145,16 @@ static void pr_dispatch(void)
     uint64_t bytes = pr_bytes;
     pr_level = 0;
     pr_bytes = 0;
-    pthread_mutex_unlock(&pr_mu);
+    pr_unlock();
     if (fn) {
         atomic_fetch_add(&pr_calls, 1);
         fn(level, bytes, arg);
         tp_flush();                 /* the frees it made reach the daemon now */
     }
-    pthread_mutex_lock(&pr_mu);
+    pr_lock();
     pr_done = g;
     pthread_cond_broadcast(&pr_cv);
-    pthread_mutex_unlock(&pr_mu);
+    pr_unlock();
 }
 
 static void *pr_listener(void *arg)
@@ -195,9 +208,9 @@ int hdc_listener_start_locked(void)
         return -1;
     }
     pthread_setname_np(pr_thread, "heapd-pressure");
-    pthread_mutex_lock(&pr_mu);
+    pr_lock();
     pr_running = true;
-    pthread_mutex_unlock(&pr_mu);
+    pr_unlock();
     return 0;
 }
 
@@ -209,10 +222,10 @@ void hdc_listener_stop(void)
     if (running) {
         atomic_fetch_add(&pr_epoch, 1);
         pr_wake();
-        pthread_mutex_lock(&pr_mu);
+        pr_lock();
         pr_running = false;
         pthread_cond_broadcast(&pr_cv);     /* nobody waits for it any more */
-        pthread_mutex_unlock(&pr_mu);
+        pr_unlock();
     }
     tp_unlock();
     if (!running)
@@ -243,9 +256,9 @@ void hdc_listener_forget(void)
 
 bool hdc_pressure_wanted(void)
 {
-    pthread_mutex_lock(&pr_mu);
+    pr_lock();
     bool w = pr_fn != NULL;
-    pthread_mutex_unlock(&pr_mu);
+    pr_unlock();
     return w;
 }
 
@@ -253,10 +266,10 @@ int heapd_on_pressure(heapd_pressure_fn fn, void *arg)
 {
     hdc_hooks_init();
     tp_lock();
-    pthread_mutex_lock(&pr_mu);
+    pr_lock();
     pr_fn = fn;
     pr_arg = arg;
-    pthread_mutex_unlock(&pr_mu);
+    pr_unlock();
     int rc = 0;
     if (fn && atomic_load(&hdc_state) == HDC_ATTACHED)
         rc = hdc_listener_start_locked();

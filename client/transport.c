@@ -25,11 +25,15 @@
  *  - nothing here calls malloc: requests are packed into static buffers
  *    (tp_lock), replies unpacked into a static arena reset per message, so a
  *    libheapd that replaces malloc cannot recurse into itself.
- *  - a broken connection (EOF, EPIPE, ECONNRESET, a malformed reply) closes
- *    the socket and makes the client HDC_DEAD: every later slow path fails
- *    at once with EPIPE, nothing blocks, the mapping stays so that existing
- *    objects remain usable. Pending batches are dropped then (the daemon
- *    reclaims everything of ours when it sees the connection close).
+ *  - a broken connection (EOF, EPIPE, ECONNRESET, a malformed reply; the
+ *    daemon exiting, or dropping us for a protocol violation) closes the
+ *    socket, forgets the stats slot, bumps hdc_epoch and makes the client
+ *    HDC_DEAD: every later slow path notices the epoch, drops its cached
+ *    spans without touching them, and fails at once with EPIPE; nothing
+ *    blocks, the mapping stays so that existing objects remain usable, and
+ *    heapd_detach + heapd_attach start over. Pending batches are dropped
+ *    then. The daemon keeps our cached spans and slot quarantined until our
+ *    process exits (the lease, daemon/conn.h), so nobody else gets them.
  *  - sends use MSG_NOSIGNAL: a dead daemon never raises SIGPIPE.
  */
 #define _GNU_SOURCE
@@ -45,6 +49,7 @@
 
 #include "heapd.pb-c.h"
 #include "internal.h"
+#include "lockorder.h"
 
 #define TP_RING_DEPTH 8
 #define TP_SBUF 2048                 /* a full Release/FreeLarge batch packs to < 700 B */
@@ -96,8 +101,16 @@ static ProtobufCAllocator tp_pballoc = {tp_arena_alloc, tp_arena_free, NULL};
 
 /* ---- locking -------------------------------------------------------------- */
 
-void tp_lock(void) { pthread_mutex_lock(&tp_mu); }
-void tp_unlock(void) { pthread_mutex_unlock(&tp_mu); }
+void tp_lock(void)
+{
+    pthread_mutex_lock(&tp_mu);
+    HD_LOCK_TAKEN(HD_LOCK_TP, "tp_mu");
+}
+void tp_unlock(void)
+{
+    HD_LOCK_DROPPED(HD_LOCK_TP);
+    pthread_mutex_unlock(&tp_mu);
+}
 void tp_lock_reinit(void) { pthread_mutex_init(&tp_mu, NULL); }
 
 const char *tp_name(void)
@@ -136,10 +149,17 @@ void tp_close_locked(bool graceful)
     tp_teardown();
 }
 
-/* The connection broke: close it, become HDC_DEAD, fail with EPIPE. */
+/* The connection broke: close it, become HDC_DEAD, fail with EPIPE. Before
+ * the socket closes: the stats slot is forgotten (the daemon may free it once
+ * it sees a close with nothing cached: cstats.c), and hdc_epoch moves, so
+ * every cache drops its spans at its next slow path instead of using state it
+ * might no longer own (they stay ours, quarantined, until we exit; the
+ * objects we hold stay valid). */
 static int tp_broken(void)
 {
     tp_drop_pending();
+    st_forget_slot();
+    atomic_fetch_add(&hdc_epoch, 1);
     tp_teardown();
     if (atomic_load(&hdc_state) == HDC_ATTACHED)
         atomic_store(&hdc_state, HDC_DEAD);
@@ -557,9 +577,8 @@ static bool tp_may_queue(void)
     return tp_be || st == HDC_ATTACHED || st == HDC_FORKED;
 }
 
-void tp_release(const uint32_t *ids, unsigned n)
+void tp_release_locked(const uint32_t *ids, unsigned n)
 {
-    tp_lock();
     for (unsigned i = 0; i < n && tp_may_queue(); i++) {
         if (i == n / 2)
             HDC_CRASHPOINT("release");    /* half the batch queued, the rest not */
@@ -567,6 +586,12 @@ void tp_release(const uint32_t *ids, unsigned n)
         if (tp_rel.n == HD_MAX_BATCH)
             tp_flush_locked();
     }
+}
+
+void tp_release(const uint32_t *ids, unsigned n)
+{
+    tp_lock();
+    tp_release_locked(ids, n);
     tp_unlock();
 }
 

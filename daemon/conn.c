@@ -6,17 +6,20 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "heapd.pb-c.h"
 #include "mcentral.h"
 #include "rpc.h"
 
@@ -124,11 +127,11 @@ int client_listen(daemon_t *d, const char *path, char *err, size_t errlen)
 
 static void on_client_io(uv_poll_t *p, int status, int events);
 
-static void reject(int fd, const char *msg)
+static void reject(int fd, int err, const char *msg)
 {
     uint8_t buf[512];
     rpc_out_t out = {.buf = buf, .cap = sizeof(buf)};
-    rpc_encode_error(&out, 0, EACCES, msg);   /* seq 0: nothing to echo yet */
+    rpc_encode_error(&out, 0, err, msg);      /* seq 0: nothing to echo yet */
     if (out.len)
         (void)send(fd, buf, out.len, MSG_DONTWAIT | MSG_NOSIGNAL);
     /* Read what the peer sent already (its Hello): closing with unread data
@@ -171,47 +174,79 @@ static bool peer_allowed(const daemon_t *d, int fd, const struct ucred *cr)
 
 static void on_client_closed(uv_handle_t *hd);
 
-/* The process behind the peer ended: the same as a hang-up. */
+/* The process behind the peer ended: its lease ends (connected or quarantined). */
 static void on_pid_exit(uv_poll_t *p, int status, int events)
 {
     client_t *c = p->data;
     (void)status;
     (void)events;
-    client_close(c->d, c, "its process exited");
+    client_end(c->d, c, "its process exited");
 }
 
-/* Watch the peer's process with a pidfd (the lease). Best effort: without a
- * pidfd (old kernel, pid 0 from another pid namespace) the socket alone tells. */
-static void client_watch_pid(daemon_t *d, client_t *c)
+static int sys_pidfd_open(pid_t pid, unsigned flags)
 {
 #ifdef SYS_pidfd_open
-    if (c->pid <= 0)
-        return;
-    int pfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
+    return (int)syscall(SYS_pidfd_open, pid, flags);
+#else
+    (void)pid;
+    (void)flags;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int client_pidfd_probe(int (*pidfd_open_fn)(pid_t pid, unsigned flags), char *err, size_t errlen)
+{
+    if (!pidfd_open_fn)
+        pidfd_open_fn = sys_pidfd_open;
+    errno = 0;
+    int fd = pidfd_open_fn(getpid(), 0);
+    if (fd >= 0) {
+        close(fd);
+        return 0;
+    }
+    int e = errno ? errno : EINVAL;
+    if (e == ENOSYS)
+        return fail(err, errlen, e, "pidfd_open is not available (it needs Linux 5.3 or later): heapd cannot "
+                    "tell when a client's process has exited, so it cannot lend memory safely");
+    return fail(err, errlen, e, "pidfd_open fails (%s): heapd cannot tell when a client's process has exited, "
+                "so it cannot lend memory safely", strerror(e));
+}
+
+bool client_pid_exited(int pidfd)
+{
+    struct pollfd pf = {.fd = pidfd, .events = POLLIN};
+    return poll(&pf, 1, 0) == 1 && (pf.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+/* Watch the peer's process with a pidfd (the lease). 0, or -errno: ESRCH when
+ * the process is gone already (or its pid was reused by a stranger), else
+ * the pidfd could not be opened or polled: the connection is refused. */
+static int client_watch_pid(daemon_t *d, client_t *c)
+{
+    int pfd = sys_pidfd_open(c->pid, 0);
     if (pfd < 0)
-        return;     /* ESRCH: gone already, the socket says so too */
+        return -errno;
     /* The pid may have been reused between the peer's connect and now; that
      * needs the peer dead, and then its socket end is closed: check it after
      * opening the pidfd, so a pidfd on a stranger is never kept. */
     struct pollfd pf = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
     if (poll(&pf, 1, 0) == 1 && (pf.revents & (POLLHUP | POLLERR | POLLRDHUP))) {
         close(pfd);
-        return;
+        return -ESRCH;
     }
     (void)fcntl(pfd, F_SETFD, FD_CLOEXEC);
-    if (uv_poll_init(d->loop, &c->pidpoll, pfd) < 0) {
+    int r = uv_poll_init(d->loop, &c->pidpoll, pfd);
+    if (r < 0) {
         close(pfd);
-        return;
+        return r;
     }
     c->pidfd = pfd;
     c->pidpoll.data = c;
     c->pidpolling = true;
     c->open_handles++;
     uv_poll_start(&c->pidpoll, UV_READABLE, on_pid_exit);
-#else
-    (void)d;
-    (void)c;
-#endif
+    return 0;
 }
 
 static void accept_resume_cb(uv_timer_t *t)
@@ -253,7 +288,15 @@ static void on_accept(uv_poll_t *p, int status, int events)
         if (!peer_allowed(d, fd, &cr)) {
             daemon_log(d, "refused pid %d uid %u gid %u: permission denied", (int)cr.pid, (unsigned)cr.uid,
                        (unsigned)cr.gid);
-            reject(fd, "permission denied");
+            reject(fd, EACCES, "permission denied");
+            continue;
+        }
+        if (cr.pid <= 0) {
+            /* SO_PEERCRED gives pid 0 for a peer in a pid namespace we cannot
+             * see: no pidfd, so no way to know when its memory is free. */
+            daemon_log(d, "refused uid %u: its pid is not visible from heapd's pid namespace (SO_PEERCRED pid 0); "
+                       "run heapd in the clients' pid namespace or an ancestor of it", (unsigned)cr.uid);
+            reject(fd, EACCES, "your pid is not visible to heapd (another pid namespace)");
             continue;
         }
         client_t *c = client_new(d, fd, cr.pid, cr.uid);
@@ -262,15 +305,20 @@ static void on_accept(uv_poll_t *p, int status, int events)
             close(fd);
             continue;
         }
+        int r = client_watch_pid(d, c);
+        if (r < 0) {
+            client_end(d, c, r == -ESRCH ? "its process is gone already" : "cannot watch its process (pidfd)");
+            continue;
+        }
         if (uv_poll_init(d->loop, &c->poll, fd) < 0) {
-            client_close(d, c, "cannot poll its socket");
+            client_end(d, c, "cannot poll its socket");
             continue;
         }
         c->poll.data = c;
         c->polling = true;
         c->open_handles++;
-        uv_poll_start(&c->poll, UV_READABLE | UV_DISCONNECT, on_client_io);
-        client_watch_pid(d, c);
+        c->poll_events = UV_READABLE | UV_DISCONNECT;
+        uv_poll_start(&c->poll, c->poll_events, on_client_io);
     }
 }
 
@@ -306,7 +354,7 @@ void client_shutdown(daemon_t *d)
             unlink(d->sock_path);
     }
     while (d->clients)
-        client_close(d, d->clients, "daemon shutting down");
+        client_end(d, d->clients, "daemon shutting down");
 }
 
 /* ---- client records ---------------------------------------------------------------- */
@@ -346,16 +394,44 @@ void client_reclaim(daemon_t *d, client_t *c)
 static void on_client_closed(uv_handle_t *hd)
 {
     client_t *c = hd->data;
-    if (--c->open_handles)
-        return;     /* the other handle's callback frees the record */
-    if (c->fd >= 0)
-        close(c->fd);
-    if (c->pidfd >= 0)
+    if (hd == (uv_handle_t *)&c->poll && c->fd >= 0) {
+        close(c->fd);       /* libuv has let go of it */
+        c->fd = -1;
+    } else if (hd == (uv_handle_t *)&c->pidpoll && c->pidfd >= 0) {
         close(c->pidfd);
+        c->pidfd = -1;
+    }
+    if (--c->open_handles || !c->closing)
+        return;     /* the other handle's callback frees the record, or it stays (quarantine) */
+    free(c->reply);
     free(c);
 }
 
-void client_close(daemon_t *d, client_t *c, const char *why)
+static void drop_pending(client_t *c)
+{
+    free(c->reply);
+    c->reply = NULL;
+    c->reply_len = 0;
+    c->reply_nfds = 0;
+    c->flush_pending = c->pressure_pending = false;
+    c->want_writable = false;
+}
+
+/* Close the socket (now, or once libuv lets go of it). */
+static void close_socket(client_t *c)
+{
+    drop_pending(c);
+    if (c->polling) {
+        c->polling = false;
+        uv_poll_stop(&c->poll);
+        uv_close((uv_handle_t *)&c->poll, on_client_closed);
+    } else if (c->fd >= 0 && !uv_is_closing((uv_handle_t *)&c->poll)) {
+        close(c->fd);       /* never polled (or libuv let go already) */
+        c->fd = -1;
+    }
+}
+
+void client_end(daemon_t *d, client_t *c, const char *why)
 {
     if (c->closing)
         return;
@@ -374,23 +450,49 @@ void client_close(daemon_t *d, client_t *c, const char *why)
     mheap_book_add(&d->seg.hdr->clients, -1);
     mheap_publish(&d->heap);
     if (c->hello_done)
-        daemon_log(d, "client %u detached (pid %d%s%s): %s; %u cached spans reclaimed", c->id, (int)c->pid,
-                   c->name[0] ? ", " : "", c->name, why, ncached);
+        daemon_log(d, "client %u %s (pid %d%s%s): %s; %u cached spans reclaimed", c->id,
+                   c->quarantined ? "released from quarantine" : "detached", (int)c->pid, c->name[0] ? ", " : "",
+                   c->name, why, ncached);
     else
         daemon_log(d, "connection %u from pid %d closed: %s", c->id, (int)c->pid, why);
     if (c->pidpolling) {
+        c->pidpolling = false;
         uv_poll_stop(&c->pidpoll);
         uv_close((uv_handle_t *)&c->pidpoll, on_client_closed);
     }
-    if (c->polling) {
-        uv_poll_stop(&c->poll);
-        uv_close((uv_handle_t *)&c->poll, on_client_closed);
-    }
+    close_socket(c);
     if (c->open_handles)
         return;
-    if (c->fd >= 0)
-        close(c->fd);
+    if (c->pidfd >= 0)
+        close(c->pidfd);
     free(c);
+}
+
+void client_close(daemon_t *d, client_t *c, const char *why)
+{
+    if (c->closing || c->quarantined)
+        return;
+    /* The lease outlives the connection unless the process is gone, or it
+     * closed with nothing cached (libheapd forgets its stats slot before it
+     * closes), or there is no process to wait for (test records). */
+    bool dead = c->pidfd < 0 || client_pid_exited(c->pidfd);
+    bool holds = c->cached.n > 0 || (c->stat_slot && !c->peer_closed);
+    if (dead || !holds) {
+        client_end(d, c, why);
+        return;
+    }
+    c->quarantined = true;
+    close_socket(c);
+    daemon_log(d, "client %u (pid %d%s%s) dropped: %s; its %u cached spans and stats slot stay quarantined "
+               "until its process exits", c->id, (int)c->pid, c->name[0] ? ", " : "", c->name, why, c->cached.n);
+}
+
+unsigned client_quarantined(const daemon_t *d)
+{
+    unsigned n = 0;
+    for (const client_t *c = d->clients; c; c = c->next)
+        n += c->quarantined;
+    return n;
 }
 
 /* ---- packet I/O ------------------------------------------------------------------------- */
@@ -426,20 +528,141 @@ int client_send(client_t *c, const uint8_t *buf, size_t len, const int *fds, uns
     return (size_t)n == len ? 0 : -EMSGSIZE;
 }
 
-int daemon_send_flush(daemon_t *d, client_t *c)
+/* Watch what the record needs: hang-ups always, packets unless a reply
+ * waits, room in the socket while something waits for it. */
+static void client_rearm(client_t *c)
 {
-    uint8_t buf[64];    /* not d->txbuf: a reply may be waiting in it */
-    rpc_out_t out = {.buf = buf, .cap = sizeof(buf)};
-    if (rpc_encode_flush(&out) < 0)
-        return -EMSGSIZE;
-    int r = client_send(c, out.buf, out.len, NULL, 0);
-    if (r < 0)
-        client_close(d, c, r == -EAGAIN ? "not reading (Flush did not fit its socket)" : strerror(-r));
-    return r;
+    if (!c->polling)
+        return;
+    int ev = UV_DISCONNECT | (c->reply ? 0 : UV_READABLE) | (c->want_writable ? UV_WRITABLE : 0);
+    if (ev != c->poll_events) {
+        c->poll_events = ev;
+        uv_poll_start(&c->poll, ev, on_client_io);
+    }
 }
 
-/* Receive and handle one packet. 1: handled, 0: nothing to read, -1: the
- * client was closed (c is gone). */
+/* May an unsolicited message go now? Not while more than
+ * CLIENT_UNSOLICITED_MAX bytes we sent are unread. */
+static bool unsolicited_room(client_t *c)
+{
+    int q = 0;
+    return ioctl(c->fd, SIOCOUTQ, &q) != 0 || q <= CLIENT_UNSOLICITED_MAX;
+}
+
+/* Send one pending packet. 1: sent, 0: no room (want_writable set),
+ * -1: the socket is broken (the read side will see the end). */
+static int pump_one(client_t *c, const uint8_t *buf, size_t len, const int *fds, unsigned nfds)
+{
+    int r = client_send(c, buf, len, fds, nfds);
+    if (r == 0)
+        return 1;
+    if (r == -EAGAIN) {
+        c->want_writable = true;
+        return 0;
+    }
+    return -1;
+}
+
+/* Write what is pending, in order: Flush, Pressure, the reply (a refused
+ * client reads its Flush and Pressure ahead of its ENOMEM). Stops at the
+ * first that does not fit. Never closes the client. */
+static void client_pump(daemon_t *d, client_t *c)
+{
+    if (c->fd < 0 || c->closing || c->quarantined)
+        return;
+    c->want_writable = false;
+    int r = 1;
+    if (c->flush_pending && unsolicited_room(c)) {
+        uint8_t buf[64];
+        rpc_out_t out = {.buf = buf, .cap = sizeof(buf)};
+        if (rpc_encode_flush(&out) < 0 || (r = pump_one(c, out.buf, out.len, NULL, 0)) != 0) {
+            c->flush_pending = false;
+            d->lim.flush_sent += r > 0;
+        }
+    }
+    if (r > 0 && c->pressure_pending && unsolicited_room(c)) {
+        Heapd__Pressure p = HEAPD__PRESSURE__INIT;
+        p.level = c->pressure_level;
+        p.bytes_wanted = c->pressure_bytes;
+        Heapd__DaemonMsg m = HEAPD__DAEMON_MSG__INIT;
+        m.body_case = HEAPD__DAEMON_MSG__BODY_PRESSURE;
+        m.pressure = &p;
+        uint8_t buf[64];
+        size_t n = heapd__daemon_msg__get_packed_size(&m) <= sizeof(buf) ? heapd__daemon_msg__pack(&m, buf) : 0;
+        if (!n || (r = pump_one(c, buf, n, NULL, 0)) != 0) {
+            c->pressure_pending = false;
+            d->lim.pressure_sent += n && r > 0;
+        }
+    }
+    if (r > 0 && c->reply) {
+        if ((r = pump_one(c, c->reply, c->reply_len, c->reply_fds, c->reply_nfds)) != 0) {
+            free(c->reply);
+            c->reply = NULL;
+        }
+    }
+    if (r < 0)
+        drop_pending(c);    /* the peer is gone: EOF or an error is ours to read next */
+    client_rearm(c);
+}
+
+bool client_post_flush(daemon_t *d, client_t *c)
+{
+    if (c->fd < 0 || !c->hello_done || c->closing || c->quarantined)
+        return false;
+    c->flush_pending = true;
+    client_pump(d, c);
+    return true;
+}
+
+bool client_post_pressure(daemon_t *d, client_t *c, unsigned level, uint64_t bytes)
+{
+    if (c->fd < 0 || !c->hello_done || c->closing || c->quarantined)
+        return false;
+    c->pressure_pending = true;     /* one pending Pressure: the latest says what is needed now */
+    c->pressure_level = level;
+    c->pressure_bytes = bytes;
+    client_pump(d, c);
+    return true;
+}
+
+void client_pump_all(daemon_t *d)
+{
+    for (client_t *c = d->clients; c; c = c->next)
+        if (c->flush_pending || c->pressure_pending)
+            client_pump(d, c);
+}
+
+/* Send a reply now, or keep it for when the socket has room (the client is
+ * not read meanwhile). 0, or -1 when the client was closed (c is gone, or
+ * quarantined). */
+static int client_reply(daemon_t *d, client_t *c, const rpc_out_t *out)
+{
+    if (!c->want_writable) {
+        int r = client_send(c, out->buf, out->len, out->fds, out->nfds);
+        if (r == 0)
+            return 0;
+        if (r != -EAGAIN) {
+            client_close(d, c, strerror(-r));
+            return -1;
+        }
+        c->want_writable = true;
+    }
+    c->reply = malloc(out->len);
+    if (!c->reply) {
+        client_close(d, c, "out of memory for a reply that must wait");
+        return -1;
+    }
+    memcpy(c->reply, out->buf, out->len);
+    c->reply_len = out->len;
+    c->reply_nfds = out->nfds;
+    memcpy(c->reply_fds, out->fds, sizeof(c->reply_fds));
+    client_rearm(c);
+    return 0;
+}
+
+/* Receive and handle one packet. 1: handled, 0: nothing to read (or a reply
+ * waits for room: nothing more is read until it is out), -1: the client was
+ * closed (c is gone or quarantined). */
 static int client_recv_one(daemon_t *d, client_t *c)
 {
     struct iovec iov = {.iov_base = d->rxbuf, .iov_len = sizeof(d->rxbuf)};
@@ -478,24 +701,22 @@ static int client_recv_one(daemon_t *d, client_t *c)
         client_close(d, c, "oversized packet");
         return -1;
     }
-    if (n == 0) {     /* EOF (an empty packet reads the same: both end the client) */
+    if (n == 0) {     /* EOF (an empty packet reads the same: both end the connection) */
+        c->peer_closed = true;
         client_close(d, c, "disconnected");
         return -1;
     }
     rpc_out_t out = {.buf = d->txbuf, .cap = sizeof(d->txbuf)};
     enum rpc_verdict v = rpc_handle(d, c, d->rxbuf, (size_t)n, &out);
-    if (out.len) {
-        int r = client_send(c, out.buf, out.len, out.fds, out.nfds);
-        if (r < 0) {
-            client_close(d, c, r == -EAGAIN ? "not reading its replies" : strerror(-r));
-            return -1;
-        }
-    }
-    if (v != RPC_OK) {
+    if (v != RPC_OK) {  /* its last word (an Error) if it fits at once; we read no more */
+        if (out.len)
+            (void)client_send(c, out.buf, out.len, out.fds, out.nfds);
         client_close(d, c, out.why ? out.why : "protocol error");
         return -1;
     }
-    return 1;
+    if (out.len && client_reply(d, c, &out) < 0)
+        return -1;
+    return c->reply ? 0 : 1;
 }
 
 static void on_client_io(uv_poll_t *p, int status, int events)
@@ -506,12 +727,16 @@ static void on_client_io(uv_poll_t *p, int status, int events)
         client_close(d, c, uv_strerror(status));
         return;
     }
-    if (events & UV_READABLE) {
+    if (events & UV_WRITABLE)
+        client_pump(d, c);  /* rearms: reading resumes once the reply is out */
+    if ((events & UV_READABLE) && !c->reply) {
         for (int i = 0; i < RECV_BATCH; i++)
             if (client_recv_one(d, c) <= 0)
-                return;     /* drained, or closed */
+                return;     /* drained, a reply waits, or closed */
         return;             /* more later: others get a turn */
     }
-    if (events & UV_DISCONNECT)
+    if (events & UV_DISCONNECT) {   /* and nothing we may read now */
+        c->peer_closed = true;
         client_close(d, c, "hung up");
+    }
 }

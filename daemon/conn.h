@@ -8,21 +8,36 @@
  *
  * Rules:
  *  - a peer is accepted only if SO_PEERCRED says it runs as the daemon's uid or
- *    root; others get Error{EACCES, "permission denied"} and are closed;
+ *    root (or an allowed user/group); others get Error{EACCES, "permission
+ *    denied"} and are closed. A peer whose pid is 0 (it runs in a pid
+ *    namespace the daemon cannot see) is refused too: without its pid there is
+ *    no lease (below);
  *  - client ids start at 1 and are never reused during a run;
- *  - a client's record lists the spans it has CACHED (span_priv_t links), so
- *    when it goes away (EOF, HUP, error, protocol violation) every one is
- *    uncached as if released. Large spans it allocated stay allocated: other
- *    processes may hold the objects;
- *  - replies go out with nonblocking sendmsg; a client whose socket buffer is
- *    full is not reading, and is disconnected rather than waited for;
- *  - nothing a client sends can crash the daemon or touch another client;
- *  - the lease: a client ends when its socket reports EOF/HUP/error OR when
- *    the pidfd of its process (pidfd_open of the SO_PEERCRED pid) becomes
- *    readable, whichever comes first; client_close is idempotent. Nothing is
- *    keyed on the pid: a process that reuses a dead client's pid connects as
- *    a new client with a new id (the id is the lease epoch, also in its spans'
- *    owner and its stats slot's owner).
+ *  - a client's record lists the spans it has CACHED (span_priv_t links).
+ *    Large spans it allocated stay allocated when it goes: other processes may
+ *    hold the objects;
+ *  - the lease: a client's cached spans (and the tiny blocks in them) and its
+ *    stats slot are its own until its process is dead (the pidfd opened at
+ *    accept, pidfd_open of the SO_PEERCRED pid, is readable) or it gave them
+ *    back (Release; a clean close with nothing cached: libheapd forgets its
+ *    slot before it closes). Only then does client_end reclaim them. Nothing
+ *    is keyed on the pid: a process that reuses a dead client's pid connects
+ *    as a new client with a new id (the id is the lease epoch, also in its
+ *    spans' owner and its stats slot's owner). pidfd_open is required
+ *    (client_pidfd_probe; heapd refuses to start without it);
+ *  - the connection can end before the lease (client_close: EOF or hang-up
+ *    with spans still cached, a socket error, a protocol violation): the
+ *    socket is closed, and the record stays QUARANTINED, holding its spans and
+ *    slot, until the pidfd fires; then client_end reclaims as for a death;
+ *  - a slow or paused client is skipped, never cut off: Flush and Pressure are
+ *    pending flags (at most one of each, Pressure keeping the latest level
+ *    and bytes), written when the socket has room; a reply that does not fit
+ *    is kept and sent when the socket is writable, and the client is not read
+ *    until it is out (one RPC at a time per client). Unsolicited messages also
+ *    wait while more than CLIENT_UNSOLICITED_MAX bytes of what we sent are
+ *    unread (retried at every sweep tick), so a stopped client's socket never
+ *    fills with them;
+ *  - nothing a client sends can crash the daemon or touch another client.
  */
 #ifndef HEAPD_DAEMON_CONN_H
 #define HEAPD_DAEMON_CONN_H
@@ -36,6 +51,7 @@
 #include "mheap.h"
 
 #define CLIENT_NAME_MAX 64
+#define CLIENT_UNSOLICITED_MAX 4096     /* unread bytes above which Flush/Pressure wait */
 
 typedef struct client {
     uint32_t id;
@@ -44,7 +60,9 @@ typedef struct client {
     char name[CLIENT_NAME_MAX]; /* Hello's name, printable characters only */
     int fd;                     /* -1 for a record without a socket (tests) */
     bool hello_done;
-    bool closing;
+    bool closing;               /* client_end ran: the record goes once libuv lets go */
+    bool quarantined;           /* the connection is gone, the process lives: memory kept */
+    bool peer_closed;           /* the peer ended the connection (EOF, hang-up) */
     spanlist_t cached;          /* spans CACHED by this client */
     uint64_t requests;
     uint32_t stat_slot;         /* memstats slot (mstats.h), 0 = none; retired at close */
@@ -52,6 +70,17 @@ typedef struct client {
     daemon_t *d;
     uv_poll_t poll;
     bool polling;
+    int poll_events;            /* what poll watches now (UV_ flags) */
+    bool want_writable;         /* something waits for room in the socket */
+    /* unsolicited messages waiting to be written, coalesced */
+    bool flush_pending, pressure_pending;
+    unsigned pressure_level;
+    uint64_t pressure_bytes;
+    /* a reply waiting for room: the client is not read until it is out */
+    uint8_t *reply;
+    size_t reply_len;
+    int reply_fds[2];           /* the daemon's own memfds (Welcome): not ours to close */
+    unsigned reply_nfds;
     /* the lease: a pidfd on the peer (SO_PEERCRED pid, opened at accept),
      * watched like the socket; either one ending ends the client */
     int pidfd;                  /* -1: none (no pid, no pidfd_open, or the peer already gone) */
@@ -79,15 +108,33 @@ client_t *client_new(daemon_t *d, int fd, pid_t pid, uid_t uid);
 /* Uncache every span the client has cached (Release semantics, after closing
  * the tiny blocks it left open). Idempotent. */
 void client_reclaim(daemon_t *d, client_t *c);
-/* Reclaim, log, close the socket and free the record (after libuv lets go of
- * it, when it was polled). c must not be used afterwards. */
+/* The connection ends (why: for the log). When the lease has ended too (the
+ * process is dead, or it closed with nothing cached, or the record has no
+ * process: tests) this is client_end; otherwise the socket is closed and the
+ * record stays quarantined until the pidfd fires. c must not be used
+ * afterwards unless c->quarantined. Idempotent. */
 void client_close(daemon_t *d, client_t *c, const char *why);
+/* The lease ends: reclaim, retire the stats slot, log, close the socket and
+ * the pidfd and free the record (after libuv lets go of it, when it was
+ * polled). c must not be used afterwards. */
+void client_end(daemon_t *d, client_t *c, const char *why);
 
 /* Send one packet (and fds) without blocking. 0, or -errno (-EAGAIN: the
- * client is not reading). */
+ * socket has no room). */
 int client_send(client_t *c, const uint8_t *buf, size_t len, const int *fds, unsigned nfds);
-/* Ask the client to return its cached spans (DaemonMsg{seq 0, Flush}). On a
- * send failure the client is disconnected. 0 or -errno. */
-int daemon_send_flush(daemon_t *d, client_t *c);
+/* Ask the client to return its cached spans (DaemonMsg{seq 0, Flush}) /
+ * Pressure{level, bytes}: the message is pending (coalesced with one not yet
+ * written) and goes out when the socket has room. true if the client can be
+ * told (said Hello, connected), false otherwise. Never closes the client. */
+bool client_post_flush(daemon_t *d, client_t *c);
+bool client_post_pressure(daemon_t *d, client_t *c, unsigned level, uint64_t bytes);
+/* Write what is pending for every client (the sweep tick). */
+void client_pump_all(daemon_t *d);
+
+/* Is the process behind this pidfd gone? (readable pidfd) */
+bool client_pid_exited(int pidfd);
+/* Can leases work here? pidfd_open (NULL: the real syscall) of our own pid
+ * must succeed. 0, or -errno with a message (ENOSYS: Linux older than 5.3). */
+int client_pidfd_probe(int (*pidfd_open_fn)(pid_t pid, unsigned flags), char *err, size_t errlen);
 
 #endif

@@ -235,6 +235,7 @@ static int do_clients(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
         r->charged = limits_charged(d, c->id);
         r->requests = c->requests;
         r->mcache_bytes = mc.mcache_bytes;
+        r->state = c->quarantined ? "quarantined" : "live";
         rowp[i++] = r;
     }
     Heapdctl__Clients cl = HEAPDCTL__CLIENTS__INIT;
@@ -321,7 +322,7 @@ static int do_flush(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
     uint32_t asked = 0;
     for (client_t *c = d->clients, *next; c; c = next) {
         next = c->next;             /* a failed send closes c */
-        if (c->hello_done && daemon_send_flush(d, c) == 0)
+        if (client_post_flush(d, c))
             asked++;
     }
     Heapdctl__FlushResult f = HEAPDCTL__FLUSH_RESULT__INIT;

@@ -75,6 +75,7 @@ static void on_sweep(uv_timer_t *t)
 {
     daemon_t *d = t->data;
     mcentral_bg_sweep(&d->central, DAEMON_SWEEP_BUDGET);
+    client_pump_all(d);     /* Flush/Pressure held back while a client had much unread */
 }
 
 static void on_signal(uv_signal_t *s, int signum)

@@ -331,6 +331,11 @@ int main(int argc, char **argv)
         return 1;
     }
     char err[512];
+    if (client_pidfd_probe(NULL, err, sizeof(err)) < 0) {   /* leases need it: docs/design.md */
+        fprintf(stderr, "heapd: %s\n", err);
+        free(d);
+        return 1;
+    }
     daemon_opts_t dopt = {.size = size, .base = base, .backing = backing, .hugetlb = hugetlb, .quiet = quiet,
                           .soft_limit = soft_limit, .hard_limit = hard_limit, .scavenge_cpu = scav_cpu};
     if (daemon_init(d, &dopt, err, sizeof(err)) < 0) {

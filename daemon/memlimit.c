@@ -5,10 +5,8 @@
 #include "memlimit.h"
 
 #include <errno.h>
-#include <linux/sockios.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 
 #include "conn.h"
@@ -18,7 +16,6 @@
 #include "rpc.h"
 
 #define PAGE HD_PAGE_SIZE
-#define UNSOLICITED_MAX_QUEUED 4096     /* bytes a client may leave unread before we skip it */
 #define SWEEP_ALL_MIN_MS 10u            /* at most one full sweep this often on the refusal path */
 
 static inline uint64_t pages_for(uint64_t bytes) { return (bytes + PAGE - 1) / PAGE; }
@@ -66,39 +63,14 @@ void limits_books_publish(daemon_t *d)
 
 /* ---- messages to clients ----------------------------------------------------------------- */
 
-/* Unsolicited messages are advice: a client that has not read the last few
- * is skipped (never disconnected for it, and its socket never fills up with
- * them, which would make its next reply fail). */
-static bool may_send(client_t *c)
-{
-    if (c->fd < 0 || !c->hello_done || c->closing)
-        return false;
-    int q = 0;
-    return ioctl(c->fd, SIOCOUTQ, &q) != 0 || q <= UNSOLICITED_MAX_QUEUED;
-}
-
-static void send_flush(daemon_t *d, client_t *c)
-{
-    uint8_t buf[64];
-    rpc_out_t out = {.buf = buf, .cap = sizeof(buf)};
-    if (may_send(c) && rpc_encode_flush(&out) == 0 && client_send(c, out.buf, out.len, NULL, 0) == 0)
-        d->lim.flush_sent++;
-}
+/* Unsolicited messages are advice, queued per client and coalesced (conn.h:
+ * a paused client is skipped, never cut off); flush_sent and pressure_sent
+ * count those written. */
+static void send_flush(daemon_t *d, client_t *c) { (void)client_post_flush(d, c); }
 
 static void send_pressure(daemon_t *d, client_t *c, unsigned level, uint64_t bytes)
 {
-    Heapd__Pressure p = HEAPD__PRESSURE__INIT;
-    p.level = level;
-    p.bytes_wanted = bytes;
-    Heapd__DaemonMsg m = HEAPD__DAEMON_MSG__INIT;
-    m.body_case = HEAPD__DAEMON_MSG__BODY_PRESSURE;
-    m.pressure = &p;
-    uint8_t buf[64];
-    if (!may_send(c) || heapd__daemon_msg__get_packed_size(&m) > sizeof(buf))
-        return;
-    size_t n = heapd__daemon_msg__pack(&m, buf);
-    if (client_send(c, buf, n, NULL, 0) == 0)
-        d->lim.pressure_sent++;
+    (void)client_post_pressure(d, c, level, bytes);
 }
 
 /* Flush to every client at most once per FLUSH_INTERVAL_MS, Pressure at most

@@ -10,8 +10,16 @@
  *    whose last read failed), never waiting on the writer, and otherwise
  *    uses the slot's last consistent copy, so it never sees a torn set of
  *    counters. Frees are counted by the process that frees.
- *  - the retired totals: when a client disconnects its slot is folded into
+ *  - the retired totals: when a client's lease ends its slot is folded into
  *    them (the last values it wrote), so the sums survive the client.
+ *
+ * The slot's lease: a slot belongs to its client from Hello until the lease
+ * ends (conn.h client_end: the process is dead, or it closed its connection
+ * with nothing cached, which libheapd does only after it stopped writing the
+ * slot, client/cstats.c). A connection that is dropped or breaks earlier
+ * leaves the slot quarantined with its client. Only then is it retired and
+ * free to reuse, so a client never needs to check the slot's owner before
+ * writing (no check-then-write race with a reuse).
  *  - the daemon's own books: pages in use / free / released from the page
  *    allocator, spans per state from the header books, committed metadata,
  *    limit and scavenger state (memlimit.h, scavenge.h), RPC counts and handling times.
@@ -130,12 +138,11 @@ void mstats_destroy(daemon_t *d);
 
 /* A slot for a new client (at its Hello): committed, zeroed, owner written.
  * Returns 1..HD_STAT_SLOTS-1, or 0 when none is free or it cannot be
- * committed (the client then keeps its counts to itself). A freed slot is
- * reused only after every other free slot, so a late write by a client that
- * is gone (it checks owner before writing) is unlikely to land in a new one. */
+ * committed (the client then keeps its counts to itself). Slots are handed
+ * out round-robin (a freed slot after every other free one). */
 uint32_t mstats_slot_assign(daemon_t *d, uint32_t client_id);
-/* A client went away: fold its slot's last values into the retired totals
- * and free the slot. No-op for slot 0. */
+/* A client's lease ended (client_end only, see above): fold its slot's last
+ * values into the retired totals and free the slot. No-op for slot 0. */
 void mstats_slot_retire(daemon_t *d, uint32_t slot);
 /* A consistent copy of a slot's counters. true if this read was consistent,
  * false if it fell back to the last consistent copy (a writer was mid-update

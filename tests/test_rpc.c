@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <linux/sockios.h>
 #include <unistd.h>
 
 #include "conn.h"
@@ -596,28 +598,69 @@ static void test_flush_encoding(void)
     heapd__daemon_msg__free_unpacked(r, NULL);
 }
 
-/* Flush over a real socket pair; a client that never reads is dropped. */
+/* Read every packet waiting on fd; count the Flushes and keep the last
+ * Pressure's level and bytes. Returns the packets read. */
+static unsigned drain_unsolicited(int fd, unsigned *flushes, unsigned *pressures, unsigned *level, uint64_t *bytes)
+{
+    uint8_t buf[256];
+    unsigned n = 0;
+    ssize_t r;
+    while ((r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+        Heapd__DaemonMsg *m = heapd__daemon_msg__unpack(NULL, (size_t)r, buf);
+        CU_ASSERT_FATAL(m != NULL);
+        CU_ASSERT_EQUAL(m->seq, 0);
+        if (m->body_case == HEAPD__DAEMON_MSG__BODY_FLUSH)
+            (*flushes)++;
+        if (m->body_case == HEAPD__DAEMON_MSG__BODY_PRESSURE) {
+            (*pressures)++;
+            *level = m->pressure->level;
+            *bytes = m->pressure->bytes_wanted;
+        }
+        heapd__daemon_msg__free_unpacked(m, NULL);
+        n++;
+    }
+    return n;
+}
+
+/* Flush and Pressure to a client that does not read (a stopped process):
+ * it is never dropped; what waits unread stays bounded (later messages are
+ * coalesced into one pending Flush and one pending Pressure, the latest
+ * level and bytes), and what was held back goes out once it reads. */
 static void test_send_flush(void)
 {
     setup();
     int sv[2];
     CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0, sv) == 0);
     client_t *c = client_new(D, sv[0], 0, getuid());
-    CU_ASSERT_EQUAL(daemon_send_flush(D, c), 0);
-    uint8_t buf[256];
-    ssize_t n = recv(sv[1], buf, sizeof(buf), 0);
-    CU_ASSERT_FATAL(n > 0);
-    Heapd__DaemonMsg *r = heapd__daemon_msg__unpack(NULL, (size_t)n, buf);
-    CU_ASSERT_FATAL(r != NULL);
-    CU_ASSERT_EQUAL(r->body_case, HEAPD__DAEMON_MSG__BODY_FLUSH);
-    CU_ASSERT_EQUAL(r->seq, 0);
-    heapd__daemon_msg__free_unpacked(r, NULL);
-    int k = 0, rc = 0;
-    while (k < 100000 && (rc = daemon_send_flush(D, c)) == 0)   /* never read: the buffer fills */
-        k++;
-    CU_ASSERT_EQUAL(rc, -EAGAIN);
-    CU_ASSERT_EQUAL(D->clients, NULL);                          /* disconnected (and sv[0] closed) */
-    CU_ASSERT_EQUAL(D->seg.hdr->clients, 0);
+    c->hello_done = true;
+    unsigned flushes = 0, pressures = 0, level = 0;
+    uint64_t bytes = 0;
+    CU_ASSERT(client_post_flush(D, c));
+    CU_ASSERT_EQUAL(drain_unsolicited(sv[1], &flushes, &pressures, &level, &bytes), 1);
+    CU_ASSERT_EQUAL(flushes, 1);
+    CU_ASSERT_FALSE(c->flush_pending);
+    for (unsigned k = 0; k < 100000; k++) {          /* never read meanwhile */
+        CU_ASSERT_FATAL(client_post_flush(D, c));
+        CU_ASSERT_FATAL(client_post_pressure(D, c, 1 + k % 3, k));
+    }
+    CU_ASSERT_EQUAL(D->clients, c);                      /* still connected */
+    CU_ASSERT_EQUAL(D->seg.hdr->clients, 1);
+    CU_ASSERT(c->flush_pending && c->pressure_pending);  /* the last ones wait, coalesced */
+    int unread = 0;
+    CU_ASSERT_EQUAL(ioctl(sv[0], SIOCOUTQ, &unread), 0);
+    CU_ASSERT(unread > 0 && unread <= CLIENT_UNSOLICITED_MAX + 1024);
+    flushes = pressures = 0;
+    unsigned got = drain_unsolicited(sv[1], &flushes, &pressures, &level, &bytes);
+    CU_ASSERT(got >= 2 && got < 200);
+    client_pump_all(D);                                  /* the sweep tick: room again */
+    CU_ASSERT_FALSE(c->flush_pending || c->pressure_pending);
+    flushes = pressures = 0;
+    CU_ASSERT_EQUAL(drain_unsolicited(sv[1], &flushes, &pressures, &level, &bytes), 2);
+    CU_ASSERT_EQUAL(flushes, 1);
+    CU_ASSERT_EQUAL(pressures, 1);
+    CU_ASSERT_EQUAL(level, 1 + 99999 % 3);               /* the latest Pressure */
+    CU_ASSERT_EQUAL(bytes, 99999);
+    client_close(D, c, "test");
     close(sv[1]);
     teardown();
 }
@@ -639,6 +682,6 @@ static void register_rpc_suite(void)
     CU_add_test(s, "garbage packets", test_garbage);
     CU_add_test(s, "fuzzed packets", test_fuzz);
     CU_add_test(s, "Flush encoding", test_flush_encoding);
-    CU_add_test(s, "Flush to a client that does not read", test_send_flush);
+    CU_add_test(s, "Flush and Pressure to a client that does not read", test_send_flush);
 }
 UNIT_SUITE(register_rpc_suite)

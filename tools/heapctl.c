@@ -471,6 +471,9 @@ static int cmd_stats(bool json)
     return 0;
 }
 
+/* Clients: one row each; STATE is "quarantined" for a client whose
+ * connection the daemon dropped while its process lives (its memory stays its
+ * own until the process exits). */
 static int cmd_clients(bool json)
 {
     Heapdctl__ControlReply *r = call_body(HEAPDCTL__CONTROL_REQUEST__BODY_CLIENTS, HEAPDCTL__CONTROL_REPLY__BODY_CLIENTS);
@@ -483,17 +486,19 @@ static int cmd_clients(bool json)
             json_string(c->name);
             printf(",\"Slot\":%u,\"LiveBytes\":%lld,\"AllocBytes\":%llu,\"FreeBytes\":%llu,\"Mallocs\":%llu,"
                    "\"Frees\":%llu,\"CachedSpans\":%u,\"CachedBytes\":%llu,\"Quota\":%llu,\"Charged\":%llu,"
-                   "\"Requests\":%llu,\"MCacheBytes\":%llu}",
+                   "\"Requests\":%llu,\"MCacheBytes\":%llu,\"State\":",
                    c->slot, (long long)c->live_bytes, (unsigned long long)c->alloc_bytes,
                    (unsigned long long)c->free_bytes, (unsigned long long)c->mallocs, (unsigned long long)c->frees,
                    c->cached_spans, (unsigned long long)c->cached_bytes, (unsigned long long)c->quota,
                    (unsigned long long)c->charged, (unsigned long long)c->requests,
                    (unsigned long long)c->mcache_bytes);
+            json_string(c->state && *c->state ? c->state : "live");
+            printf("}");
         }
         printf("]\n");
     } else {
-        printf("%5s %8s %-16s %12s %12s %12s %6s %11s %11s %11s\n", "ID", "PID", "NAME", "LIVE", "ALLOCATED",
-               "FREED", "SPANS", "CACHED", "QUOTA", "CHARGED");
+        printf("%5s %8s %-16s %12s %12s %12s %6s %11s %11s %11s %s\n", "ID", "PID", "NAME", "LIVE", "ALLOCATED",
+               "FREED", "SPANS", "CACHED", "QUOTA", "CHARGED", "STATE");
         for (size_t i = 0; i < cl->n_clients; i++) {
             const Heapdctl__ClientInfo *c = cl->clients[i];
             char a[32], b[32], f[32], q[32], ch[32], cb[32];
@@ -501,10 +506,11 @@ static int cmd_clients(bool json)
                                                  : human((uint64_t)c->live_bytes, b, sizeof(b));
             char all[32];
             human(c->alloc_bytes, all, sizeof(all));
-            printf("%5u %8d %-16.16s %12s %12s %12s %6u %11s %11s %11s\n", c->id, c->pid,
+            printf("%5u %8d %-16.16s %12s %12s %12s %6u %11s %11s %11s %s\n", c->id, c->pid,
                    c->name && *c->name ? c->name : "-", live, all, human(c->free_bytes, f, sizeof(f)),
                    c->cached_spans, human(c->cached_bytes, cb, sizeof(cb)),
-                   c->quota ? human(c->quota, q, sizeof(q)) : "none", human(c->charged, ch, sizeof(ch)));
+                   c->quota ? human(c->quota, q, sizeof(q)) : "none", human(c->charged, ch, sizeof(ch)),
+                   c->state && *c->state ? c->state : "live");
         }
         if (cl->n_clients == 0)
             printf("(no clients)\n");
