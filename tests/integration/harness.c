@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "control.pb-c.h"
 #include "heapd.pb-c.h"
 
 #define MAX_DAEMONS 64
@@ -287,4 +288,71 @@ bool books_wait(const char *sock, hd_header_t *out, bool (*pred)(const hd_header
         usleep(20000);
     } while (now_ms() - t0 < timeout_ms);
     return ok;
+}
+
+int ctl_open(const char *sock)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (snprintf(sa.sun_path, sizeof(sa.sun_path), "%s.ctl", sock) >= (int)sizeof(sa.sun_path))
+        return -1;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+int ctl_send(int fd, uint64_t seq, int body_case)
+{
+    Heapdctl__StatsRequest st = HEAPDCTL__STATS_REQUEST__INIT;
+    Heapdctl__ClientsRequest cl = HEAPDCTL__CLIENTS_REQUEST__INIT;
+    Heapdctl__FlushRequest fl = HEAPDCTL__FLUSH_REQUEST__INIT;
+    Heapdctl__ControlRequest q = HEAPDCTL__CONTROL_REQUEST__INIT;
+    q.seq = seq;
+    q.body_case = (Heapdctl__ControlRequest__BodyCase)body_case;
+    switch (body_case) {
+    case HEAPDCTL__CONTROL_REQUEST__BODY_STATS: q.stats = &st; break;
+    case HEAPDCTL__CONTROL_REQUEST__BODY_CLIENTS: q.clients = &cl; break;
+    case HEAPDCTL__CONTROL_REQUEST__BODY_FLUSH: q.flush = &fl; break;
+    default: return -1;
+    }
+    uint8_t buf[256];
+    size_t n = heapdctl__control_request__pack(&q, buf + 4);
+    buf[0] = (uint8_t)n;
+    buf[1] = (uint8_t)(n >> 8);
+    buf[2] = buf[3] = 0;
+    return send(fd, buf, n + 4, MSG_NOSIGNAL) == (ssize_t)(n + 4) ? 0 : -1;
+}
+
+/* Read exactly len bytes before the deadline. */
+static bool read_full(int fd, uint8_t *p, size_t len, uint64_t deadline)
+{
+    size_t got = 0;
+    while (got < len) {
+        uint64_t t = now_ms();
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        if (t >= deadline || poll(&pf, 1, (int)(deadline - t)) <= 0)
+            return false;
+        ssize_t r = read(fd, p + got, len - got);
+        if (r <= 0)
+            return false;
+        got += (size_t)r;
+    }
+    return true;
+}
+
+Heapdctl__ControlReply *ctl_recv(int fd, unsigned timeout_ms)
+{
+    uint64_t deadline = now_ms() + timeout_ms;
+    uint8_t h[4];
+    if (!read_full(fd, h, 4, deadline))
+        return NULL;
+    uint32_t len = h[0] | h[1] << 8 | h[2] << 16 | (uint32_t)h[3] << 24;
+    uint8_t *body = malloc(len ? len : 1);
+    Heapdctl__ControlReply *r = NULL;
+    if (body && read_full(fd, body, len, deadline))
+        r = heapdctl__control_reply__unpack(NULL, len, body);
+    free(body);
+    return r;
 }

@@ -53,6 +53,16 @@ int raw_hello_fds(const char *sock, const char *name, int fds[2], int *nfds, int
 int raw_connect(const char *sock);
 ssize_t raw_call(int fd, const void *msg, size_t len, void *buf, size_t buflen, unsigned timeout_ms);
 
+/* The control socket (the daemon's socket path + ".ctl"): connect (-1 on
+ * failure); send one request without a body of its own (Stats, Clients,
+ * Flush: body_case is a HEAPDCTL__CONTROL_REQUEST__BODY_ value); read one
+ * reply frame (NULL on time-out or a bad frame; free it with
+ * heapdctl__control_reply__free_unpacked). Requests may be pipelined. */
+struct Heapdctl__ControlReply;
+int ctl_open(const char *sock);
+int ctl_send(int fd, uint64_t seq, int body_case);
+struct Heapdctl__ControlReply *ctl_recv(int fd, unsigned timeout_ms);
+
 void harness_cleanup(void);
 
 #endif
