@@ -665,6 +665,31 @@ static void test_send_flush(void)
     teardown();
 }
 
+/* The start-up decision: leases need pidfd_open; without it (ENOSYS: Linux
+ * before 5.3, or a filter that forbids it) heapd must refuse to start, saying
+ * why. */
+static int fake_errno;
+static int fake_pidfd_open(pid_t pid, unsigned flags)
+{
+    (void)pid;
+    (void)flags;
+    errno = fake_errno;
+    return -1;
+}
+
+static void test_pidfd_probe(void)
+{
+    char err[256] = "";
+    CU_ASSERT_EQUAL(client_pidfd_probe(NULL, err, sizeof(err)), 0);   /* this kernel has it */
+    fake_errno = ENOSYS;
+    CU_ASSERT_EQUAL(client_pidfd_probe(fake_pidfd_open, err, sizeof(err)), -ENOSYS);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "Linux 5.3"));
+    fake_errno = EPERM;
+    err[0] = 0;
+    CU_ASSERT_EQUAL(client_pidfd_probe(fake_pidfd_open, err, sizeof(err)), -EPERM);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, strerror(EPERM)));
+}
+
 static void register_rpc_suite(void)
 {
     CU_pSuite s = CU_add_suite("rpc", NULL, NULL);
@@ -683,5 +708,6 @@ static void register_rpc_suite(void)
     CU_add_test(s, "fuzzed packets", test_fuzz);
     CU_add_test(s, "Flush encoding", test_flush_encoding);
     CU_add_test(s, "Flush and Pressure to a client that does not read", test_send_flush);
+    CU_add_test(s, "no pidfd_open: the daemon refuses to start", test_pidfd_probe);
 }
 UNIT_SUITE(register_rpc_suite)

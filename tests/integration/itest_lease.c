@@ -5,7 +5,9 @@
  *    every object intact, goes on allocating, keeps its client id, and no
  *    object of another client ever overlaps one of its own;
  *  - a client dropped for a protocol violation keeps its spans CACHED (and
- *    shows as quarantined) until its process exits; then they are reclaimed.
+ *    shows as quarantined) until its process exits; then they are reclaimed;
+ *  - a client that sends requests without reading the replies is served at
+ *    its own pace, never disconnected.
  * Registered with UNIT_SUITE: itest_main.c runs every registered suite. */
 #define _GNU_SOURCE
 #include <CUnit/CUnit.h>
@@ -476,10 +478,79 @@ static void test_quarantine(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- a client that does not read its replies ------------------------------------------------ */
+
+/* Requests sent without reading a reply: the daemon keeps the reply that does
+ * not fit and stops reading that client until it is out, so the client's own
+ * socket fills and its sends block. It is never cut off: once it reads, every
+ * reply arrives, in order. */
+static void test_unread_replies(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "256MiB", NULL) == 0);
+    int fds[2], nfds, conn = -1;
+    CU_ASSERT_FATAL(raw_hello_fds(d.sock, "itest-noreader", fds, &nfds, &conn) == 0);
+    close(fds[0]);
+    close(fds[1]);
+    Heapd__SetQuota q = HEAPD__SET_QUOTA__INIT;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_SET_QUOTA;
+    m.set_quota = &q;
+    uint8_t buf[4096];
+    uint64_t sent = 0, t0 = ms_now();
+    bool full = false;
+    /* Send while there is room; when there is none for 200 ms the daemon holds
+     * a reply and has stopped reading us (a slower daemon only makes us send
+     * more). A daemon that cut us off shows as an error or a hang-up. */
+    while (sent < 20000 && ms_now() - t0 < 20000) {
+        m.seq = 2 + sent;
+        size_t len = heapd__client_msg__pack(&m, buf);
+        ssize_t r = send(conn, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r == (ssize_t)len) {
+            sent++;
+            continue;
+        }
+        if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+            break;
+        struct pollfd p = {.fd = conn, .events = POLLOUT};
+        int pr = poll(&p, 1, 200);
+        if (pr == 0) {
+            full = true;
+            break;
+        }
+        if (p.revents & (POLLHUP | POLLERR))
+            break;
+    }
+    CU_ASSERT(full);
+    CU_ASSERT(sent > 100);
+    uint64_t got = 0;
+    bool in_order = true;
+    while (got < sent) {
+        ssize_t r = raw_call(conn, NULL, 0, buf, sizeof(buf), 5000);
+        if (r <= 0)
+            break;                               /* EOF: it cut us off */
+        Heapd__DaemonMsg *rep = heapd__daemon_msg__unpack(NULL, (size_t)r, buf);
+        CU_ASSERT_FATAL(rep != NULL);
+        in_order &= rep->seq == 2 + got && rep->body_case == HEAPD__DAEMON_MSG__BODY_ACK;
+        heapd__daemon_msg__free_unpacked(rep, NULL);
+        got++;
+    }
+    CU_ASSERT_EQUAL(got, sent);
+    CU_ASSERT(in_order);
+    m.seq = 2 + sent;                            /* and it still serves us */
+    size_t len = heapd__client_msg__pack(&m, buf);
+    ssize_t r = raw_call(conn, buf, len, buf, sizeof(buf), 5000);
+    CU_ASSERT(r > 0);
+    close(conn);
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 static void register_lease_suite(void)
 {
     CU_pSuite s = CU_add_suite("lease", NULL, NULL);
     CU_add_test(s, "paused client under a Flush flood keeps its memory and its lease", test_paused_client);
     CU_add_test(s, "dropped connection: memory quarantined until the process exits", test_quarantine);
+    CU_add_test(s, "a client that does not read its replies is never cut off", test_unread_replies);
 }
 UNIT_SUITE(register_lease_suite)
