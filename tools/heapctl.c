@@ -2,7 +2,7 @@
  *
  *   heapctl [--control PATH] COMMAND [ARGS]
  *     stats [--json]          memstats of the whole shared heap (Go's MemStats names)
- *     clients [--json]        connected clients: pid, name, live bytes, cached spans, quota
+ *     clients [--json]        clients: pid, name, live bytes, cached spans, quota, state
  *     metrics                 Prometheus text exposition format
  *     limit [SOFT] [--hard SIZE]   show the limits, or set them (SIZE like GOMEMLIMIT; none = no limit)
  *     scavenge                return every free page to the OS now
@@ -53,7 +53,7 @@ static void usage(FILE *f)
             "usage: heapctl [--control PATH] COMMAND [ARGS]\n"
             "  stats [--json]             memstats of the whole shared heap (Go's MemStats names),\n"
             "                             with the limit and scavenger state\n"
-            "  clients [--json]           connected clients: pid, name, live bytes, cached spans, quota\n"
+            "  clients [--json]           clients: pid, name, live bytes, cached spans, quota, state\n"
             "  metrics                    Prometheus text exposition format\n"
             "  limit [SOFT] [--hard SIZE] show the limits, or set them; SIZE like GOMEMLIMIT\n"
             "                             (512MiB, 4GiB, bytes), 'none' for no limit\n"
