@@ -272,12 +272,19 @@ bool mheap_check(mheap_t *h, char *err, size_t errlen)
     if (!pa_check(&h->pa, err, errlen))
         return false;
     uint64_t nspans = 0, ncached = 0, ncentral = 0, nlarge = 0, pages = 0;
+    hd_header_t *hd = h->hdr;
     for (uint64_t p = 0; p < h->pa.grown;) {
+        /* An entry on an uncommitted page reads as zero (FREE, no span), and
+         * reading it would commit it: the HEAPD_DEBUG timer runs this check,
+         * and it must not change what the daemon has committed. */
+        bool st_ok = seg_meta_committed(h->seg, hd->span_off + p * sizeof(hd_span_t));
+        bool pm_ok = seg_meta_committed(h->seg, hd->pagemap_off + p * sizeof(uint32_t));
         hd_span_t *sp = &h->v->spans[p];
-        uint8_t st = mheap_state(h, (uint32_t)p);
+        uint8_t st = st_ok ? mheap_state(h, (uint32_t)p) : HD_SPAN_FREE;
         if (st == HD_SPAN_FREE) {
-            if (hd_pagemap_get(h->v, p) != 0)
-                return bad(err, errlen, "free page %llu has pagemap %u", (unsigned long long)p, hd_pagemap_get(h->v, p));
+            uint32_t pm = pm_ok ? hd_pagemap_get(h->v, p) : 0;
+            if (pm != 0)
+                return bad(err, errlen, "free page %llu has pagemap %u", (unsigned long long)p, pm);
             p++;
             continue;
         }
@@ -295,7 +302,8 @@ bool mheap_check(mheap_t *h, char *err, size_t errlen)
             if (!(h->pa.chunks[c].alloc[(q % PA_CHUNK_PAGES) / 64] >> (q % 64) & 1))
                 return bad(err, errlen, "span %llu: page %llu free in the page allocator", (unsigned long long)p,
                            (unsigned long long)q);
-            if (q > p && mheap_state(h, (uint32_t)q) != HD_SPAN_FREE)
+            if (q > p && seg_meta_committed(h->seg, hd->span_off + q * sizeof(hd_span_t)) &&
+                mheap_state(h, (uint32_t)q) != HD_SPAN_FREE)
                 return bad(err, errlen, "span %llu: interior page %llu is not FREE", (unsigned long long)p,
                            (unsigned long long)q);
         }

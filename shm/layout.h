@@ -61,6 +61,13 @@
  * Any other value (a hostile process wrote it) reads as "not FREE": never
  * allocated, counted live, never freed; the owner never loops on it.
  *
+ * What stays outside shm/: daemon/ and client/ name no shared atomic. The
+ * atomics left there are process-private: the client's connection state,
+ * epoch and generation counters (attach.c, transport.c, pressure.c), its
+ * bad-free count (malloc.c), and its cache count and per-thread memstats
+ * counters (mcache.c, cstats.c: st_thread_t, mc_tls_frees), which other
+ * threads of the same process read when they flush them.
+ *
  * Where the bytes are: objects 0..511 in the span's slot (HD_SLOT_STATES
  * bytes per page of the slot array, enough for every class but class 1);
  * class 1 (8 B objects, 1024 per span) keeps all 1024 in the span's aux area

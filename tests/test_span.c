@@ -4,10 +4,13 @@
  * against remote frees of the same objects. */
 #include <CUnit/CUnit.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "segment.h"
 #include "span.h"
@@ -565,6 +568,62 @@ static void test_every_interleaving(void)
     CU_ASSERT_EQUAL(r.failed, 0);
 }
 
+#if HEAPD_DEBUG
+/* HEAPD_DEBUG builds stop at a broken rule: run the breach in a child and
+ * expect SIGABRT. */
+static int aborts(void (*fn)(void))
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        fn();
+        _exit(0);
+    }
+    int st;
+    if (pid < 0 || waitpid(pid, &st, 0) != pid)
+        return 0;
+    return WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
+}
+
+static void alloc_allocated(void)
+{
+    static _Alignas(64) hd_ostate_t st[64];
+    hd_obj_alloc(st, 3);
+    hd_obj_alloc(st, 3);                    /* the owner hands out a live object again */
+}
+
+static void alloc_scribbled(void)
+{
+    static _Alignas(64) hd_ostate_t st[64];
+    atomic_store(&st[5], 7);
+    hd_obj_alloc(st, 5);
+}
+
+static void illegal_move(void)
+{
+    hd_span_t sp = {0};
+    hd_span_publish(&sp, HD_SPAN_LARGE);
+    hd_span_publish(&sp, HD_SPAN_CACHED);   /* LARGE -> CACHED is no legal move */
+}
+
+static void legal_moves(void)
+{
+    hd_span_t sp = {0};
+    static const uint8_t path[] = {HD_SPAN_CACHED, HD_SPAN_CENTRAL, HD_SPAN_CACHED, HD_SPAN_FREE, HD_SPAN_CENTRAL,
+                                   HD_SPAN_FREE, HD_SPAN_LARGE, HD_SPAN_FREE};
+    for (unsigned k = 0; k < sizeof path; k++)
+        hd_span_publish(&sp, path[k]);
+}
+
+static void test_debug_checks(void)
+{
+    CU_ASSERT(aborts(alloc_allocated));
+    CU_ASSERT(aborts(alloc_scribbled));
+    CU_ASSERT(aborts(illegal_move));
+    CU_ASSERT_FALSE(aborts(legal_moves));
+}
+#endif
+
 static void register_span_suite(void)
 {
     CU_pSuite s = CU_add_suite("span", span_setup, span_teardown);
@@ -576,5 +635,8 @@ static void register_span_suite(void)
     CU_add_test(s, "tiny blocks: start, end and open bits", test_tiny);
     CU_add_test(s, "concurrent frees from two threads", test_concurrent_frees);
     CU_add_test(s, "every interleaving of owner and two frees", test_every_interleaving);
+#if HEAPD_DEBUG
+    CU_add_test(s, "HEAPD_DEBUG: illegal moves and allocations abort", test_debug_checks);
+#endif
 }
 UNIT_SUITE(register_span_suite)
