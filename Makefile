@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test unit asan tsan fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit clean
+.PHONY: all deps build run demo test unit asan tsan debug fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit clean
 
 all: build
 
@@ -34,6 +34,15 @@ asan: deps
 	cmake -S . -B $(ASAN) -DHEAPD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug $(CMAKE_FLAGS)
 	cmake --build $(ASAN) -j $(JOBS)
 	@scripts/run-tests.sh $(ASAN) all
+
+# HEAPD_DEBUG: every suite with the protocol checks on (shm/debug.h): legal
+# span-state moves at each publish, "the object was FREE" at each allocation,
+# the daemon's invariants (mheap_check, pa_check, mcentral_check) every tick.
+DEBUG_BUILD ?= build-debug
+debug: deps
+	cmake -S . -B $(DEBUG_BUILD) -DHEAPD_DEBUG=ON $(CMAKE_FLAGS)
+	cmake --build $(DEBUG_BUILD) -j $(JOBS)
+	@scripts/run-tests.sh $(DEBUG_BUILD) all
 
 # ThreadSanitizer: the unit suites whose code runs on several threads of one
 # process (mcache: the client library, cross-thread frees, thread exit; span:

@@ -1,4 +1,5 @@
-/* cstats.c: the process's memstats slot (segment.h hd_cstats_t).
+/* cstats.c: the process's memstats slot (shm/layout.h hd_cstats_t, written
+ * through the seqlock of shm/cstats.h).
  *
  * Owns: which slot of the segment is ours (Welcome.slot; the daemon gives
  * one per connection), and the stats lock that serializes this process's
@@ -89,13 +90,15 @@ bool st_pending(const st_thread_t *t)
            ld(&t->cur.large_frees) != ld(&t->done.large_frees);
 }
 
-/* slot += cur - done; done = cur. */
+/* slot += cur - done; done = cur. cur and done are this process's own
+ * counters (relaxed atomics: another thread of ours may read them); the slot
+ * is written through shm/cstats.h. */
 static inline void st_move(_Atomic uint64_t *slot, _Atomic uint64_t *cur, _Atomic uint64_t *done)
 {
     uint64_t c = ld(cur), d = ld(done);
     if (c == d)
         return;
-    atomic_store_explicit(slot, ld(slot) + (c - d), memory_order_relaxed);
+    hd_cstats_add(slot, c - d);
     atomic_store_explicit(done, c, memory_order_relaxed);
 }
 
@@ -104,9 +107,7 @@ void st_flush(st_thread_t *t, uint64_t mcache_bytes)
     st_lock();
     hd_cstats_t *s = st_slot;
     if (s) {
-        uint64_t q = ld(&s->seq) & ~1ull;
-        atomic_store_explicit(&s->seq, q + 1, memory_order_relaxed);    /* odd: under way */
-        atomic_thread_fence(memory_order_release);
+        uint64_t q = hd_cstats_begin(s);  /* odd: under way */
         HDC_CRASHPOINT("flush");          /* seq odd: the daemon must not wait for it */
         for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
             st_move(&s->small_allocs[c], &t->cur.small_allocs[c], &t->done.small_allocs[c]);
@@ -118,9 +119,9 @@ void st_flush(st_thread_t *t, uint64_t mcache_bytes)
         st_move(&s->large_alloc_bytes, &t->cur.large_alloc_bytes, &t->done.large_alloc_bytes);
         st_move(&s->large_frees, &t->cur.large_frees, &t->done.large_frees);
         st_move(&s->large_free_bytes, &t->cur.large_free_bytes, &t->done.large_free_bytes);
-        atomic_store_explicit(&s->mcache_bytes, mcache_bytes, memory_order_relaxed);
-        atomic_store_explicit(&s->flushes, ld(&s->flushes) + 1, memory_order_relaxed);
-        atomic_store_explicit(&s->seq, q + 2, memory_order_release);    /* even: consistent */
+        hd_cstats_set(&s->mcache_bytes, mcache_bytes);
+        hd_cstats_add(&s->flushes, 1);
+        hd_cstats_end(s, q);              /* even: consistent */
     }
     st_unlock();
 }

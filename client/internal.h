@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cstats.h"
 #include "segment.h"
 #include "span.h"
 
@@ -184,13 +185,13 @@ HD_HIDDEN void st_lock_reinit(void);
  * empty one (no span) has alloc_cache 0 and nelems 0, so the fast path fails
  * and the slow path takes over. */
 typedef struct mc_span {
-    uint64_t alloc_cache;   /* ~alloc_bits, shifted so bit 0 is object freeindex */
+    uint64_t alloc_cache;   /* FREE objects of the window, shifted so bit 0 is object freeindex */
     uintptr_t base;         /* address of object 0 */
     uint32_t freeindex;     /* objects below it were allocated or skipped */
     uint32_t nelems;        /* objects in the span */
     uint32_t elemsize;      /* bytes per object */
     uint32_t id;            /* span id, HD_NO_SPAN when empty */
-    hd_slot_t *slot;        /* the span's alloc/free bitmaps */
+    hd_ostate_t *states;    /* the span's object state bytes (shm/span.h) */
     bool fresh;             /* no slot we may still hand out was ever used (calloc) */
     uint32_t live0;         /* memstats: objects allocated in it when its allocations were last counted */
 } mc_span_t;

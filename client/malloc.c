@@ -139,20 +139,20 @@ size_t heapd_usable_size(const void *p)
     if (id == HD_NO_SPAN)
         return 0;
     hd_span_t *sp = &s->spans[id];
-    uint8_t st = atomic_load_explicit(&sp->state, memory_order_acquire);
+    uint8_t st = hd_span_state(sp);
     uintptr_t off = (uintptr_t)p - hd_page_addr(s, id);
     if (st == HD_SPAN_LARGE)
         return off == 0 ? (size_t)sp->npages * HD_PAGE_SIZE : 0;
     if (st != HD_SPAN_CACHED && st != HD_SPAN_CENTRAL)
         return 0;
     if (sp->sizeclass == HD_TINY_SIZE_CLASS) {
-        uint32_t w = atomic_load_explicit(&s->tiny[id].block[off / HD_TINY_SIZE], memory_order_acquire);
+        uint32_t w = hd_tiny_word(hd_tiny_of(s, id), (unsigned)(off / HD_TINY_SIZE));
         unsigned j = (unsigned)(off % HD_TINY_SIZE);
         return (w >> j & 1) ? hd_tiny_usable(w, j) : 0;
     }
     unsigned i = hd_obj_index(sp->divmagic, off);
     if (i >= sp->nelems || (uintptr_t)i * sp->elemsize != off ||
-        !hd_bit_get(s->slots[id].alloc_bits, i))
+        hd_obj_state_acquire(hd_states_of(s, id, sp->sizeclass), i) != HD_OBJ_ALLOCATED)
         return 0;
     return sp->elemsize;
 }

@@ -8,11 +8,12 @@
  * Only its thread touches a cache, so nothing in it is locked.
  *
  * Small allocation, per size class (Go's mallocgc small path):
- *   cur span: freeindex + allocCache (64 bits of ~alloc_bits starting at
- *   freeindex); nextFreeFast is a ctz; the owner then sets the object's
- *   alloc bit (span.h), so the segment always knows what is live.
+ *   cur span: freeindex + allocCache (a 64-bit mask of the FREE object
+ *   states of the window at freeindex); nextFreeFast is a ctz; the owner
+ *   then stores the object's state ALLOCATED (shm/span.h: a byte store, no
+ *   atomic RMW), so the segment always knows what is live.
  *   When cur is exhausted:
- *     1. sweep it (fold the free bits that local and remote frees set);
+ *     1. sweep it (FREED states, from local and remote frees, become FREE);
  *        at least an eighth of it free again → rewind and go on (less is
  *        not worth it: a program that frees one object per allocation would
  *        pay a sweep per allocation);
@@ -95,8 +96,8 @@ typedef struct hd_mcache {
     /* the open tiny block (tiny == 0: none) */
     uintptr_t tiny;                     /* its address */
     unsigned tiny_off;                  /* bytes of it used */
-    _Atomic uint32_t *tiny_word;        /* its block word */
-    hd_slot_t *tiny_slot;               /* its span's bitmaps */
+    hd_tiny_t *tiny_words;              /* its span's block words */
+    hd_ostate_t *tiny_states;           /* its span's object states */
     uint32_t tiny_span, tiny_block;     /* its span id and block index */
     st_thread_t st;                     /* memstats counters (internal.h, cstats.c) */
     uint64_t epoch;                     /* hdc_epoch when the cache last checked */
@@ -163,7 +164,7 @@ unsigned mc_aligned_class(size_t size, size_t align)
 
 static inline uint64_t mc_cache_word(const mc_span_t *s, unsigned w)
 {
-    return ~atomic_load_explicit(&s->slot->alloc_bits[w], memory_order_relaxed);
+    return hd_states_free_mask(s->states, w);
 }
 
 void mc_span_rewind(mc_span_t *s)
@@ -184,9 +185,9 @@ void mc_span_load(mc_span_t *s, const hd_seg_t *seg, uint32_t id)
     s->base = hd_page_addr(seg, id);
     s->nelems = sp->nelems;
     s->elemsize = sp->elemsize;
-    s->slot = hd_slot_of(seg, id);
+    s->states = hd_states_of(seg, id, sp->sizeclass);
     unsigned nfreed;
-    s->live0 = hd_span_sweep(s->slot, s->nelems, &nfreed);    /* allocations are counted from here */
+    s->live0 = hd_span_sweep(s->states, s->nelems, &nfreed);    /* allocations are counted from here */
     s->fresh = sp->needzero == 0 && nfreed == 0;
     mc_span_rewind(s);
 }
@@ -219,7 +220,7 @@ unsigned mc_span_next(mc_span_t *s)
 /* Object i of s is ours now. */
 static inline void *mc_take(mc_span_t *s, unsigned i)
 {
-    hd_alloc_bit_set(s->slot, i);
+    hd_obj_alloc(s->states, i);
     return (void *)(s->base + (uintptr_t)i * s->elemsize);
 }
 
@@ -254,7 +255,7 @@ static void mc_reset(hd_mcache_t *mc)
     }
     mc->tiny = 0;
     mc->tiny_off = 0;
-    mc->tiny_word = NULL;
+    mc->tiny_words = NULL;
 }
 
 /* The calling thread's cache, made on first use. NULL with errno when not
@@ -298,12 +299,12 @@ static void mc_tiny_close(hd_mcache_t *mc)
     if (!mc->tiny)
         return;
     bool freed;
-    if (hd_tiny_close_ex(mc->tiny_slot, hd_tiny_of(&hdc_seg, mc->tiny_span), mc->tiny_block, &freed) ==
+    if (hd_tiny_close_ex(mc->tiny_states, mc->tiny_words, mc->tiny_block, &freed) ==
             HD_FREE_OK && freed)
         st_bump(&mc->st.frees[HD_TINY_SIZE_CLASS], 1);   /* we freed the block (our thread: mc's) */
     mc->tiny = 0;
     mc->tiny_off = 0;
-    mc->tiny_word = NULL;
+    mc->tiny_words = NULL;
 }
 
 /* Ids to release, gathered so a flush takes tp_lock once per batch. */
@@ -327,15 +328,14 @@ static void mc_rel_add(hd_mcache_t *mc, mc_relbuf_t *rb, uint32_t id)
 /* ---- memstats -------------------------------------------------------------------------- */
 
 /* Count the objects allocated from s since its allocations were last counted
- * (Go counts at refill and release too): only this thread sets alloc bits
- * while it caches s, and only its sweeps clear them, which recount (live0). */
+ * (Go counts at refill and release too): only this thread makes states
+ * ALLOCATED while it caches s (a remote free turns one FREED, still not
+ * FREE), and only its sweeps make them FREE, which recount (live0). */
 static void mc_span_account(st_thread_t *st, unsigned c, mc_span_t *s)
 {
-    if (s->id == HD_NO_SPAN || !s->slot)
+    if (s->id == HD_NO_SPAN || !s->states)
         return;
-    unsigned pop = 0;
-    for (unsigned w = 0; w < hd_bitmap_words(s->nelems); w++)
-        pop += (unsigned)__builtin_popcountll(atomic_load_explicit(&s->slot->alloc_bits[w], memory_order_relaxed));
+    unsigned pop = hd_span_inuse(s->states, s->nelems);
     if (pop > s->live0)
         st_bump(&st->cur.small_allocs[c], pop - s->live0);
     s->live0 = pop;
@@ -563,7 +563,7 @@ static bool mc_span_ok(uint32_t id, unsigned c)
     if (id >= hdc_seg.npages)
         return false;
     hd_span_t *sp = &hdc_seg.spans[id];
-    return atomic_load_explicit(&sp->state, memory_order_acquire) == HD_SPAN_CACHED &&
+    return hd_span_state(sp) == HD_SPAN_CACHED &&
            sp->owner == hdc_client_id && sp->sizeclass == c &&
            sp->nelems == hd_class_to_nobjs[c] && sp->elemsize == hd_class_to_size[c] &&
            sp->npages == hd_class_to_npages[c] && id + (uint64_t)sp->npages <= hdc_seg.npages;
@@ -576,7 +576,7 @@ static bool mc_span_ok(uint32_t id, unsigned c)
 static bool mc_still_ours(uint32_t id)
 {
     hd_span_t *sp = &hdc_seg.spans[id];
-    return atomic_load_explicit(&sp->state, memory_order_acquire) == HD_SPAN_CACHED && sp->owner == hdc_client_id;
+    return hd_span_state(sp) == HD_SPAN_CACHED && sp->owner == hdc_client_id;
 }
 
 static void mc_push_full(hd_mcache_t *mc, unsigned c, uint32_t id)
@@ -613,9 +613,9 @@ static bool mc_reuse_full(mc_class_t *k)
             i--;
             continue;
         }
-        hd_slot_t *sl = hd_slot_of(&hdc_seg, id);
-        unsigned nelems = hdc_seg.spans[id].nelems;
-        if (nelems - hd_span_sweep(sl, nelems, NULL) >= mc_min_room(nelems)) {
+        const hd_span_t *sp = &hdc_seg.spans[id];
+        unsigned nelems = sp->nelems;
+        if (nelems - hd_span_sweep(hd_states_of(&hdc_seg, id, sp->sizeclass), nelems, NULL) >= mc_min_room(nelems)) {
             best = i;
             break;
         }
@@ -645,7 +645,7 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             if (i < s->nelems)
                 return mc_take(s, i);
             mc_span_account(&mc->st, c, s);     /* memstats: before the sweep recounts */
-            s->live0 = hd_span_sweep(s->slot, s->nelems, NULL);
+            s->live0 = hd_span_sweep(s->states, s->nelems, NULL);
             if (s->nelems - s->live0 >= mc_min_room(s->nelems)) {          /* step 1 */
                 s->fresh = false;    /* room means frees: used slots come round again */
                 mc_span_rewind(s);
@@ -706,7 +706,7 @@ void *mc_alloc_class(unsigned c, size_t size, bool zero)
         /* a whole block: one object at byte 0, ending at size-1 */
         unsigned b = (unsigned)(((uintptr_t)p - s->base) / HD_TINY_SIZE);
         uint32_t w = 1u | (size < HD_TINY_SIZE ? 1u << (16 + size - 1) : 0);
-        atomic_store_explicit(&hdc_seg.tiny[s->id].block[b], w, memory_order_release);
+        hd_tiny_start(hd_tiny_of(&hdc_seg, s->id), b, w);
     }
     if (zero && !s->fresh)
         memset(p, 0, size);
@@ -730,7 +730,7 @@ void *mc_alloc_tiny(size_t size, size_t align, bool zero)
     void *p;
     if (hd_likely(mc->tiny && end < HD_TINY_SIZE)) {
         uint32_t bits = 1u << off | (end < 15 ? 1u << (16 + end) : 0);
-        atomic_fetch_or_explicit(mc->tiny_word, bits, memory_order_release);
+        hd_tiny_pack(mc->tiny_words, mc->tiny_block, bits);
         st_bump(&mc->st.cur.tiny_allocs, 1);     /* Go's tinyAllocs */
         mc->tiny_off = end + 1;
         p = (void *)(mc->tiny + off);
@@ -741,19 +741,19 @@ void *mc_alloc_tiny(size_t size, size_t align, bool zero)
         if (!p && !(p = mc_class_slow(mc, HD_TINY_SIZE_CLASS)))
             return NULL;
         unsigned b = (unsigned)(((uintptr_t)p - s->base) / HD_TINY_SIZE);
-        _Atomic uint32_t *word = &hdc_seg.tiny[s->id].block[b];
+        hd_tiny_t *words = hd_tiny_of(&hdc_seg, s->id);
         uint32_t w = 1u | (size < 16 ? 1u << (16 + size - 1) : 0);
         if (!mc->tiny || size < mc->tiny_off) {   /* more room left than the open one */
             mc_tiny_close(mc);
             w |= HD_TINY_OPEN;
             mc->tiny = (uintptr_t)p;
             mc->tiny_off = (unsigned)size;
-            mc->tiny_word = word;
-            mc->tiny_slot = s->slot;
+            mc->tiny_words = words;
+            mc->tiny_states = s->states;
             mc->tiny_span = s->id;
             mc->tiny_block = b;
         }
-        atomic_store_explicit(word, w, memory_order_release);
+        hd_tiny_start(words, b, w);
     }
     if (zero)
         memset(p, 0, size);
@@ -785,7 +785,7 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
     }
     hd_span_t *sp = id < hdc_seg.npages ? &hdc_seg.spans[id] : NULL;
     uintptr_t p = sp ? hd_page_addr(&hdc_seg, id) : 0;
-    if (!sp || atomic_load_explicit(&sp->state, memory_order_acquire) != HD_SPAN_LARGE ||
+    if (!sp || hd_span_state(sp) != HD_SPAN_LARGE ||
         sp->npages < pages || id + (uint64_t)sp->npages > hdc_seg.npages ||
         (align && p % align)) {
         errno = EPROTO;

@@ -375,8 +375,8 @@ client_t *client_new(daemon_t *d, int fd, pid_t pid, uid_t uid)
     if (d->clients)
         d->clients->prev = c;
     d->clients = c;
-    mheap_book_add(&d->seg.hdr->clients, 1);
-    mheap_book_add(&d->seg.hdr->clients_total, 1);
+    mheap_book_add(&d->heap, &d->seg.hdr->clients, 1);
+    mheap_book_add(&d->heap, &d->seg.hdr->clients_total, 1);
     mheap_publish(&d->heap);
     return c;
 }
@@ -447,7 +447,7 @@ void client_end(daemon_t *d, client_t *c, const char *why)
         d->clients = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    mheap_book_add(&d->seg.hdr->clients, -1);
+    mheap_book_add(&d->heap, &d->seg.hdr->clients, -1);
     mheap_publish(&d->heap);
     if (c->hello_done)
         daemon_log(d, "client %u %s (pid %d%s%s): %s; %u cached spans reclaimed", c->id,

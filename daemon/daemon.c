@@ -71,9 +71,25 @@ void daemon_destroy(daemon_t *d)
     seg_destroy(&d->seg);
 }
 
+#if HEAPD_DEBUG
+/* HEAPD_DEBUG: every invariant the daemon can check, between two callbacks
+ * of the loop (so each callback must leave them whole, the header books'
+ * batch closed included). mheap_check runs pa_check. */
+static void debug_check(daemon_t *d)
+{
+    char err[256] = "";
+    HD_DEBUG_CHECK(!(hd_book(&d->seg.hdr->books_seq) & 1), "a loop callback left the books batch open");
+    HD_DEBUG_CHECK(mheap_check(&d->heap, err, sizeof err), "mheap_check: %s", err);
+    HD_DEBUG_CHECK(mcentral_check(&d->central, err, sizeof err), "mcentral_check: %s", err);
+}
+#endif
+
 static void on_sweep(uv_timer_t *t)
 {
     daemon_t *d = t->data;
+#if HEAPD_DEBUG
+    debug_check(d);
+#endif
     mcentral_bg_sweep(&d->central, DAEMON_SWEEP_BUDGET);
     client_pump_all(d);     /* Flush/Pressure held back while a client had much unread */
 }

@@ -21,28 +21,20 @@ void mcentral_init(mcentral_t *c, mheap_t *h)
     c->bg_class = 1;
 }
 
-/* Sweep a span the daemon owns (CENTRAL). Bits past nelems are cleared first:
- * a client may have written anything there, and a live count above nelems
- * would make a full span look impossible. */
+/* Sweep a span the daemon owns (CENTRAL). The count covers the span's nelems
+ * objects only and treats any byte that is not FREE as live, so whatever a
+ * client wrote into the states, the live count is <= nelems. */
 static unsigned sweep(mcentral_t *c, uint32_t id)
 {
     hd_span_t *sp = mheap_span(c->h, id);
-    hd_slot_t *sl = hd_slot_of(c->h->v, id);
-    unsigned n = sp->nelems, last = hd_bitmap_words(n) - 1;
-    if (n % 64) {
-        uint64_t mask = (1ull << (n % 64)) - 1;
-        uint64_t a = atomic_load_explicit(&sl->alloc_bits[last], memory_order_relaxed);
-        if (a & ~mask)
-            atomic_store_explicit(&sl->alloc_bits[last], a & mask, memory_order_relaxed);
-    }
-    return hd_span_sweep(sl, n, NULL);
+    return hd_span_sweep(hd_states_of(c->h->v, id, sp->sizeclass), sp->nelems, NULL);
 }
 
 /* Record a CENTRAL span's live count, keeping objects_central = sum of them. */
 static void set_live(mcentral_t *c, uint32_t id, unsigned live)
 {
     span_priv_t *p = &c->h->priv[id];
-    mheap_book_add(&c->h->hdr->objects_central, (int64_t)live - (int64_t)p->live);
+    mheap_book_add(c->h, &c->h->hdr->objects_central, (int64_t)live - (int64_t)p->live);
     p->live = (uint16_t)live;
 }
 
@@ -81,7 +73,7 @@ int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_i
     uint32_t id;
 
     /* Partial spans first: they have room unless a client scribbled on
-     * alloc_bits while the daemon owned them. */
+     * their object states while the daemon owned them. */
     while (budget && (id = spanlist_pop(h, &c->partial[sizeclass])) != HD_NO_SPAN) {
         budget--;
         unsigned live = sweep(c, id);
@@ -112,7 +104,7 @@ int mcentral_uncache_span(mcentral_t *c, uint32_t id)
     if (id >= h->v->npages || mheap_state(h, id) != HD_SPAN_CACHED || h->priv[id].list != SL_NONE)
         return -EINVAL;
     hd_span_t *sp = mheap_span(h, id);
-    mheap_set_state(h, id, HD_SPAN_CENTRAL, 0);     /* the daemon owns alloc_bits from here */
+    mheap_set_state(h, id, HD_SPAN_CENTRAL, 0);     /* the daemon owns the FREE/FREED bytes from here */
     sp->needzero = 1;                               /* objects were handed out of it */
     unsigned live = sweep(c, id);
     set_live(c, id, live);
@@ -127,11 +119,11 @@ int mcentral_reclaim_span(mcentral_t *c, uint32_t id)
     if (id >= h->v->npages || mheap_state(h, id) != HD_SPAN_CACHED)
         return -EINVAL;
     if (mheap_span(h, id)->sizeclass == HD_TINY_SIZE_CLASS) {
-        hd_slot_t *sl = hd_slot_of(h->v, id);
+        hd_ostate_t *st = hd_states_of(h->v, id, HD_TINY_SIZE_CLASS);
         hd_tiny_t *t = hd_tiny_of(h->v, id);
         for (unsigned b = 0; b < HD_TINY_BLOCKS; b++)
-            if (atomic_load_explicit(&t->block[b], memory_order_relaxed) & HD_TINY_OPEN)
-                hd_tiny_close(sl, t, b);
+            if (hd_tiny_word(t, b) & HD_TINY_OPEN)
+                hd_tiny_close(st, t, b);
     }
     return mcentral_uncache_span(c, id);
 }

@@ -4,10 +4,12 @@
  * their last sweep) and a full list (no free slot as of their last sweep), and
  * the header book objects_central. Daemon loop thread only, no locks: plain
  * linked lists replace Go's lock-free spanSets and the sweepgen dance, because
- * there is one thread and "sweeping" is folding free_bits, which is idempotent.
+ * there is one thread and "sweeping" is turning FREED object states FREE,
+ * which is idempotent.
  *
- * Ownership of alloc_bits: the client caching a span writes them; once the span
- * is CENTRAL the daemon is the only writer, so it may sweep. A span moves:
+ * Ownership of the FREE and FREED object states (shm/layout.h): the client
+ * caching a span allocates and sweeps; once the span is CENTRAL the daemon is
+ * their only writer, so it may sweep. A span moves:
  *   cache:   partial (swept again: remote frees since) -> CACHED by the client
  *            else a full span that a sweep shows has room (at most 100 tried)
  *            else a new span from mheap
@@ -22,8 +24,9 @@
  *    nelems; full: live == nelems; no CENTRAL span is empty after a sweep);
  *  - objects_central == sum of span_priv_t.live over CENTRAL spans.
  *
- * The daemon never trusts alloc_bits: bits past nelems are cleared before a
- * sweep, so a live count is always <= nelems whatever a client wrote.
+ * The daemon never trusts the object states: a sweep counts the span's
+ * nelems objects only, and any byte that is not FREE as live, so a live count
+ * is always <= nelems whatever a client wrote.
  */
 #ifndef HEAPD_DAEMON_MCENTRAL_H
 #define HEAPD_DAEMON_MCENTRAL_H

@@ -259,6 +259,12 @@ int seg_commit_meta(seg_t *s, uint64_t off, uint64_t len)
     return commit_once(s->meta_fd, s->meta_done, &s->meta_committed, off, len);
 }
 
+bool seg_meta_committed(const seg_t *s, uint64_t off)
+{
+    uint64_t p = off / COMMIT_GRAIN;
+    return off < s->meta_size && (s->meta_done[p / 64] >> (p % 64) & 1);
+}
+
 int seg_commit_aux(seg_t *s, uint64_t off, uint64_t len)
 {
     uint64_t lim = s->hdr->pages_off;

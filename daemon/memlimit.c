@@ -41,7 +41,7 @@ void limits_books_store(daemon_t *d)
     uint64_t c = limits_committed(d);
     if (s->soft_limit && c > s->soft_limit && c - s->soft_limit > s->overshoot_max)
         s->overshoot_max = c - s->soft_limit;
-#define ST(f, v) atomic_store_explicit(&h->f, (v), memory_order_relaxed)
+#define ST(f, v) hd_book_set(h, &h->f, (v))
     ST(soft_limit, s->soft_limit);
     ST(hard_limit, s->hard_limit);
     ST(committed_bytes, c);

@@ -67,10 +67,12 @@ static int commit_span(mheap_t *h, uint64_t id, uint64_t npages, unsigned sizecl
         return r;
     if ((r = seg_commit_meta(h->seg, hdr->pagemap_off + id * sizeof(uint32_t), npages * sizeof(uint32_t))) < 0)
         return r;
-    if (sizeclass != 0 &&
+    /* state bytes: in the slot, or (class 1) in the aux area; class 2 has both */
+    bool in_aux = sizeclass != 0 && hd_class_to_nobjs[sizeclass] > HD_SLOT_STATES;
+    if (sizeclass != 0 && !in_aux &&
         (r = seg_commit_aux(h->seg, hdr->slots_off + id * sizeof(hd_slot_t), sizeof(hd_slot_t))) < 0)
         return r;
-    if (sizeclass == HD_TINY_SIZE_CLASS &&
+    if ((in_aux || sizeclass == HD_TINY_SIZE_CLASS) &&
         (r = seg_commit_aux(h->seg, hdr->tiny_off + id * sizeof(hd_tiny_t), sizeof(hd_tiny_t))) < 0)
         return r;
     return 0;
@@ -96,7 +98,7 @@ int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32
     uint64_t scav, base = pa_alloc(&h->pa, want, &scav);
     if (base == PA_FAIL) {
         pa_grow(&h->pa, want > MHEAP_GROW_PAGES ? want : MHEAP_GROW_PAGES);
-        atomic_store_explicit(&h->hdr->pages_grown, h->pa.grown, memory_order_relaxed);
+        hd_book_set(h->hdr, &h->hdr->pages_grown, h->pa.grown);
         base = pa_alloc(&h->pa, want, &scav);
         if (base == PA_FAIL) {
             mheap_publish(h);
@@ -124,9 +126,11 @@ int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32
 
     hd_span_t *sp = &h->v->spans[id];
     if (sizeclass != 0) {
-        memset(hd_slot_of(h->v, (uint32_t)id), 0, sizeof(hd_slot_t));
+        /* Atomic stores, not memset: a free that passed its checks against the
+         * span that was here before may still CAS these words (span.h). */
+        hd_states_reset(hd_states_of(h->v, (uint32_t)id, sizeclass), hd_states_len(hd_class_to_nobjs[sizeclass]));
         if (sizeclass == HD_TINY_SIZE_CLASS)
-            memset(hd_tiny_of(h->v, (uint32_t)id), 0, sizeof(hd_tiny_t));
+            hd_tiny_reset(hd_tiny_of(h->v, (uint32_t)id));
         sp->elemsize = hd_class_to_size[sizeclass];
         sp->divmagic = hd_class_to_divmagic[sizeclass];
         sp->nelems = hd_class_to_nobjs[sizeclass];
@@ -147,14 +151,14 @@ int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32
     pv->live = 0;
     pv->list = SL_NONE;
     for (uint64_t p = id; p < id + npages; p++)
-        __atomic_store_n(&h->v->pagemap[p], (uint32_t)id + 1, __ATOMIC_RELEASE);
+        hd_pagemap_set(h->v, p, (uint32_t)id + 1);
     uint8_t st = sizeclass ? HD_SPAN_CACHED : HD_SPAN_LARGE;
-    atomic_store_explicit(&sp->state, st, memory_order_release);   /* publication */
+    hd_span_publish(sp, st);                       /* last: the span is visible from here */
 
     hd_header_t *hdr = h->hdr;
-    mheap_book_add(&hdr->spans_inuse, 1);
-    mheap_book_add(st == HD_SPAN_CACHED ? &hdr->spans_cached : &hdr->spans_large, 1);
-    mheap_book_add(&hdr->pages_inuse, (int64_t)npages);
+    mheap_book_add(h, &hdr->spans_inuse, 1);
+    mheap_book_add(h, st == HD_SPAN_CACHED ? &hdr->spans_cached : &hdr->spans_large, 1);
+    mheap_book_add(h, &hdr->pages_inuse, (int64_t)npages);
     if (h->on_alloc)
         h->on_alloc(h->limits_ctx, (uint32_t)id, npages, owner);
     mheap_publish(h);
@@ -178,20 +182,20 @@ int mheap_free_span(mheap_t *h, uint32_t id)
         return -EINVAL;
     hd_span_t *sp = &h->v->spans[id];
     uint8_t st = mheap_state(h, id);
-    if (st == HD_SPAN_FREE || h->v->pagemap[id] != id + 1 || h->priv[id].list != SL_NONE)
+    if (st == HD_SPAN_FREE || hd_pagemap_get(h->v, id) != id + 1 || h->priv[id].list != SL_NONE)
         return -EINVAL;
     uint64_t n = sp->npages;
     if (h->on_free)
         h->on_free(h->limits_ctx, id, n);
-    atomic_store_explicit(&sp->state, HD_SPAN_FREE, memory_order_release);
+    hd_span_publish(sp, HD_SPAN_FREE);            /* first: frees in flight stop at the state check */
     for (uint64_t p = id; p < id + n; p++)
-        __atomic_store_n(&h->v->pagemap[p], 0, __ATOMIC_RELEASE);
+        hd_pagemap_set(h->v, p, 0);
     int r = pa_free(&h->pa, id, n);
 
     hd_header_t *hdr = h->hdr;
-    mheap_book_add(&hdr->spans_inuse, -1);
-    mheap_book_add(state_book(hdr, st), -1);
-    mheap_book_add(&hdr->pages_inuse, -(int64_t)n);
+    mheap_book_add(h, &hdr->spans_inuse, -1);
+    mheap_book_add(h, state_book(hdr, st), -1);
+    mheap_book_add(h, &hdr->pages_inuse, -(int64_t)n);
     mheap_publish(h);
     return r;
 }
@@ -203,13 +207,13 @@ void mheap_set_state(mheap_t *h, uint32_t id, enum hd_span_state st, uint32_t ow
     if (old == st && sp->owner == owner)
         return;
     sp->owner = owner;
-    atomic_store_explicit(&sp->state, (uint8_t)st, memory_order_release);
+    hd_span_publish(sp, (uint8_t)st);             /* after the owner: a reader of the state sees it */
     if (old != st) {
         _Atomic uint64_t *a = state_book(h->hdr, old), *b = state_book(h->hdr, (uint8_t)st);
         if (a)
-            mheap_book_add(a, -1);
+            mheap_book_add(h, a, -1);
         if (b)
-            mheap_book_add(b, 1);
+            mheap_book_add(h, b, 1);
     }
 }
 
@@ -268,12 +272,19 @@ bool mheap_check(mheap_t *h, char *err, size_t errlen)
     if (!pa_check(&h->pa, err, errlen))
         return false;
     uint64_t nspans = 0, ncached = 0, ncentral = 0, nlarge = 0, pages = 0;
+    hd_header_t *hd = h->hdr;
     for (uint64_t p = 0; p < h->pa.grown;) {
+        /* An entry on an uncommitted page reads as zero (FREE, no span), and
+         * reading it would commit it: the HEAPD_DEBUG timer runs this check,
+         * and it must not change what the daemon has committed. */
+        bool st_ok = seg_meta_committed(h->seg, hd->span_off + p * sizeof(hd_span_t));
+        bool pm_ok = seg_meta_committed(h->seg, hd->pagemap_off + p * sizeof(uint32_t));
         hd_span_t *sp = &h->v->spans[p];
-        uint8_t st = mheap_state(h, (uint32_t)p);
+        uint8_t st = st_ok ? mheap_state(h, (uint32_t)p) : HD_SPAN_FREE;
         if (st == HD_SPAN_FREE) {
-            if (h->v->pagemap[p] != 0)
-                return bad(err, errlen, "free page %llu has pagemap %u", (unsigned long long)p, h->v->pagemap[p]);
+            uint32_t pm = pm_ok ? hd_pagemap_get(h->v, p) : 0;
+            if (pm != 0)
+                return bad(err, errlen, "free page %llu has pagemap %u", (unsigned long long)p, pm);
             p++;
             continue;
         }
@@ -284,14 +295,15 @@ bool mheap_check(mheap_t *h, char *err, size_t errlen)
         if ((st == HD_SPAN_LARGE) != (sp->sizeclass == 0))
             return bad(err, errlen, "span %llu: state %u with class %u", (unsigned long long)p, st, sp->sizeclass);
         for (uint64_t q = p; q < p + sp->npages; q++) {
-            if (h->v->pagemap[q] != p + 1)
+            if (hd_pagemap_get(h->v, q) != p + 1)
                 return bad(err, errlen, "span %llu: pagemap[%llu] = %u", (unsigned long long)p,
-                           (unsigned long long)q, h->v->pagemap[q]);
+                           (unsigned long long)q, hd_pagemap_get(h->v, q));
             uint64_t c = q / PA_CHUNK_PAGES;
             if (!(h->pa.chunks[c].alloc[(q % PA_CHUNK_PAGES) / 64] >> (q % 64) & 1))
                 return bad(err, errlen, "span %llu: page %llu free in the page allocator", (unsigned long long)p,
                            (unsigned long long)q);
-            if (q > p && mheap_state(h, (uint32_t)q) != HD_SPAN_FREE)
+            if (q > p && seg_meta_committed(h->seg, hd->span_off + q * sizeof(hd_span_t)) &&
+                mheap_state(h, (uint32_t)q) != HD_SPAN_FREE)
                 return bad(err, errlen, "span %llu: interior page %llu is not FREE", (unsigned long long)p,
                            (unsigned long long)q);
         }

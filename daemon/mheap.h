@@ -9,9 +9,9 @@
  *
  * A span's life (Go's mheap.allocSpan / freeSpan):
  *   mheap_alloc_span: pages from pa_alloc (growing the heap by >= 128 MiB when
- *     it fails), backing committed, slot (and tiny area) zeroed, span fields
- *     written, pagemap[p] = id+1 for its pages, then state stored LAST with
- *     release order: a client that sees the state sees everything else.
+ *     it fails), backing committed, object states (and tiny words) reset,
+ *     span fields written, pagemap[p] = id+1 for its pages, then the state
+ *     published (shm/layout.h: the state is stored last, with release).
  *   mheap_set_state: CACHED <-> CENTRAL (mcentral).
  *   mheap_free_span: state FREE first (frees in flight stop at the state
  *     check), then the pagemap is cleared and the pages go back.
@@ -21,8 +21,8 @@
  *  - pagemap[q] == p+1 for every page q of the live span at p, 0 on free pages;
  *  - spans[p].gen counts the spans ever created at page p, so (id, gen) names
  *    one span for its whole life (FreeLarge refuses stale names);
- *  - header books equal what the span table says; books_seq bumps after every
- *    change;
+ *  - header books equal what the span table says; books_seq is odd while a
+ *    batch of book changes is under way and even after mheap_publish;
  *  - pages the page allocator calls scavenged may lack backing; everything a
  *    client can reach (span pages, slot, tiny area, table entries) is committed.
  */
@@ -95,21 +95,14 @@ int mheap_free_span(mheap_t *h, uint32_t id);
  * keeping the books; the owner is written before the state. */
 void mheap_set_state(mheap_t *h, uint32_t id, enum hd_span_state st, uint32_t owner);
 
-/* Bump books_seq: call after a batch of book updates is complete. */
-static inline void mheap_publish(mheap_t *h)
-{
-    atomic_fetch_add_explicit(&h->hdr->books_seq, 1, memory_order_release);
-}
-static inline void mheap_book_add(_Atomic uint64_t *b, int64_t d)
-{
-    atomic_fetch_add_explicit(b, (uint64_t)d, memory_order_relaxed);
-}
+/* The header books are a seqlock (shm/segment.h): every change opens a
+ * batch (books_seq odd), mheap_publish closes it (even) once the books agree
+ * with each other again. Call it after each complete batch of changes. */
+static inline void mheap_publish(mheap_t *h) { hd_books_end(h->hdr); }
+static inline void mheap_book_add(mheap_t *h, _Atomic uint64_t *b, int64_t d) { hd_book_add(h->hdr, b, d); }
 
 static inline hd_span_t *mheap_span(mheap_t *h, uint32_t id) { return &h->v->spans[id]; }
-static inline uint8_t mheap_state(mheap_t *h, uint32_t id)
-{
-    return atomic_load_explicit(&h->v->spans[id].state, memory_order_relaxed);
-}
+static inline uint8_t mheap_state(mheap_t *h, uint32_t id) { return hd_span_state_own(&h->v->spans[id]); }
 
 /* Span lists (O(1) push/remove/pop). A span is on at most one list. */
 void spanlist_init(spanlist_t *l);

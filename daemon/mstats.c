@@ -86,11 +86,9 @@ uint32_t mstats_slot_assign(daemon_t *d, uint32_t client_id)
             daemon_log(d, "memstats: cannot commit a stats slot for client %u: its counts will not show", client_id);
             return 0;
         }
-        hd_cstats_t *s = slot_at(d, i);
-        memset((void *)s, 0, sizeof(*s));
+        hd_cstats_assign(slot_at(d, i), client_id);
         memset(&ms->last[i], 0, sizeof(ms->last[i]));
         ms->stale[i] = 0;
-        atomic_store_explicit(&s->owner, client_id, memory_order_release);
         ms->owner[i] = client_id;
         ms->next_slot = i;
         ms->slots_used++;
@@ -99,24 +97,6 @@ uint32_t mstats_slot_assign(daemon_t *d, uint32_t client_id)
     daemon_log(d, "memstats: no stats slot left for client %u (%u in use): its counts will not show", client_id,
                ms->slots_used);
     return 0;
-}
-
-/* Copy the counters (relaxed loads: each value is whole; seq says whether
- * they belong together). */
-static void copy_counters(const hd_cstats_t *s, mstats_counters_t *o)
-{
-    hd_cstats_t *w = (hd_cstats_t *)s;
-    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
-        o->small_allocs[c] = atomic_load_explicit(&w->small_allocs[c], memory_order_relaxed);
-        o->small_frees[c] = atomic_load_explicit(&w->small_frees[c], memory_order_relaxed);
-    }
-    o->tiny_allocs = atomic_load_explicit(&w->tiny_allocs, memory_order_relaxed);
-    o->large_allocs = atomic_load_explicit(&w->large_allocs, memory_order_relaxed);
-    o->large_alloc_bytes = atomic_load_explicit(&w->large_alloc_bytes, memory_order_relaxed);
-    o->large_frees = atomic_load_explicit(&w->large_frees, memory_order_relaxed);
-    o->large_free_bytes = atomic_load_explicit(&w->large_free_bytes, memory_order_relaxed);
-    o->mcache_bytes = atomic_load_explicit(&w->mcache_bytes, memory_order_relaxed);
-    o->flushes = atomic_load_explicit(&w->flushes, memory_order_relaxed);
 }
 
 static void add_counters(mstats_counters_t *a, const mstats_counters_t *b, bool gauges)
@@ -149,16 +129,10 @@ bool mstats_slot_read(daemon_t *d, uint32_t slot, mstats_counters_t *out)
      * tries, not 64. */
     unsigned tries = ms->stale[slot] ? 2 : MSTATS_READ_TRIES;
     for (unsigned t = 0; t < tries; t++) {
-        uint64_t s1 = atomic_load_explicit(&s->seq, memory_order_acquire);
-        if (!(s1 & 1)) {
-            copy_counters(s, out);
-            atomic_thread_fence(memory_order_acquire);
-            uint64_t s2 = atomic_load_explicit(&s->seq, memory_order_relaxed);
-            if (s1 == s2) {
-                ms->last[slot] = *out;
-                ms->stale[slot] = 0;
-                return true;
-            }
+        if (hd_cstats_read_once(s, out)) {
+            ms->last[slot] = *out;
+            ms->stale[slot] = 0;
+            return true;
         }
         ms->slot_retries++;
         cpu_relax();
@@ -176,9 +150,9 @@ void mstats_slot_retire(daemon_t *d, uint32_t slot)
         return;
     mstats_counters_t c;
     if (!mstats_slot_read(d, slot, &c))
-        copy_counters(slot_at(d, slot), &c);  /* it died mid-update: its latest values are the best */
+        hd_cstats_copy(slot_at(d, slot), &c);  /* it died mid-update: its latest values are the best */
     add_counters(&ms->retired, &c, false);
-    atomic_store_explicit(&slot_at(d, slot)->owner, 0, memory_order_release);
+    hd_cstats_retire(slot_at(d, slot));
     ms->owner[slot] = 0;
     ms->slots_used--;
 }
@@ -284,7 +258,7 @@ void mstats_read(daemon_t *d, mstats_t *m)
     const hd_header_t *h = d->seg.hdr;
     const pagealloc_t *pa = &d->heap.pa;
     m->heap_sys = pa->grown * HD_PAGE_SIZE;
-    m->heap_inuse = atomic_load_explicit(&((hd_header_t *)h)->pages_inuse, memory_order_relaxed) * HD_PAGE_SIZE;
+    m->heap_inuse = hd_book(&h->pages_inuse) * HD_PAGE_SIZE;
     m->heap_idle = pa->free_pages * HD_PAGE_SIZE;
     m->heap_released = pa->scav_pages * HD_PAGE_SIZE;
     m->heap_free = sub0(m->heap_idle, m->heap_released);

@@ -49,6 +49,7 @@
 
 #include "memlimit.h"
 #include "memfd.h"
+#include "../shm/cstats.h"
 
 typedef struct daemon daemon_t;
 struct client;
@@ -69,16 +70,9 @@ extern const char *const mstats_rpc_names[MS_RPC_NTYPES];
 /* Upper bounds of the histogram buckets, in ns (the last is infinity). */
 extern const uint64_t mstats_rpc_bounds_ns[MSTATS_RPC_BUCKETS - 1];
 
-/* Counters of one stats slot, copied out of shared memory (plain values). */
-typedef struct mstats_counters {
-    uint64_t small_allocs[HD_NUM_SIZE_CLASSES];
-    uint64_t small_frees[HD_NUM_SIZE_CLASSES];
-    uint64_t tiny_allocs;
-    uint64_t large_allocs, large_alloc_bytes;
-    uint64_t large_frees, large_free_bytes;
-    uint64_t mcache_bytes;          /* a gauge: not folded into the retired totals */
-    uint64_t flushes;
-} mstats_counters_t;
+/* Counters of one stats slot, copied out of shared memory (plain values;
+ * mcache_bytes is a gauge: not folded into the retired totals). */
+typedef hd_cstats_vals_t mstats_counters_t;
 
 /* The daemon's books (daemon_t.ms). */
 typedef struct mstats_state {

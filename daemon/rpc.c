@@ -79,7 +79,7 @@ int rpc_encode_flush(rpc_out_t *out)
 
 static void bad_requests(daemon_t *d, uint64_t n)
 {
-    mheap_book_add(&d->seg.hdr->bad_requests, (int64_t)n);
+    mheap_book_add(&d->heap, &d->seg.hdr->bad_requests, (int64_t)n);
     mheap_publish(&d->heap);
 }
 
@@ -139,7 +139,7 @@ static enum rpc_verdict on_refill(daemon_t *d, client_t *c, uint64_t seq, const 
         spanlist_push(&d->heap, &c->cached, (uint32_t)id, SL_CACHED);
         ids[n++] = (uint32_t)id;
     }
-    mheap_book_add(&d->seg.hdr->refills, 1);
+    mheap_book_add(&d->heap, &d->seg.hdr->refills, 1);
     mheap_publish(&d->heap);
     if (n == 0)
         reply_error(out, seq, ENOMEM, "out of memory: no span of size class %u (heap full, or its backing store exhausted)", r->sizeclass);

@@ -1,24 +1,16 @@
-/* segment: the layout of the shared heap, as daemon and clients both see it.
+/* segment: the shared heap as daemon and clients both see it: the layout
+ * computation, a process's view of a mapping, and the accessors of the
+ * segment-wide shared fields (span table states, pagemap, header books).
+ * layout.h has the structs and the field table (who writes what, with which
+ * ordering, when ownership passes); span.h the object state bytes and tiny
+ * words; cstats.h the stats-slot seqlock.
  *
- * Two memfds, mapped back to back at the same base address in every process,
- * so that a pointer into the heap means the same object everywhere:
- *
- *   base                                  base + meta_size
- *   | meta memfd (clients: read-only)     | heap memfd (read-write for all)             |
- *   | header | span table | pagemap       | slots | tiny areas | client stats | heap pages ... |
- *
- * The meta memfd is written only by the daemon, through the mapping it made
- * before sealing the memfd with F_SEAL_FUTURE_WRITE; any later mapping is
- * read-only, so a client cannot corrupt the span table even with mprotect.
- * The heap memfd holds what clients must write: objects, per span the
- * alloc/free bitmaps (a "slot"), and for tiny spans the block words.
- *
- * Who writes what:
- *  - header, span table, pagemap: the daemon's loop thread only.
- *  - a span's slot: alloc_bits by the span's owner (the client thread caching
- *    it, or the daemon while it is CENTRAL); free_bits and tiny block words by
- *    any process, atomically. See span.h.
- *  - heap pages: whoever holds the objects.
+ * The meta memfd (header, span table, pagemap) is written only by the daemon,
+ * through the mapping it made before sealing the memfd with
+ * F_SEAL_FUTURE_WRITE; any later mapping is read-only, so a client cannot
+ * corrupt the span table even with mprotect. The heap memfd holds what clients
+ * must write: objects, per span the object state bytes (a "slot"), the aux
+ * areas (class-1 state bytes, class-2 block words) and the stats slots.
  *
  * Mapping: meta PROT_READ, heap PROT_READ|PROT_WRITE, both MAP_SHARED |
  * MAP_FIXED_NOREPLACE, and the heap also MAP_NORESERVE: with a hugetlb heap
@@ -36,150 +28,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "debug.h"
+#include "layout.h"
 #include "sizeclasses.h"
-
-#define HD_MAGIC            0x3176645f70616568ull   /* "heapd_v1" little-endian */
-#define HD_LAYOUT_VERSION   2u                      /* 2: client stats slots */
-#define HD_PROTO_VERSION    1u
-#define HD_DEFAULT_BASE     0x200000000000ull       /* 32 TiB: far above brk, below mmap_base */
-#define HD_SEG_ALIGN        (2u << 20)              /* region alignment: 2 MiB huge pages */
-#define HD_HEADER_BYTES     4096u
-#define HD_MAX_MSG          65536u                  /* largest RPC packet */
-#define HD_MAX_BATCH        64u                     /* spans per Refill/Release/FreeLarge */
-#define HD_MAX_NPAGES       (1ull << 31)            /* span ids and pagemap entries are u32 */
-#define HD_NO_SPAN          UINT32_MAX
-
-/* Span states. The daemon moves spans between them; clients only read them. */
-enum hd_span_state {
-    HD_SPAN_FREE = 0,    /* pages belong to the page allocator; no objects */
-    HD_SPAN_CENTRAL = 1, /* in an mcentral set; the daemon owns alloc_bits */
-    HD_SPAN_CACHED = 2,  /* cached by client `owner`; it owns alloc_bits */
-    HD_SPAN_LARGE = 3,   /* one large object (sizeclass 0), allocated by `owner` */
-};
-
-/* One span, in the span table at its first page. 32 bytes. */
-typedef struct hd_span {
-    uint32_t npages;            /* pages in the span */
-    _Atomic uint8_t state;      /* enum hd_span_state (daemon stores with release) */
-    uint8_t sizeclass;          /* 1..67, or 0 for a large span */
-    uint8_t needzero;           /* 1: free slots/pages may hold old data (pages reused
-                                   unpunched, or the span came back from a cache);
-                                   0: everything not allocated reads as zero */
-    uint8_t _pad0;
-    uint32_t elemsize;          /* bytes per object; npages*8192 for large (0 from 4 GiB: use npages) */
-    uint32_t divmagic;          /* hd_class_to_divmagic[sizeclass]; 0 for large */
-    uint16_t nelems;            /* objects in the span; 1 for large */
-    uint16_t _pad1;
-    uint32_t owner;             /* client id while CACHED, allocating client if LARGE */
-    uint32_t gen;               /* bumped every time a span starts at this page */
-    uint32_t _pad2;
-} hd_span_t;
-_Static_assert(sizeof(hd_span_t) == 32, "span table entry size");
-
-/* Per-span slot in the heap memfd, at slots_off + id * sizeof(hd_slot_t). */
-#define HD_BITMAP_WORDS (HD_MAX_OBJS_PER_SPAN / 64)
-typedef struct hd_slot {
-    _Atomic uint64_t alloc_bits[HD_BITMAP_WORDS]; /* 1 = allocated (owner writes) */
-    _Atomic uint64_t free_bits[HD_BITMAP_WORDS];  /* 1 = freed, not yet swept (anyone) */
-} hd_slot_t;
-_Static_assert(sizeof(hd_slot_t) == 256, "slot size");
-
-/* Tiny blocks: class-2 spans are cut into 16 B blocks that pack objects under
- * 16 B. Each block has a word in the span's hd_tiny_t (tiny_off + id * 2 KiB;
- * committed only for class-2 spans):
- *   bits  0..15  an object that is still live starts at this byte
- *   bits 16..30  an object allocated in this block ends at byte (bit - 16);
- *                an object whose end has no bit ends at byte 15
- *   bit  31      the block is open: a cache is still packing objects into it
- * A block is free when no start bit is set and it is not open; whoever makes
- * it so (a free, or the cache closing it) resets the word to 0 and frees the
- * block's object in the bitmap. */
-#define HD_TINY_BLOCKS  (HD_PAGE_SIZE / HD_TINY_SIZE)  /* 512 blocks in a class-2 span */
-#define HD_TINY_OPEN    (1u << 31)
-typedef struct hd_tiny {
-    _Atomic uint32_t block[HD_TINY_BLOCKS];
-} hd_tiny_t;
-_Static_assert(sizeof(hd_tiny_t) == 2048, "tiny area size");
-
-/* Client stats slots (memstats, Go's consistentHeapStats): one per connected
- * client, at cstats_off + slot * sizeof(hd_cstats_t) in the heap memfd. The
- * daemon assigns a slot at Hello (Welcome.slot; slot 0 is never used, so 0
- * means none), zeroes it and writes `owner`; the client adds its threads'
- * counters into it under `seq` (odd while an update is under way) on refill,
- * release, thread exit, heapd_flush and detach; the daemon reads it without
- * an RPC, retrying while seq is odd or changed, and folds it into retired
- * totals when the client disconnects. Counters only grow.
- *  - small_allocs[c]: objects of class c allocated (class 2: 16 B tiny blocks)
- *  - small_frees[c]:  objects of class c freed by this process (tiny blocks
- *                     when their last object goes, or their cache closes them)
- *  - tiny_allocs:     tiny objects packed into an open block (Go's
- *                     tinyAllocCount: counted as a malloc and a free at once)
- *  - large_*:         large objects and their bytes (whole pages)
- *  - mcache_bytes:    a gauge: bytes of this process's thread caches */
-#define HD_STAT_SLOTS       4096u
-typedef struct hd_cstats {
-    _Atomic uint64_t seq;                /* odd while the client updates the counters */
-    _Atomic uint32_t owner;              /* client id the daemon gave the slot to */
-    uint32_t _pad0;
-    _Atomic uint64_t small_allocs[HD_NUM_SIZE_CLASSES];
-    _Atomic uint64_t small_frees[HD_NUM_SIZE_CLASSES];
-    _Atomic uint64_t tiny_allocs;
-    _Atomic uint64_t large_allocs, large_alloc_bytes;
-    _Atomic uint64_t large_frees, large_free_bytes;
-    _Atomic uint64_t mcache_bytes;
-    _Atomic uint64_t flushes;            /* updates made (diagnostics) */
-    uint64_t _reserved[256 - 2 - 2 * HD_NUM_SIZE_CLASSES - 7];
-} hd_cstats_t;
-_Static_assert(sizeof(hd_cstats_t) == 2048, "client stats slot size");
-
-/* The first 4 KiB of the meta memfd. Layout fields are fixed at creation; the
- * books below them are published by the daemon after every change. */
-typedef struct hd_header {
-    uint64_t magic;
-    uint32_t layout_version;
-    uint32_t proto_version;
-    uint64_t base;              /* address of the meta mapping in every process */
-    uint64_t meta_size;         /* bytes of the meta memfd; the heap maps at base+meta_size */
-    uint64_t heap_size;         /* bytes of the heap memfd */
-    uint64_t npages;            /* heap pages */
-    uint64_t span_off;          /* meta offset of hd_span_t[npages] */
-    uint64_t pagemap_off;       /* meta offset of uint32_t[npages] */
-    uint64_t slots_off;         /* heap-memfd offset of hd_slot_t[npages] */
-    uint64_t tiny_off;          /* heap-memfd offset of hd_tiny_t[npages] */
-    uint64_t pages_off;         /* heap-memfd offset of page 0 (2 MiB aligned) */
-    uint64_t cstats_off;        /* heap-memfd offset of hd_cstats_t[HD_STAT_SLOTS] */
-    uint64_t _layout_reserved[4];
-
-    /* daemon books (relaxed atomics; `books_seq` bumps after each update) */
-    _Atomic uint64_t books_seq;
-    _Atomic uint64_t spans_inuse;       /* spans not FREE */
-    _Atomic uint64_t spans_cached;
-    _Atomic uint64_t spans_central;
-    _Atomic uint64_t spans_large;
-    _Atomic uint64_t pages_inuse;       /* pages in spans */
-    _Atomic uint64_t pages_grown;       /* pages the page allocator has taken on */
-    _Atomic uint64_t objects_central;   /* live objects in CENTRAL spans, as of their last sweep */
-    _Atomic uint64_t clients;           /* connected clients */
-    _Atomic uint64_t clients_total;     /* clients ever accepted */
-    _Atomic uint64_t refills;           /* Refill requests served */
-    _Atomic uint64_t bad_requests;      /* requests refused as invalid */
-    /* limits and the scavenger (daemon/scavenge.h says what each counts) */
-    _Atomic uint64_t soft_limit, hard_limit;        /* bytes, 0 = none */
-    _Atomic uint64_t committed_bytes;   /* heap pages in use + free unreleased, + metadata */
-    _Atomic uint64_t released_bytes;    /* free heap pages returned to the OS (or never touched) */
-    _Atomic uint64_t overshoot_max;     /* most committed_bytes ever exceeded soft_limit by */
-    _Atomic uint64_t scavenged_total;   /* bytes released since start */
-    _Atomic uint64_t scavenge_runs;     /* background slices + forced passes */
-    _Atomic uint64_t pressure_sent, flush_sent;     /* unsolicited messages sent */
-    _Atomic uint64_t hard_limit_refusals;           /* ENOMEM from the hard limit or a quota */
-} hd_header_t;
-_Static_assert(sizeof(hd_header_t) <= HD_HEADER_BYTES, "header fits its page");
 
 /* A process's view of a mapped segment (filled from the header at attach). */
 typedef struct hd_seg {
     hd_header_t *hdr;
     hd_span_t *spans;
-    uint32_t *pagemap;
+    _Atomic uint32_t *pagemap;
     hd_slot_t *slots;
     hd_tiny_t *tiny;
     hd_cstats_t *cstats;        /* client stats slots */
@@ -213,7 +70,7 @@ static inline void hd_seg_view(hd_seg_t *s, hd_header_t *hdr)
     char *meta = (char *)hdr, *heap = meta + hdr->meta_size;
     s->hdr = hdr;
     s->spans = (hd_span_t *)(meta + hdr->span_off);
-    s->pagemap = (uint32_t *)(meta + hdr->pagemap_off);
+    s->pagemap = (_Atomic uint32_t *)(meta + hdr->pagemap_off);
     s->slots = (hd_slot_t *)(heap + hdr->slots_off);
     s->tiny = (hd_tiny_t *)(heap + hdr->tiny_off);
     s->cstats = (hd_cstats_t *)(heap + hdr->cstats_off);
@@ -226,8 +83,60 @@ static inline uintptr_t hd_page_addr(const hd_seg_t *s, uint64_t page)
     return s->pages + (uintptr_t)page * HD_PAGE_SIZE;
 }
 
+/* ---- span table and pagemap (writer: the daemon; layout.h) ---------------- */
+
+/* A span's state, as anyone reads it: acquire, pairs with the release in
+ * hd_span_publish, so the span's fields, slot and pagemap written before the
+ * publish are visible. */
+static inline uint8_t hd_span_state(const hd_span_t *sp)
+{
+    return atomic_load_explicit(&((hd_span_t *)sp)->state, memory_order_acquire);
+}
+
+/* The daemon reading a state it wrote itself (its own thread: no ordering). */
+static inline uint8_t hd_span_state_own(const hd_span_t *sp)
+{
+    return atomic_load_explicit(&((hd_span_t *)sp)->state, memory_order_relaxed);
+}
+
+static inline int hd_span_move_legal(uint8_t from, uint8_t to)
+{
+    switch (from) {
+    case HD_SPAN_FREE:    return to == HD_SPAN_CENTRAL || to == HD_SPAN_CACHED || to == HD_SPAN_LARGE;
+    case HD_SPAN_CENTRAL: return to == HD_SPAN_CACHED || to == HD_SPAN_FREE;
+    case HD_SPAN_CACHED:  return to == HD_SPAN_CENTRAL || to == HD_SPAN_FREE;
+    case HD_SPAN_LARGE:   return to == HD_SPAN_FREE;
+    default:              return 0;
+    }
+}
+
+/* Daemon only: publish a span's new state. Release: everything written to the
+ * span, its slot and its pagemap before this is seen by whoever loads the
+ * state with hd_span_state (acquire). Stored LAST. */
+static inline void hd_span_publish(hd_span_t *sp, uint8_t st)
+{
+    HD_DEBUG_CHECK(hd_span_move_legal(hd_span_state_own(sp), st), "illegal span state move %u -> %u",
+                   hd_span_state_own(sp), st);
+    atomic_store_explicit(&sp->state, st, memory_order_release);
+}
+
+/* Daemon only: pagemap[page] = id + 1 (0: no span). Release, and before the
+ * state publish when a span is made: a reader that finds the entry through
+ * hd_span_of (acquire) and then loads the state sees a consistent span. */
+static inline void hd_pagemap_set(const hd_seg_t *s, uint64_t page, uint32_t v)
+{
+    atomic_store_explicit(&s->pagemap[page], v, memory_order_release);
+}
+
+/* The raw entry (id + 1, or 0): acquire, pairs with hd_pagemap_set. */
+static inline uint32_t hd_pagemap_get(const hd_seg_t *s, uint64_t page)
+{
+    return atomic_load_explicit(&s->pagemap[page], memory_order_acquire);
+}
+
 /* Span id of the live span holding p, or HD_NO_SPAN (p outside the heap pages
- * or on a page no span covers). */
+ * or on a page no span covers). The caller then checks hd_span_state: the
+ * entry may belong to a span that is going away. */
 static inline uint32_t hd_span_of(const hd_seg_t *s, const void *p)
 {
     uintptr_t a = (uintptr_t)p;
@@ -236,8 +145,87 @@ static inline uint32_t hd_span_of(const hd_seg_t *s, const void *p)
     uint64_t page = (a - s->pages) >> HD_PAGE_SHIFT;
     if (page >= s->npages)
         return HD_NO_SPAN;
-    uint32_t e = __atomic_load_n(&s->pagemap[page], __ATOMIC_ACQUIRE);
+    uint32_t e = hd_pagemap_get(s, page);
     return e ? e - 1 : HD_NO_SPAN;
+}
+
+/* ---- header books (writer: the daemon; a seqlock on books_seq) -------------- */
+
+/* Daemon: open a batch of book updates (seq odd) unless one is open. The
+ * release fence orders the odd seq before the book stores that follow, for a
+ * reader that sees a book value it must also see seq odd or changed (pairs
+ * with the acquire fence in hd_books_snapshot). */
+static inline void hd_books_begin(hd_header_t *h)
+{
+    uint64_t q = atomic_load_explicit(&h->books_seq, memory_order_relaxed);
+    if (!(q & 1)) {
+        atomic_store_explicit(&h->books_seq, q + 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_release);
+    }
+}
+
+/* Daemon: close the batch (seq even). Release: pairs with the acquire load of
+ * books_seq in hd_books_snapshot, so a reader that sees the new even value
+ * sees every book of the batch. */
+static inline void hd_books_end(hd_header_t *h)
+{
+    uint64_t q = atomic_load_explicit(&h->books_seq, memory_order_relaxed);
+    if (q & 1)
+        atomic_store_explicit(&h->books_seq, q + 1, memory_order_release);
+}
+
+/* Daemon: book += d, inside a batch (relaxed: the seqlock orders it). */
+static inline void hd_book_add(hd_header_t *h, _Atomic uint64_t *b, int64_t d)
+{
+    hd_books_begin(h);
+    atomic_store_explicit(b, atomic_load_explicit(b, memory_order_relaxed) + (uint64_t)d, memory_order_relaxed);
+}
+
+/* Daemon: book = v, inside a batch. */
+static inline void hd_book_set(hd_header_t *h, _Atomic uint64_t *b, uint64_t v)
+{
+    hd_books_begin(h);
+    atomic_store_explicit(b, v, memory_order_relaxed);
+}
+
+/* One book, on its own (relaxed: a value the daemon stored whole). */
+static inline uint64_t hd_book(const _Atomic uint64_t *b)
+{
+    return atomic_load_explicit((_Atomic uint64_t *)b, memory_order_relaxed);
+}
+
+/* Anyone: a consistent copy of every book (out's layout fields are copied
+ * too, plainly: they never change). Retries while a batch is under way or
+ * one ended meanwhile, at most tries times; false when none succeeded (the
+ * copy is then whatever the last try read). */
+static inline int hd_books_snapshot(const hd_header_t *h, hd_header_t *out, unsigned tries)
+{
+    hd_header_t *w = (hd_header_t *)h;
+    for (unsigned t = 0; t < tries; t++) {
+        uint64_t s1 = atomic_load_explicit(&w->books_seq, memory_order_acquire);  /* pairs with hd_books_end */
+        *out = (hd_header_t){0};
+        out->magic = w->magic;
+        out->layout_version = w->layout_version;
+        out->proto_version = w->proto_version;
+        out->base = w->base;
+        out->meta_size = w->meta_size;
+        out->heap_size = w->heap_size;
+        out->npages = w->npages;
+        out->span_off = w->span_off;
+        out->pagemap_off = w->pagemap_off;
+        out->slots_off = w->slots_off;
+        out->tiny_off = w->tiny_off;
+        out->pages_off = w->pages_off;
+        out->cstats_off = w->cstats_off;
+        for (_Atomic uint64_t *b = &w->HD_BOOKS_FIRST, *o = &out->HD_BOOKS_FIRST; b <= &w->HD_BOOKS_LAST; b++, o++)
+            atomic_store_explicit(o, hd_book(b), memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);      /* pairs with the fence in hd_books_begin */
+        uint64_t s2 = atomic_load_explicit(&w->books_seq, memory_order_relaxed);
+        atomic_store_explicit(&out->books_seq, s2, memory_order_relaxed);
+        if (s1 == s2 && !(s1 & 1))
+            return 1;
+    }
+    return 0;
 }
 
 /* Offsets, for data that must outlive a mapping: relative to heap page 0. */

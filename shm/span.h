@@ -1,32 +1,55 @@
-/* span: the per-span bitmap protocol that replaces Go's GC sweep.
+/* span: the object-state protocol that replaces Go's GC sweep.
  *
- * Each small span has, in its slot (segment.h), alloc_bits and free_bits:
- *  - allocation (owner only): the owner finds a clear alloc bit (freeindex +
- *    allocCache, in the client) and sets it. The owner is the client thread
- *    caching the span, or the daemon while the span is CENTRAL: one writer.
+ * Each object of a small span has a state byte (layout.h: FREE, ALLOCATED,
+ * FREED, and who may make which move):
+ *  - allocation (owner only): the owner finds a FREE byte (freeindex +
+ *    allocCache, in the client: a 64-bit mask of FREE bytes) and stores
+ *    ALLOCATED. The owner is the client thread caching the span, or the daemon
+ *    while it is CENTRAL: one writer of FREE bytes, so a plain store.
  *  - free (any thread of any process): find the span by the pagemap, the index
- *    by divMagic, check the address is an object start and its alloc bit is
- *    set, then atomically set its free bit. A free bit already set is a double
- *    free; a clear alloc bit is an invalid (or double, after a sweep) free.
- *  - sweep (owner only): for each word, take free_bits with an atomic exchange
- *    to 0 and clear those bits in alloc_bits. That is the whole sweep.
+ *    by divMagic, check the address is an object start, then one CAS
+ *    ALLOCATED -> FREED. A FREED byte is a double free (not yet swept), a FREE
+ *    byte an invalid or double free (after the sweep); neither is written.
+ *  - sweep (owner only): every FREED byte becomes FREE. That is the whole
+ *    sweep; the count of bytes that are not FREE afterwards is the live count.
+ * Since a free checks and sets in one step, there are no stale free bits: a
+ * double free is caught, or (once the slot was handed out again) frees the
+ * object that lives there at that moment: never a later one.
  * Class-2 spans (16 B objects) serve the tiny allocator: each 16 B block packs
- * objects under 16 B, and its word in the span's hd_tiny_t (segment.h) records
- * where live objects start and where objects end. The block's alloc bit stays
- * set until the last object is freed and no cache holds it open; only then is
- * its free bit set. A 16-byte request is a block holding one object. Tiny
+ * objects under 16 B, and its word in the span's aux area (layout.h) records
+ * where live objects start and where objects end. The block's state stays
+ * ALLOCATED until the last object is freed and no cache holds it open; only
+ * then is it FREED. A 16-byte request is a block holding one object. Tiny
  * frees are validated exactly (the start bit must be set) and their usable
- * size is known (the next end bit). Known limit: a double free that races a
- * sweep of the same span can slip through (the second free lands after the
- * fold); serial double frees are always caught.
+ * size is known (the next end bit).
  */
 #ifndef HEAPD_SHM_SPAN_H
 #define HEAPD_SHM_SPAN_H
 
 #include <stdbool.h>
 #include <stdint.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "segment.h"
+
+/* ThreadSanitizer cannot see a vector load of atomic bytes as atomic: under
+ * it the masks read byte by byte (the portable path). */
+#if defined(__SANITIZE_THREAD__)
+#define HD_STATES_SIMD 0
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define HD_STATES_SIMD 0
+#endif
+#endif
+#ifndef HD_STATES_SIMD
+#if defined(__SSE2__)
+#define HD_STATES_SIMD 1
+#else
+#define HD_STATES_SIMD 0
+#endif
+#endif
 
 enum hd_free_result {
     HD_FREE_OK = 0,
@@ -37,60 +60,196 @@ enum hd_free_result {
     HD_FREE_DOUBLE,      /* already freed and not yet swept */
 };
 
+/* The state bytes of small span id of class sizeclass: in its slot, or for
+ * class 1 (1024 objects) in its aux area. */
+typedef _Atomic uint8_t hd_ostate_t;
+static inline hd_ostate_t *hd_states_of(const hd_seg_t *s, uint32_t id, unsigned sizeclass)
+{
+    return hd_class_to_nobjs[sizeclass] > HD_SLOT_STATES ? s->tiny[id].state : s->slots[id].state;
+}
+
 static inline hd_slot_t *hd_slot_of(const hd_seg_t *s, uint32_t id) { return &s->slots[id]; }
 
-static inline unsigned hd_bitmap_words(unsigned nelems) { return (nelems + 63) / 64; }
+/* Bytes of state a span of class c needs (nelems, rounded up to 64-object
+ * windows: the allocCache reads whole windows). */
+static inline unsigned hd_states_len(unsigned nelems) { return (nelems + 63) & ~63u; }
 
-static inline bool hd_bit_get(_Atomic uint64_t *bm, unsigned i)
+/* Object i's state, as the owner reads it (relaxed: the owner's own writes,
+ * or a FREE/ALLOCATED it only compares). */
+static inline uint8_t hd_obj_state(const hd_ostate_t *st, unsigned i)
 {
-    return atomic_load_explicit(&bm[i / 64], memory_order_relaxed) >> (i % 64) & 1;
+    return atomic_load_explicit((hd_ostate_t *)&st[i], memory_order_relaxed);
 }
 
-/* Owner only: mark object i allocated. A plain read-modify-write: the owner is
- * the only writer of alloc_bits; release order so that a process that learns of
- * the object through shared memory also sees the bit. */
-static inline void hd_alloc_bit_set(hd_slot_t *sl, unsigned i)
+/* Object i's state as anyone reads it (heapd_usable_size): acquire, pairs
+ * with the release of hd_obj_alloc. */
+static inline uint8_t hd_obj_state_acquire(const hd_ostate_t *st, unsigned i)
 {
-    uint64_t w = atomic_load_explicit(&sl->alloc_bits[i / 64], memory_order_relaxed);
-    atomic_store_explicit(&sl->alloc_bits[i / 64], w | (1ull << (i % 64)), memory_order_release);
+    return atomic_load_explicit((hd_ostate_t *)&st[i], memory_order_acquire);
 }
 
-/* Owner only: fold free_bits into alloc_bits. Returns the live objects left;
- * *nfreed (if not NULL) gets how many frees were folded. */
-static inline unsigned hd_span_sweep(hd_slot_t *sl, unsigned nelems, unsigned *nfreed)
+/* Owner only: object i (FREE) is allocated. A plain store: nobody else ever
+ * writes a FREE byte. Release, so that a process that learns of the object
+ * through shared memory and frees it (CAS acquire) finds it ALLOCATED. */
+static inline void hd_obj_alloc(hd_ostate_t *st, unsigned i)
+{
+    HD_DEBUG_CHECK(hd_obj_state(st, i) == HD_OBJ_FREE, "allocating object %u in state %u", i, hd_obj_state(st, i));
+    atomic_store_explicit(&st[i], HD_OBJ_ALLOCATED, memory_order_release);
+}
+
+/* Anyone: free object i: one CAS ALLOCATED -> FREED. acq_rel: release so the
+ * owner's sweep (acquire) sees the freer's last writes to the object before
+ * handing it out again; acquire pairs with hd_obj_alloc's release. */
+static inline enum hd_free_result hd_obj_free(hd_ostate_t *st, unsigned i)
+{
+    uint8_t want = HD_OBJ_ALLOCATED;
+    if (atomic_compare_exchange_strong_explicit(&st[i], &want, HD_OBJ_FREED, memory_order_acq_rel,
+                                                memory_order_relaxed))
+        return HD_FREE_OK;
+    return want == HD_OBJ_FREED ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
+}
+
+/* Owner only: free object i straight to FREE (a free by the thread that owns
+ * the span, no sweep needed). A CAS, because a remote free may race it on the
+ * ALLOCATED byte: whoever wins frees it, the other sees a double free. */
+static inline enum hd_free_result hd_obj_free_owner(hd_ostate_t *st, unsigned i)
+{
+    uint8_t want = HD_OBJ_ALLOCATED;
+    if (atomic_compare_exchange_strong_explicit(&st[i], &want, HD_OBJ_FREE, memory_order_acq_rel,
+                                                memory_order_relaxed))
+        return HD_FREE_OK;
+    return want == HD_OBJ_FREED ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
+}
+
+/* Owner only (the sweep of one object): FREED -> FREE, in two steps:
+ * hd_obj_freed, an acquire load (pairs with the release of hd_obj_free, so
+ * the freer's writes to the object happen before the owner hands it out
+ * again), then hd_obj_unfree, a plain store: nobody else writes a FREED byte.
+ * hd_obj_sweep does both; returns whether the object was FREED. */
+static inline bool hd_obj_freed(const hd_ostate_t *st, unsigned i)
+{
+    return atomic_load_explicit((hd_ostate_t *)&st[i], memory_order_acquire) == HD_OBJ_FREED;
+}
+static inline void hd_obj_unfree(hd_ostate_t *st, unsigned i)
+{
+    atomic_store_explicit(&st[i], HD_OBJ_FREE, memory_order_relaxed);
+}
+static inline bool hd_obj_sweep(hd_ostate_t *st, unsigned i)
+{
+    if (!hd_obj_freed(st, i))
+        return false;
+    hd_obj_unfree(st, i);
+    return true;
+}
+
+/* Daemon, making a span: every state byte of it FREE. Atomic stores, not a
+ * memset: a free that passed its span check before the span's pages went
+ * back may still CAS a byte here (it fails: the byte is not ALLOCATED), and
+ * atomics on both sides keep that a defined race. */
+static inline void hd_states_reset(hd_ostate_t *st, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        atomic_store_explicit(&st[i], HD_OBJ_FREE, memory_order_relaxed);
+}
+
+/* Bit k set iff byte k of the 64 bytes at st (64-aligned window) equals v.
+ * Relaxed as a whole: the owner builds its allocCache from FREE bytes, which
+ * only it writes. */
+static inline uint64_t hd_states_mask64(const hd_ostate_t *st, uint8_t v)
+{
+#if HD_STATES_SIMD
+    const __m128i *p = (const __m128i *)(const void *)st, want = _mm_set1_epi8((char)v);
+    uint64_t m = 0;
+    for (int k = 0; k < 4; k++)
+        m |= (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_load_si128(p + k), want)) << (16 * k);
+    return m;
+#else
+    uint64_t m = 0;
+    for (unsigned k = 0; k < 64; k++)
+        m |= (uint64_t)(hd_obj_state(st, k) == v) << k;
+    return m;
+#endif
+}
+
+/* The allocCache word of window w: bit k set iff object 64w+k is FREE. Bytes
+ * of any other value (ALLOCATED, FREED, or a scribble) are never handed out. */
+static inline uint64_t hd_states_free_mask(const hd_ostate_t *st, unsigned w)
+{
+    return hd_states_mask64(st + 64 * w, HD_OBJ_FREE);
+}
+
+/* Mask of the first n % 64 objects of the last window (all 64 when n%64 == 0). */
+static inline uint64_t hd_window_mask(unsigned nelems, unsigned w)
+{
+    unsigned left = nelems - 64 * w;
+    return left >= 64 ? ~0ull : (1ull << left) - 1;
+}
+
+/* Objects that are not FREE among the first nelems: live ones (ALLOCATED),
+ * freed ones not yet swept, and scribbles. At most nelems whatever a process
+ * wrote. */
+static inline unsigned hd_span_inuse(const hd_ostate_t *st, unsigned nelems)
+{
+    unsigned n = 0;
+    for (unsigned w = 0; w * 64 < nelems; w++)
+        n += (unsigned)__builtin_popcountll(~hd_states_free_mask(st, w) & hd_window_mask(nelems, w));
+    return n;
+}
+
+/* Owner only: sweep: every FREED object of the first nelems becomes FREE.
+ * Returns the objects still not FREE (live); *nfreed (if not NULL) gets how
+ * many frees were swept. Bounded by nelems whatever the bytes hold. */
+static inline unsigned hd_span_sweep(hd_ostate_t *st, unsigned nelems, unsigned *nfreed)
 {
     unsigned live = 0, freed = 0;
-    for (unsigned w = 0; w < hd_bitmap_words(nelems); w++) {
-        uint64_t a = atomic_load_explicit(&sl->alloc_bits[w], memory_order_relaxed);
-        if (atomic_load_explicit(&sl->free_bits[w], memory_order_relaxed)) {
-            uint64_t f = atomic_exchange_explicit(&sl->free_bits[w], 0, memory_order_acq_rel);
-            f &= a;                          /* stray bits on free slots mean nothing */
-            freed += (unsigned)__builtin_popcountll(f);
-            a &= ~f;
-            atomic_store_explicit(&sl->alloc_bits[w], a, memory_order_release);
-        }
-        live += (unsigned)__builtin_popcountll(a);
+    for (unsigned w = 0; w * 64 < nelems; w++) {
+        uint64_t win = hd_window_mask(nelems, w);
+        uint64_t f = hd_states_mask64(st + 64 * w, HD_OBJ_FREED) & win;
+        for (uint64_t m = f; m; m &= m - 1)
+            freed += hd_obj_sweep(st, 64 * w + (unsigned)__builtin_ctzll(m));
+        live += (unsigned)__builtin_popcountll(~hd_states_free_mask(st, w) & win);
     }
     if (nfreed)
         *nfreed = freed;
     return live;
 }
 
-/* Set object i's free bit. */
-static inline enum hd_free_result hd_free_index(hd_slot_t *sl, unsigned i)
+static inline hd_tiny_t *hd_tiny_of(const hd_seg_t *s, uint32_t id) { return &s->tiny[id]; }
+
+/* Daemon, making a class-2 span: every block word 0 (atomic stores for the
+ * reason given at hd_states_reset). */
+static inline void hd_tiny_reset(hd_tiny_t *t)
 {
-    if (!hd_bit_get(sl->alloc_bits, i))
-        return HD_FREE_NOT_LIVE;
-    uint64_t bit = 1ull << (i % 64);
-    uint64_t old = atomic_fetch_or_explicit(&sl->free_bits[i / 64], bit, memory_order_acq_rel);
-    return (old & bit) ? HD_FREE_DOUBLE : HD_FREE_OK;
+    for (unsigned b = 0; b < HD_TINY_BLOCKS; b++)
+        atomic_store_explicit(&t->block[b], 0, memory_order_relaxed);
 }
 
-static inline hd_tiny_t *hd_tiny_of(const hd_seg_t *s, uint32_t id) { return &s->tiny[id]; }
+/* A block word, as anyone reads it (usable size, the daemon closing open
+ * blocks): acquire, pairs with the owner's release store of a new block
+ * word and the frees' CAS. */
+static inline uint32_t hd_tiny_word(const hd_tiny_t *t, unsigned b)
+{
+    return atomic_load_explicit(&((hd_tiny_t *)t)->block[b], memory_order_acquire);
+}
+
+/* Owner only: block b (its state just became ALLOCATED) starts with word w.
+ * Release: a free that finds one of its objects (CAS acquire) sees it. */
+static inline void hd_tiny_start(hd_tiny_t *t, unsigned b, uint32_t w)
+{
+    atomic_store_explicit(&t->block[b], w, memory_order_release);
+}
+
+/* Owner only: pack one more object into its open block b (bits: its start
+ * and end). fetch_or, because frees of the block's other objects CAS the
+ * word at the same time. Release: pairs with the acquire of those frees. */
+static inline void hd_tiny_pack(hd_tiny_t *t, unsigned b, uint32_t bits)
+{
+    atomic_fetch_or_explicit(&t->block[b], bits, memory_order_release);
+}
 
 /* Free the tiny object starting at byte j of block b. *block_freed says
  * whether this free also freed the block (it was the last one out). */
-static inline enum hd_free_result hd_tiny_free_ex(hd_slot_t *sl, hd_tiny_t *t, unsigned b, unsigned j,
+static inline enum hd_free_result hd_tiny_free_ex(hd_ostate_t *st, hd_tiny_t *t, unsigned b, unsigned j,
                                                   bool *block_freed)
 {
     *block_freed = false;
@@ -104,22 +263,22 @@ static inline enum hd_free_result hd_tiny_free_ex(hd_slot_t *sl, hd_tiny_t *t, u
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
     *block_freed = nw == 0;
-    return nw == 0 ? hd_free_index(sl, b) : HD_FREE_OK;
+    return nw == 0 ? hd_obj_free(st, b) : HD_FREE_OK;
 }
 
-static inline enum hd_free_result hd_tiny_free(hd_slot_t *sl, hd_tiny_t *t, unsigned b, unsigned j)
+static inline enum hd_free_result hd_tiny_free(hd_ostate_t *st, hd_tiny_t *t, unsigned b, unsigned j)
 {
     bool freed;
-    return hd_tiny_free_ex(sl, t, b, j, &freed);
+    return hd_tiny_free_ex(st, t, b, j, &freed);
 }
 
 /* Close block b: clear its open bit. If no object in it is live, the word
- * resets and the block itself is freed (its free bit set; the next sweep
- * folds it). The cache that opened the block calls this when it moves to
+ * resets and the block itself is freed (its state FREED; the next sweep
+ * makes it FREE). The cache that opened the block calls this when it moves to
  * another block or gives the span back; an open block always lies in a span
  * its client caches, so the daemon closes every block still open in the
  * class-2 spans it reclaims from a client that is gone. */
-static inline enum hd_free_result hd_tiny_close_ex(hd_slot_t *sl, hd_tiny_t *t, unsigned b, bool *block_freed)
+static inline enum hd_free_result hd_tiny_close_ex(hd_ostate_t *st, hd_tiny_t *t, unsigned b, bool *block_freed)
 {
     *block_freed = false;
     uint32_t w = atomic_load_explicit(&t->block[b], memory_order_relaxed), nw;
@@ -132,13 +291,13 @@ static inline enum hd_free_result hd_tiny_close_ex(hd_slot_t *sl, hd_tiny_t *t, 
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
     *block_freed = nw == 0;
-    return nw == 0 ? hd_free_index(sl, b) : HD_FREE_OK;
+    return nw == 0 ? hd_obj_free(st, b) : HD_FREE_OK;
 }
 
-static inline enum hd_free_result hd_tiny_close(hd_slot_t *sl, hd_tiny_t *t, unsigned b)
+static inline enum hd_free_result hd_tiny_close(hd_ostate_t *st, hd_tiny_t *t, unsigned b)
 {
     bool freed;
-    return hd_tiny_close_ex(sl, t, b, &freed);
+    return hd_tiny_close_ex(st, t, b, &freed);
 }
 
 /* Usable bytes of the tiny object starting at byte j of block word w. */
@@ -152,8 +311,8 @@ static inline unsigned hd_tiny_usable(uint32_t w, unsigned j)
 /* The free path for any pointer, from any process. Small objects are freed
  * here; large ones are reported as HD_FREE_LARGE for the caller's RPC. *idp
  * gets the span id when one was found. On HD_FREE_OK, *cls gets the size
- * class of the object whose free bit was set (for memstats), or 0 when none
- * was: a tiny object whose block still holds others. */
+ * class of the object that became FREED (for memstats), or 0 when none
+ * was freed: a tiny object whose block still holds others. */
 static inline enum hd_free_result hd_free_ex(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls)
 {
     *cls = 0;
@@ -162,16 +321,15 @@ static inline enum hd_free_result hd_free_ex(const hd_seg_t *s, void *p, uint32_
         return HD_FREE_NOT_HEAP;
     *idp = id;
     const hd_span_t *sp = &s->spans[id];
-    uint8_t st = atomic_load_explicit(&((hd_span_t *)sp)->state, memory_order_acquire);
+    uint8_t st = hd_span_state(sp);
     uintptr_t off = (uintptr_t)p - hd_page_addr(s, id);
     if (st == HD_SPAN_LARGE)
         return off == 0 ? HD_FREE_LARGE : HD_FREE_NOT_START;
     if (st != HD_SPAN_CACHED && st != HD_SPAN_CENTRAL)
         return HD_FREE_NOT_HEAP;
-    hd_slot_t *sl = hd_slot_of(s, id);
     if (sp->sizeclass == HD_TINY_SIZE_CLASS) {      /* tiny objects start at any byte */
         bool block;
-        enum hd_free_result r = hd_tiny_free_ex(sl, hd_tiny_of(s, id), (unsigned)(off / HD_TINY_SIZE),
+        enum hd_free_result r = hd_tiny_free_ex(hd_states_of(s, id, HD_TINY_SIZE_CLASS), hd_tiny_of(s, id), (unsigned)(off / HD_TINY_SIZE),
                                                 (unsigned)(off % HD_TINY_SIZE), &block);
         *cls = block ? HD_TINY_SIZE_CLASS : 0;
         return r;
@@ -182,7 +340,7 @@ static inline enum hd_free_result hd_free_ex(const hd_seg_t *s, void *p, uint32_
     if ((uintptr_t)i * sp->elemsize != off)
         return HD_FREE_NOT_START;
     *cls = sp->sizeclass;
-    return hd_free_index(sl, i);
+    return hd_obj_free(hd_states_of(s, id, sp->sizeclass), i);
 }
 
 static inline enum hd_free_result hd_free(const hd_seg_t *s, void *p, uint32_t *idp)

@@ -65,28 +65,26 @@ static void test_aligned_class(void)
     CU_ASSERT_EQUAL(mc_aligned_class(HD_MAX_SMALL_SIZE + 1, 8), 0);
 }
 
-/* ---- freeindex + allocCache over a hand-made slot ------------------------------------ */
+/* ---- freeindex + allocCache over hand-made object states ----------------------------- */
 
 static void test_alloc_cache(void)
 {
-    static hd_slot_t sl;
+    static _Alignas(64) hd_ostate_t sl[HD_MAX_OBJS_PER_SPAN];
     static const unsigned sizes[] = {1, 2, 7, 63, 64, 65, 127, 128, 170, 512, 1000, 1023, 1024};
     uint64_t st = test_seed(0x5eed);
     for (unsigned k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
         for (unsigned round = 0; round < 20; round++) {
             unsigned n = sizes[k];
-            memset(&sl, 0, sizeof sl);
+            hd_states_reset(sl, HD_MAX_OBJS_PER_SPAN);
             bool want[1024] = {0};
             unsigned density = (unsigned)(test_rand(&st) % 101);   /* % already allocated */
             for (unsigned i = 0; i < n; i++)
                 if (test_rand(&st) % 100 < density)
-                    hd_alloc_bit_set(&sl, i);
+                    hd_obj_alloc(sl, i);
                 else
                     want[i] = true;
-            /* junk past nelems must never be handed out */
-            if (n % 64)
-                atomic_fetch_and(&sl.alloc_bits[n / 64], (1ull << (n % 64)) - 1);
-            mc_span_t s = {.slot = &sl, .nelems = n, .elemsize = 1, .id = 0};
+            /* the FREE states past nelems must never be handed out */
+            mc_span_t s = {.states = sl, .nelems = n, .elemsize = 1, .id = 0};
             mc_span_rewind(&s);
             unsigned last = 0, got = 0;
             bool first = true;
@@ -98,7 +96,7 @@ static void test_alloc_cache(void)
                 CU_ASSERT(want[i]);
                 CU_ASSERT(first || i > last);                   /* increasing: each once */
                 want[i] = false;
-                hd_alloc_bit_set(&sl, i);
+                hd_obj_alloc(sl, i);
                 last = i;
                 first = false;
                 got++;
@@ -106,22 +104,22 @@ static void test_alloc_cache(void)
             for (unsigned i = 0; i < n; i++)
                 CU_ASSERT_FALSE(want[i]);
             CU_ASSERT_EQUAL(mc_span_next(&s), n);               /* stays exhausted */
-            CU_ASSERT_EQUAL(hd_span_sweep(&sl, n, NULL), n);
+            CU_ASSERT_EQUAL(hd_span_sweep(sl, n, NULL), n);
             /* free a few, sweep, rewind: exactly those come back */
             unsigned nfree = 0;
             for (unsigned i = 0; i < n; i++)
                 if (test_rand(&st) % 7 == 0) {
-                    CU_ASSERT_EQUAL(hd_free_index(&sl, i), HD_FREE_OK);
+                    CU_ASSERT_EQUAL(hd_obj_free(sl, i), HD_FREE_OK);
                     want[i] = true;
                     nfree++;
                 }
-            CU_ASSERT_EQUAL(hd_span_sweep(&sl, n, NULL), n - nfree);
+            CU_ASSERT_EQUAL(hd_span_sweep(sl, n, NULL), n - nfree);
             mc_span_rewind(&s);
             unsigned back = 0;
             for (unsigned i; (i = mc_span_next(&s)) < n; back++) {
                 CU_ASSERT(want[i]);
                 want[i] = false;
-                hd_alloc_bit_set(&sl, i);
+                hd_obj_alloc(sl, i);
             }
             CU_ASSERT_EQUAL(back, nfree);
             (void)got;
@@ -164,9 +162,9 @@ static void fk_span(uint32_t id, unsigned c, uint32_t npages, uint8_t st)
     sp->owner = FAKE_OWNER;
     sp->gen++;
     if (c) {
-        memset(hd_slot_of(&fk.s, id), 0, sizeof(hd_slot_t));
+        hd_states_reset(hd_states_of(&fk.s, id, c), hd_states_len(hd_class_to_nobjs[c]));
         if (c == HD_TINY_SIZE_CLASS)
-            memset(hd_tiny_of(&fk.s, id), 0, sizeof(hd_tiny_t));
+            hd_tiny_reset(hd_tiny_of(&fk.s, id));
     }
     if (fk.f->garbage)
         memset((void *)hd_page_addr(&fk.s, id), 0xAA, (size_t)npages * HD_PAGE_SIZE);
@@ -188,7 +186,7 @@ static int fk_refill(void *ctx, unsigned c, unsigned count, uint32_t *ids)
         uint32_t id = HD_NO_SPAN;
         for (unsigned j = f->ncentral[c]; j-- > 0 && id == HD_NO_SPAN;) {   /* released, with room */
             uint32_t cand = f->central[c][j];
-            if (hd_span_sweep(hd_slot_of(&fk.s, cand), hd_class_to_nobjs[c], NULL) < hd_class_to_nobjs[c]) {
+            if (hd_span_sweep(hd_states_of(&fk.s, cand, c), hd_class_to_nobjs[c], NULL) < hd_class_to_nobjs[c]) {
                 id = cand;
                 f->central[c][j] = f->central[c][--f->ncentral[c]];
             }
@@ -375,8 +373,7 @@ static bool block_freed(const void *blk)
 {
     uint32_t id = hd_span_of(&fk.s, blk);
     unsigned b = (unsigned)(((uintptr_t)blk - hd_page_addr(&fk.s, id)) / 16);
-    hd_slot_t *sl = hd_slot_of(&fk.s, id);
-    return hd_bit_get(sl->free_bits, b) || !hd_bit_get(sl->alloc_bits, b);
+    return hd_obj_state(hd_states_of(&fk.s, id, HD_TINY_SIZE_CLASS), b) != HD_OBJ_ALLOCATED;
 }
 
 static void test_tiny(void)

@@ -66,11 +66,13 @@ static void check_all(void)
 
 static void *obj(uint32_t id, unsigned i) { return (void *)(hd_page_addr(&S.view, id) + (uintptr_t)i * mheap_span(&H, id)->elemsize); }
 
+static hd_ostate_t *states(uint32_t id) { return hd_states_of(&S.view, id, mheap_span(&H, id)->sizeclass); }
+
 /* Allocate objects [from, to) as the owner would. */
 static void alloc_objs(uint32_t id, unsigned from, unsigned to)
 {
     for (unsigned i = from; i < to; i++)
-        hd_alloc_bit_set(hd_slot_of(&S.view, id), i);
+        hd_obj_alloc(states(id), i);
 }
 
 /* Free objects [from, to) as any process would. */
@@ -171,16 +173,18 @@ static void test_cache_span(void)
     CU_ASSERT_EQUAL(sp->divmagic, hd_class_to_divmagic[5]);
     CU_ASSERT_EQUAL(sp->gen, 1);
     CU_ASSERT_EQUAL(sp->needzero, 0);                       /* fresh memfd pages */
-    CU_ASSERT_EQUAL(S.view.pagemap[id], id + 1);
+    CU_ASSERT_EQUAL(hd_pagemap_get(&S.view, id), id + 1);
     CU_ASSERT_EQUAL(hd_span_of(&S.view, obj(id, 3)), id);
-    hd_slot_t *sl = hd_slot_of(&S.view, id);
-    for (unsigned w = 0; w < HD_BITMAP_WORDS; w++)
-        CU_ASSERT(sl->alloc_bits[w] == 0 && sl->free_bits[w] == 0);
+    CU_ASSERT_EQUAL(hd_span_inuse(states(id), HD_SLOT_STATES), 0);      /* every state FREE */
     CU_ASSERT_EQUAL(S.hdr->spans_inuse, 1);
     CU_ASSERT_EQUAL(S.hdr->spans_cached, 1);
     CU_ASSERT_EQUAL(S.hdr->pages_inuse, 1);
     CU_ASSERT_EQUAL(S.hdr->pages_grown, TEST_PAGES);       /* 128 MiB growth, capped by the segment */
-    CU_ASSERT(S.hdr->books_seq > 0);
+    hd_header_t snap;                                       /* the books are closed: a snapshot reads them */
+    CU_ASSERT_FATAL(hd_books_snapshot(S.hdr, &snap, 1));
+    CU_ASSERT_EQUAL(snap.books_seq % 2, 0);
+    CU_ASSERT_EQUAL(snap.spans_cached, 1);
+    CU_ASSERT_EQUAL(snap.pages_inuse, 1);
     memset(obj(id, 0), 0xab, sp->elemsize);                /* the page is committed and writable */
 
     /* a multi-page class */
@@ -188,7 +192,7 @@ static void test_cache_span(void)
     CU_ASSERT_FATAL(r >= 0);
     CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)r)->npages, hd_class_to_npages[67]);
     for (uint32_t p = (uint32_t)r; p < r + hd_class_to_npages[67]; p++)
-        CU_ASSERT_EQUAL(S.view.pagemap[p], (uint32_t)r + 1);
+        CU_ASSERT_EQUAL(hd_pagemap_get(&S.view, p), (uint32_t)r + 1);
     CU_ASSERT_EQUAL(mcentral_cache_span(&C, 0, 7), -EINVAL);
     CU_ASSERT_EQUAL(mcentral_cache_span(&C, HD_NUM_SIZE_CLASSES, 7), -EINVAL);
     check_all();
@@ -234,11 +238,11 @@ static void test_uncache_transitions(void)
     CU_ASSERT_EQUAL(hd_free(&S.view, (char *)obj(id, 3) + 1, &got), HD_FREE_NOT_START);
     CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 4), id);
     CU_ASSERT_EQUAL(S.hdr->objects_central, 0);
-    CU_ASSERT_EQUAL(hd_slot_of(&S.view, id)->alloc_bits[0], 0);   /* swept */
+    CU_ASSERT_EQUAL(hd_obj_state(states(id), 0), HD_OBJ_FREE);   /* swept */
     CU_ASSERT_EQUAL(hd_free(&S.view, obj(id, 3), &got), HD_FREE_NOT_LIVE);
     CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_FREED);
     CU_ASSERT_EQUAL(mheap_state(&H, id), HD_SPAN_FREE);
-    CU_ASSERT_EQUAL(S.view.pagemap[id], 0);
+    CU_ASSERT_EQUAL(hd_pagemap_get(&S.view, id), 0);
     CU_ASSERT_EQUAL(hd_free(&S.view, obj(id, 0), &got), HD_FREE_NOT_HEAP);
     CU_ASSERT(books_empty());
     check_all();
@@ -249,19 +253,19 @@ static void test_sweep_folds(void)
 {
     setup();
     uint32_t id = (uint32_t)mcentral_cache_span(&C, 4, 1);   /* 32 B, 256 per span: 4 words */
-    hd_slot_t *sl = hd_slot_of(&S.view, id);
+    hd_ostate_t *sl = states(id);
     alloc_objs(id, 0, 5);
     alloc_objs(id, 100, 200);
     free_objs(id, 1, 3);
     free_objs(id, 150, 160);
-    CU_ASSERT(sl->free_bits[0] != 0 && sl->free_bits[2] != 0);
+    CU_ASSERT(hd_obj_state(sl, 1) == HD_OBJ_FREED && hd_obj_state(sl, 150) == HD_OBJ_FREED);
     unsigned freed;
     CU_ASSERT_EQUAL(hd_span_sweep(sl, 256, &freed), 105 - 12);
     CU_ASSERT_EQUAL(freed, 12);
-    for (unsigned w = 0; w < 4; w++)
-        CU_ASSERT_EQUAL(sl->free_bits[w], 0);
-    CU_ASSERT_EQUAL(sl->alloc_bits[0], 0x19);               /* objects 0, 3, 4 */
-    CU_ASSERT(!hd_bit_get(sl->alloc_bits, 155) && hd_bit_get(sl->alloc_bits, 160));
+    for (unsigned i = 0; i < 256; i++)
+        CU_ASSERT_NOT_EQUAL(hd_obj_state(sl, i), HD_OBJ_FREED);
+    CU_ASSERT_EQUAL(hd_states_free_mask(sl, 0) & 0x1f, 0x06);   /* objects 0, 3, 4 live; 1, 2 free */
+    CU_ASSERT(hd_obj_state(sl, 155) == HD_OBJ_FREE && hd_obj_state(sl, 160) == HD_OBJ_ALLOCATED);
     /* the daemon's sweep at uncache sees the same */
     free_objs(id, 0, 1);
     CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_PARTIAL);
@@ -310,25 +314,38 @@ static void test_background_sweep(void)
     teardown();
 }
 
-/* A client may write anything in a slot; the daemon's counts stay sane. */
+/* A client may write anything in the object states; the daemon's counts stay
+ * sane: a byte that is no state counts as live, never as free, and nothing
+ * past nelems counts at all. */
 static void test_hostile_bitmaps(void)
 {
     setup();
-    const unsigned cls = 5;                                  /* 170 objects: word 2 has 42 valid bits */
-    unsigned n = hd_class_to_nobjs[cls];
+    const unsigned cls = 5;                                  /* 170 objects: window 2 has 42 */
+    unsigned n = hd_class_to_nobjs[cls], scribbled = 0;
     uint32_t id = (uint32_t)mcentral_cache_span(&C, cls, 1);
-    hd_slot_t *sl = hd_slot_of(&S.view, id);
-    for (unsigned w = 0; w < HD_BITMAP_WORDS; w++)
-        sl->alloc_bits[w] = ~0ull;                           /* all ones, past nelems too */
-    sl->free_bits[15] = ~0ull;                               /* beyond the span's words */
+    hd_ostate_t *sl = states(id);
+    for (unsigned i = 0; i < HD_SLOT_STATES; i++) {          /* past nelems too */
+        bool junk = i >= n || i % 3 == 0;
+        atomic_store(&sl[i], junk ? 7 : HD_OBJ_ALLOCATED);
+        scribbled += junk && i < n;
+    }
     CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_FULL);
     CU_ASSERT_EQUAL(S.hdr->objects_central, n);
     check_all();
-    /* it still frees cleanly once everything is freed */
-    free_objs(id, 0, n);
+    /* the real objects free cleanly; the scribbles stay, counted live */
+    for (unsigned i = 0; i < n; i++) {
+        uint32_t got;
+        CU_ASSERT_EQUAL(hd_free(&S.view, obj(id, i), &got), i % 3 == 0 ? HD_FREE_NOT_LIVE : HD_FREE_OK);
+    }
     mcentral_bg_sweep(&C, 100);
-    CU_ASSERT(books_empty());
+    CU_ASSERT_EQUAL(S.hdr->objects_central, scribbled);
+    CU_ASSERT_EQUAL(hd_obj_state(sl, 0), 7);                 /* nobody repairs or frees a scribble */
     check_all();
+    /* allocating from it never hands out a scribbled object */
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 2), id);
+    uint64_t m = hd_states_free_mask(sl, 0);
+    CU_ASSERT_EQUAL(m & 0x49, 0);                             /* objects 0, 3, 6: not FREE */
+    CU_ASSERT_EQUAL(m & 0x36, 0x36);                          /* 1, 2, 4, 5: FREE */
     teardown();
 }
 

@@ -319,7 +319,7 @@ static void test_release(void)
     expect_error(10, EINVAL);
     CU_ASSERT_EQUAL(D->seg.hdr->bad_requests, bad0 + 5);
     /* a mix: valid ones are released, the rest counted */
-    hd_alloc_bit_set(hd_slot_of(&D->seg.view, ia[1]), 0);      /* one live object keeps ia[1] */
+    hd_obj_alloc(hd_states_of(&D->seg.view, ia[1], mheap_span(&D->heap, ia[1])->sizeclass), 0);   /* one live object keeps ia[1] */
     uint32_t mix[] = {ia[0], ib[0], ia[1], ia[0]};              /* ia[0] twice: the second is refused */
     CU_ASSERT_EQUAL(release(a, 11, mix, 4), RPC_OK);
     expect_error(11, EINVAL);
@@ -356,7 +356,7 @@ static void test_disconnect_reclaims(void)
     uint32_t ids[8], big;
     CU_ASSERT_EQUAL(refill(a, 1, 3, 8), RPC_OK);
     CU_ASSERT_EQUAL(spans_reply(1, ids, 8), 8);
-    hd_alloc_bit_set(hd_slot_of(&D->seg.view, ids[2]), 7);      /* allocated, never freed */
+    hd_obj_alloc(hd_states_of(&D->seg.view, ids[2], 3), 7);    /* allocated, never freed */
     CU_ASSERT_EQUAL(alloc_large(a, 2, 10, 0), RPC_OK);
     CU_ASSERT_EQUAL(spans_reply(2, &big, 1), 1);
     client_close(D, a, "test");
@@ -385,13 +385,13 @@ static void test_disconnect_closes_tiny(void)
     uint32_t id;
     CU_ASSERT_EQUAL(refill(a, 1, HD_TINY_SIZE_CLASS, 1), RPC_OK);
     CU_ASSERT_EQUAL(spans_reply(1, &id, 1), 1);
-    hd_slot_t *sl = hd_slot_of(&D->seg.view, id);
+    hd_ostate_t *sl = hd_states_of(&D->seg.view, id, HD_TINY_SIZE_CLASS);
     hd_tiny_t *t = hd_tiny_of(&D->seg.view, id);
-    hd_alloc_bit_set(sl, 3);                                    /* open, nothing live in it */
+    hd_obj_alloc(sl, 3);                                        /* open, nothing live in it */
     t->block[3] = HD_TINY_OPEN | 1u << (16 + 4);
-    hd_alloc_bit_set(sl, 5);                                    /* open, a live 8-byte object at 0 */
+    hd_obj_alloc(sl, 5);                                        /* open, a live 8-byte object at 0 */
     t->block[5] = HD_TINY_OPEN | 1u << 0 | 1u << (16 + 7);
-    hd_alloc_bit_set(sl, 6);                                    /* closed, live object at 2 */
+    hd_obj_alloc(sl, 6);                                        /* closed, live object at 2 */
     t->block[6] = 1u << 2;
     client_close(D, a, "killed");
     CU_ASSERT_EQUAL(t->block[3], 0);

@@ -1,11 +1,16 @@
-/* Unit tests of the span bitmap protocol (shm/span.h) on an in-memory
+/* Unit tests of the object-state protocol (shm/span.h) on an in-memory
  * segment: anonymous memory laid out by hd_layout, span table entries made by
- * hand, no daemon. */
+ * hand, no daemon; and an exhaustive check of every interleaving of an owner
+ * against remote frees of the same objects. */
 #include <CUnit/CUnit.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "segment.h"
 #include "span.h"
@@ -44,9 +49,11 @@ static void make_span(uint32_t id, unsigned c, uint32_t npages, uint8_t st)
 {
     hd_span_t *sp = &fs.s.spans[id];
     memset(sp, 0, sizeof *sp);
-    memset(hd_slot_of(&fs.s, id), 0, sizeof(hd_slot_t));
-    if (c == HD_TINY_SIZE_CLASS)
-        memset(hd_tiny_of(&fs.s, id), 0, sizeof(hd_tiny_t));
+    if (c) {
+        hd_states_reset(hd_states_of(&fs.s, id, c), hd_states_len(hd_class_to_nobjs[c]));
+        if (c == HD_TINY_SIZE_CLASS)
+            hd_tiny_reset(hd_tiny_of(&fs.s, id));
+    }
     sp->npages = c ? hd_class_to_npages[c] : npages;
     sp->sizeclass = (uint8_t)c;
     sp->elemsize = c ? hd_class_to_size[c] : npages * HD_PAGE_SIZE;
@@ -54,72 +61,115 @@ static void make_span(uint32_t id, unsigned c, uint32_t npages, uint8_t st)
     sp->nelems = c ? hd_class_to_nobjs[c] : 1;
     sp->owner = 1;
     sp->gen++;
-    atomic_store(&sp->state, st);
     for (uint32_t p = 0; p < sp->npages; p++)
-        fs.s.pagemap[id + p] = id + 1;
+        hd_pagemap_set(&fs.s, id + p, id + 1);
+    atomic_store(&sp->state, st);              /* by hand: FREE -> FREE is no publish */
 }
 
 static void drop_span(uint32_t id)
 {
     hd_span_t *sp = &fs.s.spans[id];
-    for (uint32_t p = 0; p < sp->npages; p++)
-        fs.s.pagemap[id + p] = 0;
     atomic_store(&sp->state, HD_SPAN_FREE);
+    for (uint32_t p = 0; p < sp->npages; p++)
+        hd_pagemap_set(&fs.s, id + p, 0);
 }
+
+static hd_ostate_t *states(uint32_t id) { return hd_states_of(&fs.s, id, fs.s.spans[id].sizeclass); }
 
 static void *obj(uint32_t id, unsigned i)
 {
     return (void *)(hd_page_addr(&fs.s, id) + (uintptr_t)i * fs.s.spans[id].elemsize);
 }
 
+static void test_states_fit(void)
+{
+    /* every class's objects have a state byte, in whole 64-object windows */
+    for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
+        unsigned n = hd_class_to_nobjs[c];
+        bool aux = n > HD_SLOT_STATES;
+        CU_ASSERT(hd_states_len(n) <= (aux ? sizeof(hd_tiny_t) : sizeof(hd_slot_t)));
+        CU_ASSERT(!aux || c == 1);                    /* only 8 B objects need the aux area */
+    }
+    CU_ASSERT_PTR_EQUAL(hd_states_of(&fs.s, 5, 1), fs.s.tiny[5].state);
+    CU_ASSERT_PTR_EQUAL(hd_states_of(&fs.s, 5, HD_TINY_SIZE_CLASS), fs.s.slots[5].state);
+    CU_ASSERT_PTR_EQUAL(hd_states_of(&fs.s, 5, 40), fs.s.slots[5].state);
+}
+
 static void test_sweep_folds(void)
 {
     unsigned c = hd_size_to_class(48);
     make_span(0, c, 0, HD_SPAN_CACHED);
-    hd_slot_t *sl = hd_slot_of(&fs.s, 0);
+    hd_ostate_t *sl = states(0);
     unsigned n = fs.s.spans[0].nelems;
     for (unsigned i = 0; i < n; i++)
-        hd_alloc_bit_set(sl, i);
+        hd_obj_alloc(sl, i);
     uint32_t id = 99;
     unsigned freed = 0;
     for (unsigned i = 0; i < n; i += 3, freed++)
         CU_ASSERT_EQUAL(hd_free(&fs.s, obj(0, i), &id), HD_FREE_OK);
     CU_ASSERT_EQUAL(id, 0);
+    CU_ASSERT_EQUAL(hd_span_inuse(sl, n), n);        /* FREED is not FREE until the sweep */
     unsigned nf = 12345;
     CU_ASSERT_EQUAL(hd_span_sweep(sl, n, &nf), n - freed);
     CU_ASSERT_EQUAL(nf, freed);
-    for (unsigned i = 0; i < n; i++) {
-        CU_ASSERT_EQUAL(hd_bit_get(sl->alloc_bits, i), i % 3 != 0);
-        CU_ASSERT_FALSE(hd_bit_get(sl->free_bits, i));
-    }
+    for (unsigned i = 0; i < n; i++)
+        CU_ASSERT_EQUAL(hd_obj_state(sl, i), i % 3 ? HD_OBJ_ALLOCATED : HD_OBJ_FREE);
     /* a second sweep finds nothing new */
     CU_ASSERT_EQUAL(hd_span_sweep(sl, n, &nf), n - freed);
     CU_ASSERT_EQUAL(nf, 0);
-    /* stray free bits on free slots are ignored by the fold */
-    atomic_fetch_or(&sl->free_bits[0], 1ull);       /* object 0 is free */
-    CU_ASSERT_EQUAL(hd_span_sweep(sl, n, &nf), n - freed);
-    CU_ASSERT_EQUAL(nf, 0);
+    /* the allocCache sees exactly the FREE objects */
+    for (unsigned w = 0; w * 64 < n; w++)
+        for (unsigned k = 0; k < 64 && 64 * w + k < n; k++)
+            CU_ASSERT_EQUAL(hd_states_free_mask(sl, w) >> k & 1, (64 * w + k) % 3 == 0);
     drop_span(0);
+}
+
+/* A byte that is no state (a hostile process wrote it) is never handed out,
+ * never freed, never swept, and counts as live; counts stay <= nelems. */
+static void test_scribbled_states(void)
+{
+    unsigned c = hd_size_to_class(100);
+    make_span(1, c, 0, HD_SPAN_CACHED);
+    hd_ostate_t *sl = states(1);
+    unsigned n = fs.s.spans[1].nelems;
+    for (unsigned i = 0; i < HD_SLOT_STATES; i++)
+        atomic_store(&sl[i], (uint8_t)(3 + i % 250));     /* every byte junk, past nelems too */
+    uint32_t id;
+    CU_ASSERT_EQUAL(hd_free(&fs.s, obj(1, 4), &id), HD_FREE_NOT_LIVE);
+    unsigned nf;
+    CU_ASSERT_EQUAL(hd_span_sweep(sl, n, &nf), n);
+    CU_ASSERT_EQUAL(nf, 0);
+    CU_ASSERT_EQUAL(hd_span_inuse(sl, n), n);
+    for (unsigned w = 0; w * 64 < n; w++)
+        CU_ASSERT_EQUAL(hd_states_free_mask(sl, w), 0);
+    CU_ASSERT_EQUAL(hd_obj_state(sl, 4), 7);             /* untouched */
+    drop_span(1);
 }
 
 static void test_double_and_late_frees(void)
 {
     unsigned c = hd_size_to_class(100);
     make_span(2, c, 0, HD_SPAN_CACHED);
-    hd_slot_t *sl = hd_slot_of(&fs.s, 2);
+    hd_ostate_t *sl = states(2);
     unsigned n = fs.s.spans[2].nelems;
-    hd_alloc_bit_set(sl, 0);
-    hd_alloc_bit_set(sl, 1);
+    hd_obj_alloc(sl, 0);
+    hd_obj_alloc(sl, 1);
     uint32_t id;
     CU_ASSERT_EQUAL(hd_free(&fs.s, obj(2, 1), &id), HD_FREE_OK);
     CU_ASSERT_EQUAL(hd_free(&fs.s, obj(2, 1), &id), HD_FREE_DOUBLE);     /* not yet swept */
     CU_ASSERT_EQUAL(hd_span_sweep(sl, n, NULL), 1);
     CU_ASSERT_EQUAL(hd_free(&fs.s, obj(2, 1), &id), HD_FREE_NOT_LIVE);   /* after the sweep */
     CU_ASSERT_EQUAL(hd_free(&fs.s, obj(2, 5), &id), HD_FREE_NOT_LIVE);   /* never allocated */
-    CU_ASSERT_FALSE(hd_bit_get(sl->free_bits, 5));                       /* nothing written */
+    CU_ASSERT_EQUAL(hd_obj_state(sl, 5), HD_OBJ_FREE);                   /* nothing written */
+    CU_ASSERT_EQUAL(hd_obj_state(sl, 1), HD_OBJ_FREE);
+    /* the owner's own free races nobody's: ALLOCATED -> FREE, then caught */
+    CU_ASSERT_EQUAL(hd_obj_free_owner(sl, 0), HD_FREE_OK);
+    CU_ASSERT_EQUAL(hd_obj_free_owner(sl, 0), HD_FREE_NOT_LIVE);
+    hd_obj_alloc(sl, 0);
     /* a CENTRAL span's objects may be freed too */
     atomic_store(&fs.s.spans[2].state, HD_SPAN_CENTRAL);
     CU_ASSERT_EQUAL(hd_free(&fs.s, obj(2, 0), &id), HD_FREE_OK);
+    CU_ASSERT_EQUAL(hd_obj_free_owner(sl, 0), HD_FREE_DOUBLE);
     drop_span(2);
 }
 
@@ -128,11 +178,11 @@ static void test_bad_pointers(void)
     uint32_t id;
     unsigned c = hd_size_to_class(48);                /* 48 B: 170 objects, a 32 B tail */
     make_span(4, c, 0, HD_SPAN_CACHED);
-    hd_slot_t *sl = hd_slot_of(&fs.s, 4);
+    hd_ostate_t *sl = states(4);
     unsigned n = fs.s.spans[4].nelems;
     CU_ASSERT(n * fs.s.spans[4].elemsize < HD_PAGE_SIZE);
     for (unsigned i = 0; i < n; i++)
-        hd_alloc_bit_set(sl, i);
+        hd_obj_alloc(sl, i);
     char *o = obj(4, 7);
     CU_ASSERT_EQUAL(hd_free(&fs.s, o + 1, &id), HD_FREE_NOT_START);
     CU_ASSERT_EQUAL(hd_free(&fs.s, o + 47, &id), HD_FREE_NOT_START);
@@ -147,9 +197,8 @@ static void test_bad_pointers(void)
     make_span(31, c, 0, HD_SPAN_FREE);
     CU_ASSERT_EQUAL(hd_free(&fs.s, obj(31, 0), &id), HD_FREE_NOT_HEAP);
     drop_span(31);
-    /* nothing was written by any of these */
-    for (unsigned w = 0; w < HD_BITMAP_WORDS; w++)
-        CU_ASSERT_EQUAL(atomic_load(&sl->free_bits[w]), 0);
+    /* nothing was freed by any of these */
+    CU_ASSERT_EQUAL(hd_span_sweep(sl, n, NULL), n);
     drop_span(4);
 
     /* large: the start is LARGE, anything else is not a start */
@@ -165,27 +214,27 @@ static void test_bad_pointers(void)
 static void tiny_put(hd_tiny_t *t, unsigned b, unsigned off, unsigned size)
 {
     unsigned end = off + size - 1;
-    atomic_fetch_or(&t->block[b], 1u << off | (end < 15 ? 1u << (16 + end) : 0));
+    hd_tiny_pack(t, b, 1u << off | (end < 15 ? 1u << (16 + end) : 0));
 }
 
 static void test_tiny(void)
 {
     uint32_t id;
     make_span(16, HD_TINY_SIZE_CLASS, 0, HD_SPAN_CACHED);
-    hd_slot_t *sl = hd_slot_of(&fs.s, 16);
+    hd_ostate_t *sl = states(16);
     hd_tiny_t *t = hd_tiny_of(&fs.s, 16);
     char *base = (char *)hd_page_addr(&fs.s, 16);
     unsigned n = fs.s.spans[16].nelems;
     CU_ASSERT_EQUAL(n, HD_TINY_BLOCKS);
 
     /* an open block: 4 B at 0, 2 B at 4, 8 B at 8 (ends at byte 15: no end bit) */
-    hd_alloc_bit_set(sl, 3);
-    atomic_store(&t->block[3], HD_TINY_OPEN);
+    hd_obj_alloc(sl, 3);
+    hd_tiny_start(t, 3, HD_TINY_OPEN);
     tiny_put(t, 3, 0, 4);
     tiny_put(t, 3, 4, 2);
     tiny_put(t, 3, 8, 8);
     char *blk = base + 3 * 16;
-    uint32_t w = atomic_load(&t->block[3]);
+    uint32_t w = hd_tiny_word(t, 3);
     CU_ASSERT_EQUAL(hd_tiny_usable(w, 0), 4);
     CU_ASSERT_EQUAL(hd_tiny_usable(w, 4), 2);
     CU_ASSERT_EQUAL(hd_tiny_usable(w, 8), 8);
@@ -195,41 +244,41 @@ static void test_tiny(void)
     CU_ASSERT_EQUAL(hd_free(&fs.s, blk + 4, &id), HD_FREE_OK);
     CU_ASSERT_EQUAL(hd_free(&fs.s, blk + 8, &id), HD_FREE_OK);
     /* every object is gone, but the block is open: it stays allocated */
-    CU_ASSERT_EQUAL(atomic_load(&t->block[3]) & (0xffffu | HD_TINY_OPEN), HD_TINY_OPEN);
-    CU_ASSERT_FALSE(hd_bit_get(sl->free_bits, 3));
+    CU_ASSERT_EQUAL(hd_tiny_word(t, 3) & (0xffffu | HD_TINY_OPEN), HD_TINY_OPEN);
+    CU_ASSERT_EQUAL(hd_obj_state(sl, 3), HD_OBJ_ALLOCATED);
     /* closing it frees it */
     CU_ASSERT_EQUAL(hd_tiny_close(sl, t, 3), HD_FREE_OK);
-    CU_ASSERT_EQUAL(atomic_load(&t->block[3]), 0);
-    CU_ASSERT_TRUE(hd_bit_get(sl->free_bits, 3));
+    CU_ASSERT_EQUAL(hd_tiny_word(t, 3), 0);
+    CU_ASSERT_EQUAL(hd_obj_state(sl, 3), HD_OBJ_FREED);
     CU_ASSERT_EQUAL(hd_tiny_close(sl, t, 3), HD_FREE_OK);                 /* idempotent */
     CU_ASSERT_EQUAL(hd_span_sweep(sl, n, NULL), 0);
 
     /* a closed block with two objects: freed with the last one only */
-    hd_alloc_bit_set(sl, 7);
+    hd_obj_alloc(sl, 7);
     tiny_put(t, 7, 0, 3);
     tiny_put(t, 7, 3, 1);
     char *b7 = base + 7 * 16;
-    CU_ASSERT_EQUAL(hd_tiny_usable(atomic_load(&t->block[7]), 3), 1);
+    CU_ASSERT_EQUAL(hd_tiny_usable(hd_tiny_word(t, 7), 3), 1);
     CU_ASSERT_EQUAL(hd_free(&fs.s, b7 + 3, &id), HD_FREE_OK);
-    CU_ASSERT_FALSE(hd_bit_get(sl->free_bits, 7));
+    CU_ASSERT_EQUAL(hd_obj_state(sl, 7), HD_OBJ_ALLOCATED);
     CU_ASSERT_EQUAL(hd_free(&fs.s, b7, &id), HD_FREE_OK);
-    CU_ASSERT_EQUAL(atomic_load(&t->block[7]), 0);
-    CU_ASSERT_TRUE(hd_bit_get(sl->free_bits, 7));
+    CU_ASSERT_EQUAL(hd_tiny_word(t, 7), 0);
+    CU_ASSERT_EQUAL(hd_obj_state(sl, 7), HD_OBJ_FREED);
     CU_ASSERT_EQUAL(hd_free(&fs.s, b7, &id), HD_FREE_NOT_LIVE);
 
     /* closing an open block that still has live objects keeps it */
-    hd_alloc_bit_set(sl, 9);
-    atomic_store(&t->block[9], HD_TINY_OPEN);
+    hd_obj_alloc(sl, 9);
+    hd_tiny_start(t, 9, HD_TINY_OPEN);
     tiny_put(t, 9, 0, 1);
     CU_ASSERT_EQUAL(hd_tiny_close(sl, t, 9), HD_FREE_OK);
-    CU_ASSERT_EQUAL(atomic_load(&t->block[9]), 1u | 1u << 16);
-    CU_ASSERT_FALSE(hd_bit_get(sl->free_bits, 9));
+    CU_ASSERT_EQUAL(hd_tiny_word(t, 9), 1u | 1u << 16);
+    CU_ASSERT_EQUAL(hd_obj_state(sl, 9), HD_OBJ_ALLOCATED);
     CU_ASSERT_EQUAL(hd_free(&fs.s, base + 9 * 16, &id), HD_FREE_OK);
-    CU_ASSERT_TRUE(hd_bit_get(sl->free_bits, 9));
+    CU_ASSERT_EQUAL(hd_obj_state(sl, 9), HD_OBJ_FREED);
 
     /* a whole 16 B object: start bit 0, no end bit */
-    hd_alloc_bit_set(sl, 11);
-    atomic_store(&t->block[11], 1u);
+    hd_obj_alloc(sl, 11);
+    hd_tiny_start(t, 11, 1u);
     CU_ASSERT_EQUAL(hd_tiny_usable(1u, 0), 16);
     CU_ASSERT_EQUAL(hd_free(&fs.s, base + 11 * 16, &id), HD_FREE_OK);
     CU_ASSERT_EQUAL(hd_free(&fs.s, base + 11 * 16, &id), HD_FREE_NOT_LIVE);
@@ -237,7 +286,7 @@ static void test_tiny(void)
     drop_span(16);
 }
 
-/* Two threads free distinct halves of a span, interleaved word by word. */
+/* Two threads free distinct halves of a span, interleaved object by object. */
 struct freer { unsigned parity, ok; uint32_t span; };
 
 static void *free_half(void *arg)
@@ -252,13 +301,13 @@ static void *free_half(void *arg)
 
 static void test_concurrent_frees(void)
 {
-    unsigned c = hd_size_to_class(8);                 /* 1024 objects: 16 words */
+    unsigned c = hd_size_to_class(8);                 /* 1024 objects: states in the aux area */
     for (int round = 0; round < 50; round++) {
         make_span(20, c, 0, HD_SPAN_CACHED);
-        hd_slot_t *sl = hd_slot_of(&fs.s, 20);
+        hd_ostate_t *sl = states(20);
         unsigned n = fs.s.spans[20].nelems;
         for (unsigned i = 0; i < n; i++)
-            hd_alloc_bit_set(sl, i);
+            hd_obj_alloc(sl, i);
         struct freer f[2] = {{0, 0, 20}, {1, 0, 20}};
         pthread_t t[2];
         for (int i = 0; i < 2; i++)
@@ -267,7 +316,7 @@ static void test_concurrent_frees(void)
             pthread_join(t[i], NULL);
         CU_ASSERT_EQUAL(f[0].ok + f[1].ok, n);
         for (unsigned w = 0; w < n / 64; w++)
-            CU_ASSERT_EQUAL(atomic_load(&sl->free_bits[w]), ~0ull);
+            CU_ASSERT_EQUAL(hd_states_mask64(sl + 64 * w, HD_OBJ_FREED), ~0ull);
         unsigned nf;
         CU_ASSERT_EQUAL(hd_span_sweep(sl, n, &nf), 0);
         CU_ASSERT_EQUAL(nf, n);
@@ -275,13 +324,319 @@ static void test_concurrent_frees(void)
     }
 }
 
+
+/* ---- every interleaving of an owner and two remote frees ------------------------------
+ *
+ * A small explicit scheduler runs the owner's program against up to two
+ * remote frees in EVERY order. Each step is one atomic operation of the real
+ * accessors (shm/span.h) on a real 64-object window of state bytes:
+ *   owner: allocate (build the allocCache: hd_states_free_mask; take the
+ *          lowest FREE object: hd_obj_alloc) twice, sweep objects 0 and 1
+ *          (hd_obj_freed, hd_obj_unfree), allocate again (the slot may be
+ *          reused), then release: the daemon, now the owner, sweeps again;
+ *   free j: hd_obj_free of the object that allocation target[j] returned
+ *          (it cannot start before that allocation: a program frees what it
+ *          was given); two frees of one allocation are a double free.
+ * Ghost fields record what the program meant. For every schedule:
+ *  P1 a sweep frees an allocation only for a free issued after that
+ *     allocation (no live object freed by an earlier free: no stale bits);
+ *  P2 after a final sweep, an object is FREE iff it was never allocated or a
+ *     free was issued for it after its last allocation (no free lost; a
+ *     double free issued after the slot was reused frees the object there at
+ *     that moment, which no allocator without generations can tell apart);
+ *  P3 of the frees of one allocation issued before its object's next
+ *     allocation, exactly one succeeds: the others report HD_FREE_DOUBLE or
+ *     HD_FREE_NOT_LIVE (a double free is reported or, per P2, harmless to
+ *     every allocation made before it was issued). */
+
+#define IL_OBJS 2                   /* objects 0 and 1 of one window */
+#define IL_ALLOCS 3
+#define IL_OWNER_STEPS 14
+#define IL_FREE_STEPS 1
+#define IL_MAX_STEPS (IL_OWNER_STEPS + 2 * IL_FREE_STEPS)
+
+typedef struct il_world {
+    _Alignas(64) hd_ostate_t st[64];
+    unsigned clock;                 /* steps taken so far */
+    uint64_t mask;                  /* the owner's allocCache for the allocation under way */
+    bool seen[IL_OBJS];             /* the owner's sweep found the object FREED */
+    int alloc_obj[IL_ALLOCS + 1];   /* allocation k (1..3): its object; -1 nothing was FREE; -2 not yet */
+    unsigned alloc_at[IL_ALLOCS + 1];
+    int live[IL_OBJS];              /* object -> the allocation it holds, 0: none */
+    int freed_by[IL_OBJS];          /* object -> the free whose step made it FREED, -1: none */
+    unsigned issued[2];             /* free j: clock at its first step, 0: not yet */
+    int result[2];                  /* free j: enum hd_free_result, -1: not done */
+    int obj_of[2];                  /* free j: the object it frees */
+    uint8_t trace[IL_MAX_STEPS];    /* who ran each step: 0 owner, 1/2 free 1/2 */
+    char why[200];                  /* the first broken rule, "" when none */
+} il_world_t;
+
+typedef struct il_scen {
+    int target[2];                  /* allocation each free frees */
+    unsigned nfree;
+} il_scen_t;
+
+#define IL_FAIL(w, ...) do { if (!(w)->why[0]) snprintf((w)->why, sizeof (w)->why, __VA_ARGS__); } while (0)
+
+/* The owner's sweep made object i FREE: which allocation did that free, and
+ * was the free that did it issued after that allocation? */
+static void il_swept(il_world_t *w, unsigned i)
+{
+    int a = w->live[i], j = w->freed_by[i];
+    if (a == 0 || j < 0) {
+        IL_FAIL(w, "object %u swept FREE, but allocation %d / free %d", i, a, j + 1);
+        return;
+    }
+    if (w->issued[j] <= w->alloc_at[a])
+        IL_FAIL(w, "P1: allocation %d (at step %u) freed by free %d issued at step %u, before it", a,
+                w->alloc_at[a], j + 1, w->issued[j]);
+    w->live[i] = 0;
+    w->freed_by[i] = -1;
+}
+
+static void il_owner(il_world_t *w, unsigned k)
+{
+    static const int alloc_no[IL_OWNER_STEPS] = {1, 1, 2, 2, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0};
+    static const unsigned sweep_obj[IL_OWNER_STEPS] = {0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1};
+    switch (k) {
+    case 0: case 2: case 8:                                   /* allocCache of the window */
+        w->mask = hd_states_free_mask(w->st, 0) & hd_window_mask(IL_OBJS, 0);
+        break;
+    case 1: case 3: case 9: {                                 /* take the lowest FREE object */
+        int a = alloc_no[k];
+        if (!w->mask) {
+            w->alloc_obj[a] = -1;
+            break;
+        }
+        unsigned i = (unsigned)__builtin_ctzll(w->mask);
+        if (w->live[i])
+            IL_FAIL(w, "object %u handed out again while allocation %d holds it", i, w->live[i]);
+        hd_obj_alloc(w->st, i);
+        w->alloc_obj[a] = (int)i;
+        w->alloc_at[a] = w->clock;
+        w->live[i] = a;
+        break;
+    }
+    case 4: case 6: case 10: case 12:                         /* sweep: look */
+        w->seen[sweep_obj[k]] = hd_obj_freed(w->st, sweep_obj[k]);
+        break;
+    default: {                                                /* sweep: FREED -> FREE */
+        unsigned i = sweep_obj[k];
+        if (w->seen[i]) {
+            hd_obj_unfree(w->st, i);
+            il_swept(w, i);
+        }
+        break;
+    }
+    }
+}
+
+/* One step of free j; false when it cannot run yet (its allocation has not
+ * happened). */
+static bool il_free(il_world_t *w, const il_scen_t *sc, unsigned j, unsigned k)
+{
+    (void)k;                                                  /* one step: the CAS */
+    int i = w->alloc_obj[sc->target[j]];
+    if (i == -2)
+        return false;
+    w->issued[j] = w->clock;
+    w->obj_of[j] = i;
+    if (i < 0) {
+        w->result[j] = HD_FREE_NOT_HEAP;                      /* nothing was allocated: nothing to free */
+        return true;
+    }
+    w->result[j] = hd_obj_free(w->st, (unsigned)i);
+    if (w->result[j] == HD_FREE_OK) {
+        if (w->freed_by[i] >= 0)
+            IL_FAIL(w, "object %d freed by free %u while free %d's mark is pending", i, j + 1, w->freed_by[i] + 1);
+        w->freed_by[i] = (int)j;
+    }
+    return true;
+}
+
+typedef struct il_stats {
+    unsigned long schedules, failed;
+    char first[400];                /* the first failing schedule */
+} il_stats_t;
+
+static void il_finish(il_world_t *w, const il_scen_t *sc, il_stats_t *out)
+{
+    for (unsigned i = 0; i < IL_OBJS; i++)                    /* the final sweep */
+        if (hd_obj_freed(w->st, i)) {
+            hd_obj_unfree(w->st, i);
+            il_swept(w, i);
+        }
+    for (unsigned i = 0; i < IL_OBJS; i++) {                  /* P2 */
+        int last = 0;
+        for (int a = 1; a <= IL_ALLOCS; a++)
+            if (w->alloc_obj[a] == (int)i)
+                last = a;
+        bool want_free = last == 0;
+        for (unsigned j = 0; j < sc->nfree; j++)
+            want_free |= last && w->obj_of[j] == (int)i && w->issued[j] > w->alloc_at[last];
+        bool is_free = hd_obj_state(w->st, i) == HD_OBJ_FREE;
+        if (is_free != want_free)
+            IL_FAIL(w, "P2: object %u is %s after the final sweep, want %s", i, is_free ? "FREE" : "not FREE",
+                    want_free ? "FREE" : "allocated");
+    }
+    for (int a = 1; a <= IL_ALLOCS; a++) {                    /* P3 */
+        int i = w->alloc_obj[a];
+        if (i < 0)
+            continue;
+        unsigned next = UINT32_MAX, ok = 0, of = 0;
+        for (int b = a + 1; b <= IL_ALLOCS; b++)
+            if (w->alloc_obj[b] == i && w->alloc_at[b] < next)
+                next = w->alloc_at[b];
+        for (unsigned j = 0; j < sc->nfree; j++)
+            if (sc->target[j] == a && w->issued[j] < next) {
+                of++;
+                ok += w->result[j] == HD_FREE_OK;
+                if (w->result[j] != HD_FREE_OK && w->result[j] != HD_FREE_DOUBLE && w->result[j] != HD_FREE_NOT_LIVE)
+                    IL_FAIL(w, "P3: free %u of allocation %d returned %d", j + 1, a, w->result[j]);
+            }
+        if (of && ok != 1)
+            IL_FAIL(w, "P3: %u of %u frees of allocation %d succeeded", ok, of, a);
+    }
+    out->schedules++;
+    if (w->why[0]) {
+        if (!out->failed++) {
+            int n = snprintf(out->first, sizeof out->first, "frees of allocations %d,%d; schedule", sc->target[0],
+                             sc->nfree > 1 ? sc->target[1] : 0);
+            for (unsigned s = 0; s < w->clock && n < (int)sizeof out->first - 4; s++)
+                n += snprintf(out->first + n, sizeof out->first - (size_t)n, " %c", "OAB"[w->trace[s]]);
+            snprintf(out->first + n, sizeof out->first - (size_t)n, ": %s", w->why);
+        }
+    }
+}
+
+static void il_explore(il_world_t *w, const il_scen_t *sc, unsigned pc[3], il_stats_t *out)
+{
+    bool ran = false;
+    for (unsigned t = 0; t <= sc->nfree; t++) {
+        unsigned len = t == 0 ? IL_OWNER_STEPS : IL_FREE_STEPS;
+        if (pc[t] == len)
+            continue;
+        il_world_t save;
+        memcpy(&save, w, sizeof save);
+        w->clock++;
+        w->trace[w->clock - 1] = (uint8_t)t;
+        if (t == 0)
+            il_owner(w, pc[t]);
+        else if (!il_free(w, sc, t - 1, pc[t])) {
+            memcpy(w, &save, sizeof save);
+            continue;
+        }
+        ran = true;
+        pc[t]++;
+        il_explore(w, sc, pc, out);
+        pc[t]--;
+        memcpy(w, &save, sizeof save);
+    }
+    if (!ran)
+        il_finish(w, sc, out);
+}
+
+static il_stats_t il_run_all(void)
+{
+    il_stats_t out = {0};
+    for (int t0 = 1; t0 <= IL_ALLOCS; t0++)
+        for (int t1 = 0; t1 <= IL_ALLOCS; t1++) {            /* t1 = 0: a single free */
+            if (t1 && t1 < t0)
+                continue;
+            il_scen_t sc = {{t0, t1}, t1 ? 2 : 1};
+            il_world_t w;
+            memset(&w, 0, sizeof w);
+            hd_states_reset(w.st, 64);
+            for (int a = 0; a <= IL_ALLOCS; a++)
+                w.alloc_obj[a] = -2;
+            for (unsigned i = 0; i < IL_OBJS; i++)
+                w.freed_by[i] = -1;
+            for (unsigned j = 0; j < 2; j++)
+                w.result[j] = w.obj_of[j] = -1;
+            unsigned pc[3] = {0, 0, 0};
+            il_explore(&w, &sc, pc, &out);
+        }
+    return out;
+}
+
+static void test_every_interleaving(void)
+{
+    il_stats_t r = il_run_all();
+    printf("\n    %lu schedules explored, %lu broke a rule%s%s ", r.schedules, r.failed, r.failed ? ": " : "",
+           r.first);
+    CU_ASSERT(r.schedules > 100);                /* the enumeration ran: dozens of orders per scenario */
+    CU_ASSERT_EQUAL(r.failed, 0);
+}
+
+#if HEAPD_DEBUG
+/* HEAPD_DEBUG builds stop at a broken rule: run the breach in a child and
+ * expect SIGABRT. */
+static int aborts(void (*fn)(void))
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        fn();
+        _exit(0);
+    }
+    int st;
+    if (pid < 0 || waitpid(pid, &st, 0) != pid)
+        return 0;
+    return WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
+}
+
+static void alloc_allocated(void)
+{
+    static _Alignas(64) hd_ostate_t st[64];
+    hd_obj_alloc(st, 3);
+    hd_obj_alloc(st, 3);                    /* the owner hands out a live object again */
+}
+
+static void alloc_scribbled(void)
+{
+    static _Alignas(64) hd_ostate_t st[64];
+    atomic_store(&st[5], 7);
+    hd_obj_alloc(st, 5);
+}
+
+static void illegal_move(void)
+{
+    hd_span_t sp = {0};
+    hd_span_publish(&sp, HD_SPAN_LARGE);
+    hd_span_publish(&sp, HD_SPAN_CACHED);   /* LARGE -> CACHED is no legal move */
+}
+
+static void legal_moves(void)
+{
+    hd_span_t sp = {0};
+    static const uint8_t path[] = {HD_SPAN_CACHED, HD_SPAN_CENTRAL, HD_SPAN_CACHED, HD_SPAN_FREE, HD_SPAN_CENTRAL,
+                                   HD_SPAN_FREE, HD_SPAN_LARGE, HD_SPAN_FREE};
+    for (unsigned k = 0; k < sizeof path; k++)
+        hd_span_publish(&sp, path[k]);
+}
+
+static void test_debug_checks(void)
+{
+    CU_ASSERT(aborts(alloc_allocated));
+    CU_ASSERT(aborts(alloc_scribbled));
+    CU_ASSERT(aborts(illegal_move));
+    CU_ASSERT_FALSE(aborts(legal_moves));
+}
+#endif
+
 static void register_span_suite(void)
 {
     CU_pSuite s = CU_add_suite("span", span_setup, span_teardown);
-    CU_add_test(s, "sweep folds free bits and counts", test_sweep_folds);
+    CU_add_test(s, "every class's states fit their area", test_states_fit);
+    CU_add_test(s, "sweep makes FREED objects FREE and counts", test_sweep_folds);
+    CU_add_test(s, "scribbled states: never handed out, freed or swept", test_scribbled_states);
     CU_add_test(s, "double frees and frees after the sweep", test_double_and_late_frees);
     CU_add_test(s, "interior, tail, outside and large pointers", test_bad_pointers);
     CU_add_test(s, "tiny blocks: start, end and open bits", test_tiny);
     CU_add_test(s, "concurrent frees from two threads", test_concurrent_frees);
+    CU_add_test(s, "every interleaving of owner and two frees", test_every_interleaving);
+#if HEAPD_DEBUG
+    CU_add_test(s, "HEAPD_DEBUG: illegal moves and allocations abort", test_debug_checks);
+#endif
 }
 UNIT_SUITE(register_span_suite)

@@ -6,7 +6,7 @@
  * small spans of classes the input picks (mcentral_cache_span), one tiny
  * (class-2) span, one large span, and a hole (a span allocated and freed, so
  * its pages map to no span); then allocates objects the way the client does
- * (alloc bits; tiny block words with start/end bits, one block left open).
+ * (object states; tiny block words with start/end bits, one block left open).
  * A model of every live object is kept alongside. The rest of the input is a
  * list of frees of pointers derived from it: live objects, objects already
  * freed (double), swept-away ones, interior and misaligned addresses, tail
@@ -14,7 +14,7 @@
  * the slots, below and beyond the heap pages, and any 64-bit value; now and
  * then the owner sweeps a span. After every free, the result must be what the
  * model predicts (an invalid free changes nothing; a valid one frees exactly
- * that object) and every bitmap and tiny word must equal the model's. At the
+ * that object) and every state byte and tiny word must equal the model's. At the
  * end the spans are emptied and given back, and mheap_check/mcentral_check
  * must hold, so each input starts from the same empty heap.
  *
@@ -50,12 +50,12 @@ static unsigned take(struct script *s, unsigned nbytes)
 
 static uint64_t take64(struct script *s) { return (uint64_t)take(s, 4) << 32 | take(s, 4); }
 
-/* The model: per span, what the bitmaps (and tiny words) must hold. */
+/* The model: per span, what the object states (and tiny words) must hold. */
 struct mspan {
     uint32_t id;
     unsigned cls, nelems, elemsize;
     uintptr_t base;
-    uint64_t alloc[HD_BITMAP_WORDS], freed[HD_BITMAP_WORDS];
+    uint8_t st[HD_MAX_OBJS_PER_SPAN];   /* enum hd_obj_state */
     uint32_t tiny[HD_TINY_BLOCKS];      /* class 2 only */
 };
 
@@ -69,7 +69,7 @@ static _Noreturn void fail(const char *what, uintptr_t a, int got, int want)
     abort();
 }
 
-static bool mbit(const uint64_t *bm, unsigned i) { return bm[i / 64] >> (i % 64) & 1; }
+static hd_ostate_t *states_of(const struct mspan *m) { return hd_states_of(&D->seg.view, m->id, m->cls); }
 
 /* ---- building the heap ---------------------------------------------------------------- */
 
@@ -85,7 +85,7 @@ static void build_small(struct mspan *m, unsigned cls, struct script *s)
     m->nelems = v->spans[id].nelems;
     m->elemsize = v->spans[id].elemsize;
     m->base = hd_page_addr(v, (uint64_t)id);
-    hd_slot_t *sl = hd_slot_of(v, m->id);
+    hd_ostate_t *sl = states_of(m);
     if (cls == HD_TINY_SIZE_CLASS) {
         /* blocks packed with objects of sizes the input picks; the last block
          * written stays open, like a cache's current block */
@@ -107,18 +107,19 @@ static void build_small(struct mspan *m, unsigned cls, struct script *s)
             if (!w)
                 continue;               /* nothing live and not open: the block is free */
             m->tiny[b] = w;
-            atomic_store(&hd_tiny_of(v, m->id)->block[b], w);
-            m->alloc[b / 64] |= 1ull << (b % 64);
-            hd_alloc_bit_set(sl, b);
+            m->st[b] = HD_OBJ_ALLOCATED;
+            hd_obj_alloc(sl, b);
+            hd_tiny_start(hd_tiny_of(v, m->id), b, w);
         }
         return;
     }
-    for (unsigned w = 0; w < hd_bitmap_words(m->nelems); w++) {
+    for (unsigned w = 0; w * 64 < m->nelems; w++) {
         uint64_t bits = take64(s);
-        if (w == m->nelems / 64)
-            bits &= m->nelems % 64 ? (1ull << (m->nelems % 64)) - 1 : 0;
-        m->alloc[w] = bits;
-        atomic_store(&sl->alloc_bits[w], bits);
+        for (unsigned k = 0; k < 64 && 64 * w + k < m->nelems; k++)
+            if (bits >> k & 1) {
+                m->st[64 * w + k] = HD_OBJ_ALLOCATED;
+                hd_obj_alloc(sl, 64 * w + k);
+            }
     }
 }
 
@@ -149,13 +150,9 @@ static void teardown(void)
     hd_seg_t *v = &D->seg.view;
     for (unsigned k = 0; k <= NSMALL; k++) {
         struct mspan *m = &sm[k];
-        hd_slot_t *sl = hd_slot_of(v, m->id);
-        for (unsigned w = 0; w < HD_BITMAP_WORDS; w++) {    /* the owner frees everything */
-            atomic_store(&sl->alloc_bits[w], 0);
-            atomic_store(&sl->free_bits[w], 0);
-        }
+        hd_states_reset(states_of(m), hd_states_len(m->nelems));   /* the owner frees everything */
         if (m->cls == HD_TINY_SIZE_CLASS)
-            memset(hd_tiny_of(v, m->id), 0, sizeof(hd_tiny_t));
+            hd_tiny_reset(hd_tiny_of(v, m->id));
         int r = mcentral_uncache_span(&D->central, m->id);
         if (r != MC_FREED)
             fail("uncache of an emptied span", m->base, r, MC_FREED);
@@ -192,7 +189,7 @@ static enum hd_free_result expect(uintptr_t a, struct mspan **mp, unsigned *idx,
             uint32_t nw = m->tiny[b] & ~(1u << j);
             if ((nw & 0xffffu) == 0 && !(nw & HD_TINY_OPEN)) {
                 *cls = HD_TINY_SIZE_CLASS;
-                return mbit(m->freed, b) ? HD_FREE_DOUBLE : HD_FREE_OK;   /* a set free bit: cannot happen */
+                return m->st[b] == HD_OBJ_FREED ? HD_FREE_DOUBLE : HD_FREE_OK;   /* FREED: cannot happen */
             }
             return HD_FREE_OK;
         }
@@ -200,10 +197,10 @@ static enum hd_free_result expect(uintptr_t a, struct mspan **mp, unsigned *idx,
         if (i >= m->nelems || off % m->elemsize)
             return HD_FREE_NOT_START;
         *idx = i;
-        if (!mbit(m->alloc, i))
+        if (m->st[i] == HD_OBJ_FREE)
             return HD_FREE_NOT_LIVE;
         *cls = m->cls;
-        return mbit(m->freed, i) ? HD_FREE_DOUBLE : HD_FREE_OK;
+        return m->st[i] == HD_OBJ_FREED ? HD_FREE_DOUBLE : HD_FREE_OK;
     }
     return HD_FREE_NOT_HEAP;     /* the hole, other pages, or not in the heap pages at all */
 }
@@ -214,14 +211,14 @@ static void model_free(struct mspan *m, unsigned idx, enum hd_free_result r)
     if (r != HD_FREE_OK)
         return;
     if (m->cls != HD_TINY_SIZE_CLASS) {
-        m->freed[idx / 64] |= 1ull << (idx % 64);
+        m->st[idx] = HD_OBJ_FREED;
         return;
     }
     unsigned b = idx / HD_TINY_SIZE, j = idx % HD_TINY_SIZE;
     uint32_t nw = m->tiny[b] & ~(1u << j);
     if ((nw & 0xffffu) == 0 && !(nw & HD_TINY_OPEN)) {
         nw = 0;
-        m->freed[b / 64] |= 1ull << (b % 64);
+        m->st[b] = HD_OBJ_FREED;
     }
     m->tiny[b] = nw;
 }
@@ -229,19 +226,17 @@ static void model_free(struct mspan *m, unsigned idx, enum hd_free_result r)
 static void verify(const struct mspan *m)
 {
     hd_seg_t *v = &D->seg.view;
-    hd_slot_t *sl = hd_slot_of(v, m->id);
-    for (unsigned w = 0; w < HD_BITMAP_WORDS; w++) {
-        if (atomic_load(&sl->alloc_bits[w]) != m->alloc[w])
-            fail("alloc bits changed", m->base, (int)w, -1);
-        if (atomic_load(&sl->free_bits[w]) != m->freed[w])
-            fail("free bits differ from the model", m->base, (int)w, -1);
-    }
+    hd_ostate_t *sl = states_of(m);
+    for (unsigned i = 0; i < hd_states_len(m->nelems); i++)
+        if (hd_obj_state(sl, i) != m->st[i])
+            fail("object state differs from the model", m->base + (uintptr_t)i * m->elemsize, hd_obj_state(sl, i),
+                 m->st[i]);
     if (m->cls == HD_TINY_SIZE_CLASS)
         for (unsigned b = 0; b < HD_TINY_BLOCKS; b++)
-            if (atomic_load(&hd_tiny_of(v, m->id)->block[b]) != m->tiny[b])
+            if (hd_tiny_word(hd_tiny_of(v, m->id), b) != m->tiny[b])
                 fail("tiny word differs from the model", m->base + b * HD_TINY_SIZE, (int)b, -1);
     const hd_span_t *sp = &v->spans[m->id];
-    if (atomic_load(&((hd_span_t *)sp)->state) != HD_SPAN_CACHED || sp->owner != OWNER || sp->sizeclass != m->cls)
+    if (hd_span_state(sp) != HD_SPAN_CACHED || sp->owner != OWNER || sp->sizeclass != m->cls)
         fail("span table entry changed", m->base, sp->state, HD_SPAN_CACHED);
 }
 
@@ -261,7 +256,7 @@ static uintptr_t live_object(const struct mspan *m, unsigned from)
     }
     for (unsigned k = 0; k < m->nelems; k++) {
         unsigned i = (from + k) % m->nelems;
-        if (mbit(m->alloc, i) && !mbit(m->freed, i))
+        if (m->st[i] == HD_OBJ_ALLOCATED)
             return m->base + (uintptr_t)i * m->elemsize;
     }
     return 0;
@@ -295,7 +290,7 @@ static uintptr_t pick(struct script *s)
         switch (r % 4) {
         case 0: return (uintptr_t)v->hdr + take(s, 2);
         case 1: return (uintptr_t)&v->spans[m->id];
-        case 2: return (uintptr_t)hd_slot_of(v, m->id) + take(s, 1);
+        case 2: return (uintptr_t)states_of(m) + take(s, 1);
         default: return (uintptr_t)hd_tiny_of(v, m->id) + take(s, 1);
         }
     case 10:                                        /* just below and beyond the pages */
@@ -307,13 +302,12 @@ static uintptr_t pick(struct script *s)
 
 static void sweep(struct mspan *m)
 {
-    hd_slot_t *sl = hd_slot_of(&D->seg.view, m->id);
-    unsigned nfreed, live = hd_span_sweep(sl, m->nelems, &nfreed), want_live = 0, want_freed = 0;
-    for (unsigned w = 0; w < HD_BITMAP_WORDS; w++) {
-        want_freed += (unsigned)__builtin_popcountll(m->freed[w] & m->alloc[w]);
-        m->alloc[w] &= ~m->freed[w];
-        m->freed[w] = 0;
-        want_live += (unsigned)__builtin_popcountll(m->alloc[w]);
+    unsigned nfreed, live = hd_span_sweep(states_of(m), m->nelems, &nfreed), want_live = 0, want_freed = 0;
+    for (unsigned i = 0; i < m->nelems; i++) {
+        want_freed += m->st[i] == HD_OBJ_FREED;
+        if (m->st[i] == HD_OBJ_FREED)
+            m->st[i] = HD_OBJ_FREE;
+        want_live += m->st[i] == HD_OBJ_ALLOCATED;
     }
     if (live != want_live || nfreed != want_freed)
         fail("sweep counts", m->base, (int)live, (int)want_live);

@@ -58,8 +58,8 @@ static void remember(const rpc_out_t *out)
     heapd__daemon_msg__free_unpacked(r, NULL);
 }
 
-/* Scribble on the slots of spans we were given, like a client allocating,
- * freeing and misbehaving. */
+/* Scribble on the object states of spans we were given (slot or aux area),
+ * like a client allocating, freeing and misbehaving. */
 static void scribble(struct script *s)
 {
     if (!nids)
@@ -67,13 +67,24 @@ static void scribble(struct script *s)
     uint32_t id = ids[take(s, 1) % nids];
     if (id >= D->seg.view.npages)
         return;
-    hd_slot_t *sl = hd_slot_of(&D->seg.view, id);
-    unsigned w = take(s, 1) % HD_BITMAP_WORDS;
+    bool aux = take(s, 1) & 1;
+    hd_ostate_t *st = aux ? hd_tiny_of(&D->seg.view, id)->state : hd_slot_of(&D->seg.view, id)->state;
+    unsigned len = aux ? HD_MAX_OBJS_PER_SPAN : HD_SLOT_STATES, i = take(s, 2) % len;
     uint64_t a = (uint64_t)take(s, 4) << 32 | take(s, 4);
-    if (take(s, 1) & 1)
-        atomic_store(&sl->alloc_bits[w], a);
-    else
-        atomic_fetch_or(&sl->free_bits[w], a);
+    if (take(s, 1) & 1) {
+        for (unsigned k = 0; k < 8; k++)                /* any bytes */
+            atomic_store(&st[(i + k) % len], (uint8_t)(a >> 8 * k));
+    } else {
+        for (unsigned k = 0; k < 64; k++) {             /* frees and allocations, as a client makes them */
+            unsigned j = (i + k) % len;
+            if (!(a >> k & 1))
+                continue;
+            if (hd_obj_state(st, j) == HD_OBJ_FREE)
+                hd_obj_alloc(st, j);
+            else
+                hd_obj_free(st, j);
+        }
+    }
 }
 
 static uint32_t pick_id(struct script *s)

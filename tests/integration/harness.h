@@ -36,7 +36,7 @@ int wait_child(pid_t pid, unsigned timeout_s);
 
 /* The daemon's books, read from the header of its meta memfd through a
  * separate raw connection (Hello/Welcome, fds mapped read-only anywhere). */
-int books_read(const char *sock, hd_header_t *out);
+int books_read(const char *sock, hd_header_t *out);   /* a consistent copy (hd_books_snapshot) */
 /* Poll the books until pred holds or timeout_ms passes; returns pred's last
  * value and leaves the last books in *out. */
 bool books_wait(const char *sock, hd_header_t *out, bool (*pred)(const hd_header_t *), unsigned timeout_ms);

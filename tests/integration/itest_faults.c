@@ -194,7 +194,7 @@ static int storm_worker(struct storm *s, int slot, uint64_t seed)
 }
 
 /* The census: every live object in the heap, from the span table and the
- * bitmaps (only this process attached, so nothing moves but sweeps). */
+ * object states (only this process attached, so nothing moves but sweeps). */
 typedef struct census {
     uint64_t spans, spans_live;     /* spans not FREE; those holding a live object */
     uint64_t nobj;
@@ -206,11 +206,11 @@ static void census_take(const hd_seg_t *seg, census_t *c)
 {
     c->spans = c->spans_live = c->nobj = 0;
     for (uint64_t pg = 0; pg < seg->npages; pg++) {
-        uint32_t e = __atomic_load_n(&seg->pagemap[pg], __ATOMIC_ACQUIRE);
+        uint32_t e = hd_pagemap_get(seg, pg);
         if (e != pg + 1)
             continue;               /* not the first page of a live span */
         const hd_span_t *sp = &seg->spans[pg];
-        uint8_t state = atomic_load(&sp->state);
+        uint8_t state = hd_span_state(sp);
         if (state == HD_SPAN_FREE)
             continue;
         c->spans++;
@@ -222,9 +222,9 @@ static void census_take(const hd_seg_t *seg, census_t *c)
             c->nobj++;
             live = 1;
         } else {
-            hd_slot_t *sl = hd_slot_of(seg, (uint32_t)pg);
+            hd_ostate_t *st = hd_states_of(seg, (uint32_t)pg, sp->sizeclass);
             for (unsigned i = 0; i < sp->nelems; i++) {
-                if (!hd_bit_get(sl->alloc_bits, i) || hd_bit_get(sl->free_bits, i))
+                if (hd_obj_state_acquire(st, i) != HD_OBJ_ALLOCATED)
                     continue;
                 if (c->nobj < c->cap)
                     c->obj[c->nobj] = (void *)(base + (uintptr_t)i * sp->elemsize);

@@ -655,7 +655,8 @@ static void test_blocks_after_scavenge(void)
            (double)before / MiB, (double)after / MiB, (double)heap / MiB, (double)meta / MiB);
     CU_ASSERT_EQUAL(after, book(&w.hdr->committed_bytes));   /* the books are the truth */
     CU_ASSERT_EQUAL(book(&w.hdr->released_bytes), book(&w.hdr->pages_grown) * HD_PAGE_SIZE);
-    CU_ASSERT(after < 2 * MiB);                 /* metadata only: no heap page left */
+    CU_ASSERT(after < 3 * MiB);                 /* metadata only (2 MiB of it: the 512 B object-state
+                                                   slots of 4096 one-page spans), no heap page left */
     CU_ASSERT_EQUAL(book(&w.hdr->pages_inuse), 0);
     watch_close(&w);
     daemon_stop(&d);

@@ -1,0 +1,133 @@
+/* cstats: the client stats slot's seqlock (layout.h hd_cstats_t; Go's
+ * consistentHeapStats). One writer, the client the slot was given to (its
+ * threads serialized by its own lock); one reader, the daemon, which never
+ * waits for the writer.
+ *
+ * Writer: hd_cstats_begin (seq odd), hd_cstats_add/hd_cstats_set on the
+ * counters, hd_cstats_end (seq even). Reader: hd_cstats_read_once copies the
+ * counters and says whether the copy is consistent (seq even and unchanged
+ * around it); the daemon retries a bounded number of times.
+ * The owner field is the daemon's: hd_cstats_assign gives the slot to a
+ * client, hd_cstats_retire takes it back; the client checks it
+ * (hd_cstats_owner) before each update, so counts of a client the daemon has
+ * let go are dropped rather than credited to the slot's next owner.
+ */
+#ifndef HEAPD_SHM_CSTATS_H
+#define HEAPD_SHM_CSTATS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "layout.h"
+
+/* The counters of one slot, as plain values. */
+typedef struct hd_cstats_vals {
+    uint64_t small_allocs[HD_NUM_SIZE_CLASSES];
+    uint64_t small_frees[HD_NUM_SIZE_CLASSES];
+    uint64_t tiny_allocs;
+    uint64_t large_allocs, large_alloc_bytes;
+    uint64_t large_frees, large_free_bytes;
+    uint64_t mcache_bytes;          /* a gauge */
+    uint64_t flushes;
+} hd_cstats_vals_t;
+
+static inline uint64_t hd_cstats_ld(const _Atomic uint64_t *x)
+{
+    return atomic_load_explicit((_Atomic uint64_t *)x, memory_order_relaxed);
+}
+
+/* ---- the client (writer) ---- */
+
+/* The client id the slot belongs to. Acquire: pairs with the release store
+ * of hd_cstats_assign, so a client that sees its id sees the zeroed slot. */
+static inline uint32_t hd_cstats_owner(const hd_cstats_t *s)
+{
+    return atomic_load_explicit(&((hd_cstats_t *)s)->owner, memory_order_acquire);
+}
+
+/* Start an update: seq odd. The release fence orders it before the counter
+ * stores that follow (pairs with the reader's acquire fence: a reader that
+ * sees a new counter value also sees seq changed). Returns the even seq. */
+static inline uint64_t hd_cstats_begin(hd_cstats_t *s)
+{
+    uint64_t q = hd_cstats_ld(&s->seq) & ~1ull;
+    atomic_store_explicit(&s->seq, q + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    return q;
+}
+
+/* Counter += d / = v, inside an update (relaxed: the seqlock orders them;
+ * one writer, so load + store, no RMW). */
+static inline void hd_cstats_add(_Atomic uint64_t *f, uint64_t d)
+{
+    atomic_store_explicit(f, hd_cstats_ld(f) + d, memory_order_relaxed);
+}
+static inline void hd_cstats_set(_Atomic uint64_t *f, uint64_t v)
+{
+    atomic_store_explicit(f, v, memory_order_relaxed);
+}
+
+/* End the update begun at q: seq even. Release: pairs with the reader's
+ * acquire load of seq, so a reader that sees q + 2 sees every counter. */
+static inline void hd_cstats_end(hd_cstats_t *s, uint64_t q)
+{
+    atomic_store_explicit(&s->seq, q + 2, memory_order_release);
+}
+
+/* ---- the daemon (owner field, reader) ---- */
+
+/* Give the slot to client_id: every field zero, then the owner (release,
+ * pairs with hd_cstats_owner). Atomic stores, not memset: a client the slot
+ * belonged to before may still be writing it (it drops its update once it
+ * sees the new owner). */
+static inline void hd_cstats_assign(hd_cstats_t *s, uint32_t client_id)
+{
+    atomic_store_explicit(&s->owner, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->seq, 0, memory_order_relaxed);
+    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
+        hd_cstats_set(&s->small_allocs[c], 0);
+        hd_cstats_set(&s->small_frees[c], 0);
+    }
+    _Atomic uint64_t *rest[] = {&s->tiny_allocs, &s->large_allocs, &s->large_alloc_bytes, &s->large_frees,
+                                &s->large_free_bytes, &s->mcache_bytes, &s->flushes};
+    for (unsigned k = 0; k < sizeof rest / sizeof rest[0]; k++)
+        hd_cstats_set(rest[k], 0);
+    atomic_store_explicit(&s->owner, client_id, memory_order_release);
+}
+
+/* Take the slot back (owner 0): the client's later updates are dropped. */
+static inline void hd_cstats_retire(hd_cstats_t *s)
+{
+    atomic_store_explicit(&s->owner, 0, memory_order_release);
+}
+
+/* Copy the counters (relaxed loads: each value is whole; seq says whether
+ * they belong together). */
+static inline void hd_cstats_copy(const hd_cstats_t *s, hd_cstats_vals_t *o)
+{
+    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
+        o->small_allocs[c] = hd_cstats_ld(&s->small_allocs[c]);
+        o->small_frees[c] = hd_cstats_ld(&s->small_frees[c]);
+    }
+    o->tiny_allocs = hd_cstats_ld(&s->tiny_allocs);
+    o->large_allocs = hd_cstats_ld(&s->large_allocs);
+    o->large_alloc_bytes = hd_cstats_ld(&s->large_alloc_bytes);
+    o->large_frees = hd_cstats_ld(&s->large_frees);
+    o->large_free_bytes = hd_cstats_ld(&s->large_free_bytes);
+    o->mcache_bytes = hd_cstats_ld(&s->mcache_bytes);
+    o->flushes = hd_cstats_ld(&s->flushes);
+}
+
+/* One try at a consistent copy: true when seq was even and unchanged around
+ * the copy (an update in progress or one that ended meanwhile: false). */
+static inline bool hd_cstats_read_once(const hd_cstats_t *s, hd_cstats_vals_t *o)
+{
+    uint64_t s1 = atomic_load_explicit(&((hd_cstats_t *)s)->seq, memory_order_acquire); /* pairs with hd_cstats_end */
+    if (s1 & 1)
+        return false;
+    hd_cstats_copy(s, o);
+    atomic_thread_fence(memory_order_acquire);          /* pairs with the fence in hd_cstats_begin */
+    return hd_cstats_ld(&s->seq) == s1;
+}
+
+#endif
