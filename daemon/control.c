@@ -198,16 +198,6 @@ static int do_stats(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
     return rc;
 }
 
-/* The quota of a client (scavenge.h keeps accounts only for clients with one). */
-static uint64_t client_quota(const daemon_t *d, uint32_t id)
-{
-    const scav_t *s = &d->scav;
-    for (unsigned i = 0; s->acct && i < s->acct_cap; i++)
-        if (s->acct[i].client_id == id)
-            return s->acct[i].quota;
-    return 0;
-}
-
 static int do_clients(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
 {
     size_t n = 0;
@@ -240,7 +230,7 @@ static int do_clients(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
         r->frees = mc.frees;
         r->cached_spans = mc.cached_spans;
         r->cached_bytes = mc.cached_bytes;
-        r->quota = client_quota(d, c->id);
+        r->quota = limits_quota(d, c->id);
         r->charged = limits_charged(d, c->id);
         r->requests = c->requests;
         r->mcache_bytes = mc.mcache_bytes;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "control.h"
 #include "mcentral.h"
 
 daemon_t *fx_daemon_new(uint64_t size, uint64_t base)
@@ -95,4 +96,32 @@ int64_t fx_alloc_large(daemon_t *d, client_t *c, rpc_out_t *out, uint64_t pages)
         v = -r->error->err;
     heapd__daemon_msg__free_unpacked(r, NULL);
     return v;
+}
+
+Heapdctl__ControlReply *fx_control(daemon_t *d, Heapdctl__ControlRequest *q, int *rc)
+{
+    uint8_t buf[4096];
+    size_t n = heapdctl__control_request__pack(q, buf);
+    uint8_t *rep = NULL;
+    size_t rlen = 0;
+    *rc = control_handle(d, buf, n, &rep, &rlen);
+    CU_ASSERT_FATAL(rep != NULL);
+    Heapdctl__ControlReply *r = heapdctl__control_reply__unpack(NULL, rlen, rep);
+    free(rep);
+    CU_ASSERT_FATAL(r != NULL);
+    return r;
+}
+
+Heapdctl__ControlReply *fx_clients(daemon_t *d)
+{
+    Heapdctl__ClientsRequest cq = HEAPDCTL__CLIENTS_REQUEST__INIT;
+    Heapdctl__ControlRequest q = HEAPDCTL__CONTROL_REQUEST__INIT;
+    q.seq = 5;
+    q.body_case = HEAPDCTL__CONTROL_REQUEST__BODY_CLIENTS;
+    q.clients = &cq;
+    int rc;
+    Heapdctl__ControlReply *r = fx_control(d, &q, &rc);
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT_FATAL(r->body_case == HEAPDCTL__CONTROL_REPLY__BODY_CLIENTS);
+    return r;
 }

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "daemon.h"
+#include "control.pb-c.h"
 #include "heapd.pb-c.h"
 #include "rpc.h"
 
@@ -21,4 +22,9 @@ enum rpc_verdict fx_send(daemon_t *d, client_t *c, Heapd__ClientMsg *m, rpc_out_
 client_t *fx_client(daemon_t *d, rpc_out_t *out, int *peer, uint32_t *slot);
 /* AllocLarge of pages for c: the span id, or -errno from the daemon's Error. */
 int64_t fx_alloc_large(daemon_t *d, client_t *c, rpc_out_t *out, uint64_t pages);
+/* control_handle: pack q, hand it to the daemon, unpack the reply (never
+ * NULL: CUnit-fatal). *rc gets control_handle's result (-1: malformed). */
+Heapdctl__ControlReply *fx_control(daemon_t *d, Heapdctl__ControlRequest *q, int *rc);
+/* The Clients reply (the rows heapctl clients prints). */
+Heapdctl__ControlReply *fx_clients(daemon_t *d);
 #endif

@@ -433,19 +433,7 @@ static void test_prometheus(void)
 }
 
 /* control_handle: a request in, a reply out. */
-static Heapdctl__ControlReply *ctl(Heapdctl__ControlRequest *q, int *rc)
-{
-    uint8_t buf[4096];
-    size_t n = heapdctl__control_request__pack(q, buf);
-    uint8_t *rep;
-    size_t rlen;
-    *rc = control_handle(D, buf, n, &rep, &rlen);
-    CU_ASSERT_FATAL(rep != NULL);
-    Heapdctl__ControlReply *r = heapdctl__control_reply__unpack(NULL, rlen, rep);
-    free(rep);
-    CU_ASSERT_FATAL(r != NULL);
-    return r;
-}
+static Heapdctl__ControlReply *ctl(Heapdctl__ControlRequest *q, int *rc) { return fx_control(D, q, rc); }
 
 static void test_control_requests(void)
 {
