@@ -5,9 +5,9 @@
  * Exit status is non-zero when any assertion failed or a suite could not run,
  * so `make test` and CI fail loudly; CUnit's summary shows how much ran.
  * HEAPD_TEST_SEED overrides the seed of the randomized tests (printed on failure).
- * HEAPD_UNIT_SUITES=a,b runs only the suites named (make tsan: the threaded ones). */
+ * HEAPD_UNIT_SUITES=a,b runs only the suites named (make tsan: the threaded ones);
+ * a suite named "timing" runs only when named (unit_select_suites). */
 #include <CUnit/Basic.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,20 +25,7 @@ int main(int argc, char **argv)
     }
     for (unsigned i = 0; i < unit_nsuites; i++)
         unit_suites[i]();
-    const char *only = getenv("HEAPD_UNIT_SUITES");
-    if (only && *only) {
-        CU_set_fail_on_inactive(CU_FALSE);
-        for (CU_pSuite s = CU_get_registry()->pSuite; s; s = s->pNext) {
-            size_t n = strlen(s->pName);
-            const char *p = only;
-            bool hit = false;
-            while (!hit && (p = strstr(p, s->pName)) != NULL) {
-                hit = (p == only || p[-1] == ',') && (p[n] == 0 || p[n] == ',');
-                p += n;
-            }
-            CU_set_suite_active(s, hit ? CU_TRUE : CU_FALSE);
-        }
-    }
+    unit_select_suites();
 
     CU_basic_set_mode(argc > 1 && strcmp(argv[1], "-v") == 0 ? CU_BRM_VERBOSE : CU_BRM_NORMAL);
     CU_basic_run_tests();

@@ -19,18 +19,12 @@
 
 #include "control.pb-c.h"
 #include "heapd.pb-c.h"
+#include "unit.h"
 
 #define MAX_DAEMONS 64
 static pid_t daemons[MAX_DAEMONS];
 static char dirs[MAX_DAEMONS][128];
 static unsigned ndaemons;
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 void harness_cleanup(void)
 {
@@ -107,8 +101,8 @@ int daemon_start(daemon_proc_t *d, const char *size, const char *const *extra)
         snprintf(dirs[ndaemons], sizeof(dirs[0]), "%s", d->dir);
         ndaemons++;
     }
-    uint64_t t0 = now_ms();
-    while (now_ms() - t0 < 10000) {
+    uint64_t t0 = test_now_ms();
+    while (test_now_ms() - t0 < 10000) {
         int fd = raw_connect(d->sock);
         if (fd >= 0) {
             close(fd);
@@ -117,8 +111,7 @@ int daemon_start(daemon_proc_t *d, const char *size, const char *const *extra)
             char ctl[sizeof(d->sock) + 8];
             struct stat cst;
             snprintf(ctl, sizeof(ctl), "%s.ctl", d->sock);
-            for (int i = 0; i < 200 && stat(ctl, &cst) != 0; i++)
-                usleep(5000);
+            TEST_WAIT(stat(ctl, &cst) == 0, 1000);
             return 0;
         }
         if (waitpid(pid, NULL, WNOHANG) == pid) {
@@ -126,7 +119,7 @@ int daemon_start(daemon_proc_t *d, const char *size, const char *const *extra)
             fprintf(stderr, "heapd exited at start; log %s\n", d->log);
             return -1;
         }
-        usleep(10000);
+        test_pause_ms(10);          /* between two looks at the socket */
     }
     fprintf(stderr, "heapd did not listen within 10 s; log %s\n", d->log);
     return -1;
@@ -138,12 +131,8 @@ int daemon_stop(daemon_proc_t *d)
         return -1;
     int st = -1;
     kill(d->pid, SIGTERM);
-    uint64_t t0 = now_ms();
-    while (now_ms() - t0 < 5000) {
-        if (waitpid(d->pid, &st, WNOHANG) == d->pid)
-            goto done;
-        usleep(5000);
-    }
+    if (TEST_WAIT(waitpid(d->pid, &st, WNOHANG) == d->pid, 5000))
+        goto done;
     fprintf(stderr, "heapd ignored SIGTERM for 5 s; killing\n");
     kill(d->pid, SIGKILL);
     waitpid(d->pid, &st, 0);
@@ -158,15 +147,9 @@ done:
 int wait_child(pid_t pid, unsigned timeout_s)
 {
     int st;
-    uint64_t t0 = now_ms();
-    while (now_ms() - t0 < (uint64_t)timeout_s * 1000) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        if (r < 0)
-            return -1;
-        usleep(2000);
-    }
+    pid_t r = 0;
+    if (TEST_WAIT((r = waitpid(pid, &st, WNOHANG)) != 0, timeout_s * 1000))
+        return r != pid ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     fprintf(stderr, "child %d timed out after %u s\n", (int)pid, timeout_s);
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
@@ -280,14 +263,24 @@ int books_read(const char *sock, hd_header_t *out)
 
 bool books_wait(const char *sock, hd_header_t *out, bool (*pred)(const hd_header_t *), unsigned timeout_ms)
 {
-    uint64_t t0 = now_ms();
-    bool ok = false;
-    do {
-        if (books_read(sock, out) == 0 && (ok = pred(out)))
-            break;
-        usleep(20000);
-    } while (now_ms() - t0 < timeout_ms);
-    return ok;
+    return TEST_WAIT(books_read(sock, out) == 0 && pred(out), timeout_ms);
+}
+
+const hd_header_t *books_map(const char *sock)
+{
+    int fds[2], nfds;
+    void *hm = MAP_FAILED;
+    if (raw_hello_fds(sock, "itest-books", fds, &nfds, NULL) == 0)
+        hm = mmap(NULL, HD_HEADER_BYTES, PROT_READ, MAP_SHARED, fds[0], 0);
+    for (int i = 0; i < 2 && i < nfds; i++)
+        close(fds[i]);
+    return hm == MAP_FAILED ? NULL : hm;
+}
+
+void books_unmap(const hd_header_t *h)
+{
+    if (h)
+        munmap((void *)h, HD_HEADER_BYTES);
 }
 
 int ctl_open(const char *sock)

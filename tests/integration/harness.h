@@ -40,6 +40,11 @@ int books_read(const char *sock, hd_header_t *out);   /* a consistent copy (hd_b
 /* Poll the books until pred holds or timeout_ms passes; returns pred's last
  * value and leaves the last books in *out. */
 bool books_wait(const char *sock, hd_header_t *out, bool (*pred)(const hd_header_t *), unsigned timeout_ms);
+/* The books live: the header mapped read-only (its raw connection is closed
+ * again, so wait for clients to drop by one before counting on it), or NULL.
+ * Wait on its fields with TEST_WAIT (unit.h); books_unmap when done. */
+const hd_header_t *books_map(const char *sock);
+void books_unmap(const hd_header_t *h);
 
 /* Say Hello (version HD_PROTO_VERSION, this name) on a raw connection and read
  * the reply with its fds. Returns 0 for a Welcome with both fds in fds[], the

@@ -28,13 +28,6 @@
 
 #define MiB (1ull << 20)
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* ---- looking at the segment from outside -------------------------------------------- */
 
 typedef struct watch {
@@ -245,7 +238,7 @@ static void *sample_thread(void *arg)
         if (r > s->max_resident)
             s->max_resident = r;
         s->samples++;
-        usleep(1000);
+        test_pause_ms(1);       /* the sampling period */
     }
     return NULL;
 }
@@ -318,9 +311,7 @@ static int live_over_body(void *arg)
     for (int i = 0; i < 24576; i++)
         if (!(small[i] = heapd_malloc(1000)))
             FAILC(12, "small %d failed over the soft limit: errno %d", i, errno);
-    uint64_t t0 = now_ms();
-    while (heapd_pressure_calls() == 0 && now_ms() - t0 < 5000)
-        usleep(1000);
+    TEST_WAIT(heapd_pressure_calls() > 0, 5000);
     if (heapd_pressure_calls() == 0 || atomic_load(&cb_max_level) < 2 || atomic_load(&cb_bytes) == 0)
         FAILC(13, "pressure callback: %llu calls, level %u", (unsigned long long)heapd_pressure_calls(),
               atomic_load(&cb_max_level));
@@ -435,9 +426,11 @@ static int lower_body(void *arg)
             FAILC(11, "malloc %u: errno %d", i, errno);
     for (unsigned i = 0; i < n; i++)
         heapd_free(o[i]);
-    if (a->large)
-        heapd_flush();                          /* the last FreeLarge batch goes out */
-    usleep(50000);
+    /* the last FreeLarge batch goes out, and the daemon has handled it (small
+     * frees land in the segment's free bits at once) */
+    if (a->large && (heapd_flush() != 0 || !TEST_WAIT(book(&w.hdr->spans_large) == 0, 5000)))
+        FAILC(15, "the large frees did not reach the daemon: %llu large spans",
+              (unsigned long long)book(&w.hdr->spans_large));
     uint64_t before = resident(&w);
     if (before < 48 * MiB)
         FAILC(12, "resident %llu before the limit: nothing to release?", (unsigned long long)before);
@@ -673,11 +666,11 @@ static void test_background_release(void)
     daemon_proc_t d;
     CU_ASSERT_FATAL(daemon_start(&d, "512MiB", NULL) == 0);
     CU_ASSERT_EQUAL(run_child(fill_free_body, d.sock, 60), 0);
-    uint64_t t0 = now_ms();
+    uint64_t t0 = test_now_ms();
     hd_header_t h;
     CU_ASSERT(books_wait(d.sock, &h, released_all, 10000));
     printf("\n  background scavenger: 64 MiB freed -> released in %llu ms (committed now %.2f MiB)\n",
-           (unsigned long long)(now_ms() - t0), (double)h.committed_bytes / MiB);
+           (unsigned long long)(test_now_ms() - t0), (double)h.committed_bytes / MiB);
     daemon_stop(&d);
 }
 

@@ -236,7 +236,7 @@ static int worker_process(struct shared *sh, int proc, uint64_t seed, uint64_t i
             heapd_free(it.p);
             atomic_fetch_add(&sh->received, 1);
         }
-        usleep(100);
+        test_pause_ms(1);                /* pacing: give the producers a moment before looking again */
     }
     heapd_detach();
     return 0;
@@ -447,8 +447,8 @@ static int fork_body(void *arg)
     char *a = heapd_malloc(48);
     if (!a) return 11;
     memset(a, 'A', 48);
-    int pfd[2];
-    if (pipe(pfd) != 0) return 12;
+    int pfd[2], done[2];
+    if (pipe(pfd) != 0 || pipe(done) != 0) return 12;
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
@@ -459,7 +459,8 @@ static int fork_body(void *arg)
         for (int i = 0; i < 48; i++)
             if (a[i] != 'A') _exit(23);
         heapd_free(a);                          /* free the parent's object here */
-        usleep(100000);
+        char go;                                /* the parent has made its 64 allocations */
+        if (read(done[0], &go, 1) != 1) _exit(26);
         for (int i = 0; i < 48; i++)
             if (b[i] != 'B') _exit(24);         /* the parent must not have reused b */
         heapd_free(b);
@@ -476,6 +477,7 @@ static int fork_body(void *arg)
         if (!c[i] || c[i] == b) return 14;
         memset(c[i], 'C', 48);
     }
+    if (write(done[1], "g", 1) != 1) return 17;
     int rc = wait_child(pid, 30);
     if (rc != 0) {
         fprintf(stderr, "fork child exited %d\n", rc);
@@ -611,6 +613,7 @@ int main(int argc, char **argv)
     CU_add_test(s, "4 processes x 2 threads, plain send/recv", test_workload_plain);
     for (unsigned i = 0; i < unit_nsuites; i++)     /* suites of the other itest_*.c files (UNIT_SUITE) */
         unit_suites[i]();
+    unit_select_suites();
     CU_basic_set_mode(argc > 1 && strcmp(argv[1], "-v") == 0 ? CU_BRM_VERBOSE : CU_BRM_NORMAL);
     CU_basic_run_tests();
     unsigned failed = CU_get_number_of_failures() + CU_get_number_of_suites_failed();

@@ -432,15 +432,7 @@ static void check_invariants(const jv_t *s)
 /* Poll stats until Clients == n (the daemon saw everyone leave). */
 static bool wait_clients(const char *ctl, uint64_t n, jv_t *out)
 {
-    for (int i = 0; i < 250; i++) {
-        if (get_stats(ctl, out)) {
-            if (ju(out, "Clients") == n)
-                return true;
-            jfree(out);
-        }
-        usleep(20000);
-    }
-    return false;
+    return TEST_WAIT(get_stats(ctl, out) && (ju(out, "Clients") == n || (jfree(out), false)), 5000);
 }
 
 /* SIGTERM: the daemon must exit 0 (under ASan: no leak, no error). */
@@ -782,6 +774,17 @@ static bool has_pid(const jv_t *cl, pid_t pid)
     return false;
 }
 
+/* The Clients rows show pid `alive` and not pid `gone`, and nobody else. */
+static bool only_client(const char *ctl, pid_t alive, pid_t gone)
+{
+    jv_t cl;
+    if (!get_clients(ctl, &cl))
+        return false;
+    bool ok = cl.n == 1 && !has_pid(&cl, gone) && has_pid(&cl, alive);
+    jfree(&cl);
+    return ok;
+}
+
 static void test_clients_rows(void)
 {
     daemon_proc_t d;
@@ -805,15 +808,7 @@ static void test_clients_rows(void)
     run_free(&r);
 
     CU_ASSERT_EQUAL(holder_finish(&a), 0);
-    bool gone = false;
-    for (int i = 0; i < 250 && !gone; i++) {
-        CU_ASSERT_FATAL(get_clients(ctl, &cl));
-        gone = cl.n == 1 && !has_pid(&cl, a.pid) && has_pid(&cl, b.pid);
-        jfree(&cl);
-        if (!gone)
-            usleep(20000);
-    }
-    CU_ASSERT(gone);
+    CU_ASSERT(TEST_WAIT(only_client(ctl, b.pid, a.pid), 5000));
     CU_ASSERT_EQUAL(holder_finish(&b), 0);
     jv_t s;
     CU_ASSERT(wait_clients(ctl, 0, &s));
@@ -1211,6 +1206,61 @@ static int flooder(int rfd, int wfd, void *arg)
     return sent > 0 ? 0 : 13;
 }
 
+typedef struct flood {
+    uint64_t base_us, flood_us;     /* 3000 client RPCs without and with the flood (best of two) */
+    uint64_t served, throttled;     /* control requests served while flooded; throttles */
+    uint64_t window_us;             /* from the burst spent to the CPU sample's end */
+    double busy;                    /* the daemon's CPU share serving the flood alone (measure_cpu) */
+} flood_t;
+
+static bool throttling(void *ctl)
+{
+    jv_t s;
+    if (!get_stats(ctl, &s))
+        return false;
+    bool t = ju(&s, "ControlThrottled") > 0;
+    jfree(&s);
+    return t;
+}
+
+/* Client RPCs, then the same under a flood of control requests from 8
+ * connections (flooder); with measure_cpu, the daemon's CPU time over half a
+ * second of flood too. */
+static void run_flood(daemon_proc_t *d, char *ctl, bool measure_cpu, flood_t *f)
+{
+    memset(f, 0, sizeof(*f));
+    /* the best of two runs each: this VM's round trips vary by 2x from run to run */
+    uint64_t b1 = timed_rpcs(d->sock), b2 = timed_rpcs(d->sock);
+    f->base_us = b2 < b1 ? b2 : b1;
+    jv_t s;
+    CU_ASSERT_FATAL(get_stats(ctl, &s));
+    uint64_t req0 = ju(&s, "ControlRequests");
+    jfree(&s);
+    holder_t fl;
+    CU_ASSERT_FATAL(holder_start(&fl, flooder, ctl) == 0);
+    CU_ASSERT(test_wait_until(throttling, ctl, 10000));      /* the burst is spent */
+    uint64_t t0 = now_us();
+    uint64_t f1 = timed_rpcs(d->sock), f2 = timed_rpcs(d->sock);
+    f->flood_us = f2 < f1 ? f2 : f1;
+    if (measure_cpu) {
+        long hz = sysconf(_SC_CLK_TCK);
+        uint64_t c0 = cpu_ticks(d->pid);
+        test_pause_ms(500);                                  /* the measurement window */
+        uint64_t c1 = cpu_ticks(d->pid);
+        f->busy = (double)(c1 - c0) / (double)hz / 0.5;
+    }
+    f->window_us = now_us() - t0;
+    CU_ASSERT_EQUAL(holder_finish(&fl), 0);
+    CU_ASSERT_FATAL(get_stats(ctl, &s));
+    f->served = ju(&s, "ControlRequests") - req0;
+    f->throttled = ju(&s, "ControlThrottled");
+    jfree(&s);
+    printf("  control flood: %llu requests served in %.2f s, %llu throttles; daemon busy %.0f%% "
+           "serving it; 3000 RPCs %.1f ms -> %.1f ms\n",
+           (unsigned long long)f->served, (double)f->window_us / 1e6, (unsigned long long)f->throttled,
+           f->busy * 100, (double)f->base_us / 1e3, (double)f->flood_us / 1e3);
+}
+
 static void test_control_flood(void)
 {
     daemon_proc_t d;
@@ -1247,63 +1297,52 @@ static void test_control_flood(void)
     for (int i = 0; i < 3; i++)
         CU_ASSERT_EQUAL(read_reply(fd, 5000, NULL), HEAPDCTL__CONTROL_REPLY__BODY_STATS);
     close(fd);
-    /* too many connections: the extra one is told so */
+    /* too many connections: the extra one is told so (read_reply waits for it) */
     int many[70], nmany = 0;
     for (int i = 0; i < 70; i++)
         if ((many[i] = ctl_connect(ctl)) >= 0)
             nmany++;
     CU_ASSERT_EQUAL(nmany, 70);
-    usleep(100000);
     e = 0;
     CU_ASSERT_EQUAL(read_reply(many[69], 5000, &e), HEAPDCTL__CONTROL_REPLY__BODY_ERROR);
     CU_ASSERT_EQUAL(e, EBUSY);
     for (int i = 0; i < 70; i++)
         if (many[i] >= 0)
             close(many[i]);
-    usleep(100000);
 
-    /* client RPCs with and without a flood of control requests (the best of
-     * two runs each: this VM's round trips vary by 2x from run to run) */
-    uint64_t base = timed_rpcs(d.sock), b2 = timed_rpcs(d.sock);
-    base = b2 < base ? b2 : base;
-    jv_t s;
-    CU_ASSERT_FATAL(get_stats(ctl, &s));
-    uint64_t req0 = ju(&s, "ControlRequests");
-    jfree(&s);
-    holder_t fl;
-    CU_ASSERT_FATAL(holder_start(&fl, flooder, ctl) == 0);
-    usleep(200000);                             /* the burst is spent */
-    uint64_t t0 = now_us();
-    uint64_t flood = timed_rpcs(d.sock), f2 = timed_rpcs(d.sock);
-    flood = f2 < flood ? f2 : flood;
-    /* the daemon's CPU time while it serves the flood alone, over half a second */
-    long hz = sysconf(_SC_CLK_TCK);
-    uint64_t c0 = cpu_ticks(d.pid);
-    usleep(500000);
-    uint64_t c1 = cpu_ticks(d.pid);
-    uint64_t window = now_us() - t0;
-    CU_ASSERT_EQUAL(holder_finish(&fl), 0);
-    CU_ASSERT_FATAL(get_stats(ctl, &s));
-    uint64_t served = ju(&s, "ControlRequests") - req0;
-    uint64_t throttled = ju(&s, "ControlThrottled");
-    jfree(&s);
-    double busy = (double)(c1 - c0) / (double)hz / 0.5;
-    printf("  control flood: %llu requests served in %.2f s (+0.2 s lead), %llu throttles; daemon busy %.0f%% "
-           "serving it; 3000 RPCs %.1f ms -> %.1f ms\n",
-           (unsigned long long)served, (double)window / 1e6, (unsigned long long)throttled, busy * 100,
-           (double)base / 1e3, (double)flood / 1e3);
-    CU_ASSERT(busy <= 0.3);
-    CU_ASSERT(throttled > 0);
-    /* the rate limit held: 1000/s plus the burst, with slack for timing */
-    CU_ASSERT(served <= (window + 400000) / 1000 * 1.2 + 200 + 50);
-    /* Client RPCs: measured +0-20% here, but this 2-core VM is shared (a
-     * compile next door doubles any timing), so the bound only catches a
-     * daemon that stalls behind the flood; the CPU bound above is the proof. */
-    CU_ASSERT(base > 0 && flood > 0 && flood <= 4 * base + 200000);
+    /* a flood: the rate limit engages, and client RPCs are still served */
+    flood_t f;
+    run_flood(&d, ctl, false, &f);
+    CU_ASSERT(f.throttled > 0);
+    CU_ASSERT(f.base_us > 0 && f.flood_us > 0);
     run_out_t r;
     HEAPCTL(&r, "--control", ctl, "stats");
     CU_ASSERT_EQUAL(r.code, 0);
     run_free(&r);
+    stop_clean(&d);
+}
+
+/* ---- timing (make test-timing; CI does not gate on it) ------------------------------------- */
+
+/* The cost of a control flood, measured: the daemon's CPU while it serves
+ * the flood alone, the requests it served against the rate limit, and client
+ * RPC round trips with and without the flood. Bounds on a shared machine's
+ * timing belong here, not in the gating suites. */
+static void test_control_flood_timing(void)
+{
+    daemon_proc_t d;
+    const char *const extra[] = {"--scavenge-cpu", "0", NULL};
+    CU_ASSERT_FATAL(daemon_start(&d, "1GiB", extra) == 0);
+    char ctl[256];
+    snprintf(ctl, sizeof(ctl), "%s.ctl", d.sock);
+    flood_t f;
+    run_flood(&d, ctl, true, &f);
+    CU_ASSERT(f.busy <= 0.3);
+    /* the rate limit held: 1000/s plus the burst, with slack for timing */
+    CU_ASSERT(f.served <= (f.window_us + 400000) / 1000 * 1.2 + 200 + 50);
+    /* Client RPCs: measured +0-20% here; the bound only catches a daemon
+     * that stalls behind the flood. */
+    CU_ASSERT(f.flood_us <= 4 * f.base_us + 200000);
     stop_clean(&d);
 }
 
@@ -1318,5 +1357,7 @@ static void register_stats_suite(void)
     CU_add_test(s, "top: N rounds", test_top);
     CU_add_test(s, "bad input: one line, non-zero exit", test_bad_input);
     CU_add_test(s, "control socket: malformed frames, too many, a flood", test_control_flood);
+    s = CU_add_suite("timing", NULL, NULL);     /* make test-timing: HEAPD_UNIT_SUITES=timing */
+    CU_add_test(s, "control flood: daemon CPU, rate limit, RPC latency", test_control_flood_timing);
 }
 UNIT_SUITE(register_stats_suite)
