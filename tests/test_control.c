@@ -126,7 +126,7 @@ static void test_quotas_after_churn(void)
     /* Whatever the array holds past its count (vacated entries, memory
      * realloc never wrote) must not show: make every such entry claim a
      * quota for the live clients that have no account of their own. */
-    scav_t *s = &D->scav;
+    limits_t *s = &D->lim;
     CU_ASSERT_FATAL(s->nacct < s->acct_cap);
     unsigned k = s->nacct;
     for (unsigned i = 0; i < N && k < s->acct_cap; i++)

@@ -323,7 +323,7 @@ static bool read_full(int fd, uint8_t *p, size_t len, uint64_t deadline)
 {
     size_t got = 0;
     while (got < len) {
-        uint64_t t = now_ms();
+        uint64_t t = test_now_ms();
         struct pollfd pf = {.fd = fd, .events = POLLIN};
         if (t >= deadline || poll(&pf, 1, (int)(deadline - t)) <= 0)
             return false;
@@ -337,7 +337,7 @@ static bool read_full(int fd, uint8_t *p, size_t len, uint64_t deadline)
 
 Heapdctl__ControlReply *ctl_recv(int fd, unsigned timeout_ms)
 {
-    uint64_t deadline = now_ms() + timeout_ms;
+    uint64_t deadline = test_now_ms() + timeout_ms;
     uint8_t h[4];
     if (!read_full(fd, h, 4, deadline))
         return NULL;
