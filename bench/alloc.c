@@ -578,23 +578,15 @@ static void fmt_ns(char *buf, size_t len, double ns)
 int main(int argc, char **argv)
 {
     params_t p = { .iters = 2000000, .max_s = 0.25, .pc_objects = 2000000, .pc_max_s = 1.0, .size_index = -1 };
-    const char *worker = NULL, *sock = NULL, *heapd_opt = NULL, *expect = NULL;
-    bool quick = false, iters_set = false;
+    bench_opts_t o = { 0 };
+    bool iters_set = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--quick") == 0)
-            quick = true;
-        else if (strncmp(a, "--worker=", 9) == 0)
-            worker = a + 9;
-        else if (strcmp(a, "--iters") == 0 && v && parse_u64(v, &p.iters))
+        if (bench_common_arg(argc, argv, &i, &o))
+            continue;
+        if (strcmp(a, "--iters") == 0 && v && parse_u64(v, &p.iters))
             iters_set = true, i++;
-        else if (strcmp(a, "--socket") == 0 && v)
-            sock = v, i++;
-        else if (strcmp(a, "--heapd") == 0 && v)
-            heapd_opt = v, i++;
-        else if (strcmp(a, "--expect") == 0 && v)
-            expect = v, i++;
         else if (strcmp(a, "--max-s") == 0 && v)
             p.max_s = atof(v), i++;
         else if (strcmp(a, "--pc-objects") == 0 && v && parse_u64(v, &p.pc_objects))
@@ -612,6 +604,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    const char *worker = o.worker, *sock = o.sock, *heapd_opt = o.heapd, *expect = o.expect;
+    bool quick = o.quick;
     sizes_init();
     if (worker) {
         bench_name = "bench-alloc";

@@ -383,3 +383,28 @@ int bench_worker_attach(const char *sock)
     }
     return 0;
 }
+
+bool bench_common_arg(int argc, char **argv, int *i, bench_opts_t *o)
+{
+    const char *a = argv[*i], *v = *i + 1 < argc ? argv[*i + 1] : NULL;
+    const char **slot = NULL;
+    if (strcmp(a, "--quick") == 0) {
+        o->quick = true;
+        return true;
+    }
+    if (strncmp(a, "--worker=", 9) == 0) {
+        o->worker = a + 9;
+        return true;
+    }
+    if (strcmp(a, "--socket") == 0)
+        slot = &o->sock;
+    else if (strcmp(a, "--heapd") == 0)
+        slot = &o->heapd;
+    else if (strcmp(a, "--expect") == 0)
+        slot = &o->expect;
+    if (!slot || !v)
+        return false;
+    *slot = v;
+    ++*i;
+    return true;
+}

@@ -77,6 +77,16 @@ int bench_worker_enter(const char *symbol);
 /* In a heapd worker: refuses to run under LD_PRELOAD (2), attaches (1 on failure). */
 int bench_worker_attach(const char *sock);
 
+/* The options every allocator bench takes: --quick, --worker=KIND (internal),
+ * --socket PATH, --heapd PATH, --expect SYMBOL (internal). */
+typedef struct bench_opts {
+    const char *worker, *sock, *heapd, *expect;
+    bool quick;
+} bench_opts_t;
+/* If argv[*i] is one of them, take it (and its value: *i moves on) and return
+ * true. */
+bool bench_common_arg(int argc, char **argv, int *i, bench_opts_t *o);
+
 /* command, date, nproc and cpu model, one per line. */
 void print_header(int argc, char **argv);
 
