@@ -9,6 +9,9 @@
  *    (HeapAlloc = HeapObjects = 0);
  *  - a two-process, two-thread workload with cross-process frees: the
  *    invariants in live snapshots and at the end;
+ *  - 2 producer and 2 consumer processes of large objects (malloc, calloc,
+ *    realloc, all freed across processes), 20 rounds: the large bytes balance
+ *    after every round (issue 9);
  *  - heapctl clients: rows appear and disappear with clients;
  *  - heapctl metrics passes the exposition-format checker and agrees with stats;
  *  - heapctl limit takes effect (a hard limit refuses an allocation, lifting
