@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test test-timing unit asan tsan debug fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit clean
+.PHONY: all deps build run demo test test-timing unit asan tsan debug fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit bench-peers clean
 
 all: build
 
@@ -94,7 +94,15 @@ bench-limit: build
 	@scripts/install-deps.sh --bench
 	$(BUILD)/bench-limit --plot docs/limit.png
 
-bench: bench-pagealloc bench-alloc bench-limit
+# heapd (K processes) against the malloc libraries (K threads) and
+# Boost.Interprocess (K processes) on five patterns; BENCH_PEERS_FLAGS=--quick for a smoke run.
+bench-peers: deps
+	@scripts/install-deps.sh --bench
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS)
+	$(BUILD)/bench-peers --data $(BUILD)/peers.dat --plot docs/peers.png $(BENCH_PEERS_FLAGS)
+
+bench: bench-pagealloc bench-alloc bench-limit bench-peers
 
 clean:
 	rm -rf $(BUILD) $(ASAN) $(TSAN) $(FUZZ) run

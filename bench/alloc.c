@@ -56,18 +56,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
 #include "heapd.h"
 #include "sizeclasses.h"
 
 extern char **environ;
 
-#ifndef LIBDIR
-#define LIBDIR "/usr/lib/x86_64-linux-gnu/"   /* where Debian puts the allocators */
-#endif
 #define ROUNDS 3
 #define MIN_WINDOW 64u
 #define MAX_WINDOW (4u * HD_MAX_OBJS_PER_SPAN)
-#define WORKER_TIMEOUT_S 600u   /* a worker that runs longer is hung */
 
 /* ---- what is measured ------------------------------------------------------- */
 
@@ -105,21 +102,6 @@ static void sizes_init(void)
     }
 }
 
-enum { A_HEAPD, A_GLIBC, A_JEMALLOC, A_TCMALLOC, A_MIMALLOC, A_COUNT };
-
-typedef struct allocator {
-    const char *name;
-    const char *preload;        /* LD_PRELOAD for the worker; NULL: none */
-    const char *symbol;         /* the worker checks the preload took effect */
-} allocator_t;
-
-static const allocator_t allocators[A_COUNT] = {
-    [A_HEAPD]    = { "heapd",    NULL, NULL },
-    [A_GLIBC]    = { "glibc",    NULL, NULL },
-    [A_JEMALLOC] = { "jemalloc", LIBDIR "libjemalloc.so.2", "mallocx" },
-    [A_TCMALLOC] = { "tcmalloc", LIBDIR "libtcmalloc.so.4", "tc_malloc" },
-    [A_MIMALLOC] = { "mimalloc", LIBDIR "libmimalloc.so.2", "mi_malloc" },
-};
 
 /* Producer/consumer object sizes. */
 static const size_t pc_sizes[] = { 64, 1024, 16384 };
@@ -135,43 +117,7 @@ typedef struct params {
 
 /* ---- small helpers ------------------------------------------------------------ */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Median of the n values that are > 0; negative if there are none. */
-static double median(const double *v, unsigned n)
-{
-    double t[ROUNDS];
-    unsigned k = 0;
-    for (unsigned i = 0; i < n && k < ROUNDS; i++)
-        if (v[i] > 0)
-            t[k++] = v[i];
-    if (k == 0)
-        return -1;
-    qsort(t, k, sizeof(t[0]), cmp_double);
-    return k % 2 ? t[k / 2] : (t[k / 2 - 1] + t[k / 2]) / 2;
-}
-
-static bool parse_u64(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || v == 0 || s[0] == '-')
-        return false;
-    *out = v;
-    return true;
-}
 
 static void fmt_size(char *buf, size_t len, size_t size)
 {
@@ -183,12 +129,6 @@ static void fmt_size(char *buf, size_t len, size_t size)
         snprintf(buf, len, "%zu", size);
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
 
 /* ---- part 1 worker: the FIFO ring ----------------------------------------------
  * One loop per allocator family, so both call their allocator directly (through
@@ -450,24 +390,14 @@ static int worker_pc(const params_t *p)
 
 static int worker_main(const char *kind, const char *sock, const char *symbol, const params_t *p)
 {
-    alarm(WORKER_TIMEOUT_S);
-    if (symbol && !dlsym(RTLD_DEFAULT, symbol)) {
-        fprintf(stderr, "bench-alloc worker: %s not found: LD_PRELOAD=%s did not take effect\n", symbol,
-                getenv("LD_PRELOAD") ? getenv("LD_PRELOAD") : "(unset)");
-        return 3;
-    }
+    int rc = bench_worker_enter(symbol);
+    if (rc)
+        return rc;
     if (strcmp(kind, "malloc") == 0)
         return worker_ring(false, p);
-    if (getenv("LD_PRELOAD")) {
-        fprintf(stderr, "bench-alloc worker: heapd must not run under LD_PRELOAD\n");
-        return 2;
-    }
-    if (heapd_attach(sock) != 0) {
-        fprintf(stderr, "bench-alloc worker: cannot attach to heapd at %s: %s\n", sock ? sock : "(default)",
-                strerror(errno));
-        return 1;
-    }
-    int rc = strcmp(kind, "pc") == 0 ? worker_pc(p) : worker_ring(true, p);
+    if ((rc = bench_worker_attach(sock)) != 0)
+        return rc;
+    rc = strcmp(kind, "pc") == 0 ? worker_pc(p) : worker_ring(true, p);
     heapd_detach();
     return rc;
 }
@@ -518,159 +448,12 @@ static double socket_rtt_us(unsigned n)
 
 /* ---- the parent: daemon, workers, tables ---------------------------------------- */
 
-static char self_exe[PATH_MAX];
-static char tmpdir[64];
-static char sock_path[80];
-static char log_path[80];
-static volatile pid_t daemon_pid;
-static volatile pid_t worker_pid;
-
-static void stop_daemon(void)
-{
-    pid_t pid = daemon_pid;
-    if (pid > 0) {
-        kill(pid, SIGTERM);
-        for (int i = 0; i < 500; i++) {             /* 5 s, then SIGKILL */
-            if (waitpid(pid, NULL, WNOHANG) == pid) {
-                pid = 0;
-                break;
-            }
-            usleep(10000);
-        }
-        if (pid > 0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, NULL, 0);
-        }
-        daemon_pid = 0;
-    }
-    if (tmpdir[0]) {
-        unlink(sock_path);
-        unlink(log_path);
-        rmdir(tmpdir);
-        tmpdir[0] = 0;
-    }
-}
-
-static void on_signal(int sig)
-{
-    if (worker_pid > 0)
-        kill(worker_pid, SIGKILL);
-    if (daemon_pid > 0) {
-        kill(daemon_pid, SIGKILL);
-        waitpid(daemon_pid, NULL, 0);
-    }
-    if (tmpdir[0]) {
-        unlink(sock_path);
-        unlink(log_path);
-        rmdir(tmpdir);
-    }
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static bool sock_accepts(const char *path)
-{
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_un a = { .sun_family = AF_UNIX };
-    size_t len = strlen(path);
-    if (len >= sizeof(a.sun_path)) {
-        close(fd);
-        return false;
-    }
-    memcpy(a.sun_path, path, len + 1);
-    bool ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    close(fd);
-    return ok;
-}
-
-static void print_log_tail(void)
-{
-    FILE *f = fopen(log_path, "r");
-    if (!f)
-        return;
-    char line[512];
-    fprintf(stderr, "---- heapd output ----\n");
-    while (fgets(line, sizeof(line), f))
-        fputs(line, stderr);
-    fprintf(stderr, "----------------------\n");
-    fclose(f);
-}
-
-static int start_daemon(const char *bin)
-{
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/bench-alloc-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("bench-alloc: mkdtemp");
-        tmpdir[0] = 0;
-        return -1;
-    }
-    snprintf(sock_path, sizeof(sock_path), "%s/h.sock", tmpdir);
-    snprintf(log_path, sizeof(log_path), "%s/heapd.log", tmpdir);
-    printf("daemon: %s --socket %s --size 8GiB --foreground --quiet\n", bin, sock_path);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("bench-alloc: fork");
-        return -1;
-    }
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* never outlive the bench */
-        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        unsetenv("LD_PRELOAD");
-        execl(bin, bin, "--socket", sock_path, "--size", "8GiB", "--foreground", "--quiet", (char *)NULL);
-        fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
-        _exit(127);
-    }
-    daemon_pid = pid;
-    double t0 = now_s();
-    while (now_s() - t0 < 10) {
-        if (sock_accepts(sock_path))
-            return 0;
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            daemon_pid = 0;
-            fprintf(stderr, "bench-alloc: heapd exited at start (status %#x)\n", st);
-            print_log_tail();
-            return -1;
-        }
-        usleep(10000);
-    }
-    fprintf(stderr, "bench-alloc: heapd did not accept connections within 10 s\n");
-    print_log_tail();
-    return -1;
-}
-
-/* The heapd binary: --heapd, else HEAPD_BIN from the build, else next to us. */
-static bool find_heapd(const char *opt, char *out, size_t len)
-{
-    if (opt) {
-        snprintf(out, len, "%s", opt);
-        return access(out, X_OK) == 0;
-    }
-#ifdef HEAPD_BIN
-    if (access(HEAPD_BIN, X_OK) == 0) {
-        snprintf(out, len, "%s", HEAPD_BIN);
-        return true;
-    }
-#endif
-    const char *slash = strrchr(self_exe, '/');
-    int dirlen = slash ? (int)(slash - self_exe) : 0;
-    snprintf(out, len, "%.*s/heapd", dirlen, self_exe);
-    return access(out, X_OK) == 0;
-}
 
 /* Run this binary as a worker; calls line(arg, text) for each line it prints.
  * Returns the worker's exit status (0 = success). */
 static int run_worker(const char *kind, int alloc_idx, const params_t *p, const char *sock,
                       void (*line)(void *, const char *), void *arg)
 {
-    const allocator_t *a = alloc_idx >= 0 ? &allocators[alloc_idx] : NULL;
     char iters[32], maxs[32], pcn[32], pcs[32], wk[32], idx[16];
     snprintf(wk, sizeof(wk), "--worker=%s", kind);
     snprintf(iters, sizeof(iters), "%" PRIu64, p->iters);
@@ -689,68 +472,8 @@ static int run_worker(const char *kind, int alloc_idx, const params_t *p, const 
         argv[argc++] = "--socket";
         argv[argc++] = sock;
     }
-    if (a && a->symbol) {
-        argv[argc++] = "--expect";
-        argv[argc++] = a->symbol;
-    }
     argv[argc] = NULL;
-
-    /* The environment without LD_PRELOAD, plus ours when the allocator has one. */
-    size_t n = 0;
-    while (environ[n])
-        n++;
-    char **envp = calloc(n + 2, sizeof(*envp));
-    if (!envp)
-        return -1;
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], "LD_PRELOAD=", 11) != 0)
-            envp[k++] = environ[i];
-    char preload[PATH_MAX + 16];
-    if (a && a->preload) {
-        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s", a->preload);
-        envp[k++] = preload;
-    }
-    envp[k] = NULL;
-
-    int pfd[2];
-    if (pipe2(pfd, O_CLOEXEC) != 0) {
-        free(envp);
-        return -1;
-    }
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(pfd[0]);
-        close(pfd[1]);
-        free(envp);
-        return -1;
-    }
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(pfd[1], 1);
-        execve(self_exe, (char *const *)argv, envp);
-        fprintf(stderr, "bench-alloc: exec %s: %s\n", self_exe, strerror(errno));
-        _exit(127);
-    }
-    worker_pid = pid;
-    free(envp);
-    close(pfd[1]);
-    FILE *f = fdopen(pfd[0], "r");
-    char buf[256];
-    while (f && fgets(buf, sizeof(buf), f))
-        line(arg, buf);
-    if (f)
-        fclose(f);
-    else
-        close(pfd[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    worker_pid = 0;
-    if (WIFEXITED(st))
-        return WEXITSTATUS(st);
-    fprintf(stderr, "bench-alloc: %s worker killed by signal %d\n", a ? a->name : kind, WTERMSIG(st));
-    return 128 + WTERMSIG(st);
+    return bench_run_worker(argv, alloc_idx, line, arg);
 }
 
 static double ring_ns[A_COUNT][NSIZES][ROUNDS];     /* <= 0: not measured */
@@ -796,29 +519,6 @@ static void on_pc_line(void *arg, const char *text)
         }
 }
 
-static void print_header(int argc, char **argv)
-{
-    printf("command:");
-    for (int i = 0; i < argc; i++)
-        printf(" %s", argv[i]);
-    char date[64];
-    time_t t = time(NULL);
-    strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %Z", localtime(&t));
-    printf("\ndate: %s\nnproc: %ld\n", date, sysconf(_SC_NPROCESSORS_ONLN));
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[256];
-    while (f && fgets(line, sizeof(line), f))
-        if (strncmp(line, "model name", 10) == 0) {
-            char *v = strchr(line, ':');
-            if (v) {
-                v += 1 + (v[1] == ' ');
-                printf("cpu: %s", v);
-            }
-            break;
-        }
-    if (f)
-        fclose(f);
-}
 
 static void usage(FILE *f, const char *prog)
 {
@@ -878,23 +578,15 @@ static void fmt_ns(char *buf, size_t len, double ns)
 int main(int argc, char **argv)
 {
     params_t p = { .iters = 2000000, .max_s = 0.25, .pc_objects = 2000000, .pc_max_s = 1.0, .size_index = -1 };
-    const char *worker = NULL, *sock = NULL, *heapd_opt = NULL, *expect = NULL;
-    bool quick = false, iters_set = false;
+    bench_opts_t o = { 0 };
+    bool iters_set = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--quick") == 0)
-            quick = true;
-        else if (strncmp(a, "--worker=", 9) == 0)
-            worker = a + 9;
-        else if (strcmp(a, "--iters") == 0 && v && parse_u64(v, &p.iters))
+        if (bench_common_arg(argc, argv, &i, &o))
+            continue;
+        if (strcmp(a, "--iters") == 0 && v && parse_u64(v, &p.iters))
             iters_set = true, i++;
-        else if (strcmp(a, "--socket") == 0 && v)
-            sock = v, i++;
-        else if (strcmp(a, "--heapd") == 0 && v)
-            heapd_opt = v, i++;
-        else if (strcmp(a, "--expect") == 0 && v)
-            expect = v, i++;
         else if (strcmp(a, "--max-s") == 0 && v)
             p.max_s = atof(v), i++;
         else if (strcmp(a, "--pc-objects") == 0 && v && parse_u64(v, &p.pc_objects))
@@ -912,8 +604,11 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    const char *worker = o.worker, *sock = o.sock, *heapd_opt = o.heapd, *expect = o.expect;
+    bool quick = o.quick;
     sizes_init();
     if (worker) {
+        bench_name = "bench-alloc";
         if (strcmp(worker, "malloc") && strcmp(worker, "heapd") && strcmp(worker, "pc")) {
             fprintf(stderr, "bench-alloc: unknown worker %s\n", worker);
             return 2;
@@ -928,39 +623,12 @@ int main(int argc, char **argv)
         p.pc_max_s = 0.1;
     }
 
-    ssize_t n = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
-    if (n <= 0) {
-        perror("bench-alloc: readlink /proc/self/exe");
+    if (bench_init("bench-alloc") != 0)
         return 1;
-    }
-    self_exe[n] = 0;
-
     print_header(argc, argv);
     double t_start = now_s();
-    struct sigaction sa = { .sa_handler = on_signal };
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    atexit(stop_daemon);
-
-    if (!sock) {
-        char bin[PATH_MAX];
-        if (!find_heapd(heapd_opt, bin, sizeof(bin))) {
-            fprintf(stderr, "bench-alloc: no heapd binary at %s (build it, or pass --heapd PATH or --socket PATH)\n",
-                    bin);
-            return 1;
-        }
-        if (start_daemon(bin) != 0)
-            return 1;
-        sock = sock_path;
-    } else {
-        printf("daemon: existing, --socket %s\n", sock);
-        if (!sock_accepts(sock)) {
-            fprintf(stderr, "bench-alloc: nothing accepts connections on %s: %s\n", sock, strerror(errno));
-            return 1;
-        }
-    }
+    if (bench_daemon_open(heapd_opt, &sock, "8GiB") != 0)
+        return 1;
     printf("workload: FIFO ring of W live objects, W = 4 x objects per span (>= %u); per pair: free the oldest,\n"
            "          allocate one, write its first byte; ns per alloc+free pair, median of %u interleaved rounds;\n"
            "          up to %" PRIu64 " timed pairs or %.2f s per size and round%s\n",

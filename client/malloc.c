@@ -108,11 +108,16 @@ void heapd_free(void *p)
     }
     switch (r) {
     case HD_FREE_LARGE: {
+        /* Read the span once, before the free is queued: tp_free_large may
+         * send the batch at once, the daemon may free the span and give its
+         * id to another process's span of another size, and a second read of
+         * npages would count that span's bytes (memstats drift, issue 9). */
         const hd_span_t *sp = &hdc_seg.spans[id];
-        if (tp_free_large(id, sp->gen, sp->npages) < 0)
+        uint32_t gen = sp->gen, npages = sp->npages;
+        if (tp_free_large(id, gen, npages) < 0)
             hdc_report_bad_free(p, "double free (large object)");
         else
-            mc_count_large(false, (uint64_t)sp->npages * HD_PAGE_SIZE);
+            mc_count_large(false, (uint64_t)npages * HD_PAGE_SIZE);
         return;
     }
     case HD_FREE_NOT_HEAP:

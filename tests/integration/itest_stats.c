@@ -9,6 +9,9 @@
  *    (HeapAlloc = HeapObjects = 0);
  *  - a two-process, two-thread workload with cross-process frees: the
  *    invariants in live snapshots and at the end;
+ *  - 2 producer and 2 consumer processes of large objects (malloc, calloc,
+ *    realloc, all freed across processes), 20 rounds: the large bytes balance
+ *    after every round (issue 9);
  *  - heapctl clients: rows appear and disappear with clients;
  *  - heapctl metrics passes the exposition-format checker and agrees with stats;
  *  - heapctl limit takes effect (a hard limit refuses an allocation, lifting
@@ -27,6 +30,7 @@
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1343,6 +1347,174 @@ static void test_control_flood_timing(void)
     /* Client RPCs: measured +0-20% here; the bound only catches a daemon
      * that stalls behind the flood. */
     CU_ASSERT(f.flood_us <= 4 * f.base_us + 200000);
+}
+
+/* ---- large objects across processes: bytes counted alike at allocation and free ----------
+ * Two producers allocate large objects (32 KiB .. 4 MiB, malloc or calloc, some
+ * reallocated to another large size) and hand them, as heap offsets, to two
+ * consumers through SPSC rings in a shared mapping; a consumer frees each one,
+ * a quarter of them after a realloc of its own (a cross-process realloc). The
+ * daemon frees a span as soon as a FreeLarge batch arrives and gives its id to
+ * the next allocation, often of another size: a free that counted the span's
+ * pages after queueing its FreeLarge counted the new span's (issue 9). After
+ * each round, with every process gone, the large bytes must balance. */
+#define LG_ROUNDS 20
+#define LG_PER_PRODUCER 150
+#define LG_RING 8                       /* slots per producer->consumer ring: bounds live memory */
+#define LG_END UINT64_MAX               /* the producer is done */
+
+typedef struct lg_ring {
+    _Atomic uint64_t head, tail;
+    uint64_t off[LG_RING];              /* heapd_ptr_to_offset of the object */
+    uint64_t tag[LG_RING];
+} lg_ring_t;
+
+typedef struct lg_shared {
+    lg_ring_t ring[2][2];               /* [producer][consumer] */
+    _Atomic int failures;
+} lg_shared_t;
+
+struct lg_arg {
+    const char *sock;
+    lg_shared_t *sh;
+    unsigned idx;
+    uint64_t seed;
+};
+
+/* 32 KiB + 1 .. 4 MiB, every power of two equally likely. */
+static size_t lg_size(uint64_t *st)
+{
+    unsigned shift = 15 + (unsigned)(test_rand(st) % 7);
+    size_t base = (size_t)1 << shift;
+    return base + 1 + test_rand(st) % base;
+}
+
+static void lg_push(lg_ring_t *r, uint64_t off, uint64_t tag)
+{
+    uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+    while (h - atomic_load_explicit(&r->tail, memory_order_acquire) >= LG_RING)
+        sched_yield();
+    r->off[h % LG_RING] = off;
+    r->tag[h % LG_RING] = tag;
+    atomic_store_explicit(&r->head, h + 1, memory_order_release);
+}
+
+static int lg_producer(void *arg)
+{
+    struct lg_arg *a = arg;
+    if (heapd_attach(a->sock) != 0)
+        return 10;
+    uint64_t st = a->seed;
+    for (unsigned i = 0; i < LG_PER_PRODUCER; i++) {
+        size_t size = lg_size(&st);
+        bool zero = test_rand(&st) & 1;
+        uint8_t *p = zero ? heapd_calloc(1, size) : heapd_malloc(size);
+        if (!p)
+            return 11;
+        if (zero && (p[0] || p[size - 1]))
+            return 12;
+        if (test_rand(&st) % 3 == 0) {
+            size = lg_size(&st);
+            p = heapd_realloc(p, size);
+            if (!p)
+                return 13;
+        }
+        uint64_t tag = (uint64_t)a->idx << 32 | i;
+        p[0] = (uint8_t)tag;
+        lg_push(&a->sh->ring[a->idx][test_rand(&st) & 1], heapd_ptr_to_offset(p), tag);
+    }
+    lg_push(&a->sh->ring[a->idx][0], LG_END, 0);
+    lg_push(&a->sh->ring[a->idx][1], LG_END, 0);
+    uint64_t bad = heapd_bad_frees();
+    heapd_detach();
+    return bad ? 14 : 0;
+}
+
+static int lg_consumer(void *arg)
+{
+    struct lg_arg *a = arg;
+    if (heapd_attach(a->sock) != 0)
+        return 20;
+    uint64_t st = a->seed;
+    bool done[2] = {false, false};
+    while (!done[0] || !done[1]) {
+        bool got = false;
+        for (unsigned p = 0; p < 2; p++) {
+            lg_ring_t *r = &a->sh->ring[p][a->idx];
+            uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+            if (done[p] || t == atomic_load_explicit(&r->head, memory_order_acquire))
+                continue;
+            got = true;
+            uint64_t off = r->off[t % LG_RING], tag = r->tag[t % LG_RING];
+            atomic_store_explicit(&r->tail, t + 1, memory_order_release);
+            if (off == LG_END) {
+                done[p] = true;
+                continue;
+            }
+            uint8_t *o = heapd_offset_to_ptr(off);
+            if (!o || o[0] != (uint8_t)tag)
+                return 21;
+            if (test_rand(&st) % 4 == 0 && !(o = heapd_realloc(o, lg_size(&st))))
+                return 22;
+            heapd_free(o);
+        }
+        if (!got)
+            sched_yield();
+    }
+    uint64_t bad = heapd_bad_frees();
+    heapd_detach();
+    return bad ? 23 : 0;
+}
+
+static void test_stats_large_balance(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "2GiB", NULL) == 0);
+    char ctl[256];
+    snprintf(ctl, sizeof(ctl), "%s.ctl", d.sock);
+    lg_shared_t *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CU_ASSERT_FATAL(sh != MAP_FAILED);
+    uint64_t seed0 = test_seed(0x1a26eb);
+    for (unsigned round = 0; round < LG_ROUNDS; round++) {
+        memset(sh, 0, sizeof(*sh));
+        pid_t pid[4];
+        struct lg_arg arg[4];
+        for (unsigned k = 0; k < 4; k++) {
+            arg[k] = (struct lg_arg){d.sock, sh, k % 2, seed0 + round * 4 + k};
+            fflush(NULL);
+            pid[k] = fork();
+            if (pid[k] == 0)
+                _exit(k < 2 ? lg_producer(&arg[k]) : lg_consumer(&arg[k]));
+        }
+        int rc[4];
+        for (unsigned k = 0; k < 4; k++)
+            rc[k] = pid[k] > 0 ? wait_child(pid[k], 60) : -1;
+        jv_t s;
+        bool quiet = wait_clients(ctl, 0, &s);
+        bool ok = quiet && rc[0] == 0 && rc[1] == 0 && rc[2] == 0 && rc[3] == 0;
+        if (quiet) {
+            ok = ok && ju(&s, "LargeAllocs") == ju(&s, "LargeFrees") &&
+                 ju(&s, "LargeAllocBytes") == ju(&s, "LargeFreeBytes") && ju(&s, "HeapAlloc") == 0 &&
+                 ju(&s, "HeapObjects") == 0;
+            if (!ok)
+                fprintf(stderr,
+                        "  round %u (seed %#llx): children exit %d %d %d %d; LargeAllocs %llu LargeFrees %llu "
+                        "LargeAllocBytes %llu LargeFreeBytes %llu HeapAlloc %llu HeapObjects %llu\n",
+                        round, (unsigned long long)seed0, rc[0], rc[1], rc[2], rc[3],
+                        (unsigned long long)ju(&s, "LargeAllocs"), (unsigned long long)ju(&s, "LargeFrees"),
+                        (unsigned long long)ju(&s, "LargeAllocBytes"),
+                        (unsigned long long)ju(&s, "LargeFreeBytes"), (unsigned long long)ju(&s, "HeapAlloc"),
+                        (unsigned long long)ju(&s, "HeapObjects"));
+            jfree(&s);
+        } else {
+            fprintf(stderr, "  round %u (seed %#llx): clients did not all leave\n", round,
+                    (unsigned long long)seed0);
+        }
+        CU_ASSERT(ok);
+        if (!ok)
+            break;
+    }
+    munmap(sh, sizeof(*sh));
     stop_clean(&d);
 }
 
@@ -1351,6 +1523,7 @@ static void register_stats_suite(void)
     CU_pSuite s = CU_add_suite("stats", NULL, NULL);
     CU_add_test(s, "stats: known objects, every field, invariants, quiescent zero", test_stats_known);
     CU_add_test(s, "stats: cross-process workload, live and final invariants", test_stats_workload);
+    CU_add_test(s, "stats: cross-process large objects, bytes balance after every round", test_stats_large_balance);
     CU_add_test(s, "clients: rows appear and disappear", test_clients_rows);
     CU_add_test(s, "metrics: exposition format, agrees with stats", test_metrics);
     CU_add_test(s, "limit takes effect; scavenge; flush", test_limit_scavenge_flush);
