@@ -5,6 +5,8 @@
  *  - registration: before or after attach, and unregistering;
  *  - a delivered Pressure runs the callback, with its level, bytes and arg,
  *    on libheapd's own thread ("heapd-pressure"), never the allocating one;
+ *    also in a process that makes no call at all (another process hit the
+ *    hard limit: the listener reads the Pressure from the socket);
  *  - pressures that arrive while a callback runs coalesce into one more call;
  *  - a callback that allocates under the same refusal gets ENOMEM, and
  *    neither it nor the allocating thread waits for the other (bounded). */
@@ -16,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "daemon_fixture.h"
 #include "heapd.h"
@@ -157,6 +161,48 @@ static void test_coalescing(void)
     down(&d);
 }
 
+/* Another process hits the hard limit: the daemon asks every client for
+ * memory. This one is idle (no RPC of its own reads the socket): the
+ * listener reads the Pressure and runs the callback. */
+static int hog(const char *sock)
+{
+    if (heapd_on_pressure(NULL, NULL) != 0 || heapd_attach(sock) != 0)
+        return 10;
+    for (int i = 0; i < 64; i++)
+        if (!heapd_malloc(MiB))
+            return errno == ENOMEM ? 0 : 11;
+    return 12;                                                  /* the limit never came */
+}
+
+static void test_idle_listener(void)
+{
+    reset();
+    fx_proc_t d;
+    daemon_opts_t o = {.size = 64ull << 20, .base = SPAWN_BASE + (uint64_t)(nspawn++) * (4ull << 30),
+                       .hard_limit = 16 * MiB};
+    fx_spawn(&d, &o);
+    CU_ASSERT_EQUAL(heapd_on_pressure(cb, &CB), 0);
+    CU_ASSERT_FATAL(heapd_attach(d.sock) == 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        heapd_detach();                                         /* the parent's connection is not ours */
+        _exit(hog(d.sock));
+    }
+    int st = -1;
+    bool done = TEST_WAIT(waitpid(pid, &st, WNOHANG) == pid, 10000);
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+    }
+    CU_ASSERT(done && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CU_ASSERT(TEST_WAIT(atomic_load(&CB.calls) >= 1, 5000));
+    CU_ASSERT_EQUAL(atomic_load(&CB.level), PRESSURE_HARD);
+    CU_ASSERT_STRING_EQUAL(CB.name, "heapd-pressure");
+    down(&d);
+}
+
 static void *alloc_thread(void *arg)
 {
     _Atomic int *done = arg;
@@ -193,6 +239,7 @@ static void register_pressure_suite(void)
     CU_pSuite s = CU_add_suite("pressure", NULL, NULL);
     CU_add_test(s, "registration before and after attach; unregistering", test_registration);
     CU_add_test(s, "a Pressure runs the callback on the heapd-pressure thread", test_callback_thread);
+    CU_add_test(s, "an idle process: the listener reads the Pressure", test_idle_listener);
     CU_add_test(s, "pressures during a callback coalesce into one call", test_coalescing);
     CU_add_test(s, "a callback that allocates gets ENOMEM, no deadlock", test_callback_allocates);
 }
