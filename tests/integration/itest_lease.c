@@ -7,7 +7,8 @@
  *  - a client dropped for a protocol violation keeps its spans CACHED (and
  *    shows as quarantined) until its process exits; then they are reclaimed;
  *  - a client that sends requests without reading the replies is served at
- *    its own pace, never disconnected.
+ *    its own pace, never disconnected;
+ *  - a peer whose pid heapd cannot see (another pid namespace) is refused.
  * Registered with UNIT_SUITE: itest_main.c runs every registered suite. */
 #define _GNU_SOURCE
 #include <CUnit/CUnit.h>
@@ -546,11 +547,77 @@ static void test_unread_replies(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- a peer heapd cannot see ------------------------------------------------------------------ */
+
+/* heapd in a pid namespace of its own: this process, in the parent namespace,
+ * has no pid there (SO_PEERCRED pid 0), so no pidfd, so no lease: refused
+ * with EACCES and a log line that says why. Needs CAP_SYS_ADMIN for
+ * unshare(CLONE_NEWPID); without it the test says so and checks nothing. */
+static void test_foreign_pidns(void)
+{
+    int up[2], down[2];
+    CU_ASSERT_FATAL(pipe(up) == 0 && pipe(down) == 0);
+    fflush(NULL);
+    pid_t outer = fork();
+    CU_ASSERT_FATAL(outer >= 0);
+    if (outer == 0) {
+        alarm(60);
+        close(up[0]);
+        close(down[1]);
+        daemon_proc_t d;
+        memset(&d, 0, sizeof(d));
+        if (unshare(CLONE_NEWPID) != 0) {           /* d.sock empty: cannot */
+            (void)!write(up[1], &d, sizeof(d));
+            _exit(0);
+        }
+        pid_t inner = fork();                       /* pid 1 of the new namespace */
+        if (inner == 0) {
+            int rc = daemon_start(&d, "64MiB", NULL) == 0 ? 0 : 1;
+            (void)!write(up[1], &d, sizeof(d));
+            (void)recv_byte(down[0], 30000);        /* the test is done (or gone: EOF) */
+            if (rc == 0) {
+                int st = daemon_stop(&d);
+                rc = WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 2;
+            }
+            harness_cleanup();                      /* its temp dir (no atexit after _exit) */
+            _exit(rc);
+        }
+        int st = 0;
+        waitpid(inner, &st, 0);
+        _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 3);
+    }
+    close(up[1]);
+    close(down[0]);
+    daemon_proc_t d;
+    struct pollfd p = {.fd = up[0], .events = POLLIN};
+    CU_ASSERT_FATAL(poll(&p, 1, 20000) == 1 && read(up[0], &d, sizeof(d)) == (ssize_t)sizeof(d));
+    if (!d.sock[0]) {
+        printf("\n  foreign pid namespace: skipped (unshare(CLONE_NEWPID) not permitted here)\n");
+    } else {
+        int fds[2], nfds;
+        CU_ASSERT_EQUAL(raw_hello_fds(d.sock, "itest-foreign", fds, &nfds, NULL), EACCES);
+        CU_ASSERT_EQUAL(nfds, 0);                   /* no memfd reaches it */
+        char logtext[8192] = "";
+        FILE *f = fopen(d.log, "r");
+        if (f) {
+            size_t n = fread(logtext, 1, sizeof(logtext) - 1, f);
+            logtext[n] = 0;
+            fclose(f);
+        }
+        CU_ASSERT_PTR_NOT_NULL(strstr(logtext, "not visible from heapd's pid namespace"));
+    }
+    send_byte(down[1], 'x');
+    CU_ASSERT_EQUAL(wait_child(outer, 30), 0);
+    close(up[0]);
+    close(down[1]);
+}
+
 static void register_lease_suite(void)
 {
     CU_pSuite s = CU_add_suite("lease", NULL, NULL);
     CU_add_test(s, "paused client under a Flush flood keeps its memory and its lease", test_paused_client);
     CU_add_test(s, "dropped connection: memory quarantined until the process exits", test_quarantine);
     CU_add_test(s, "a client that does not read its replies is never cut off", test_unread_replies);
+    CU_add_test(s, "a peer in a pid namespace heapd cannot see is refused", test_foreign_pidns);
 }
 UNIT_SUITE(register_lease_suite)
