@@ -6,6 +6,8 @@
  *    object of another client ever overlaps one of its own;
  *  - a client dropped for a protocol violation keeps its spans CACHED (and
  *    shows as quarantined) until its process exits; then they are reclaimed;
+ *    a libheapd client so dropped keeps its objects, gets EPIPE, and starts
+ *    over with heapd_detach + heapd_attach;
  *  - a client that sends requests without reading the replies is served at
  *    its own pace, never disconnected;
  *  - a peer whose pid heapd cannot see (another pid namespace) is refused.
@@ -22,6 +24,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -228,8 +231,8 @@ static char proc_state(pid_t pid)
     return e && e[1] == ' ' ? e[2] : 0;
 }
 
-/* The client row of pid in the daemon's Clients reply: its id and state
- * ("live", "quarantined"), or id 0 when there is none. */
+/* The newest client row of pid in the daemon's Clients reply: its id and
+ * state ("live", "quarantined"), or id 0 when there is none. */
 static uint32_t client_of(int ctl, pid_t pid, char *state, size_t statelen)
 {
     static uint64_t seq = 1000000;
@@ -241,7 +244,7 @@ static uint32_t client_of(int ctl, pid_t pid, char *state, size_t statelen)
     Heapdctl__ControlReply *r = ctl_recv(ctl, 5000);
     if (r && r->body_case == HEAPDCTL__CONTROL_REPLY__BODY_CLIENTS)
         for (size_t i = 0; i < r->clients->n_clients; i++)
-            if (r->clients->clients[i]->pid == pid) {
+            if (r->clients->clients[i]->pid == pid && r->clients->clients[i]->id > id) {
                 id = r->clients->clients[i]->id;
                 if (state)
                     snprintf(state, statelen, "%s", r->clients->clients[i]->state);
@@ -479,6 +482,107 @@ static void test_quarantine(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- libheapd dropped ----------------------------------------------------------------------------- */
+
+/* libheapd's connection: the SEQPACKET socket connected to sock. */
+static int heapd_conn_fd(const char *sock)
+{
+    for (int fd = 3; fd < 1024; fd++) {
+        int type = 0;
+        socklen_t tl = sizeof(type);
+        struct sockaddr_un sa;
+        socklen_t sl = sizeof(sa);
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_SEQPACKET &&
+            getpeername(fd, (struct sockaddr *)&sa, &sl) == 0 && strcmp(sa.sun_path, sock) == 0)
+            return fd;
+    }
+    return -1;
+}
+
+#define DROP_OBJS 2000
+
+/* A libheapd client whose connection the daemon drops (we make it send
+ * garbage): its objects stay valid, allocation fails with EPIPE once the
+ * cache needs the daemon, and detach + attach start over with a new id while
+ * the old one stays quarantined. */
+static int dropped_body(void *arg)
+{
+    const char *sock = arg;
+    if (heapd_attach(sock) != 0)
+        return 50;
+    static uint8_t *p[DROP_OBJS];
+    for (unsigned i = 0; i < DROP_OBJS; i++) {
+        if (!(p[i] = heapd_malloc(i % 2 ? 256 : 8)))
+            return 51;
+        paint(p[i], i % 2 ? 256 : 8, i);
+    }
+    int ctl = ctl_open(sock);
+    char state[32];
+    uint32_t id = client_of(ctl, getpid(), state, sizeof(state));
+    if (!id || strcmp(state, "live") != 0)
+        return 52;
+    int fd = heapd_conn_fd(sock);
+    static const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+    if (fd < 0 || send(fd, garbage, sizeof(garbage), MSG_NOSIGNAL) != (ssize_t)sizeof(garbage))
+        return 53;
+    uint64_t t0 = ms_now();
+    while (client_of(ctl, getpid(), state, sizeof(state)) == id && strcmp(state, "quarantined") != 0 &&
+           ms_now() - t0 < 5000)
+        sched_yield();
+    if (strcmp(state, "quarantined") != 0)
+        return 54;
+    /* Allocation goes on from what the cache holds (still ours), then fails
+     * with EPIPE when it needs the daemon. */
+    unsigned more = 0;
+    errno = 0;
+    while (more < 100000 && heapd_malloc(256))
+        more++;
+    if (more == 100000 || errno != EPIPE)
+        return 55;
+    more = 0;                                       /* tiny: the open block, then EPIPE */
+    errno = 0;
+    while (more < 100000 && heapd_malloc(8))
+        more++;
+    if (more == 100000 || errno != EPIPE)
+        return 56;
+    errno = 0;
+    if (heapd_malloc(1024) || errno != EPIPE)       /* a class it never used: at once */
+        return 62;
+    for (unsigned i = 0; i < DROP_OBJS; i++)
+        if (!painted(p[i], i % 2 ? 256 : 8, i))
+            return 57;
+    for (unsigned i = 0; i < DROP_OBJS; i++)
+        heapd_free(p[i]);                           /* frees still work, locally */
+    heapd_detach();
+    if (heapd_attach(sock) != 0)                    /* and start over */
+        return 58;
+    uint8_t *q = heapd_malloc(256);
+    if (!q)
+        return 59;
+    paint(q, 256, 7);
+    uint32_t id2 = client_of(ctl, getpid(), state, sizeof(state));   /* the newest row */
+    if (id2 == id || strcmp(state, "live") != 0 || !painted(q, 256, 7))
+        return 60;
+    heapd_free(q);
+    heapd_detach();
+    close(ctl);
+    return heapd_bad_frees() ? 61 : 0;
+}
+
+static void test_dropped_client(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "256MiB", NULL) == 0);
+    int rc = run_child(dropped_body, d.sock, 60);
+    if (rc != 0)
+        fprintf(stderr, "dropped client: exit %d\n", rc);
+    CU_ASSERT_EQUAL(rc, 0);
+    hd_header_t h;
+    CU_ASSERT(books_wait(d.sock, &h, books_no_clients, 5000));   /* the quarantine ended with it */
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 /* ---- a client that does not read its replies ------------------------------------------------ */
 
 /* Requests sent without reading a reply: the daemon keeps the reply that does
@@ -617,6 +721,7 @@ static void register_lease_suite(void)
     CU_pSuite s = CU_add_suite("lease", NULL, NULL);
     CU_add_test(s, "paused client under a Flush flood keeps its memory and its lease", test_paused_client);
     CU_add_test(s, "dropped connection: memory quarantined until the process exits", test_quarantine);
+    CU_add_test(s, "libheapd dropped: objects stay, EPIPE, detach + attach start over", test_dropped_client);
     CU_add_test(s, "a client that does not read its replies is never cut off", test_unread_replies);
     CU_add_test(s, "a peer in a pid namespace heapd cannot see is refused", test_foreign_pidns);
 }
