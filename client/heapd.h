@@ -19,8 +19,10 @@
  *   ENOMEM           out of memory (the daemon refused: heap full, a limit)
  *   ENOTCONN         not attached (heapd_attach was not called, or detached).
  *                    Nothing attaches implicitly.
- *   EPIPE            the daemon is gone; objects already allocated stay
- *                    usable and freeable, only new memory is refused
+ *   EPIPE            the daemon is gone, or it dropped this process's
+ *                    connection; objects already allocated stay usable and
+ *                    freeable, only new memory is refused (heapd_detach and
+ *                    heapd_attach start over)
  *   ENOENT, ECONNREFUSED   heapd_attach: no daemon listens on the socket
  *   EPROTONOSUPPORT  heapd_attach: the daemon refused our protocol version
  *                    (its message is printed on stderr)

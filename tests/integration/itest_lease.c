@@ -6,8 +6,11 @@
  *    object of another client ever overlaps one of its own;
  *  - a client dropped for a protocol violation keeps its spans CACHED (and
  *    shows as quarantined) until its process exits; then they are reclaimed;
+ *    a libheapd client so dropped keeps its objects, gets EPIPE, and starts
+ *    over with heapd_detach + heapd_attach;
  *  - a client that sends requests without reading the replies is served at
- *    its own pace, never disconnected.
+ *    its own pace, never disconnected;
+ *  - a peer whose pid heapd cannot see (another pid namespace) is refused.
  * Registered with UNIT_SUITE: itest_main.c runs every registered suite. */
 #define _GNU_SOURCE
 #include <CUnit/CUnit.h>
@@ -21,6 +24,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -227,8 +231,8 @@ static char proc_state(pid_t pid)
     return e && e[1] == ' ' ? e[2] : 0;
 }
 
-/* The client row of pid in the daemon's Clients reply: its id and state
- * ("live", "quarantined"), or id 0 when there is none. */
+/* The newest client row of pid in the daemon's Clients reply: its id and
+ * state ("live", "quarantined"), or id 0 when there is none. */
 static uint32_t client_of(int ctl, pid_t pid, char *state, size_t statelen)
 {
     static uint64_t seq = 1000000;
@@ -240,7 +244,7 @@ static uint32_t client_of(int ctl, pid_t pid, char *state, size_t statelen)
     Heapdctl__ControlReply *r = ctl_recv(ctl, 5000);
     if (r && r->body_case == HEAPDCTL__CONTROL_REPLY__BODY_CLIENTS)
         for (size_t i = 0; i < r->clients->n_clients; i++)
-            if (r->clients->clients[i]->pid == pid) {
+            if (r->clients->clients[i]->pid == pid && r->clients->clients[i]->id > id) {
                 id = r->clients->clients[i]->id;
                 if (state)
                     snprintf(state, statelen, "%s", r->clients->clients[i]->state);
@@ -478,6 +482,107 @@ static void test_quarantine(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- libheapd dropped ----------------------------------------------------------------------------- */
+
+/* libheapd's connection: the SEQPACKET socket connected to sock. */
+static int heapd_conn_fd(const char *sock)
+{
+    for (int fd = 3; fd < 1024; fd++) {
+        int type = 0;
+        socklen_t tl = sizeof(type);
+        struct sockaddr_un sa;
+        socklen_t sl = sizeof(sa);
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_SEQPACKET &&
+            getpeername(fd, (struct sockaddr *)&sa, &sl) == 0 && strcmp(sa.sun_path, sock) == 0)
+            return fd;
+    }
+    return -1;
+}
+
+#define DROP_OBJS 2000
+
+/* A libheapd client whose connection the daemon drops (we make it send
+ * garbage): its objects stay valid, allocation fails with EPIPE once the
+ * cache needs the daemon, and detach + attach start over with a new id while
+ * the old one stays quarantined. */
+static int dropped_body(void *arg)
+{
+    const char *sock = arg;
+    if (heapd_attach(sock) != 0)
+        return 50;
+    static uint8_t *p[DROP_OBJS];
+    for (unsigned i = 0; i < DROP_OBJS; i++) {
+        if (!(p[i] = heapd_malloc(i % 2 ? 256 : 8)))
+            return 51;
+        paint(p[i], i % 2 ? 256 : 8, i);
+    }
+    int ctl = ctl_open(sock);
+    char state[32];
+    uint32_t id = client_of(ctl, getpid(), state, sizeof(state));
+    if (!id || strcmp(state, "live") != 0)
+        return 52;
+    int fd = heapd_conn_fd(sock);
+    static const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+    if (fd < 0 || send(fd, garbage, sizeof(garbage), MSG_NOSIGNAL) != (ssize_t)sizeof(garbage))
+        return 53;
+    uint64_t t0 = ms_now();
+    while (client_of(ctl, getpid(), state, sizeof(state)) == id && strcmp(state, "quarantined") != 0 &&
+           ms_now() - t0 < 5000)
+        sched_yield();
+    if (strcmp(state, "quarantined") != 0)
+        return 54;
+    /* Allocation goes on from what the cache holds (still ours), then fails
+     * with EPIPE when it needs the daemon. */
+    unsigned more = 0;
+    errno = 0;
+    while (more < 100000 && heapd_malloc(256))
+        more++;
+    if (more == 100000 || errno != EPIPE)
+        return 55;
+    more = 0;                                       /* tiny: the open block, then EPIPE */
+    errno = 0;
+    while (more < 100000 && heapd_malloc(8))
+        more++;
+    if (more == 100000 || errno != EPIPE)
+        return 56;
+    errno = 0;
+    if (heapd_malloc(1024) || errno != EPIPE)       /* a class it never used: at once */
+        return 62;
+    for (unsigned i = 0; i < DROP_OBJS; i++)
+        if (!painted(p[i], i % 2 ? 256 : 8, i))
+            return 57;
+    for (unsigned i = 0; i < DROP_OBJS; i++)
+        heapd_free(p[i]);                           /* frees still work, locally */
+    heapd_detach();
+    if (heapd_attach(sock) != 0)                    /* and start over */
+        return 58;
+    uint8_t *q = heapd_malloc(256);
+    if (!q)
+        return 59;
+    paint(q, 256, 7);
+    uint32_t id2 = client_of(ctl, getpid(), state, sizeof(state));   /* the newest row */
+    if (id2 == id || strcmp(state, "live") != 0 || !painted(q, 256, 7))
+        return 60;
+    heapd_free(q);
+    heapd_detach();
+    close(ctl);
+    return heapd_bad_frees() ? 61 : 0;
+}
+
+static void test_dropped_client(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "256MiB", NULL) == 0);
+    int rc = run_child(dropped_body, d.sock, 60);
+    if (rc != 0)
+        fprintf(stderr, "dropped client: exit %d\n", rc);
+    CU_ASSERT_EQUAL(rc, 0);
+    hd_header_t h;
+    CU_ASSERT(books_wait(d.sock, &h, books_no_clients, 5000));   /* the quarantine ended with it */
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 /* ---- a client that does not read its replies ------------------------------------------------ */
 
 /* Requests sent without reading a reply: the daemon keeps the reply that does
@@ -546,11 +651,78 @@ static void test_unread_replies(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- a peer heapd cannot see ------------------------------------------------------------------ */
+
+/* heapd in a pid namespace of its own: this process, in the parent namespace,
+ * has no pid there (SO_PEERCRED pid 0), so no pidfd, so no lease: refused
+ * with EACCES and a log line that says why. Needs CAP_SYS_ADMIN for
+ * unshare(CLONE_NEWPID); without it the test says so and checks nothing. */
+static void test_foreign_pidns(void)
+{
+    int up[2], down[2];
+    CU_ASSERT_FATAL(pipe(up) == 0 && pipe(down) == 0);
+    fflush(NULL);
+    pid_t outer = fork();
+    CU_ASSERT_FATAL(outer >= 0);
+    if (outer == 0) {
+        alarm(60);
+        close(up[0]);
+        close(down[1]);
+        daemon_proc_t d;
+        memset(&d, 0, sizeof(d));
+        if (unshare(CLONE_NEWPID) != 0) {           /* d.sock empty: cannot */
+            (void)!write(up[1], &d, sizeof(d));
+            _exit(0);
+        }
+        pid_t inner = fork();                       /* pid 1 of the new namespace */
+        if (inner == 0) {
+            int rc = daemon_start(&d, "64MiB", NULL) == 0 ? 0 : 1;
+            (void)!write(up[1], &d, sizeof(d));
+            (void)recv_byte(down[0], 30000);        /* the test is done (or gone: EOF) */
+            if (rc == 0) {
+                int st = daemon_stop(&d);
+                rc = WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 2;
+            }
+            harness_cleanup();                      /* its temp dir (no atexit after _exit) */
+            _exit(rc);
+        }
+        int st = 0;
+        waitpid(inner, &st, 0);
+        _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 3);
+    }
+    close(up[1]);
+    close(down[0]);
+    daemon_proc_t d;
+    struct pollfd p = {.fd = up[0], .events = POLLIN};
+    CU_ASSERT_FATAL(poll(&p, 1, 20000) == 1 && read(up[0], &d, sizeof(d)) == (ssize_t)sizeof(d));
+    if (!d.sock[0]) {
+        printf("\n  foreign pid namespace: skipped (unshare(CLONE_NEWPID) not permitted here)\n");
+    } else {
+        int fds[2], nfds;
+        CU_ASSERT_EQUAL(raw_hello_fds(d.sock, "itest-foreign", fds, &nfds, NULL), EACCES);
+        CU_ASSERT_EQUAL(nfds, 0);                   /* no memfd reaches it */
+        char logtext[8192] = "";
+        FILE *f = fopen(d.log, "r");
+        if (f) {
+            size_t n = fread(logtext, 1, sizeof(logtext) - 1, f);
+            logtext[n] = 0;
+            fclose(f);
+        }
+        CU_ASSERT_PTR_NOT_NULL(strstr(logtext, "not visible from heapd's pid namespace"));
+    }
+    send_byte(down[1], 'x');
+    CU_ASSERT_EQUAL(wait_child(outer, 30), 0);
+    close(up[0]);
+    close(down[1]);
+}
+
 static void register_lease_suite(void)
 {
     CU_pSuite s = CU_add_suite("lease", NULL, NULL);
     CU_add_test(s, "paused client under a Flush flood keeps its memory and its lease", test_paused_client);
     CU_add_test(s, "dropped connection: memory quarantined until the process exits", test_quarantine);
+    CU_add_test(s, "libheapd dropped: objects stay, EPIPE, detach + attach start over", test_dropped_client);
     CU_add_test(s, "a client that does not read its replies is never cut off", test_unread_replies);
+    CU_add_test(s, "a peer in a pid namespace heapd cannot see is refused", test_foreign_pidns);
 }
 UNIT_SUITE(register_lease_suite)
