@@ -8,9 +8,13 @@
  * counters and says whether the copy is consistent (seq even and unchanged
  * around it); the daemon retries a bounded number of times.
  * The owner field is the daemon's: hd_cstats_assign gives the slot to a
- * client, hd_cstats_retire takes it back; the client checks it
- * (hd_cstats_owner) before each update, so counts of a client the daemon has
- * let go are dropped rather than credited to the slot's next owner.
+ * client, hd_cstats_retire takes it back. The client does not check it
+ * before an update (a check-then-write would race with reuse): the slot's
+ * lease makes the writer safe instead. The daemon retires a slot, and may
+ * give it to another client, only after the client's process is dead (its
+ * pidfd) or after it closed its connection with nothing cached (a detach); a
+ * connection the daemon drops or that breaks keeps the slot quarantined until
+ * the process exits (docs/design.md "Faults and leases", client/cstats.c).
  */
 #ifndef HEAPD_SHM_CSTATS_H
 #define HEAPD_SHM_CSTATS_H
@@ -37,13 +41,6 @@ static inline uint64_t hd_cstats_ld(const _Atomic uint64_t *x)
 }
 
 /* ---- the client (writer) ---- */
-
-/* The client id the slot belongs to. Acquire: pairs with the release store
- * of hd_cstats_assign, so a client that sees its id sees the zeroed slot. */
-static inline uint32_t hd_cstats_owner(const hd_cstats_t *s)
-{
-    return atomic_load_explicit(&((hd_cstats_t *)s)->owner, memory_order_acquire);
-}
 
 /* Start an update: seq odd. The release fence orders it before the counter
  * stores that follow (pairs with the reader's acquire fence: a reader that
@@ -76,10 +73,10 @@ static inline void hd_cstats_end(hd_cstats_t *s, uint64_t q)
 
 /* ---- the daemon (owner field, reader) ---- */
 
-/* Give the slot to client_id: every field zero, then the owner (release,
- * pairs with hd_cstats_owner). Atomic stores, not memset: a client the slot
- * belonged to before may still be writing it (it drops its update once it
- * sees the new owner). */
+/* Give the slot to client_id: every field zero, then the owner (release:
+ * a reader that sees the id sees the zeroed slot). Atomic stores, not memset: under the lease
+ * the previous holder is gone, but a hostile process may still be writing
+ * the heap memfd, and a torn plain store would be undefined behaviour. */
 static inline void hd_cstats_assign(hd_cstats_t *s, uint32_t client_id)
 {
     atomic_store_explicit(&s->owner, 0, memory_order_relaxed);

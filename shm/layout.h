@@ -40,8 +40,9 @@
  * | cstats slot counters          | its client        | daemon           | relaxed, inside the slot's seq seqlock    | daemon gives the slot at Hello (owner) |
  * | cstats.seq                    | its client        | daemon           | odd + release fence, even release; the    | -                                      |
  * |                               |                   |                  | daemon loads acquire, fence, reloads      |                                        |
- * | cstats.owner                  | daemon            | its client       | release store at assign/retire; client    | assign: to the client; retire: back    |
- * |                               |                   |                  | loads acquire before each update          |                                        |
+ * | cstats.owner                  | daemon            | daemon, heapctl  | release store at assign/retire            | assign: to the client at Hello;        |
+ * |                               |                   |                  |                                           | retire: back only once the process is  |
+ * |                               |                   |                  |                                           | dead or detached (the slot's lease)    |
  * | heap pages                    | the object holder | the holder       | the program's own synchronization         | alloc (owner) / free (anyone)          |
  *
  * OBJECT STATE BYTES. Each object of a small span has one _Atomic uint8_t:
