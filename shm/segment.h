@@ -4,8 +4,8 @@
  * so that a pointer into the heap means the same object everywhere:
  *
  *   base                                  base + meta_size
- *   | meta memfd (clients: read-only)     | heap memfd (read-write for all)             |
- *   | header | span table | pagemap       | slots | tiny areas | client stats | heap pages ... |
+ *   | meta memfd (clients: read-only)            | heap memfd (read-write for all)             |
+ *   | header | span table | pagemap | roots      | slots | tiny areas | client stats | heap pages ... |
  *
  * The meta memfd is written only by the daemon, through the mapping it made
  * before sealing the memfd with F_SEAL_FUTURE_WRITE; any later mapping is
@@ -14,7 +14,8 @@
  * alloc/free bitmaps (a "slot"), and for tiny spans the block words.
  *
  * Who writes what:
- *  - header, span table, pagemap: the daemon's loop thread only.
+ *  - header, span table, pagemap, roots directory (roots.h): the daemon's
+ *    loop thread only.
  *  - a span's slot: alloc_bits by the span's owner (the client thread caching
  *    it, or the daemon while it is CENTRAL); free_bits and tiny block words by
  *    any process, atomically. See span.h.
@@ -39,8 +40,8 @@
 #include "sizeclasses.h"
 
 #define HD_MAGIC            0x3176645f70616568ull   /* "heapd_v1" little-endian */
-#define HD_LAYOUT_VERSION   2u                      /* 2: client stats slots */
-#define HD_PROTO_VERSION    1u
+#define HD_LAYOUT_VERSION   3u                      /* 2: client stats slots; 3: roots directory */
+#define HD_PROTO_VERSION    2u                      /* 2: RootUpdate */
 #define HD_DEFAULT_BASE     0x200000000000ull       /* 32 TiB: far above brk, below mmap_base */
 #define HD_SEG_ALIGN        (2u << 20)              /* region alignment: 2 MiB huge pages */
 #define HD_HEADER_BYTES     4096u
@@ -48,6 +49,10 @@
 #define HD_MAX_BATCH        64u                     /* spans per Refill/Release/FreeLarge */
 #define HD_MAX_NPAGES       (1ull << 31)            /* span ids and pagemap entries are u32 */
 #define HD_NO_SPAN          UINT32_MAX
+#define HD_NULL_OFFSET      UINT64_MAX              /* an offset no object has (heapd.h HEAPD_NULL_OFFSET) */
+#define HD_MAX_ROOTS        1024u                   /* entries of the roots directory (roots.h) */
+#define HD_ROOT_BYTES       128u                    /* bytes per entry */
+#define HD_ROOTS_BYTES      (HD_MAX_ROOTS * HD_ROOT_BYTES)
 
 /* Span states. The daemon moves spans between them; clients only read them. */
 enum hd_span_state {
@@ -148,7 +153,8 @@ typedef struct hd_header {
     uint64_t tiny_off;          /* heap-memfd offset of hd_tiny_t[npages] */
     uint64_t pages_off;         /* heap-memfd offset of page 0 (2 MiB aligned) */
     uint64_t cstats_off;        /* heap-memfd offset of hd_cstats_t[HD_STAT_SLOTS] */
-    uint64_t _layout_reserved[4];
+    uint64_t roots_off;         /* meta offset of hd_root_t[HD_MAX_ROOTS] (roots.h) */
+    uint64_t _layout_reserved[3];
 
     /* daemon books (relaxed atomics; `books_seq` bumps after each update) */
     _Atomic uint64_t books_seq;
@@ -183,6 +189,7 @@ typedef struct hd_seg {
     hd_slot_t *slots;
     hd_tiny_t *tiny;
     hd_cstats_t *cstats;        /* client stats slots */
+    struct hd_root *roots;      /* the roots directory (roots.h) */
     uintptr_t pages;            /* address of heap page 0 */
     uint64_t npages;
 } hd_seg_t;
@@ -199,7 +206,8 @@ static inline void hd_layout(hd_header_t *h, uint64_t base, uint64_t npages)
     h->npages = npages;
     h->span_off = HD_HEADER_BYTES;
     h->pagemap_off = h->span_off + hd_align_up(npages * sizeof(hd_span_t), 4096);
-    h->meta_size = hd_align_up(h->pagemap_off + npages * sizeof(uint32_t), HD_SEG_ALIGN);
+    h->roots_off = hd_align_up(h->pagemap_off + npages * sizeof(uint32_t), 4096);
+    h->meta_size = hd_align_up(h->roots_off + HD_ROOTS_BYTES, HD_SEG_ALIGN);
     h->slots_off = 0;
     h->tiny_off = hd_align_up(npages * sizeof(hd_slot_t), 4096);
     h->cstats_off = hd_align_up(h->tiny_off + npages * sizeof(hd_tiny_t), 4096);
@@ -217,6 +225,7 @@ static inline void hd_seg_view(hd_seg_t *s, hd_header_t *hdr)
     s->slots = (hd_slot_t *)(heap + hdr->slots_off);
     s->tiny = (hd_tiny_t *)(heap + hdr->tiny_off);
     s->cstats = (hd_cstats_t *)(heap + hdr->cstats_off);
+    s->roots = (struct hd_root *)(meta + hdr->roots_off);
     s->pages = (uintptr_t)(heap + hdr->pages_off);
     s->npages = hdr->npages;
 }
