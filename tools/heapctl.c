@@ -197,6 +197,7 @@ static Heapdctl__ControlReply *call_body(int body_case, Heapdctl__ControlReply__
     Heapdctl__GetLimitRequest g = HEAPDCTL__GET_LIMIT_REQUEST__INIT;
     Heapdctl__ScavengeRequest sc = HEAPDCTL__SCAVENGE_REQUEST__INIT;
     Heapdctl__FlushRequest f = HEAPDCTL__FLUSH_REQUEST__INIT;
+    Heapdctl__RootsRequest ro = HEAPDCTL__ROOTS_REQUEST__INIT;
     q.body_case = (Heapdctl__ControlRequest__BodyCase)body_case;
     switch (body_case) {
     case HEAPDCTL__CONTROL_REQUEST__BODY_STATS: q.stats = &s; break;
@@ -205,6 +206,7 @@ static Heapdctl__ControlReply *call_body(int body_case, Heapdctl__ControlReply__
     case HEAPDCTL__CONTROL_REQUEST__BODY_GET_LIMIT: q.get_limit = &g; break;
     case HEAPDCTL__CONTROL_REQUEST__BODY_SCAVENGE: q.scavenge = &sc; break;
     case HEAPDCTL__CONTROL_REQUEST__BODY_FLUSH: q.flush = &f; break;
+    case HEAPDCTL__CONTROL_REQUEST__BODY_ROOTS: q.roots = &ro; break;
     default: break;
     }
     Heapdctl__ControlReply *r = call(&q);
@@ -639,9 +641,10 @@ static int cmd_roots(bool json)
     } else {
         printf("%-40s %18s %12s\n", "NAME", "OFFSET", "SIZE");
         for (size_t i = 0; i < rr->n_roots; i++) {
-            char sz[32];
+            char sz[32], off[24];
             const Heapdctl__Root *e = rr->roots[i];
-            printf("%-40s %#18llx %12s\n", e->name, (unsigned long long)e->offset,
+            snprintf(off, sizeof(off), "0x%llx", (unsigned long long)e->offset);
+            printf("%-40s %18s %12s\n", e->name, off,
                    e->size ? human(e->size, sz, sizeof(sz)) : "(freed)");
         }
         if (rr->n_roots == 0)
