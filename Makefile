@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test unit asan tsan fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit clean
+.PHONY: all deps build run demo test unit asan tsan fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit bench-bufpool clean
 
 all: build
 
@@ -80,7 +80,13 @@ bench-limit: build
 	@scripts/install-deps.sh --bench
 	$(BUILD)/bench-limit --plot docs/limit.png
 
-bench: bench-pagealloc bench-alloc bench-limit
+# A shared buffer pool against private ones, then a soft limit lowered under
+# load (docs/performance.md "Buffer pool"; writes docs/bufpool.tsv and .png).
+bench-bufpool: build
+	@scripts/install-deps.sh --bench
+	$(BUILD)/bench-bufpool --samples docs/bufpool.tsv --plot docs/bufpool.png
+
+bench: bench-pagealloc bench-alloc bench-limit bench-bufpool
 
 clean:
 	rm -rf $(BUILD) $(ASAN) $(TSAN) $(FUZZ) run
