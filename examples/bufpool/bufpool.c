@@ -23,6 +23,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "heapd.h"
@@ -53,6 +54,7 @@ struct bp_shared {
     _Atomic uint32_t nbufs, target;
     _Atomic uint64_t hand;
     _Atomic uint64_t hits, misses, evictions, written, grown, shrunk, reaped;
+    _Atomic uint64_t last_shrink_ms;    /* the last pressure round some process answered */
     pthread_mutex_t part[BP_PARTS];
     uint32_t *bucket;
     struct bp_frame *frames;
@@ -458,7 +460,23 @@ uint64_t bp_shrink(bp_t *bp, unsigned level, uint64_t bytes_wanted)
     return freed * BP_PAGE_SIZE;
 }
 
-void bp_on_pressure(unsigned level, uint64_t bytes_wanted, void *arg) { bp_shrink(arg, level, bytes_wanted); }
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* The daemon asks every process for the same bytes: one process answers a
+ * round for the whole pool, or N processes would free N times too much. */
+void bp_on_pressure(unsigned level, uint64_t bytes_wanted, void *arg)
+{
+    bp_t *bp = arg;
+    uint64_t now = mono_ms(), last = atomic_load(&bp->s->last_shrink_ms);
+    if (now - last < BP_SHRINK_GAP_MS || !atomic_compare_exchange_strong(&bp->s->last_shrink_ms, &last, now))
+        return;
+    bp_shrink(bp, level, bytes_wanted);
+}
 
 static struct bp_shared *pool_new(uint64_t max_bytes)
 {

@@ -36,6 +36,8 @@
  *    buffers back: level 1 the cold ones (usage 0), level 2 also those the
  *    hand cools in two rounds, level 3 every unpinned buffer but
  *    BP_MIN_BUFS, then heapd_flush so the daemon gets the memory at once.
+ *    The daemon sends every process the same request: the first process to
+ *    answer a round shrinks the pool, the others skip it (BP_SHRINK_GAP_MS).
  *    bp_open registers the callback; a program with a callback of its own
  *    calls bp_on_pressure from it.
  * Content locking is the caller's business: a pin keeps a page in place, it
@@ -55,6 +57,7 @@
 #define BP_PINNERS    16u       /* processes that may pin one page at once */
 #define BP_MAX_USAGE  5u        /* clock usage count cap (PostgreSQL's BM_MAX_USAGE_COUNT) */
 #define BP_MIN_BUFS   16u       /* level-3 pressure keeps this many */
+#define BP_SHRINK_GAP_MS 50u    /* one process answers a pressure round for all */
 
 /* Read page `id` into buf (BP_PAGE_SIZE bytes); write it back. 0, or -1
  * with errno. write may be NULL: dirty pages are then dropped on eviction. */
