@@ -40,6 +40,7 @@
  *    answer a round shrinks the pool, the others skip it (BP_SHRINK_GAP_MS).
  *    bp_open registers the callback; a program with a callback of its own
  *    calls bp_on_pressure from it.
+ * A bp_t is used by one thread at a time (the pressure callback aside).
  * Content locking is the caller's business: a pin keeps a page in place, it
  * does not keep other processes from reading or writing it.
  * Known limit: a pid reused by a new process before the sweep sees the old
