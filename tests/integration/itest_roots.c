@@ -110,6 +110,70 @@ static int roots_finder(void *sock)
     return 0;
 }
 
+/* find_or_construct: racing processes each try to create the same name;
+ * exactly one wins, and every one ends up with the winner's object. The
+ * racers start together (a pipe closed at once) and report what they got. */
+typedef struct race_arg {
+    const char *sock;
+    int go[2], out[2];
+} race_arg_t;
+
+static int racer(race_arg_t *a)
+{
+    CHECK(1, heapd_attach(a->sock) == 0);
+    uint64_t *mine = heapd_malloc(sizeof *mine);
+    CHECK(2, mine != NULL);
+    *mine = (uint64_t)getpid();
+    char c;
+    CHECK(3, read(a->go[0], &c, 1) == 0);           /* EOF: go */
+    int won = heapd_root_cas("race", NULL, mine) == 0;
+    CHECK(4, won || errno == EAGAIN);
+    uint64_t *got = heapd_root_get("race");
+    CHECK(5, got != NULL && (won ? got == mine : got != mine));
+    uint64_t rec[2] = {(uint64_t)won, *got};
+    CHECK(6, write(a->out[1], rec, sizeof rec) == sizeof rec);
+    if (!won)
+        heapd_free(mine);
+    heapd_detach();
+    return 0;
+}
+
+static void test_roots_race(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "256MiB", NULL) == 0);
+    race_arg_t a = {.sock = d.sock};
+    CU_ASSERT_FATAL(pipe(a.go) == 0 && pipe(a.out) == 0);
+    enum { N = 6 };
+    pid_t kids[N];
+    fflush(NULL);
+    for (int i = 0; i < N; i++) {
+        kids[i] = fork();
+        if (kids[i] == 0) {
+            close(a.go[1]);
+            _exit(racer(&a));
+        }
+    }
+    close(a.go[0]);
+    close(a.out[1]);
+    close(a.go[1]);                                 /* all at once */
+    unsigned winners = 0;
+    uint64_t first = 0;
+    for (int i = 0; i < N; i++) {
+        uint64_t rec[2];
+        CU_ASSERT_FATAL(read(a.out[0], rec, sizeof rec) == sizeof rec);
+        winners += (unsigned)rec[0];
+        if (i == 0)
+            first = rec[1];
+        CU_ASSERT_EQUAL(rec[1], first);             /* everyone sees the same object */
+    }
+    for (int i = 0; i < N; i++)
+        CU_ASSERT_EQUAL(wait_child(kids[i], 30), 0);
+    CU_ASSERT_EQUAL(winners, 1);
+    close(a.out[0]);
+    CU_ASSERT_EQUAL(daemon_stop(&d), 0);
+}
+
 static void test_roots(void)
 {
     daemon_proc_t d;
@@ -443,6 +507,7 @@ static void register_roots_itest(void)
 {
     CU_pSuite s = CU_add_suite("roots and bufpool", NULL, NULL);
     CU_add_test(s, "named roots: API, errors, two processes", test_roots);
+    CU_add_test(s, "named roots: racing creators, one winner", test_roots_race);
     CU_add_test(s, "freed objects: usable size 0, realloc EINVAL", test_freed_objects);
     CU_add_test(s, "heapd_stats", test_stats);
     CU_add_test(s, "bufpool: shared by name, kill -9 of a pinner", test_bufpool_shared);
