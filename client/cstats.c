@@ -134,9 +134,9 @@ int heapd_stats(struct heapd_stats *out, size_t size)
     }
     struct heapd_stats st;
     memset(&st, 0, sizeof st);
-    /* Our threads' counts into our slot first (no round trip: the slot is
-     * ours to write; a fork child that never reconnected gets one). */
-    mc_stats_flush_current();
+    /* Our threads' counts (the calling thread's current spans included)
+     * into our slot first: no round trip, the slot is ours to write (a fork
+     * child that never reconnected gets one). */
     tp_lock();
     mc_stats_flush_all_locked(false);
     uint32_t me = hdc_client_id;
