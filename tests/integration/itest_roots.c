@@ -32,6 +32,35 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Run heapctl --control SOCK.ctl ARG1 ARG2 [ARG3]; its stdout into out (if
+ * given, NUL-terminated). Returns its exit code (wait_child's). */
+static int heapctl(const char *sock, char *out, size_t outlen, const char *a1, const char *a2, const char *a3)
+{
+    char ctl[256];
+    snprintf(ctl, sizeof ctl, "%s.ctl", sock);
+    int pfd[2];
+    if (pipe(pfd) != 0)
+        return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(pfd[1], 1);
+        execl(HEAPCTL_BIN, "heapctl", "--control", ctl, a1, a2, a3, (char *)NULL);
+        _exit(127);
+    }
+    close(pfd[1]);
+    size_t n = 0;
+    char sink[512];
+    for (ssize_t r; (r = read(pfd[0], out ? out + n : sink, out ? outlen - 1 - n : sizeof sink)) > 0;)
+        if (out)
+            n += (size_t)r;
+    close(pfd[0]);
+    if (out)
+        out[n] = 0;
+    return wait_child(pid, 30);
+}
+static int heapctl_limit(const char *sock, const char *size) { return heapctl(sock, NULL, 0, "limit", size, NULL); }
+
 /* ---- named roots -------------------------------------------------------------------- */
 
 static int roots_api_body(void *sock)
@@ -93,6 +122,25 @@ static int roots_maker(void *sock)
     CHECK(2, s != NULL);
     snprintf(s, 64, "made by %d", (int)getpid());
     CHECK(3, heapd_root_set("greeting", s) == 0);
+    heapd_detach();
+    return 0;
+}
+
+/* heapctl roots lists the name, the offset and the object's size. */
+static int roots_listed(void *sock)
+{
+    CHECK(1, heapd_attach(sock) == 0);
+    char *s = heapd_root_get("greeting");
+    CHECK(2, s != NULL);
+    char out[4096], want[128];
+    CHECK(3, heapctl(sock, out, sizeof out, "roots", "--json", NULL) == 0);
+    snprintf(want, sizeof want, "[{\"Name\":\"greeting\",\"Offset\":%llu,\"Size\":64}]",
+             (unsigned long long)heapd_ptr_to_offset(s));
+    if (strncmp(out, want, strlen(want)) != 0)
+        fprintf(stderr, "  heapctl roots --json: %s", out);
+    CHECK(4, strncmp(out, want, strlen(want)) == 0);
+    CHECK(5, heapctl(sock, out, sizeof out, "roots", NULL, NULL) == 0);
+    CHECK(6, strstr(out, "greeting") != NULL && strstr(out, "64 B") != NULL);
     heapd_detach();
     return 0;
 }
@@ -180,6 +228,7 @@ static void test_roots(void)
     CU_ASSERT_FATAL(daemon_start(&d, "256MiB", NULL) == 0);
     CU_ASSERT_EQUAL(run_child(roots_api_body, d.sock, 30), 0);
     CU_ASSERT_EQUAL(run_child(roots_maker, d.sock, 30), 0);
+    CU_ASSERT_EQUAL(run_child(roots_listed, d.sock, 30), 0);
     CU_ASSERT_EQUAL(run_child(roots_finder, d.sock, 30), 0);
     CU_ASSERT_EQUAL(daemon_stop(&d), 0);
 }
@@ -440,21 +489,6 @@ static void test_bufpool_shared(void)
  * goes down to 16 MiB (heapctl limit), and the pool gives buffers back in
  * its pressure callback while every pin still succeeds, until the heap is
  * under the limit. */
-static int heapctl_limit(const char *sock, const char *size)
-{
-    char ctl[256];
-    snprintf(ctl, sizeof ctl, "%s.ctl", sock);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open("/dev/null", O_WRONLY);
-        dup2(fd, 1);
-        execl(HEAPCTL_BIN, "heapctl", "--control", ctl, "limit", size, (char *)NULL);
-        _exit(127);
-    }
-    return wait_child(pid, 30);
-}
-
 static int pool_limit_body(void *sock)
 {
     CHECK(1, heapd_attach(sock) == 0);
