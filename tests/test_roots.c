@@ -88,6 +88,28 @@ static uint64_t large(void)
     return (uint64_t)id * HD_PAGE_SIZE;
 }
 
+/* The directory sits after the pagemap, inside the meta memfd, committed,
+ * every entry empty with the null offset. */
+static void test_layout(void)
+{
+    setup();
+    const hd_header_t *h = D->seg.hdr;
+    CU_ASSERT_EQUAL(h->layout_version, 3);
+    CU_ASSERT(h->roots_off >= h->pagemap_off + h->npages * sizeof(uint32_t));
+    CU_ASSERT_EQUAL(h->roots_off % 4096, 0);
+    CU_ASSERT(h->roots_off + HD_ROOTS_BYTES <= h->meta_size);
+    CU_ASSERT_EQUAL((uintptr_t)D->seg.view.roots, (uintptr_t)h + h->roots_off);
+    CU_ASSERT(D->seg.meta_committed >= HD_HEADER_BYTES + HD_ROOTS_BYTES);
+    unsigned bad = 0;
+    for (unsigned i = 0; i < HD_MAX_ROOTS; i++) {
+        hd_root_copy_t c;
+        CU_ASSERT_FATAL(hd_root_read(&D->seg.view.roots[i], &c));
+        bad += c.state != HD_ROOT_EMPTY || c.offset != HD_NULL_OFFSET || c.name[0];
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    teardown();
+}
+
 static void test_set_get_del(void)
 {
     setup();
@@ -329,6 +351,7 @@ static void test_control_roots(void)
 static void register_roots_suite(void)
 {
     CU_pSuite s = CU_add_suite("roots", NULL, NULL);
+    CU_add_test(s, "layout: after the pagemap, committed, empty", test_layout);
     CU_add_test(s, "set, get, replace, delete, dangling", test_set_get_del);
     CU_add_test(s, "bad names and objects", test_bad_names_and_objects);
     CU_add_test(s, "compare and swap", test_cas);
