@@ -537,6 +537,40 @@ static void test_bufpool_limit(void)
     CU_ASSERT_EQUAL(daemon_stop(&d), 0);
 }
 
+/* A quota caps the pool: it stops growing before the quota and evicts
+ * instead, every pin served. */
+static int pool_quota_body(void *sock)
+{
+    CHECK(1, heapd_attach(sock) == 0);
+    CHECK(2, heapd_set_quota(4 * MiB) == 0);
+    bp_t *bp = bp_open("quota-pool", 32 * MiB, synth_read, NULL, NULL);
+    CHECK(3, bp != NULL);
+    for (uint64_t id = 0; id < 3000; id++) {
+        char *p = bp_pin(bp, id);
+        CHECK(4, p != NULL && synth_ok(id, p));
+        bp_unpin(bp, id);
+    }
+    bp_stats_t st;
+    bp_get_stats(bp, &st);
+    struct heapd_stats hs;
+    CHECK(5, heapd_stats(&hs, sizeof hs) == 0 && hs.quota == 4 * MiB);
+    if (st.bufs * BP_PAGE_SIZE > 4 * MiB || st.bufs < 200)
+        fprintf(stderr, "  pool of %llu buffers under a 4 MiB quota\n", (unsigned long long)st.bufs);
+    CHECK(6, st.bufs * BP_PAGE_SIZE <= 4 * MiB && st.bufs >= 200);   /* grew, but not past the quota */
+    CHECK(7, st.evictions >= 3000 - st.bufs);
+    bp_destroy(bp);
+    heapd_detach();
+    return 0;
+}
+
+static void test_bufpool_quota(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "256MiB", NULL) == 0);
+    CU_ASSERT_EQUAL(run_child(pool_quota_body, d.sock, 60), 0);
+    CU_ASSERT_EQUAL(daemon_stop(&d), 0);
+}
+
 static void register_roots_itest(void)
 {
     CU_pSuite s = CU_add_suite("roots and bufpool", NULL, NULL);
@@ -546,5 +580,6 @@ static void register_roots_itest(void)
     CU_add_test(s, "heapd_stats", test_stats);
     CU_add_test(s, "bufpool: shared by name, kill -9 of a pinner", test_bufpool_shared);
     CU_add_test(s, "bufpool: the soft limit lowered under load", test_bufpool_limit);
+    CU_add_test(s, "bufpool: honours its quota", test_bufpool_quota);
 }
 UNIT_SUITE(register_roots_itest)
