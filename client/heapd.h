@@ -95,9 +95,10 @@ HEAPD_API void *heapd_aligned_alloc(size_t align, size_t size);
 /* Bytes usable at p (>= the size asked for): the size class for small
  * objects, the exact size for tiny ones, whole pages for large ones. 0 for
  * NULL, pointers outside the heap, pointers that are not an object's start,
- * and freed objects (also those freed in any process and not yet reused:
- * a freed small object reads 0 at once; a freed large object once the
- * freeing process has sent its batched FreeLarge, at its next RPC, flush or
+ * and freed objects, also those freed in another process and not yet
+ * reused (a freed small object reads 0 at once everywhere; a freed large
+ * object at once in the freeing process, and in the others once that
+ * process has sent its batched FreeLarge: at its next RPC, flush or
  * detach). */
 HEAPD_API size_t heapd_usable_size(const void *p);
 

@@ -90,6 +90,8 @@ HD_HIDDEN int tp_alloc_large(uint64_t pages, uint64_t align_pages, bool zero, ui
 HD_HIDDEN void tp_release(const uint32_t *ids, unsigned n);
 /* Queue a FreeLarge. -1 if the same span is already queued (a double free). */
 HD_HIDDEN int tp_free_large(uint32_t id, uint32_t gen, uint32_t npages);
+/* Is a FreeLarge of this span (and gen) queued, not yet sent? */
+HD_HIDDEN bool tp_large_queued(uint32_t id, uint32_t gen);
 /* Send the pending batches now. 0, or -1 with errno. */
 HD_HIDDEN int tp_flush(void);
 HD_HIDDEN int tp_flush_locked(void);

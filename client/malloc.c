@@ -133,7 +133,18 @@ void heapd_free(void *p)
     }
 }
 
-size_t heapd_usable_size(const void *p) { return hd_live_size(&hdc_seg, p); }
+size_t heapd_usable_size(const void *p)
+{
+    size_t n = hd_live_size(&hdc_seg, p);
+    if (n >= HD_PAGE_SIZE) {            /* a large object this process freed, its FreeLarge still queued? */
+        uint32_t id = hd_span_of(&hdc_seg, p);
+        const hd_span_t *sp = &hdc_seg.spans[id];
+        if (atomic_load_explicit(&((hd_span_t *)sp)->state, memory_order_acquire) == HD_SPAN_LARGE &&
+            tp_large_queued(id, sp->gen))
+            return 0;
+    }
+    return n;
+}
 
 void *heapd_realloc(void *p, size_t size)
 {

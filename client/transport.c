@@ -622,6 +622,16 @@ int tp_free_large(uint32_t id, uint32_t gen, uint32_t npages)
     return rc;
 }
 
+bool tp_large_queued(uint32_t id, uint32_t gen)
+{
+    bool q = false;
+    tp_lock();
+    for (unsigned i = 0; i < tp_fl.n && !q; i++)
+        q = tp_fl.ids[i] == id && tp_fl.gens[i] == gen;
+    tp_unlock();
+    return q;
+}
+
 /* ---- connect: Hello / Welcome ------------------------------------------------------ */
 
 /* Receive the Welcome (or an Error) and its fds. */

@@ -238,7 +238,7 @@ static void test_roots(void)
 static int freed_body(void *sock)
 {
     CHECK(1, heapd_attach(sock) == 0);
-    size_t sizes[] = {5, 16, 100, 4000, 32768};
+    size_t sizes[] = {5, 16, 100, 4000, 32768, 100000};
     for (unsigned k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
         char *p = heapd_malloc(sizes[k]);
         CHECK(2, p && heapd_usable_size(p) >= sizes[k]);
