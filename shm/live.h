@@ -5,7 +5,8 @@
  * Live means allocated and not freed: a small object whose free bit is set
  * (freed, not yet swept) is dead already, so is a tiny object whose start bit
  * is clear. A large object is live until the daemon frees its span (a
- * FreeLarge still queued in the freeing process is not visible here).
+ * FreeLarge still queued in the freeing process is not visible here;
+ * heapd_usable_size looks at its own queue too).
  */
 #ifndef HEAPD_SHM_LIVE_H
 #define HEAPD_SHM_LIVE_H
