@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test test-timing unit asan tsan debug fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit bench-peers clean
+.PHONY: all deps build run demo test test-timing unit asan tsan debug fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit bench-peers bench-bufpool clean
 
 all: build
 
@@ -102,7 +102,13 @@ bench-peers: deps
 	cmake --build $(BUILD) -j $(JOBS)
 	$(BUILD)/bench-peers --data $(BUILD)/peers.dat --plot docs/peers.png $(BENCH_PEERS_FLAGS)
 
-bench: bench-pagealloc bench-alloc bench-limit bench-peers
+# A shared buffer pool against private ones, then a soft limit lowered under
+# load (docs/performance.md "Buffer pool"; writes docs/bufpool.tsv and .png).
+bench-bufpool: build
+	@scripts/install-deps.sh --bench
+	$(BUILD)/bench-bufpool --samples docs/bufpool.tsv --plot docs/bufpool.png
+
+bench: bench-pagealloc bench-alloc bench-limit bench-peers bench-bufpool
 
 clean:
 	rm -rf $(BUILD) $(ASAN) $(TSAN) $(FUZZ) run

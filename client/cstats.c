@@ -26,9 +26,11 @@
  * (The lead moves this rule next to hd_cstats_t in shm/layout.h.)
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <string.h>
 
+#include "heapd.h"
 #include "internal.h"
 #include "lockorder.h"
 
@@ -124,4 +126,67 @@ void st_flush(st_thread_t *t, uint64_t mcache_bytes)
         hd_cstats_end(s, q);              /* even: consistent */
     }
     st_unlock();
+}
+
+/* ---- heapd_stats: the numbers a process needs to size itself -------------------- */
+
+/* The quota this connection set (heapd_set_quota), with the client id it was
+ * set for: a fork child or a new attach is another connection, without one. */
+static _Atomic uint64_t st_quota;
+static _Atomic uint32_t st_quota_client;
+
+void st_note_quota(uint64_t bytes)
+{
+    atomic_store(&st_quota, bytes);
+    atomic_store(&st_quota_client, hdc_client_id);
+}
+
+int heapd_stats(struct heapd_stats *out, size_t size)
+{
+    if (!out || size < HEAPD_STATS_SIZE_V1) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (atomic_load(&hdc_state) == HDC_DETACHED || !hdc_seg.hdr) {
+        errno = ENOTCONN;
+        return -1;
+    }
+    struct heapd_stats st;
+    memset(&st, 0, sizeof st);
+    /* Our threads' counts (the calling thread's current spans included)
+     * into our slot first: no round trip, the slot is ours to write (a fork
+     * child that never reconnected gets one). */
+    tp_lock();
+    mc_stats_flush_all_locked(false);
+    uint32_t me = hdc_client_id;
+    tp_unlock();
+    st_lock();
+    hd_cstats_t *s = st_slot;             /* ours while we hold it: the slot's lease */
+    if (s) {
+        for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
+            st.allocated_bytes += hd_cstats_ld(&s->small_allocs[c]) * hd_class_to_size[c];
+            st.freed_bytes += hd_cstats_ld(&s->small_frees[c]) * hd_class_to_size[c];
+        }
+        st.allocated_bytes += hd_cstats_ld(&s->large_alloc_bytes);
+        st.freed_bytes += hd_cstats_ld(&s->large_free_bytes);
+        st.cached_bytes = hd_cstats_ld(&s->mcache_bytes);
+    }
+    st_unlock();
+    if (atomic_load(&st_quota_client) == me)
+        st.quota = atomic_load(&st_quota);
+    const hd_header_t *h = hdc_seg.hdr;
+    st.committed_bytes = hd_book(&h->committed_bytes);
+    st.soft_limit = hd_book(&h->soft_limit);
+    st.hard_limit = hd_book(&h->hard_limit);
+    st.in_use_bytes = hd_book(&h->pages_inuse) * HD_PAGE_SIZE;
+    st.heap_bytes = hdc_seg.npages * HD_PAGE_SIZE;
+    /* The level the daemon's rules give these numbers (heapd_on_pressure). */
+    if (st.hard_limit && st.committed_bytes + HD_PAGE_SIZE > st.hard_limit)
+        st.pressure_level = 3;
+    else if (st.soft_limit && st.committed_bytes > st.soft_limit)
+        st.pressure_level = 2;
+    else if (st.soft_limit && st.committed_bytes > st.soft_limit / 100 * 95)
+        st.pressure_level = 1;
+    memcpy(out, &st, size < sizeof st ? size : sizeof st);
+    return 0;
 }

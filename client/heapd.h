@@ -96,14 +96,22 @@ HEAPD_API void *heapd_aligned_alloc(size_t align, size_t size);
 
 /* Bytes usable at p (>= the size asked for): the size class for small
  * objects, the exact size for tiny ones, whole pages for large ones. 0 for
- * NULL, pointers outside the heap and pointers that are not a live
- * object's start. */
+ * NULL, pointers outside the heap, pointers that are not an object's start,
+ * and freed objects, also those freed in another process and not yet
+ * reused (a freed small object reads 0 at once everywhere; a freed large
+ * object at once in the freeing process, and in the others once that
+ * process has sent its batched FreeLarge: at its next RPC, flush or
+ * detach). */
 HEAPD_API size_t heapd_usable_size(const void *p);
 
 /* Offsets into the heap, for data that must outlive a mapping (relative to
  * heap page 0; the same in every process). heapd_ptr_to_offset returns
- * UINT64_MAX for a pointer outside the heap pages; heapd_offset_to_ptr
- * returns NULL for an offset beyond them or when not attached. */
+ * HEAPD_NULL_OFFSET for a pointer outside the heap pages (NULL included);
+ * heapd_offset_to_ptr returns NULL for an offset beyond them (so for
+ * HEAPD_NULL_OFFSET) or when not attached. Offset 0 is a real object:
+ * store HEAPD_NULL_OFFSET, never 0, for "no object" (PostgreSQL DSA's
+ * InvalidDsaPointer). */
+#define HEAPD_NULL_OFFSET UINT64_MAX
 HEAPD_API uint64_t heapd_ptr_to_offset(const void *p);
 HEAPD_API void *heapd_offset_to_ptr(uint64_t off);
 
@@ -150,6 +158,74 @@ HEAPD_API uint64_t heapd_pressure_calls(void);
  * pressure steps above); other processes are not affected. It holds for
  * this connection: a fork child starts without one. 0 or -1/errno. */
 HEAPD_API int heapd_set_quota(uint64_t bytes);
+
+/* ---- named roots ---------------------------------------------------------------
+ * A directory of names to objects, so that unrelated processes find a shared
+ * structure without passing offsets around (Boost.Interprocess's
+ * find_or_construct, a database's shared catalog):
+ *
+ *     struct pool *p = heapd_root_get("bufpool");
+ *     if (!p) {                                     // first one: build it
+ *         struct pool *mine = pool_new();
+ *         if (heapd_root_cas("bufpool", NULL, mine) == 0) p = mine;
+ *         else { pool_free(mine); p = heapd_root_get("bufpool"); } // lost the race
+ *     }
+ *
+ * The daemon keeps the directory (up to 1024 names per heap) in memory that
+ * clients map read-only; heapd_root_get reads it without a round trip, the
+ * others are one RPC. A root names a pointer, nothing more: freeing the
+ * object leaves the root dangling until someone changes it, as with any
+ * pointer (check what you read). Names are 1..63 printable ASCII bytes.
+ * Errors common to all: EINVAL (empty name, non-printable byte),
+ * ENAMETOOLONG (more than 63 bytes), ENOTCONN (not attached), EPIPE (the
+ * daemon is gone). */
+
+/* The object named `name`, or NULL with errno ENOENT when no root has that
+ * name. Never blocks on the daemon. */
+HEAPD_API void *heapd_root_get(const char *name);
+/* Name obj (creates or replaces). obj must be the start of a live heap
+ * object (EINVAL otherwise, NULL too). ENOSPC: 1024 names exist. 0 or -1. */
+HEAPD_API int heapd_root_set(const char *name, void *obj);
+/* Compare and swap, atomically against every other process: if the name
+ * currently names `expected` (NULL: the name is absent), make it name
+ * `desired` (NULL: remove the name) and return 0. Otherwise -1 with EAGAIN
+ * (the name names something else, or exists while expected is NULL) or
+ * ENOENT (expected is not NULL and the name is absent). desired must be a
+ * live heap object or NULL (EINVAL); ENOSPC as for heapd_root_set. */
+HEAPD_API int heapd_root_cas(const char *name, void *expected, void *desired);
+/* Remove the name (the object stays). 0, or -1 with ENOENT when absent. */
+HEAPD_API int heapd_root_del(const char *name);
+
+/* ---- in-process stats --------------------------------------------------------------
+ * What a process needs to size a cache, without asking the daemon: the
+ * process's own counters come from its stats slot (after adding its threads'
+ * counts into it: other threads' allocations from the span they are filling
+ * count at their next refill), the heap's from the segment header the daemon
+ * keeps up to date. Fields are only ever added at the end: pass
+ * sizeof(struct heapd_stats) as the program was compiled with. */
+struct heapd_stats {
+    /* this process (this connection: a fork child starts from zero) */
+    uint64_t allocated_bytes;   /* bytes of objects allocated (by size class, tiny
+                                   objects as their 16-byte blocks; large: whole pages) */
+    uint64_t freed_bytes;       /* bytes of objects freed here, whoever allocated them:
+                                   allocated - freed may be negative for one process */
+    uint64_t cached_bytes;      /* free bytes held in this process's thread caches */
+    uint64_t quota;             /* heapd_set_quota's bytes, 0 = none */
+    /* the heap */
+    uint64_t committed_bytes;   /* memory the heap holds (pages in use + free pages not
+                                   yet returned to the OS + metadata): what limits count */
+    uint64_t soft_limit;        /* bytes, 0 = none (heapd --memory-limit, heapctl limit) */
+    uint64_t hard_limit;        /* bytes, 0 = none */
+    uint64_t pressure_level;    /* 0 none; 1 committed over 95% of the soft limit; 2 over
+                                   it; 3 not one more page fits under the hard limit
+                                   (the levels of heapd_on_pressure) */
+    uint64_t in_use_bytes;      /* heap pages in spans, all processes */
+    uint64_t heap_bytes;        /* heap pages the segment can hold (heapd --size) */
+};
+#define HEAPD_STATS_SIZE_V1 (10 * sizeof(uint64_t))   /* the first version's size */
+/* Fill min(size, sizeof(struct heapd_stats)) bytes of *st. 0, or -1 with
+ * EINVAL (st NULL, size < HEAPD_STATS_SIZE_V1) or ENOTCONN. */
+HEAPD_API int heapd_stats(struct heapd_stats *st, size_t size);
 
 #ifdef __cplusplus
 }

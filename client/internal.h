@@ -90,6 +90,8 @@ HD_HIDDEN void tp_release(const uint32_t *ids, unsigned n);
 HD_HIDDEN void tp_release_locked(const uint32_t *ids, unsigned n);   /* tp_lock held */
 /* Queue a FreeLarge. -1 if the same span is already queued (a double free). */
 HD_HIDDEN int tp_free_large(uint32_t id, uint32_t gen, uint32_t npages);
+/* Is a FreeLarge of this span (and gen) queued, not yet sent? */
+HD_HIDDEN bool tp_large_queued(uint32_t id, uint32_t gen);
 /* Send the pending batches now. 0, or -1 with errno. */
 HD_HIDDEN int tp_flush(void);
 HD_HIDDEN int tp_flush_locked(void);
@@ -101,6 +103,8 @@ HD_HIDDEN int tp_listen_fd_locked(void);
 HD_HIDDEN void tp_drain_locked(void);
 /* SetQuota{bytes}. 0 or -1 with errno. */
 HD_HIDDEN int tp_set_quota(uint64_t bytes);
+/* RootUpdate{name, offset, cas, expected} (roots.c). 0 or -1 with errno. */
+HD_HIDDEN int tp_root_update(const char *name, uint64_t offset, bool cas, uint64_t expected);
 
 /* Bumped for every Flush the daemon sends: caches compare it with the value
  * they saw last and give back their spans at their next slow path. */
@@ -178,6 +182,8 @@ HD_HIDDEN void st_set_slot(uint32_t slot);
 HD_HIDDEN void st_forget_slot(void);
 HD_HIDDEN bool st_have_slot(void);
 HD_HIDDEN void st_lock_reinit(void);
+/* heapd_set_quota succeeded: remember it for heapd_stats (this connection). */
+HD_HIDDEN void st_note_quota(uint64_t bytes);
 
 /* ---- mcache.c: the thread caches ------------------------------------------ */
 

@@ -23,6 +23,7 @@
 
 #include "heapd.h"
 #include "internal.h"
+#include "live.h"
 
 static _Atomic uint64_t hdc_bad;
 
@@ -139,27 +140,15 @@ void heapd_free(void *p)
 
 size_t heapd_usable_size(const void *p)
 {
-    const hd_seg_t *s = &hdc_seg;
-    uint32_t id = hd_span_of(s, p);
-    if (id == HD_NO_SPAN)
-        return 0;
-    hd_span_t *sp = &s->spans[id];
-    uint8_t st = hd_span_state(sp);
-    uintptr_t off = (uintptr_t)p - hd_page_addr(s, id);
-    if (st == HD_SPAN_LARGE)
-        return off == 0 ? (size_t)sp->npages * HD_PAGE_SIZE : 0;
-    if (st != HD_SPAN_CACHED && st != HD_SPAN_CENTRAL)
-        return 0;
-    if (sp->sizeclass == HD_TINY_SIZE_CLASS) {
-        uint32_t w = hd_tiny_word(hd_tiny_of(s, id), (unsigned)(off / HD_TINY_SIZE));
-        unsigned j = (unsigned)(off % HD_TINY_SIZE);
-        return (w >> j & 1) ? hd_tiny_usable(w, j) : 0;
+    size_t n = hd_live_size(&hdc_seg, p);
+    if (n >= HD_PAGE_SIZE) {            /* a large object this process freed, its FreeLarge still queued? */
+        uint32_t id = hd_span_of(&hdc_seg, p);
+        const hd_span_t *sp = &hdc_seg.spans[id];
+        if (hd_span_state(sp) == HD_SPAN_LARGE &&
+            tp_large_queued(id, sp->gen))
+            return 0;
     }
-    unsigned i = hd_obj_index(sp->divmagic, off);
-    if (i >= sp->nelems || (uintptr_t)i * sp->elemsize != off ||
-        hd_obj_state_acquire(hd_states_of(s, id, sp->sizeclass), i) != HD_OBJ_ALLOCATED)
-        return 0;
-    return sp->elemsize;
+    return n;
 }
 
 void *heapd_realloc(void *p, size_t size)
@@ -167,7 +156,7 @@ void *heapd_realloc(void *p, size_t size)
     if (!p)
         return heapd_malloc(size);
     size_t old = heapd_usable_size(p);
-    if (old == 0) {
+    if (old == 0) {                  /* also a freed object its span has not swept yet */
         hdc_report_bad_free(p, "realloc of a pointer that is not a live object");
         errno = EINVAL;
         return NULL;
@@ -187,7 +176,7 @@ uint64_t heapd_ptr_to_offset(const void *p)
 {
     uintptr_t a = (uintptr_t)p;
     if (!hdc_seg.npages || a < hdc_seg.pages || a - hdc_seg.pages >= hdc_seg.npages * HD_PAGE_SIZE)
-        return UINT64_MAX;
+        return HEAPD_NULL_OFFSET;
     return hd_offset_of(&hdc_seg, p);
 }
 

@@ -279,4 +279,10 @@ int heapd_on_pressure(heapd_pressure_fn fn, void *arg)
 
 uint64_t heapd_pressure_calls(void) { return atomic_load(&pr_calls); }
 
-int heapd_set_quota(uint64_t bytes) { return tp_set_quota(bytes); }
+int heapd_set_quota(uint64_t bytes)
+{
+    int rc = tp_set_quota(bytes);
+    if (rc == 0)
+        st_note_quota(bytes);           /* heapd_stats reports it without asking */
+    return rc;
+}

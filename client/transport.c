@@ -570,6 +570,37 @@ int tp_set_quota(uint64_t bytes)
     return rc;
 }
 
+int tp_root_update(const char *name, uint64_t offset, bool cas, uint64_t expected)
+{
+    tp_lock();
+    int rc = -1;
+    if (tp_be) {
+        errno = EOPNOTSUPP;
+        tp_unlock();
+        return -1;
+    }
+    Heapd__RootUpdate u = HEAPD__ROOT_UPDATE__INIT;
+    u.name = (char *)name;
+    u.offset = offset;
+    u.cas = cas;
+    u.expected = expected;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_ROOT_UPDATE;
+    m.root_update = &u;
+    Heapd__DaemonMsg *r = tp_call_locked(&m);
+    if (!r) {
+        /* errno set */
+    } else if (r->body_case == HEAPD__DAEMON_MSG__BODY_ERROR) {
+        errno = tp_errno_from_daemon(r->error->err);
+    } else if (r->body_case == HEAPD__DAEMON_MSG__BODY_ACK) {
+        rc = 0;
+    } else {
+        errno = EPROTO;
+    }
+    tp_unlock();
+    return rc;
+}
+
 /* Async batches are kept only while there is someone to send them to. */
 static bool tp_may_queue(void)
 {
@@ -614,6 +645,16 @@ int tp_free_large(uint32_t id, uint32_t gen, uint32_t npages)
     }
     tp_unlock();
     return rc;
+}
+
+bool tp_large_queued(uint32_t id, uint32_t gen)
+{
+    bool q = false;
+    tp_lock();
+    for (unsigned i = 0; i < tp_fl.n && !q; i++)
+        q = tp_fl.ids[i] == id && tp_fl.gens[i] == gen;
+    tp_unlock();
+    return q;
 }
 
 /* ---- connect: Hello / Welcome ------------------------------------------------------ */

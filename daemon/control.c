@@ -15,8 +15,10 @@
 #include "conn.h"
 #include "control.pb-c.h"
 #include "errf.h"
+#include "live.h"
 #include "mstats.h"
 #include "memlimit.h"
+#include "rootdir.h"
 #include "scavenge.h"
 
 #define fail(err, errlen, e, ...) (hd_errf(err, errlen, __VA_ARGS__), -(e))
@@ -334,6 +336,41 @@ static int do_flush(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
     return pack_reply(&r, out, len);
 }
 
+/* heapctl roots: every named root, sorted by name, with the size of its object. */
+static int do_roots(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
+{
+    roots_entry_t *e = malloc(HD_MAX_ROOTS * sizeof(*e));
+    Heapdctl__Root *rows = calloc(HD_MAX_ROOTS, sizeof(*rows));
+    Heapdctl__Root **rowp = calloc(HD_MAX_ROOTS, sizeof(*rowp));
+    if (!e || !rows || !rowp) {
+        free(e);
+        free(rows);
+        free(rowp);
+        return reply_error(seq, ENOMEM, out, len, "out of memory");
+    }
+    size_t n = roots_list(d, e);
+    const hd_seg_t *v = &d->seg.view;
+    for (size_t i = 0; i < n; i++) {
+        heapdctl__root__init(&rows[i]);
+        rows[i].name = e[i].name;
+        rows[i].offset = e[i].offset;
+        rows[i].size = e[i].offset < v->npages * HD_PAGE_SIZE ? hd_live_size(v, (void *)(v->pages + e[i].offset)) : 0;
+        rowp[i] = &rows[i];
+    }
+    Heapdctl__Roots rr = HEAPDCTL__ROOTS__INIT;
+    rr.n_roots = n;
+    rr.roots = rowp;
+    Heapdctl__ControlReply r = HEAPDCTL__CONTROL_REPLY__INIT;
+    r.seq = seq;
+    r.body_case = HEAPDCTL__CONTROL_REPLY__BODY_ROOTS;
+    r.roots = &rr;
+    int rc = pack_reply(&r, out, len);
+    free(e);
+    free(rows);
+    free(rowp);
+    return rc;
+}
+
 int control_handle(daemon_t *d, const uint8_t *req, size_t len, uint8_t **reply, size_t *rlen)
 {
     *reply = NULL;
@@ -366,6 +403,9 @@ int control_handle(daemon_t *d, const uint8_t *req, size_t len, uint8_t **reply,
         break;
     case HEAPDCTL__CONTROL_REQUEST__BODY_FLUSH:
         rc = do_flush(d, q->seq, reply, rlen);
+        break;
+    case HEAPDCTL__CONTROL_REQUEST__BODY_ROOTS:
+        rc = do_roots(d, q->seq, reply, rlen);
         break;
     case HEAPDCTL__CONTROL_REQUEST__BODY__NOT_SET:
         rc = reply_error(q->seq, EINVAL, reply, rlen, "control request without a body");

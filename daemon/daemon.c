@@ -12,6 +12,7 @@
 
 #include "conn.h"
 #include "control.h"
+#include "rootdir.h"
 
 void daemon_log(daemon_t *d, const char *fmt, ...)
 {
@@ -35,6 +36,11 @@ int daemon_init(daemon_t *d, const daemon_opts_t *o, char *err, size_t errlen)
     int r = seg_create(&d->seg, &so, err, errlen);
     if (r < 0)
         return r;
+    if ((r = roots_init(d)) < 0) {      /* named roots (rootdir.h) */
+        snprintf(err, errlen, "cannot commit the roots directory: %s", strerror(-r));
+        seg_destroy(&d->seg);
+        return r;
+    }
     if ((r = mheap_init(&d->heap, &d->seg)) < 0) {
         snprintf(err, errlen, "cannot set up the page allocator for %llu pages: %s",
                  (unsigned long long)d->seg.npages, strerror(-r));

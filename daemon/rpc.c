@@ -10,6 +10,7 @@
 
 #include "heapd.pb-c.h"
 #include "mcentral.h"
+#include "rootdir.h"
 
 /* ---- encoding ------------------------------------------------------------------ */
 
@@ -275,6 +276,21 @@ static enum rpc_verdict on_scavenge(daemon_t *d, client_t *c, uint64_t seq, rpc_
     return RPC_OK;
 }
 
+/* ---- named roots (rootdir.h) ---------------------------------------------------------- */
+
+static enum rpc_verdict on_root_update(daemon_t *d, client_t *c, uint64_t seq, const Heapd__RootUpdate *u,
+                                       rpc_out_t *out)
+{
+    (void)c;
+    char err[200];
+    int r = roots_update(d, u->name, u->offset, u->cas, u->expected, err, sizeof(err));
+    if (r < 0)
+        rpc_encode_error(out, seq, -r, err);
+    else
+        reply_ack(out, seq);
+    return RPC_OK;
+}
+
 /* ---- dispatch ------------------------------------------------------------------- */
 
 enum rpc_verdict rpc_handle(daemon_t *d, client_t *c, const uint8_t *pkt, size_t len, rpc_out_t *out)
@@ -331,6 +347,9 @@ enum rpc_verdict rpc_handle(daemon_t *d, client_t *c, const uint8_t *pkt, size_t
             break;
         case HEAPD__CLIENT_MSG__BODY_SCAVENGE:
             v = on_scavenge(d, c, m->seq, out);
+            break;
+        case HEAPD__CLIENT_MSG__BODY_ROOT_UPDATE:
+            v = on_root_update(d, c, m->seq, m->root_update, out);
             break;
         default:
             out->why = "unknown message";

@@ -22,7 +22,8 @@
  *    and Pressure{3} (so they arrive ahead of the reply);
  *  - SetQuota (this client's), SetLimit (the daemon's; EINVAL when hard <
  *    soft), Scavenge (release every free page): Ack.
- * Hello, Refill, AllocLarge, SetQuota, SetLimit and Scavenge are always
+ *  - RootUpdate: the rules of rootdir.h; Ack or Error{its errno}.
+ * Hello, Refill, AllocLarge, SetQuota, SetLimit, Scavenge and RootUpdate are always
  * answered (echoing seq, even 0); Release and FreeLarge only when seq != 0.
  */
 #ifndef HEAPD_DAEMON_RPC_H

@@ -54,6 +54,8 @@ int main(int argc, char **argv)
         t->count++;
     }
     uint64_t off = heapd_ptr_to_offset(t);
+    if (heapd_root_set("example-table", t) != 0)     /* heapctl roots lists it */
+        fprintf(stderr, "table-build: heapd_root_set: %s\n", strerror(errno));
     printf("built a table of %ld strings at %p (offset 0x%llx)\n", n, (void *)t, (unsigned long long)off);
     printf("read and free it from another process:  ./build/table-read 0x%llx\n", (unsigned long long)off);
     heapd_detach();     /* the table stays: objects outlive the process that made them */

@@ -1,5 +1,9 @@
 /* table-read: finds the table table-build made, by its offset, checks and
  * prints a few entries, then frees every object of it (cross-process free).
+ * It checks what it reads: an offset is only a number, and the table may be
+ * gone (freed by an earlier table-read, its memory reused). Every object it
+ * follows must be live (heapd_usable_size, 0 for a freed object) and big
+ * enough, and the table is unmarked before it is freed.
  * Usage: table-read OFFSET [SOCKET] */
 #include <errno.h>
 #include <stdio.h>
@@ -8,6 +12,16 @@
 
 #include "heapd.h"
 #include "table.h"
+
+/* A live heap object of at least n bytes? */
+static int live(const void *p, size_t n) { return p && heapd_usable_size(p) >= n; }
+
+/* A live string: NUL-terminated inside its object. */
+static int live_str(const char *s)
+{
+    size_t n = heapd_usable_size(s);
+    return s && n && memchr(s, 0, n) != NULL;
+}
 
 int main(int argc, char **argv)
 {
@@ -27,12 +41,23 @@ int main(int argc, char **argv)
         return 1;
     }
     struct table *t = heapd_offset_to_ptr(off);
-    if (!t || heapd_usable_size(t) < sizeof(*t) || t->magic != TABLE_MAGIC) {
+    if (!live(t, sizeof(*t)) || t->magic != TABLE_MAGIC ||
+        heapd_usable_size(t) < sizeof(*t) + t->nbuckets * sizeof(struct entry *)) {
         fprintf(stderr, "table-read: no table at offset %#llx\n", (unsigned long long)off);
         return 1;
     }
     printf("table at %p: %llu strings in %llu buckets\n", (void *)t, (unsigned long long)t->count,
            (unsigned long long)t->nbuckets);
+    /* walk it once, checking every object, before trusting anything in it */
+    uint64_t seen = 0;
+    for (uint64_t b = 0; b < t->nbuckets; b++)
+        for (const struct entry *e = t->buckets[b]; e; e = e->next) {
+            if (!live(e, sizeof(*e)) || !live_str(e->key) || !live_str(e->value) || ++seen > t->count) {
+                fprintf(stderr, "table-read: the table at offset %#llx is damaged (bucket %llu)\n",
+                        (unsigned long long)off, (unsigned long long)b);
+                return 1;
+            }
+        }
     const char *probe[] = {"key-0", "key-1", "key-42", "key-999", "no-such-key"};
     for (size_t i = 0; i < sizeof(probe) / sizeof(probe[0]); i++) {
         const char *v = table_get(t, probe[i]);
@@ -48,6 +73,8 @@ int main(int argc, char **argv)
             freed++;
         }
     }
+    t->magic = 0;                       /* no longer a table, whoever reads it next */
+    (void)heapd_root_cas("example-table", t, NULL);  /* unname it, if table-build's root names it */
     heapd_free(t);
     printf("freed %llu entries and the table (%llu bad frees)\n", (unsigned long long)freed,
            (unsigned long long)heapd_bad_frees());

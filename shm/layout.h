@@ -6,7 +6,7 @@
  *
  *   base                                  base + meta_size
  *   | meta memfd (clients: read-only)     | heap memfd (read-write for all)             |
- *   | header | span table | pagemap       | slots | aux areas | client stats | heap pages ... |
+ *   | header | span table | pagemap | roots | slots | aux areas | client stats | heap pages ... |
  *
  * The rules below are the protocol. Every cross-process access goes through
  * an inline function of shm/ (segment.h: header books, span publish and
@@ -43,6 +43,9 @@
  * | cstats.owner                  | daemon            | daemon, heapctl  | release store at assign/retire            | assign: to the client at Hello;        |
  * |                               |                   |                  |                                           | retire: back only once the process is  |
  * |                               |                   |                  |                                           | dead or detached (the slot's lease)    |
+ * | roots directory entries       | daemon            | everyone         | per-entry seqlock: seq odd (relaxed) +    | -                                      |
+ * |                               |                   |                  | release fence, fields relaxed, seq even   |                                        |
+ * |                               |                   |                  | (release); readers acquire/retry (roots.h)|                                        |
  * | heap pages                    | the object holder | the holder       | the program's own synchronization         | alloc (owner) / free (anyone)          |
  *
  * OBJECT STATE BYTES. Each object of a small span has one _Atomic uint8_t:
@@ -84,8 +87,8 @@
 #include "sizeclasses.h"
 
 #define HD_MAGIC            0x3176645f70616568ull   /* "heapd_v1" little-endian */
-#define HD_LAYOUT_VERSION   3u                      /* 2: client stats slots; 3: object state bytes */
-#define HD_PROTO_VERSION    1u
+#define HD_LAYOUT_VERSION   4u                      /* 2: client stats slots; 3: object state bytes; 4: roots directory */
+#define HD_PROTO_VERSION    2u                      /* 2: RootUpdate */
 #define HD_DEFAULT_BASE     0x200000000000ull       /* 32 TiB: far above brk, below mmap_base */
 #define HD_SEG_ALIGN        (2u << 20)              /* region alignment: 2 MiB huge pages */
 #define HD_HEADER_BYTES     4096u
@@ -93,6 +96,10 @@
 #define HD_MAX_BATCH        64u                     /* spans per Refill/Release/FreeLarge */
 #define HD_MAX_NPAGES       (1ull << 31)            /* span ids and pagemap entries are u32 */
 #define HD_NO_SPAN          UINT32_MAX
+#define HD_NULL_OFFSET      UINT64_MAX              /* an offset no object has (heapd.h HEAPD_NULL_OFFSET) */
+#define HD_MAX_ROOTS        1024u                   /* entries of the roots directory (roots.h) */
+#define HD_ROOT_BYTES       128u                    /* bytes per entry */
+#define HD_ROOTS_BYTES      (HD_MAX_ROOTS * HD_ROOT_BYTES)
 
 /* Span states. The daemon moves spans between them; clients only read them.
  * Legal moves (HEAPD_DEBUG asserts them at every publish):
@@ -217,7 +224,8 @@ typedef struct hd_header {
     uint64_t tiny_off;          /* heap-memfd offset of hd_tiny_t[npages] (aux areas) */
     uint64_t pages_off;         /* heap-memfd offset of page 0 (2 MiB aligned) */
     uint64_t cstats_off;        /* heap-memfd offset of hd_cstats_t[HD_STAT_SLOTS] */
-    uint64_t _layout_reserved[4];
+    uint64_t roots_off;         /* meta offset of hd_root_t[HD_MAX_ROOTS] (roots.h) */
+    uint64_t _layout_reserved[3];
 
     /* daemon books: a seqlock, books_seq odd while a batch is under way */
     _Atomic uint64_t books_seq;

@@ -40,6 +40,7 @@ typedef struct hd_seg {
     hd_slot_t *slots;
     hd_tiny_t *tiny;
     hd_cstats_t *cstats;        /* client stats slots */
+    struct hd_root *roots;      /* the roots directory (roots.h) */
     uintptr_t pages;            /* address of heap page 0 */
     uint64_t npages;
 } hd_seg_t;
@@ -56,7 +57,8 @@ static inline void hd_layout(hd_header_t *h, uint64_t base, uint64_t npages)
     h->npages = npages;
     h->span_off = HD_HEADER_BYTES;
     h->pagemap_off = h->span_off + hd_align_up(npages * sizeof(hd_span_t), 4096);
-    h->meta_size = hd_align_up(h->pagemap_off + npages * sizeof(uint32_t), HD_SEG_ALIGN);
+    h->roots_off = hd_align_up(h->pagemap_off + npages * sizeof(uint32_t), 4096);
+    h->meta_size = hd_align_up(h->roots_off + HD_ROOTS_BYTES, HD_SEG_ALIGN);
     h->slots_off = 0;
     h->tiny_off = hd_align_up(npages * sizeof(hd_slot_t), 4096);
     h->cstats_off = hd_align_up(h->tiny_off + npages * sizeof(hd_tiny_t), 4096);
@@ -74,6 +76,7 @@ static inline void hd_seg_view(hd_seg_t *s, hd_header_t *hdr)
     s->slots = (hd_slot_t *)(heap + hdr->slots_off);
     s->tiny = (hd_tiny_t *)(heap + hdr->tiny_off);
     s->cstats = (hd_cstats_t *)(heap + hdr->cstats_off);
+    s->roots = (struct hd_root *)(meta + hdr->roots_off);
     s->pages = (uintptr_t)(heap + hdr->pages_off);
     s->npages = hdr->npages;
 }

@@ -7,6 +7,7 @@
  *     limit [SOFT] [--hard SIZE]   show the limits, or set them (SIZE like GOMEMLIMIT; none = no limit)
  *     scavenge                return every free page to the OS now
  *     flush                   ask every client to give back its cached spans
+ *     roots [--json]          the named roots (heapd_root_set): name, offset, object size
  *     top [-n N | --once] [-d SECONDS]   a live view, refreshed every second
  *
  * The control socket is --control PATH, else $HEAPD_CONTROL, else the
@@ -59,6 +60,7 @@ static void usage(FILE *f)
             "                             (512MiB, 4GiB, bytes), 'none' for no limit\n"
             "  scavenge                   return every free page to the OS now\n"
             "  flush                      ask every client to give back its cached spans\n"
+            "  roots [--json]             the named roots: name, heap offset, size of the live object\n"
             "  top [-n N | --once] [-d SECONDS]   live view, refreshed every second (N rounds)\n"
             "control socket: --control PATH, else $HEAPD_CONTROL, else the heapd socket + .ctl\n");
 }
@@ -195,6 +197,7 @@ static Heapdctl__ControlReply *call_body(int body_case, Heapdctl__ControlReply__
     Heapdctl__GetLimitRequest g = HEAPDCTL__GET_LIMIT_REQUEST__INIT;
     Heapdctl__ScavengeRequest sc = HEAPDCTL__SCAVENGE_REQUEST__INIT;
     Heapdctl__FlushRequest f = HEAPDCTL__FLUSH_REQUEST__INIT;
+    Heapdctl__RootsRequest ro = HEAPDCTL__ROOTS_REQUEST__INIT;
     q.body_case = (Heapdctl__ControlRequest__BodyCase)body_case;
     switch (body_case) {
     case HEAPDCTL__CONTROL_REQUEST__BODY_STATS: q.stats = &s; break;
@@ -203,6 +206,7 @@ static Heapdctl__ControlReply *call_body(int body_case, Heapdctl__ControlReply__
     case HEAPDCTL__CONTROL_REQUEST__BODY_GET_LIMIT: q.get_limit = &g; break;
     case HEAPDCTL__CONTROL_REQUEST__BODY_SCAVENGE: q.scavenge = &sc; break;
     case HEAPDCTL__CONTROL_REQUEST__BODY_FLUSH: q.flush = &f; break;
+    case HEAPDCTL__CONTROL_REQUEST__BODY_ROOTS: q.roots = &ro; break;
     default: break;
     }
     Heapdctl__ControlReply *r = call(&q);
@@ -625,6 +629,37 @@ static int cmd_flush(void)
     return 0;
 }
 
+/* heapctl roots: names set by heapd_root_set, with their offsets and the
+ * usable size of the object each names (0: freed since, the root dangles). */
+static int cmd_roots(bool json)
+{
+    Heapdctl__ControlReply *r = call_body(HEAPDCTL__CONTROL_REQUEST__BODY_ROOTS, HEAPDCTL__CONTROL_REPLY__BODY_ROOTS);
+    const Heapdctl__Roots *rr = r->roots;
+    if (json) {
+        printf("[");
+        for (size_t i = 0; i < rr->n_roots; i++) {
+            printf("%s{\"Name\":", i ? "," : "");
+            json_string(rr->roots[i]->name);
+            printf(",\"Offset\":%llu,\"Size\":%llu}", (unsigned long long)rr->roots[i]->offset,
+                   (unsigned long long)rr->roots[i]->size);
+        }
+        printf("]\n");
+    } else {
+        printf("%-40s %18s %12s\n", "NAME", "OFFSET", "SIZE");
+        for (size_t i = 0; i < rr->n_roots; i++) {
+            char sz[32], off[24];
+            const Heapdctl__Root *e = rr->roots[i];
+            snprintf(off, sizeof(off), "0x%llx", (unsigned long long)e->offset);
+            printf("%-40s %18s %12s\n", e->name, off,
+                   e->size ? human(e->size, sz, sizeof(sz)) : "(freed)");
+        }
+        if (rr->n_roots == 0)
+            printf("(no roots)\n");
+    }
+    heapdctl__control_reply__free_unpacked(r, NULL);
+    return 0;
+}
+
 /* ---- top ------------------------------------------------------------------------------- */
 
 static double now_s(void)
@@ -795,14 +830,14 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    static const char *const known[] = {"stats", "clients", "metrics", "limit", "scavenge", "flush", "top"};
+    static const char *const known[] = {"stats", "clients", "metrics", "limit", "scavenge", "flush", "top", "roots"};
     bool ok = false;
     for (size_t k = 0; k < NF(known); k++)
         ok |= !strcmp(cmd, known[k]);
     if (!ok)
-        die(2, "unknown command '%s' (commands: stats, clients, metrics, limit, scavenge, flush, top)", cmd);
+        die(2, "unknown command '%s' (commands: stats, clients, metrics, limit, scavenge, flush, top, roots)", cmd);
     bool json = false;
-    if (!strcmp(cmd, "stats") || !strcmp(cmd, "clients")) {
+    if (!strcmp(cmd, "stats") || !strcmp(cmd, "clients") || !strcmp(cmd, "roots")) {
         for (int k = 0; k < nargs; k++) {
             if (!strcmp(args[k], "--json"))
                 json = true;
@@ -827,5 +862,7 @@ int main(int argc, char **argv)
         return cmd_scavenge();
     if (!strcmp(cmd, "flush"))
         return cmd_flush();
+    if (!strcmp(cmd, "roots"))
+        return cmd_roots(json);
     return cmd_top(nargs, args);
 }

@@ -14,6 +14,7 @@
  *
  * Build: make fuzz (clang, -fsanitize=fuzzer,address,undefined).
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include "daemon.h"
 #include "heapd.pb-c.h"
 #include "mcentral.h"
+#include "roots.h"
 #include "rpc.h"
 #include "span.h"
 
@@ -87,6 +89,34 @@ static void scribble(struct script *s)
     }
 }
 
+/* The roots directory: every USED entry has a valid name that a client's
+ * lookup finds at that entry; at most HD_MAX_ROOTS. */
+static bool roots_ok(char *err, size_t errlen)
+{
+    const hd_root_t *t = D->seg.view.roots;
+    for (unsigned i = 0; i < HD_MAX_ROOTS; i++) {
+        hd_root_copy_t c;
+        if (!hd_root_read(&t[i], &c) || c.state > HD_ROOT_DEAD) {
+            snprintf(err, errlen, "root entry %u unreadable or state %u", i, c.state);
+            return false;
+        }
+        if (c.state != HD_ROOT_USED) {
+            if (c.offset != HD_NULL_OFFSET) {
+                snprintf(err, errlen, "root entry %u not used but has offset 0x%llx", i, (unsigned long long)c.offset);
+                return false;
+            }
+            continue;
+        }
+        size_t len = strlen(c.name);
+        uint64_t off;
+        if (len < 1 || len > HD_ROOT_NAME_MAX || hd_root_find(t, c.name, len, &off) != (int)i || off != c.offset) {
+            snprintf(err, errlen, "root entry %u (%s) is not found where it is", i, c.name);
+            return false;
+        }
+    }
+    return true;
+}
+
 static uint32_t pick_id(struct script *s)
 {
     unsigned k = take(s, 1);
@@ -103,9 +133,30 @@ static size_t build(struct script *s, uint8_t *buf)
     Heapd__Release rl = HEAPD__RELEASE__INIT;
     Heapd__AllocLarge al = HEAPD__ALLOC_LARGE__INIT;
     Heapd__FreeLarge fl = HEAPD__FREE_LARGE__INIT;
+    Heapd__RootUpdate ru = HEAPD__ROOT_UPDATE__INIT;
+    static const char *const names[] = {"a", "b", "pool", "", "tab\there",
+        "0123456789012345678901234567890123456789012345678901234567890123"};
+    char gen_name[8];
     uint32_t a[HD_MAX_BATCH + 4], g[HD_MAX_BATCH + 4];
     m.seq = take(s, 1) & 3;
-    switch (take(s, 1) % 5) {
+    switch (take(s, 1) % 6) {
+    case 4: {                                  /* named roots: a few names, many made up */
+        unsigned k = take(s, 1);
+        if (k < 128) {
+            ru.name = (char *)names[k % 6];
+        } else {
+            snprintf(gen_name, sizeof gen_name, "n%u", take(s, 2) % 2000);
+            ru.name = gen_name;
+        }
+        unsigned o = take(s, 1);
+        ru.offset = o < 100 ? (uint64_t)pick_id(s) * HD_PAGE_SIZE : o < 200 ? (uint64_t)pick_id(s) * HD_PAGE_SIZE + take(s, 2)
+                  : o < 230 ? HD_NULL_OFFSET : (uint64_t)take(s, 4) << 13;
+        ru.cas = take(s, 1) & 1;
+        ru.expected = take(s, 1) < 128 ? HD_NULL_OFFSET : (uint64_t)pick_id(s) * HD_PAGE_SIZE;
+        m.body_case = HEAPD__CLIENT_MSG__BODY_ROOT_UPDATE;
+        m.root_update = &ru;
+        break;
+    }
     case 0:
         h.version = take(s, 1) < 240 ? HD_PROTO_VERSION : take(s, 4);
         h.pid = (int32_t)take(s, 2);
@@ -197,7 +248,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     client_close(D, c, "fuzz input over");
     if (++runs % 64 == 0) {
         char err[256];
-        if (!mheap_check(&D->heap, err, sizeof(err)) || !mcentral_check(&D->central, err, sizeof(err))) {
+        if (!mheap_check(&D->heap, err, sizeof(err)) || !mcentral_check(&D->central, err, sizeof(err)) ||
+            !roots_ok(err, sizeof(err))) {
             fprintf(stderr, "fuzz-rpc: invariant broken: %s\n", err);
             abort();
         }
