@@ -268,6 +268,9 @@ static inline enum hd_free_result hd_tiny_free_ex(hd_ostate_t *st, hd_tiny_t *t,
         nw = w & ~(1u << j);
         if ((nw & 0xffffu) == 0 && !(nw & HD_TINY_OPEN))
             nw = 0;                                  /* last one out resets the block */
+        /* acq_rel: acquire pairs with the owner's release of hd_tiny_start /
+         * hd_tiny_pack (the object's bits are its own); release, so the
+         * owner that reuses a reset block sees the frees before it */
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
     *block_freed = nw == 0;
@@ -296,6 +299,7 @@ static inline enum hd_free_result hd_tiny_close_ex(hd_ostate_t *st, hd_tiny_t *t
         nw = w & ~HD_TINY_OPEN;
         if ((nw & 0xffffu) == 0)
             nw = 0;
+        /* acq_rel: as in hd_tiny_free_ex; pairs with the frees' CAS */
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
     *block_freed = nw == 0;
