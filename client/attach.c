@@ -8,7 +8,7 @@
  * read-only at map_base and heap read-write right after it, both
  * MAP_FIXED_NOREPLACE so we never clobber a mapping of our own; check the
  * header against the Welcome and against hd_layout (we index the span table
- * and bitmaps with those offsets, so they must be exactly what we compute);
+ * and object states with those offsets, so they must be exactly what we compute);
  * close the fds (the mappings keep the memfds alive).
  *
  * fork(): prepare takes tp_lock and the cache registry lock, so the child

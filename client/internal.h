@@ -151,7 +151,7 @@ HD_HIDDEN bool hdc_pressure_wanted(void);
  * no read-modify-write on the hot paths); `done` is what has been added to
  * the process's stats slot already, under the stats lock. Small allocations
  * are counted per span, not per object (Go's way: at refill and release, the
- * alloc bits the thread set since; mcache.c), tiny packed objects and frees
+ * objects the thread made ALLOCATED since; mcache.c), tiny packed objects and frees
  * per call. */
 typedef struct st_counts {
     _Atomic uint64_t small_allocs[HD_NUM_SIZE_CLASSES];

@@ -6,12 +6,12 @@
  * error handling and the bad-free counter.
  *
  * Free (any thread of any process, lock-free): hd_free() (span.h) finds the
- * span through the pagemap, checks that p is a live object's start and sets
- * its free bit atomically (tiny objects: clears their start bit; the block is
- * freed with the last one). Large objects are freed by an async, batched
+ * span through the pagemap, checks that p is an object start and turns its
+ * state byte ALLOCATED -> FREED with one CAS (tiny objects: clears their
+ * start bit; the block is freed with the last one). Large objects are freed by an async, batched
  * FreeLarge carrying the span's gen, so a late free of a reused span is
  * refused by the daemon. Nothing on this path writes anything but the one
- * bit (or block word) of the object being freed: an invalid free is
+ * state byte (or block word) of the object being freed: an invalid free is
  * reported and changes nothing.
  */
 #define _GNU_SOURCE

@@ -68,7 +68,7 @@ static int commit_span(mheap_t *h, uint64_t id, uint64_t npages, unsigned sizecl
     if ((r = seg_commit_meta(h->seg, hdr->pagemap_off + id * sizeof(uint32_t), npages * sizeof(uint32_t))) < 0)
         return r;
     /* state bytes: in the slot, or (class 1) in the aux area; class 2 has both */
-    bool in_aux = sizeclass != 0 && hd_class_to_nobjs[sizeclass] > HD_SLOT_STATES;
+    bool in_aux = sizeclass == HD_STATES_AUX_CLASS;
     if (sizeclass != 0 && !in_aux &&
         (r = seg_commit_aux(h->seg, hdr->slots_off + id * sizeof(hd_slot_t), sizeof(hd_slot_t))) < 0)
         return r;

@@ -273,7 +273,7 @@ void mstats_read(daemon_t *d, mstats_t *m)
     m->refills = h->refills;
     m->bad_requests = h->bad_requests;
 
-    /* metadata: span table entries, pagemap entries and bitmap slots of live
+    /* metadata: span table entries, pagemap entries and state slots of live
      * spans are in use; everything committed in the metadata regions is Sys */
     uint64_t small_spans = sub0(m->spans_inuse, m->spans_large);
     m->mspan_inuse = m->spans_inuse * sizeof(hd_span_t) + small_spans * sizeof(hd_slot_t) +

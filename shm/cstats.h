@@ -92,7 +92,8 @@ static inline void hd_cstats_assign(hd_cstats_t *s, uint32_t client_id)
     atomic_store_explicit(&s->owner, client_id, memory_order_release);
 }
 
-/* Take the slot back (owner 0): the client's later updates are dropped. */
+/* Take the slot back (owner 0): the client's later updates are dropped.
+ * Release: pairs with hd_cstats_owner (the client sees 0 and stops). */
 static inline void hd_cstats_retire(hd_cstats_t *s)
 {
     atomic_store_explicit(&s->owner, 0, memory_order_release);

@@ -252,8 +252,12 @@ typedef struct hd_header {
 } hd_header_t;
 _Static_assert(sizeof(hd_header_t) <= HD_HEADER_BYTES, "header fits its page");
 
-/* The books, first to last (hd_books_snapshot copies this range). */
+/* The books, first to last (hd_books_snapshot copies this range: every
+ * field in it is an _Atomic uint64_t, and the last one ends the header). */
 #define HD_BOOKS_FIRST spans_inuse
 #define HD_BOOKS_LAST  hard_limit_refusals
+_Static_assert(offsetof(hd_header_t, HD_BOOKS_FIRST) == offsetof(hd_header_t, books_seq) + 8 &&
+                   offsetof(hd_header_t, HD_BOOKS_LAST) + 8 == sizeof(hd_header_t),
+               "books are one run of u64 after books_seq");
 
 #endif

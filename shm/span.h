@@ -61,11 +61,14 @@ enum hd_free_result {
 };
 
 /* The state bytes of small span id of class sizeclass: in its slot, or for
- * class 1 (1024 objects) in its aux area. */
+ * class 1 (1024 objects, the only class with more than HD_SLOT_STATES; the
+ * span suite checks it) in its aux area. A compare, not a table load: this
+ * is on every free. */
+#define HD_STATES_AUX_CLASS 1u
 typedef _Atomic uint8_t hd_ostate_t;
 static inline hd_ostate_t *hd_states_of(const hd_seg_t *s, uint32_t id, unsigned sizeclass)
 {
-    return hd_class_to_nobjs[sizeclass] > HD_SLOT_STATES ? s->tiny[id].state : s->slots[id].state;
+    return sizeclass == HD_STATES_AUX_CLASS ? s->tiny[id].state : s->slots[id].state;
 }
 
 static inline hd_slot_t *hd_slot_of(const hd_seg_t *s, uint32_t id) { return &s->slots[id]; }
@@ -152,24 +155,27 @@ static inline void hd_states_reset(hd_ostate_t *st, unsigned n)
         atomic_store_explicit(&st[i], HD_OBJ_FREE, memory_order_relaxed);
 }
 
-/* Bit k set iff byte k of the 64 bytes at st (64-aligned window) equals v.
- * Relaxed as a whole: the owner builds its allocCache from FREE bytes, which
- * only it writes. */
-static inline uint64_t hd_states_mask64(const hd_ostate_t *st, uint8_t v)
+/* Bit k set iff byte k of the first min(n, 64) bytes at st (a 64-aligned
+ * window) equals v; bits from n up are 0 or 1, don't care (callers mask).
+ * Reads whole 16-byte chunks. Relaxed as a whole: the owner builds its
+ * allocCache from FREE bytes, which only it writes. */
+static inline uint64_t hd_states_mask(const hd_ostate_t *st, uint8_t v, unsigned n)
 {
 #if HD_STATES_SIMD
     const __m128i *p = (const __m128i *)(const void *)st, want = _mm_set1_epi8((char)v);
     uint64_t m = 0;
-    for (int k = 0; k < 4; k++)
+    for (unsigned k = 0; k < 4 && 16 * k < n; k++)
         m |= (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_load_si128(p + k), want)) << (16 * k);
     return m;
 #else
     uint64_t m = 0;
-    for (unsigned k = 0; k < 64; k++)
+    for (unsigned k = 0; k < 64 && k < n; k++)
         m |= (uint64_t)(hd_obj_state(st, k) == v) << k;
     return m;
 #endif
 }
+
+static inline uint64_t hd_states_mask64(const hd_ostate_t *st, uint8_t v) { return hd_states_mask(st, v, 64); }
 
 /* The allocCache word of window w: bit k set iff object 64w+k is FREE. Bytes
  * of any other value (ALLOCATED, FREED, or a scribble) are never handed out. */
@@ -192,7 +198,8 @@ static inline unsigned hd_span_inuse(const hd_ostate_t *st, unsigned nelems)
 {
     unsigned n = 0;
     for (unsigned w = 0; w * 64 < nelems; w++)
-        n += (unsigned)__builtin_popcountll(~hd_states_free_mask(st, w) & hd_window_mask(nelems, w));
+        n += (unsigned)__builtin_popcountll(~hd_states_mask(st + 64 * w, HD_OBJ_FREE, nelems - 64 * w) &
+                                            hd_window_mask(nelems, w));
     return n;
 }
 
@@ -204,10 +211,11 @@ static inline unsigned hd_span_sweep(hd_ostate_t *st, unsigned nelems, unsigned 
     unsigned live = 0, freed = 0;
     for (unsigned w = 0; w * 64 < nelems; w++) {
         uint64_t win = hd_window_mask(nelems, w);
-        uint64_t f = hd_states_mask64(st + 64 * w, HD_OBJ_FREED) & win;
+        unsigned n = nelems - 64 * w;
+        uint64_t f = hd_states_mask(st + 64 * w, HD_OBJ_FREED, n) & win;
         for (uint64_t m = f; m; m &= m - 1)
             freed += hd_obj_sweep(st, 64 * w + (unsigned)__builtin_ctzll(m));
-        live += (unsigned)__builtin_popcountll(~hd_states_free_mask(st, w) & win);
+        live += (unsigned)__builtin_popcountll(~hd_states_mask(st + 64 * w, HD_OBJ_FREE, n) & win);
     }
     if (nfreed)
         *nfreed = freed;
@@ -260,6 +268,9 @@ static inline enum hd_free_result hd_tiny_free_ex(hd_ostate_t *st, hd_tiny_t *t,
         nw = w & ~(1u << j);
         if ((nw & 0xffffu) == 0 && !(nw & HD_TINY_OPEN))
             nw = 0;                                  /* last one out resets the block */
+        /* acq_rel: acquire pairs with the owner's release of hd_tiny_start /
+         * hd_tiny_pack (the object's bits are its own); release, so the
+         * owner that reuses a reset block sees the frees before it */
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
     *block_freed = nw == 0;
@@ -288,6 +299,7 @@ static inline enum hd_free_result hd_tiny_close_ex(hd_ostate_t *st, hd_tiny_t *t
         nw = w & ~HD_TINY_OPEN;
         if ((nw & 0xffffu) == 0)
             nw = 0;
+        /* acq_rel: as in hd_tiny_free_ex; pairs with the frees' CAS */
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
     *block_freed = nw == 0;

@@ -6,10 +6,13 @@
 #include <CUnit/CUnit.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mcentral.h"
@@ -484,12 +487,77 @@ static void test_commit_failure(void)
     teardown();
 }
 
+/* The books are a seqlock: a reader in another thread (another process, in
+ * real use) never sees half of a batch while the daemon moves spans. */
+struct books_reader { _Atomic int stop; _Atomic unsigned long ok; unsigned long torn, busy; };
+
+static void *read_books(void *arg)
+{
+    struct books_reader *r = arg;
+    while (!atomic_load(&r->stop)) {
+        hd_header_t h;
+        if (!hd_books_snapshot(S.hdr, &h, 64)) {
+            r->busy++;
+            continue;
+        }
+        atomic_fetch_add(&r->ok, 1);
+        if (h.spans_inuse != h.spans_cached + h.spans_central + h.spans_large || h.pages_inuse < h.spans_inuse ||
+            h.books_seq % 2)
+            r->torn++;
+    }
+    return NULL;
+}
+
+static void test_books_snapshot(void)
+{
+    setup();
+    /* a batch under way: readers wait (here: give up), then see all of it */
+    hd_header_t h;
+    uint64_t inuse = hd_book(&S.hdr->spans_inuse);
+    mheap_book_add(&H, &S.hdr->spans_inuse, 1);
+    CU_ASSERT_EQUAL(hd_book(&S.hdr->books_seq) % 2, 1);
+    CU_ASSERT_FALSE(hd_books_snapshot(S.hdr, &h, 3));
+    mheap_book_add(&H, &S.hdr->spans_cached, 1);
+    mheap_publish(&H);
+    CU_ASSERT_FATAL(hd_books_snapshot(S.hdr, &h, 1));
+    CU_ASSERT_EQUAL(h.spans_inuse, inuse + 1);
+    CU_ASSERT_EQUAL(h.spans_cached, inuse + 1);
+    mheap_book_add(&H, &S.hdr->spans_inuse, -1);
+    mheap_book_add(&H, &S.hdr->spans_cached, -1);
+    mheap_publish(&H);
+
+    struct books_reader r = {0};
+    pthread_t t;
+    CU_ASSERT_FATAL(pthread_create(&t, NULL, read_books, &r) == 0);
+    /* spans move until the reader has taken 20,000 snapshots (10 s at most:
+     * on a loaded machine the reader may start late) */
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (unsigned k = 0; k < 20000 || atomic_load(&r.ok) < 20000; k++) {   /* every call opens and closes batches */
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - t0.tv_sec > 10)
+            break;
+        int64_t id = mcentral_cache_span(&C, 1 + k % 20, 1);
+        CU_ASSERT_FATAL(id >= 0);
+        CU_ASSERT_EQUAL(hd_book(&S.hdr->books_seq) % 2, 0);      /* closed after each call */
+        mcentral_uncache_span(&C, (uint32_t)id);
+    }
+    atomic_store(&r.stop, 1);
+    pthread_join(t, NULL);
+    printf("\n    %lu consistent snapshots, %lu retried out ", atomic_load(&r.ok), r.busy);
+    CU_ASSERT(atomic_load(&r.ok) >= 20000);
+    CU_ASSERT_EQUAL(r.torn, 0);
+    check_all();
+    teardown();
+}
+
 static void register_mheap_suite(void)
 {
     CU_pSuite s = CU_add_suite("mheap", NULL, NULL);
     CU_add_test(s, "segment: create, map, seal", test_segment_create);
     CU_add_test(s, "segment: backing file", test_segment_backing_file);
     CU_add_test(s, "cache a span", test_cache_span);
+    CU_add_test(s, "books: consistent snapshots while spans move", test_books_snapshot);
     CU_add_test(s, "uncache: partial, full, freed", test_uncache_transitions);
     CU_add_test(s, "sweep folds free bits", test_sweep_folds);
     CU_add_test(s, "background sweep", test_background_sweep);

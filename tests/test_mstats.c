@@ -108,21 +108,18 @@ static int refill(tclient_t *t, unsigned cls, unsigned count)
     return n;
 }
 
-/* The writer's side, as libheapd does it (client/cstats.c): seq odd, counters, seq even. */
+/* The writer's side, as libheapd does it (client/cstats.c, through shm/cstats.h). */
 static void slot_add(uint32_t slot, unsigned cls, uint64_t mallocs, uint64_t frees, uint64_t tiny, uint64_t large,
                      uint64_t large_bytes)
 {
     hd_cstats_t *s = &D->seg.view.cstats[slot];
-    uint64_t q = atomic_load(&s->seq);
-    atomic_store_explicit(&s->seq, q + 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
-    atomic_store_explicit(&s->small_allocs[cls], atomic_load(&s->small_allocs[cls]) + mallocs, memory_order_relaxed);
-    atomic_store_explicit(&s->small_frees[cls], atomic_load(&s->small_frees[cls]) + frees, memory_order_relaxed);
-    atomic_store_explicit(&s->tiny_allocs, atomic_load(&s->tiny_allocs) + tiny, memory_order_relaxed);
-    atomic_store_explicit(&s->large_allocs, atomic_load(&s->large_allocs) + large, memory_order_relaxed);
-    atomic_store_explicit(&s->large_alloc_bytes, atomic_load(&s->large_alloc_bytes) + large_bytes,
-                          memory_order_relaxed);
-    atomic_store_explicit(&s->seq, q + 2, memory_order_release);
+    uint64_t q = hd_cstats_begin(s);
+    hd_cstats_add(&s->small_allocs[cls], mallocs);
+    hd_cstats_add(&s->small_frees[cls], frees);
+    hd_cstats_add(&s->tiny_allocs, tiny);
+    hd_cstats_add(&s->large_allocs, large);
+    hd_cstats_add(&s->large_alloc_bytes, large_bytes);
+    hd_cstats_end(s, q);
 }
 
 /* The invariants every snapshot must satisfy. */
@@ -192,17 +189,15 @@ static void *writer(void *arg)
     writer_arg_t *w = arg;
     hd_cstats_t *s = &D->seg.view.cstats[w->slot];
     for (uint64_t k = 1; !atomic_load_explicit(&w->stop, memory_order_relaxed); k++) {
-        uint64_t q = atomic_load_explicit(&s->seq, memory_order_relaxed);
-        atomic_store_explicit(&s->seq, q + 1, memory_order_relaxed);
-        atomic_thread_fence(memory_order_release);
+        uint64_t q = hd_cstats_begin(s);
         for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
-            atomic_store_explicit(&s->small_allocs[c], k, memory_order_relaxed);
-            atomic_store_explicit(&s->small_frees[c], k, memory_order_relaxed);
+            hd_cstats_set(&s->small_allocs[c], k);
+            hd_cstats_set(&s->small_frees[c], k);
         }
-        atomic_store_explicit(&s->tiny_allocs, k, memory_order_relaxed);
-        atomic_store_explicit(&s->large_allocs, k, memory_order_relaxed);
-        atomic_store_explicit(&s->large_free_bytes, k, memory_order_relaxed);
-        atomic_store_explicit(&s->seq, q + 2, memory_order_release);
+        hd_cstats_set(&s->tiny_allocs, k);
+        hd_cstats_set(&s->large_allocs, k);
+        hd_cstats_set(&s->large_free_bytes, k);
+        hd_cstats_end(s, q);
         atomic_store_explicit(&w->updates, k, memory_order_relaxed);
     }
     return NULL;

@@ -88,7 +88,7 @@ static void test_states_fit(void)
         unsigned n = hd_class_to_nobjs[c];
         bool aux = n > HD_SLOT_STATES;
         CU_ASSERT(hd_states_len(n) <= (aux ? sizeof(hd_tiny_t) : sizeof(hd_slot_t)));
-        CU_ASSERT(!aux || c == 1);                    /* only 8 B objects need the aux area */
+        CU_ASSERT_EQUAL(aux, c == HD_STATES_AUX_CLASS);   /* only 8 B objects need the aux area */
     }
     CU_ASSERT_PTR_EQUAL(hd_states_of(&fs.s, 5, 1), fs.s.tiny[5].state);
     CU_ASSERT_PTR_EQUAL(hd_states_of(&fs.s, 5, HD_TINY_SIZE_CLASS), fs.s.slots[5].state);
