@@ -542,7 +542,8 @@ int tp_alloc_large(uint64_t pages, uint64_t align_pages, bool zero, uint32_t *id
     return rc;
 }
 
-int tp_set_quota(uint64_t bytes)
+/* A call whose answer is Ack or Error: 0, or -1 with errno. */
+static int tp_call_ack(Heapd__ClientMsg *m)
 {
     tp_lock();
     int rc = -1;
@@ -551,12 +552,7 @@ int tp_set_quota(uint64_t bytes)
         tp_unlock();
         return -1;
     }
-    Heapd__SetQuota q = HEAPD__SET_QUOTA__INIT;
-    q.bytes = bytes;
-    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
-    m.body_case = HEAPD__CLIENT_MSG__BODY_SET_QUOTA;
-    m.set_quota = &q;
-    Heapd__DaemonMsg *r = tp_call_locked(&m);
+    Heapd__DaemonMsg *r = tp_call_locked(m);
     if (!r) {
         /* errno set */
     } else if (r->body_case == HEAPD__DAEMON_MSG__BODY_ERROR) {
@@ -570,15 +566,18 @@ int tp_set_quota(uint64_t bytes)
     return rc;
 }
 
+int tp_set_quota(uint64_t bytes)
+{
+    Heapd__SetQuota q = HEAPD__SET_QUOTA__INIT;
+    q.bytes = bytes;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_SET_QUOTA;
+    m.set_quota = &q;
+    return tp_call_ack(&m);
+}
+
 int tp_root_update(const char *name, uint64_t offset, bool cas, uint64_t expected)
 {
-    tp_lock();
-    int rc = -1;
-    if (tp_be) {
-        errno = EOPNOTSUPP;
-        tp_unlock();
-        return -1;
-    }
     Heapd__RootUpdate u = HEAPD__ROOT_UPDATE__INIT;
     u.name = (char *)name;
     u.offset = offset;
@@ -587,18 +586,7 @@ int tp_root_update(const char *name, uint64_t offset, bool cas, uint64_t expecte
     Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
     m.body_case = HEAPD__CLIENT_MSG__BODY_ROOT_UPDATE;
     m.root_update = &u;
-    Heapd__DaemonMsg *r = tp_call_locked(&m);
-    if (!r) {
-        /* errno set */
-    } else if (r->body_case == HEAPD__DAEMON_MSG__BODY_ERROR) {
-        errno = tp_errno_from_daemon(r->error->err);
-    } else if (r->body_case == HEAPD__DAEMON_MSG__BODY_ACK) {
-        rc = 0;
-    } else {
-        errno = EPROTO;
-    }
-    tp_unlock();
-    return rc;
+    return tp_call_ack(&m);
 }
 
 /* Async batches are kept only while there is someone to send them to. */
