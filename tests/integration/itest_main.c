@@ -617,11 +617,7 @@ int main(int argc, char **argv)
         unit_suites[i]();
     unit_select_suites();
     CU_basic_set_mode(argc > 1 && strcmp(argv[1], "-v") == 0 ? CU_BRM_VERBOSE : CU_BRM_NORMAL);
-    const char *only = getenv("HEAPD_ITEST_SUITE");   /* one suite by name, while iterating */
-    if (only && *only)
-        CU_basic_run_suite(CU_get_suite(only));
-    else
-        CU_basic_run_tests();
+    CU_basic_run_tests();
     unsigned failed = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
     unsigned ran = CU_get_number_of_tests_run();
     CU_cleanup_registry();
