@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test unit asan tsan fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit clean
+.PHONY: all deps build run demo test unit asan tsan fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit clean install
 
 all: build
 
@@ -28,6 +28,12 @@ demo: build
 
 test: build
 	@scripts/run-tests.sh $(BUILD)
+
+# Installs into PREFIX (default /usr/local; DESTDIR honoured): heapd, heapctl,
+# libheapd (.so, .a), heapd.h, heapd.pc, the CMake package, man pages, units, docs.
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 # Every test suite under AddressSanitizer and UBSan (CI runs this too).
 asan: deps
