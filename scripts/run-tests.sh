@@ -31,6 +31,8 @@ if [ "$which" = all ]; then
     else
         run_suite install 300 scripts/test-install.sh "$build"
     fi
+    # the systemd units: systemd-analyze verify and security (skipped without it)
+    run_suite systemd 120 scripts/test-systemd.sh "$build"
 fi
 
 echo
