@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test unit asan tsan fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit clean install
+.PHONY: all deps build run demo test unit asan tsan fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit clean install deb test-deb
 
 all: build
 
@@ -34,6 +34,16 @@ test: build
 PREFIX ?= /usr/local
 install: build
 	cmake --install $(BUILD) --prefix $(PREFIX)
+
+# A .deb (CPack) from its own build directory configured for /usr; test-deb
+# checks what dpkg -c lists and the maintainer scripts (CI runs it).
+DEB ?= build-deb
+deb: deps
+	cmake -S . -B $(DEB) -DCMAKE_INSTALL_PREFIX=/usr -DCMAKE_SKIP_INSTALL_ALL_DEPENDENCY=ON $(CMAKE_FLAGS)
+	cmake --build $(DEB) -j $(JOBS) --target heapd heapctl heapd_client heapd_static
+	cd $(DEB) && cpack -G DEB
+test-deb: deb
+	@scripts/test-deb.sh $(DEB)
 
 # Every test suite under AddressSanitizer and UBSan (CI runs this too).
 asan: deps
@@ -89,4 +99,4 @@ bench-limit: build
 bench: bench-pagealloc bench-alloc bench-limit
 
 clean:
-	rm -rf $(BUILD) $(ASAN) $(TSAN) $(FUZZ) run
+	rm -rf $(BUILD) $(ASAN) $(TSAN) $(FUZZ) $(DEB) run

@@ -41,6 +41,21 @@ soname=$(objdump -p "$libdir/libheapd.so" | awk '/SONAME/ {print $2}')
 [[ $soname =~ ^libheapd\.so\.[0-9]+$ ]] || fail "SONAME is '$soname', not libheapd.so.MAJOR"
 echo "SONAME $soname"
 
+# The docs name everything: every heapd flag in heapd(8) and the README's
+# usage line, every API function in libheapd(3), every heapctl command in heapctl(8).
+man=$prefix/share/man
+usage=$(awk '/^heapd \[--socket/ {on = 1} on && !/^(heapd |      )/ {on = 0} on' "$prefix/share/doc/heapd/README.md")
+[ -n "$usage" ] || fail "no usage line (heapd [--socket ...) in the README"
+for f in $("$prefix/sbin/heapd" --help | grep -o -- '--[a-z][a-z-]*' | sort -u); do
+    grep -qF -- "${f//-/\\-}" "$man/man8/heapd.8" || fail "heapd(8) does not document $f"
+    grep -qE -- "(\[|\| )$f( |\]|$)" <<<"$usage" || fail "README's usage line lacks $f"
+done
+for fn in $api; do grep -qw "$fn" "$man/man3/libheapd.3" || fail "libheapd(3) lacks $fn"; done
+for c in stats clients metrics limit scavenge flush top; do
+    grep -q "^\.BR\? $c\b" "$man/man8/heapctl.8" || fail "heapctl(8) lacks the command $c"
+done
+echo "heapd(8), heapctl(8), libheapd(3) and the README name every flag, command and function"
+
 # Build the same program four ways, outside the tree.
 src=$top/tests/install/heapd_user.c
 export PKG_CONFIG_PATH=$libdir/pkgconfig
