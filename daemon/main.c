@@ -512,6 +512,7 @@ int main(int argc, char **argv)
     if (client_fd >= 0 ? adopt_client(d, client_fd, err, sizeof(err)) : client_listen(d, sock, err, sizeof(err)) < 0) {
         fprintf(stderr, "heapd: %s\n", err);
         daemon_destroy(d);
+        free(d);
         return 1;
     }
     if (control_fd >= 0 ? control_adopt(d, control_fd, err, sizeof(err)) < 0
@@ -519,6 +520,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "heapd: %s\n", err);
         client_shutdown(d);     /* no loop yet: closes and unlinks the client socket */
         daemon_destroy(d);
+        free(d);
         return 1;
     }
     int mr = metrics_addr ? metrics_http_listen(d, metrics_addr, err, sizeof(err)) : 0;
@@ -527,6 +529,7 @@ int main(int argc, char **argv)
         client_shutdown(d);
         control_shutdown(d);
         daemon_destroy(d);
+        free(d);
         return mr == -EINVAL ? 2 : 1;   /* a bad ADDR:PORT is a usage error */
     }
     daemon_log(d, "listening on %s%s (heap %s at 0x%llx), control %s", d->sock_path,
@@ -542,6 +545,7 @@ int main(int argc, char **argv)
             client_shutdown(d);
             control_shutdown(d);
             daemon_destroy(d);
+            free(d);
             return 1;
         }
         if (pid > 0) {
@@ -570,6 +574,7 @@ int main(int argc, char **argv)
         client_shutdown(d);
         control_shutdown(d);
         daemon_destroy(d);
+        free(d);
         return 1;
     }
     /* systemd (Type=notify): the sockets listen, clients may connect now */
