@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test test-timing unit asan tsan debug fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit bench-peers bench-bufpool clean
+.PHONY: all deps build run demo test test-timing unit asan tsan debug fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit bench-peers bench-bufpool clean install deb test-deb
 
 all: build
 
@@ -33,6 +33,22 @@ test: build
 # depend on the machine, so `make test` and CI never gate on them.
 test-timing: build
 	HEAPD_UNIT_SUITES=timing $(BUILD)/heapd-itest
+
+# Installs into PREFIX (default /usr/local; DESTDIR honoured): heapd, heapctl,
+# libheapd (.so, .a), heapd.h, heapd.pc, the CMake package, man pages, units, docs.
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
+
+# A .deb (CPack) from its own build directory configured for /usr; test-deb
+# checks what dpkg -c lists and the maintainer scripts (CI runs it).
+DEB ?= build-deb
+deb: deps
+	cmake -S . -B $(DEB) -DCMAKE_INSTALL_PREFIX=/usr -DCMAKE_SKIP_INSTALL_ALL_DEPENDENCY=ON $(CMAKE_FLAGS)
+	cmake --build $(DEB) -j $(JOBS) --target heapd heapctl heapd_client heapd_static
+	cd $(DEB) && cpack -G DEB
+test-deb: deb
+	@scripts/test-deb.sh $(DEB)
 
 # Every test suite under AddressSanitizer and UBSan (CI runs this too).
 asan: deps
@@ -111,4 +127,4 @@ bench-bufpool: build
 bench: bench-pagealloc bench-alloc bench-limit bench-peers bench-bufpool
 
 clean:
-	rm -rf $(BUILD) $(ASAN) $(TSAN) $(FUZZ) run
+	rm -rf $(BUILD) $(ASAN) $(TSAN) $(FUZZ) $(DEB) run

@@ -45,6 +45,7 @@
 #include "heapd.h"
 #include "heapd.pb-c.h"
 #include "segment.h"
+#include "size.h"
 #include "sizeclasses.h"
 
 #define MiB (1ull << 20)

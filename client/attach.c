@@ -46,6 +46,7 @@
 
 #include "heapd.h"
 #include "internal.h"
+#include "paths.h"
 #include "lockorder.h"
 
 hd_seg_t hdc_seg;

@@ -85,7 +85,9 @@ HEAPD_API void *heapd_realloc(void *p, size_t size);
 /* Free p (NULL: nothing). Any thread of any attached process may free any
  * object. An invalid or double free is detected (where possible), counted,
  * reported on stderr as one line "heapd: free(0x...): <reason>", and
- * ignored; HEAPD_ABORT_ON_ERROR=1 makes it abort(). */
+ * ignored; HEAPD_ABORT_ON_ERROR=1 makes it abort(). Reports are rate-limited:
+ * the first 5, then at most one line a second saying how many went
+ * unreported (heapd_bad_frees counts every one). */
 HEAPD_API void heapd_free(void *p);
 
 /* size bytes aligned to align, which must be a power of two (else

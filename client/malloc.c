@@ -16,9 +16,11 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "heapd.h"
@@ -27,15 +29,39 @@
 
 static _Atomic uint64_t hdc_bad;
 
+/* Reports are rate-limited, so a loop of bad frees cannot flood stderr: the
+ * first HDC_BAD_FREE_BURST are printed, then at most one line per second,
+ * saying how many went unreported since the last line. heapd_bad_frees()
+ * still counts every one. Lock-free: the thread that moves the second on
+ * prints; the others count themselves as unreported. */
+#define HDC_BAD_FREE_BURST 5u
+static _Atomic uint64_t hdc_bad_last_s, hdc_bad_unreported;
+
 void hdc_report_bad_free(const void *p, const char *why)
 {
-    atomic_fetch_add_explicit(&hdc_bad, 1, memory_order_relaxed);
-    char buf[160];
-    int n = snprintf(buf, sizeof buf, "heapd: free(%p): %s\n", p, why);
-    if (n > 0)
-        (void)!write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    uint64_t n = atomic_fetch_add_explicit(&hdc_bad, 1, memory_order_relaxed) + 1;
     const char *a = getenv("HEAPD_ABORT_ON_ERROR");
-    if (a && strcmp(a, "1") == 0)
+    bool abort_now = a && strcmp(a, "1") == 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec, last = atomic_load_explicit(&hdc_bad_last_s, memory_order_relaxed);
+    char buf[224];
+    int len;
+    if (n <= HDC_BAD_FREE_BURST || abort_now) {
+        atomic_store_explicit(&hdc_bad_last_s, now, memory_order_relaxed);
+        len = snprintf(buf, sizeof buf, "heapd: free(%p): %s%s\n", p, why,
+                       n == HDC_BAD_FREE_BURST ? " (further reports: at most one a second)" : "");
+    } else if (now > last && atomic_compare_exchange_strong(&hdc_bad_last_s, &last, now)) {
+        uint64_t skipped = atomic_exchange_explicit(&hdc_bad_unreported, 0, memory_order_relaxed);
+        len = snprintf(buf, sizeof buf, "heapd: free(%p): %s (%llu more bad frees not reported; %llu in all)\n", p,
+                       why, (unsigned long long)skipped, (unsigned long long)n);
+    } else {
+        atomic_fetch_add_explicit(&hdc_bad_unreported, 1, memory_order_relaxed);
+        return;
+    }
+    if (len > 0)
+        (void)!write(2, buf, (size_t)len < sizeof buf ? (size_t)len : sizeof buf - 1);
+    if (abort_now)
         abort();
 }
 

@@ -3,6 +3,7 @@
 #include "control.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include "control.pb-c.h"
 #include "errf.h"
 #include "live.h"
+#include "metrics.h"
 #include "mstats.h"
 #include "memlimit.h"
 #include "rootdir.h"
@@ -255,13 +257,8 @@ static int do_clients(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
 
 static int do_metrics(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
 {
-    mstats_t *m = malloc(sizeof(*m));
-    if (!m)
-        return reply_error(seq, ENOMEM, out, len, "out of memory");
-    mstats_read(d, m);
     size_t tlen;
-    char *text = mstats_prometheus(m, &tlen);
-    free(m);
+    char *text = metrics_text(d, false, &tlen);     /* what --metrics-listen serves too */
     if (!text)
         return reply_error(seq, ENOMEM, out, len, "out of memory");
     Heapdctl__Metrics mt = HEAPDCTL__METRICS__INIT;
@@ -717,6 +714,23 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     c->reading = true;
+}
+
+int control_adopt(daemon_t *d, int fd, char *err, size_t errlen)
+{
+    control_t *ctl = calloc(1, sizeof(*ctl));
+    if (!ctl)
+        return fail(err, errlen, ENOMEM, "out of memory");
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) {
+        free(ctl);
+        return fail(err, errlen, errno, "control socket fd %d: %s", fd, strerror(errno));
+    }
+    ctl->d = d;
+    ctl->fd = fd;
+    ctl->path[0] = 0;                   /* not ours: never unlinked */
+    ctl->tokens = (uint64_t)CTL_BURST * 1000;
+    d->ctl = ctl;
+    return 0;
 }
 
 int control_start(daemon_t *d)

@@ -44,6 +44,9 @@
 /* Create the control socket at path (parent directories made 0700, the file
  * 0600). 0, or -errno with a message naming the path. */
 int control_listen(daemon_t *d, const char *path, char *err, size_t errlen);
+/* Take over a listening SOCK_STREAM fd (systemd socket activation) instead
+ * of control_listen: the socket file is never unlinked. 0 or -errno. */
+int control_adopt(daemon_t *d, int fd, char *err, size_t errlen);
 /* Serve it on d->loop (no-op without control_listen). 0 or a libuv error. */
 int control_start(daemon_t *d);
 /* Stop: close the listener and every connection, unlink our socket file. */

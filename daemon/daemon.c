@@ -8,11 +8,13 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "conn.h"
 #include "control.h"
 #include "rootdir.h"
+#include "metrics_http.h"
 
 void daemon_log(daemon_t *d, const char *fmt, ...)
 {
@@ -23,7 +25,10 @@ void daemon_log(daemon_t *d, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "heapd: %s\n", line);
+    if (d->use_syslog)
+        syslog(LOG_INFO, "%s", line);
+    else
+        fprintf(stderr, "heapd: %s\n", line);
 }
 
 int daemon_init(daemon_t *d, const daemon_opts_t *o, char *err, size_t errlen)
@@ -70,6 +75,7 @@ int daemon_init(daemon_t *d, const daemon_opts_t *o, char *err, size_t errlen)
 void daemon_destroy(daemon_t *d)
 {
     control_free(d);
+    metrics_http_free(d);
     mstats_destroy(d);
     scav_destroy(d);
     limits_destroy(d);
@@ -118,6 +124,7 @@ void daemon_stop(daemon_t *d)
     d->stopping = true;
     client_shutdown(d);
     control_shutdown(d);
+    metrics_http_shutdown(d);
     uv_timer_stop(&d->sweep_timer);
     uv_close((uv_handle_t *)&d->sweep_timer, NULL);
     scav_stop(d);
@@ -150,6 +157,8 @@ int daemon_run(daemon_t *d)
     scav_start(d);
     if ((r = control_start(d)) < 0)     /* the heap works without it: say so and go on */
         daemon_log(d, "cannot serve the control socket: %s", uv_strerror(r));
+    if ((r = metrics_http_start(d)) < 0)        /* nor does it need the scrape endpoint */
+        daemon_log(d, "cannot serve --metrics-listen: %s", uv_strerror(r));
     const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
     for (int i = 0; i < 3; i++) {
         uv_signal_init(&loop, &d->sigs[i]);

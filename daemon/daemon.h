@@ -83,6 +83,11 @@ typedef struct daemon {
     uv_signal_t sigs[3];
     bool stopping;
 
+    /* operations (main.c): logging, the scrape endpoint, the start time */
+    bool use_syslog;            /* daemon mode: log lines go to syslog, not stderr */
+    struct metrics_http *http;  /* --metrics-listen (metrics_http.c), NULL without */
+    double start_time_s;        /* Unix time the process started (process_start_time_seconds) */
+
     uint8_t rxbuf[HD_MAX_MSG];  /* one packet being handled */
     uint8_t txbuf[HD_MAX_MSG];  /* its reply */
 } daemon_t;
@@ -96,7 +101,7 @@ void daemon_destroy(daemon_t *d);
 int daemon_run(daemon_t *d);
 /* Begin a graceful shutdown; daemon_run returns once every handle is closed. */
 void daemon_stop(daemon_t *d);
-/* One log line "heapd: ..." on stderr, unless quiet. */
+/* One log line "heapd: ..." on stderr (syslog in daemon mode), unless quiet. */
 void daemon_log(daemon_t *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

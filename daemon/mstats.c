@@ -437,8 +437,9 @@ char *mstats_prometheus(const mstats_t *m, size_t *len)
     pf(&b, "heapd_spans{state=\"large\"} %llu\n", (unsigned long long)m->spans_large);
 
     /* limits and the scavenger (/gc/gomemlimit, /gc/scavenge/...) */
-    one(&b, "heapd_gc_gomemlimit_bytes", "gauge", "Soft memory limit, 0 = none (GOMEMLIMIT).", m->limits.soft_limit);
-    one(&b, "heapd_memory_limit_hard_bytes", "gauge", "Hard memory limit, 0 = none.", m->limits.hard_limit);
+    one(&b, "heapd_memory_limit_soft_bytes", "gauge", "Soft memory limit (--memory-limit, like GOMEMLIMIT), 0 = off.",
+        m->limits.soft_limit);
+    one(&b, "heapd_memory_limit_hard_bytes", "gauge", "Hard memory limit (--hard-limit), 0 = off.", m->limits.hard_limit);
     one(&b, "heapd_memory_committed_bytes", "gauge", "Bytes counted against the limits.", m->limits.committed);
     one(&b, "heapd_memory_limit_overshoot_max_bytes", "gauge", "Most the soft limit was ever exceeded by.",
         m->limits.overshoot_max);

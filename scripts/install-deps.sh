@@ -4,7 +4,8 @@
 #   --bench adds the allocators bench/ compares with, --fuzz adds clang for libFuzzer
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-      liburing-dev libcunit1-dev)
+      liburing-dev libcunit1-dev
+      systemd dpkg-dev file)     # systemd-analyze (the systemd suite); dpkg-shlibdeps, file (make deb)
 for a in "$@"; do
   case $a in
     --bench) pkgs+=(libjemalloc-dev libgoogle-perftools-dev libmimalloc-dev libboost-dev g++ gnuplot-nox) ;;

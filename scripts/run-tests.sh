@@ -24,6 +24,15 @@ if [ "$which" = all ]; then
     run_suite pagealloc-demo 120 "$build/pagealloc-demo" 4
     # a real daemon and real client processes
     run_suite integration 900 "$build/heapd-itest"
+    # install into a temp prefix, build programs outside the tree, run them.
+    # Not for sanitizer builds: programs outside the tree are not instrumented.
+    if grep -q '^HEAPD_SANITIZE:BOOL=ON' "$build/CMakeCache.txt" 2>/dev/null; then
+        echo "=== install: skipped (a sanitizer build's libheapd.a needs instrumented programs)"
+    else
+        run_suite install 300 scripts/test-install.sh "$build"
+    fi
+    # the systemd units: systemd-analyze verify and security (skipped without it)
+    run_suite systemd 120 scripts/test-systemd.sh "$build"
 fi
 
 echo

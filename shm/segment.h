@@ -234,14 +234,4 @@ static inline int hd_books_snapshot(const hd_header_t *h, hd_header_t *out, unsi
 /* Offsets, for data that must outlive a mapping: relative to heap page 0. */
 static inline uint64_t hd_offset_of(const hd_seg_t *s, const void *p) { return (uintptr_t)p - s->pages; }
 
-/* Parse a size the way GOMEMLIMIT does: digits with an optional B, KiB, MiB,
- * GiB or TiB suffix (also K/M/G/T and KB/MB/GB/TB, as powers of 1024).
- * Returns 0 and *out, or -1 for anything else (empty, junk, overflow). */
-int hd_parse_size(const char *s, uint64_t *out);
-
-/* The default socket path, shared by heapd and libheapd: $HEAPD_SOCKET, else
- * $XDG_RUNTIME_DIR/heapd.sock, else /tmp/heapd-UID/heapd.sock. 0, or -1 if it
- * does not fit in len. */
-int hd_default_socket(char *buf, size_t len);
-
 #endif

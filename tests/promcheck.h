@@ -11,6 +11,13 @@
  * name_bucket (with le), name_sum, name_count, with le increasing, bucket
  * counts cumulative, a le="+Inf" bucket equal to name_count; the text ends
  * with a newline. Returns true, or false with a message naming the line.
+ *
+ * om_check checks the OpenMetrics 1.0 text format the same way, with its
+ * differences: the text ends with "# EOF" and has no blank line; a counter
+ * family is named without _total and its samples are name_total (and
+ * name_created); an info family's samples are name_info with value 1; types
+ * are counter, gauge, histogram, summary, info, stateset, gaugehistogram or
+ * unknown (no untyped).
  */
 #ifndef HEAPD_TESTS_PROMCHECK_H
 #define HEAPD_TESTS_PROMCHECK_H
@@ -40,6 +47,7 @@ typedef struct pc_state {
     int cur;                /* family of the previous line, -1 none */
     char (*seen)[256];      /* sample keys seen */
     unsigned nseen;
+    bool om;                /* OpenMetrics rules (om_check) */
 } pc_state_t;
 
 static bool pc_name_ok(const char *s, size_t n, bool label)
@@ -93,15 +101,19 @@ static int pc_family_of(pc_state_t *st, const char *name, bool create)
 /* The family a sample belongs to: a histogram/summary's name without its suffix. */
 static int pc_sample_family(pc_state_t *st, const char *name)
 {
-    static const char *sfx[] = {"_bucket", "_sum", "_count"};
+    static const char *sfx[] = {"_bucket", "_sum", "_count", "_total", "_created", "_info"};
     size_t n = strlen(name);
-    for (unsigned k = 0; k < 3; k++) {
+    for (unsigned k = 0; k < (st->om ? 6u : 3u); k++) {
         size_t m = strlen(sfx[k]);
         if (n > m && !strcmp(name + n - m, sfx[k])) {
             char base[128];
             snprintf(base, sizeof(base), "%.*s", (int)(n - m), name);
             int f = pc_family_of(st, base, false);
-            if (f >= 0 && (!strcmp(st->fam[f].type, "histogram") || !strcmp(st->fam[f].type, "summary")))
+            if (f >= 0 && k < 3 && (!strcmp(st->fam[f].type, "histogram") || !strcmp(st->fam[f].type, "summary")))
+                return f;
+            if (f >= 0 && k >= 3 && k < 5 && !strcmp(st->fam[f].type, "counter"))
+                return f;
+            if (f >= 0 && k == 5 && !strcmp(st->fam[f].type, "info"))
                 return f;
         }
     }
@@ -111,13 +123,14 @@ static int pc_sample_family(pc_state_t *st, const char *name)
 #define PC_FAIL(...) do { snprintf(err, errlen, "line %u: ", lineno); \
     size_t _l = strlen(err); snprintf(err + _l, errlen - _l, __VA_ARGS__); goto fail; } while (0)
 
-static bool __attribute__((unused)) prom_check(const char *text, char *err, size_t errlen)
+static bool pc_check(const char *text, bool om, char *err, size_t errlen)
 {
     pc_state_t *st = calloc(1, sizeof(*st));
     if (!st) {
         snprintf(err, errlen, "out of memory");
         return false;
     }
+    st->om = om;
     st->seen = calloc(PC_MAX_SAMPLES, sizeof(*st->seen));
     st->cur = -1;
     unsigned lineno = 0;
@@ -140,8 +153,16 @@ static bool __attribute__((unused)) prom_check(const char *text, char *err, size
         memcpy(line, p, n);
         line[n] = 0;
         p = nl + 1;
+        if (n == 0 && om)
+            PC_FAIL("a blank line (OpenMetrics has none)");
         if (n == 0)
             continue;
+        if (om && !strcmp(line, "# EOF")) {
+            if (*p)
+                PC_FAIL("text after # EOF");
+            st->cur = -2;               /* seen */
+            break;
+        }
         if (line[0] == '#') {
             char kw[8], name[256];
             int off = 0;
@@ -160,8 +181,13 @@ static bool __attribute__((unused)) prom_check(const char *text, char *err, size
                     if (st->fam[f].seen_samples)
                         PC_FAIL("TYPE for %s after its samples", name);
                     if (strcmp(t, "counter") && strcmp(t, "gauge") && strcmp(t, "histogram") && strcmp(t, "summary") &&
-                        strcmp(t, "untyped"))
+                        (om || strcmp(t, "untyped")) &&
+                        (!om || (strcmp(t, "info") && strcmp(t, "unknown") && strcmp(t, "stateset") &&
+                                 strcmp(t, "gaugehistogram"))))
                         PC_FAIL("bad type '%s'", t);
+                    size_t nl2 = strlen(name);
+                    if (om && !strcmp(t, "counter") && nl2 > 6 && !strcmp(name + nl2 - 6, "_total"))
+                        PC_FAIL("OpenMetrics counter family %s is named with _total", name);
                     snprintf(st->fam[f].type, sizeof(st->fam[f].type), "%s", t);
                 } else {
                     for (const char *q = line + (off ? off : (int)n); *q; q++)
@@ -279,7 +305,14 @@ static bool __attribute__((unused)) prom_check(const char *text, char *err, size
         bool is_hist = !strcmp(fm->type, "histogram");
         if (!strcmp(fm->type, "counter") && !(v >= 0))
             PC_FAIL("counter %s is %g", name, v);
-        if (!strcmp(fm->type, "counter") || !strcmp(fm->type, "gauge")) {
+        if (om && !strcmp(fm->type, "counter")) {
+            size_t bn = strlen(fm->name);
+            if (strncmp(name, fm->name, bn) || (strcmp(name + bn, "_total") && strcmp(name + bn, "_created")))
+                PC_FAIL("counter sample %s is not %s_total or %s_created", name, fm->name, fm->name);
+        } else if (om && !strcmp(fm->type, "info")) {
+            if (strncmp(name, fm->name, strlen(fm->name)) || strcmp(name + strlen(fm->name), "_info") || v != 1)
+                PC_FAIL("info sample %s is not %s_info 1", name, fm->name);
+        } else if (!strcmp(fm->type, "counter") || !strcmp(fm->type, "gauge")) {
             if (strcmp(name, fm->name))
                 PC_FAIL("sample %s in family %s", name, fm->name);
         }
@@ -312,6 +345,10 @@ static bool __attribute__((unused)) prom_check(const char *text, char *err, size
             }
         }
     }
+    if (om && st->cur != -2) {
+        snprintf(err, errlen, "no # EOF at the end");
+        goto fail;
+    }
     for (unsigned f = 0; f < st->nfam; f++) {
         pc_family_t *fm = &st->fam[f];
         if (!strcmp(fm->type, "histogram") && fm->seen_samples) {
@@ -330,6 +367,16 @@ fail:
     return false;
 }
 #undef PC_FAIL
+
+static bool __attribute__((unused)) prom_check(const char *text, char *err, size_t errlen)
+{
+    return pc_check(text, false, err, errlen);
+}
+
+static bool __attribute__((unused)) om_check(const char *text, char *err, size_t errlen)
+{
+    return pc_check(text, true, err, errlen);
+}
 
 /* The value of the sample `name` (exact text, labels included, e.g.
  * "heapd_spans{state=\"large\"}"), or NAN. */

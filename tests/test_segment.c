@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 
 #include "segment.h"
+#include "size.h"
 #include "unit.h"
 
 static void test_parse_size(void)
@@ -16,7 +17,15 @@ static void test_parse_size(void)
     CU_ASSERT(hd_parse_size("1TiB", &v) == 0 && v == 1ull << 40);
     CU_ASSERT(hd_parse_size("7B", &v) == 0 && v == 7);
     CU_ASSERT(hd_parse_size("3KiB", &v) == 0 && v == 3072);
-    CU_ASSERT(hd_parse_size("2g", &v) == 0 && v == 2ull << 30);
+    /* exactly GOMEMLIMIT's forms: no K/M/G, KB/MB/GB, lower case or "off" for a size */
+    static const char *const rejected[] = {"2g", "2G", "2GB", "1K", "1KB", "1kib", "1mib", "1Gi", "off", "+1", "1B ", NULL};
+    for (int i = 0; rejected[i]; i++)
+        CU_ASSERT(hd_parse_size(rejected[i], &v) != 0);
+    v = 7;
+    CU_ASSERT(hd_parse_limit("off", &v) == 0 && v == 0);           /* a limit may be off */
+    CU_ASSERT(hd_parse_limit("64MiB", &v) == 0 && v == 64ull << 20);
+    CU_ASSERT(hd_parse_limit("none", &v) != 0);
+    CU_ASSERT(hd_parse_limit("OFF", &v) != 0);
     CU_ASSERT(hd_parse_size("", &v) != 0);
     CU_ASSERT(hd_parse_size(NULL, &v) != 0);
     CU_ASSERT(hd_parse_size("-1", &v) != 0);

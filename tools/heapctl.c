@@ -1,28 +1,33 @@
 /* heapctl: talk to a running heapd over its control socket.
  *
- *   heapctl [--control PATH] COMMAND [ARGS]
+ *   heapctl [--control PATH] [--json] [--hard SIZE|off] [--soft SIZE|off]
+ *           [-n N | --once] [-d SECONDS] COMMAND [ARGS]    (options anywhere)
  *     stats [--json]          memstats of the whole shared heap (Go's MemStats names)
  *     clients [--json]        clients: pid, name, live bytes, cached spans, quota, state
  *     metrics                 Prometheus text exposition format
- *     limit [SOFT] [--hard SIZE]   show the limits, or set them (SIZE like GOMEMLIMIT; none = no limit)
+ *     limit [SOFT] [--hard SIZE]   show the limits, or set them (SIZE like GOMEMLIMIT; off = no limit)
  *     scavenge                return every free page to the OS now
  *     flush                   ask every client to give back its cached spans
  *     roots [--json]          the named roots (heapd_root_set): name, offset, object size
  *     top [-n N | --once] [-d SECONDS]   a live view, refreshed every second
+ *   heapctl --help | --version
  *
- * The control socket is --control PATH, else $HEAPD_CONTROL, else the
- * default client socket ($HEAPD_SOCKET, $XDG_RUNTIME_DIR/heapd.sock, or
- * /tmp/heapd-UID/heapd.sock) + ".ctl" (what heapd uses by default).
+ * The control socket is --control PATH, else $HEAPD_CONTROL, else the first
+ * of the default client sockets + ".ctl" that exists (shm/paths.h:
+ * $HEAPD_SOCKET, $XDG_RUNTIME_DIR/heapd.sock, /run/heapd/heapd.sock,
+ * /tmp/heapd-UID/heapd.sock), which is what heapd uses by default.
  *
  * Exit codes: 0 done; 1 the daemon could not be reached or refused the
- * request (one line on stderr saying why); 2 bad usage (unknown command, bad
- * size, bad option: one line on stderr).
+ * request (one line on stderr saying why; pointed at the client socket, it
+ * says so and names the control socket); 2 bad usage (unknown command, bad
+ * size, bad option: one line on stderr; --help prints the full text).
  *
  * Protocol (docs/protocol.md): SOCK_STREAM, each message a 4-byte
  * little-endian length and a protobuf-c ControlRequest / ControlReply.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <poll.h>
@@ -40,7 +45,10 @@
 #include <unistd.h>
 
 #include "control.pb-c.h"
+#include "heapd_version.h"
+#include "paths.h"
 #include "segment.h"
+#include "size.h"
 #include "sizeclasses.h"
 
 #define REPLY_MAX   (16u << 20)
@@ -51,18 +59,24 @@ static const char *ctl_path;
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: heapctl [--control PATH] COMMAND [ARGS]\n"
+            "usage: heapctl [--control PATH] COMMAND [ARGS]   (options may come anywhere)\n"
             "  stats [--json]             memstats of the whole shared heap (Go's MemStats names),\n"
             "                             with the limit and scavenger state\n"
             "  clients [--json]           clients: pid, name, live bytes, cached spans, quota, state\n"
             "  metrics                    Prometheus text exposition format\n"
-            "  limit [SOFT] [--hard SIZE] show the limits, or set them; SIZE like GOMEMLIMIT\n"
-            "                             (512MiB, 4GiB, bytes), 'none' for no limit\n"
+            "  limit [SOFT] [--soft SIZE] [--hard SIZE]\n"
+            "                             show the limits, or set them. SIZE is GOMEMLIMIT's syntax: bytes,\n"
+            "                             or a number with B, KiB, MiB, GiB or TiB (512MiB); off = no limit\n"
             "  scavenge                   return every free page to the OS now\n"
             "  flush                      ask every client to give back its cached spans\n"
             "  roots [--json]             the named roots: name, heap offset, size of the live object\n"
             "  top [-n N | --once] [-d SECONDS]   live view, refreshed every second (N rounds)\n"
-            "control socket: --control PATH, else $HEAPD_CONTROL, else the heapd socket + .ctl\n");
+            "options:\n"
+            "  -c, --control PATH         the daemon's control socket\n"
+            "  -h, --help                 this text;  -V, --version  heapctl's version\n"
+            "control socket: --control PATH, else $HEAPD_CONTROL, else the first of $HEAPD_SOCKET,\n"
+            "$XDG_RUNTIME_DIR/heapd.sock, /run/heapd/heapd.sock, /tmp/heapd-UID/heapd.sock whose .ctl exists\n"
+            "exit status: 0 done, 1 the daemon could not be reached or refused, 2 bad usage\n");
 }
 
 static void __attribute__((noreturn, format(printf, 2, 3))) die(int code, const char *fmt, ...)
@@ -97,8 +111,17 @@ static void ctl_connect(void)
         int e = errno;
         if (e == ENOENT || e == ENOTDIR)
             die(1, "no daemon at %s (no such socket; is heapd running? see --control, $HEAPD_CONTROL)", ctl_path);
-        if (e == ECONNREFUSED)
+        if (e == ECONNREFUSED || e == EPROTOTYPE) {
+            /* a SOCK_SEQPACKET listener is heapd's client socket */
+            int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+            bool client_sock = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+            if (probe >= 0)
+                close(probe);
+            if (client_sock)
+                die(1, "%s is heapd's client socket, not its control socket (try --control %s.ctl)", ctl_path,
+                    ctl_path);
             die(1, "no daemon at %s (connection refused: a stale socket)", ctl_path);
+        }
         if (e == EACCES || e == EPERM)
             die(1, "permission denied: %s", ctl_path);
         die(1, "cannot connect to %s: %s", ctl_path, strerror(e));
@@ -537,11 +560,11 @@ static void print_limits(const Heapdctl__LimitState *l)
     if (l->soft_limit)
         printf("soft limit:   %s (%llu bytes)\n", human(l->soft_limit, a, sizeof(a)), (unsigned long long)l->soft_limit);
     else
-        printf("soft limit:   none\n");
+        printf("soft limit:   off\n");
     if (l->hard_limit)
         printf("hard limit:   %s (%llu bytes)\n", human(l->hard_limit, a, sizeof(a)), (unsigned long long)l->hard_limit);
     else
-        printf("hard limit:   none\n");
+        printf("hard limit:   off\n");
     printf("committed:    %s (%llu bytes)\n", human(l->committed, a, sizeof(a)), (unsigned long long)l->committed);
     printf("released:     %s\n", human(l->released, a, sizeof(a)));
     printf("overshoot max %s; refusals %llu; pressure sent %llu; flush sent %llu\n",
@@ -549,52 +572,23 @@ static void print_limits(const Heapdctl__LimitState *l)
            (unsigned long long)l->pressure_sent, (unsigned long long)l->flush_sent);
 }
 
-static bool parse_limit(const char *s, uint64_t *out)
-{
-    if (!strcmp(s, "none") || !strcmp(s, "off")) {
-        *out = 0;
-        return true;
-    }
-    return hd_parse_size(s, out) == 0;
-}
+typedef struct opts {
+    bool json, set_soft, set_hard, once;
+    uint64_t soft, hard;
+    long rounds;            /* top: 0 = until interrupted */
+    double interval;        /* top: seconds */
+    bool rounds_set, interval_set;
+} opts_t;
 
-static int cmd_limit(int argc, char **argv)
+static int cmd_limit(const opts_t *o)
 {
-    bool set_soft = false, set_hard = false;
-    uint64_t soft = 0, hard = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--hard") || !strncmp(a, "--hard=", 7)) {
-            const char *v = a[6] == '=' ? a + 7 : (i + 1 < argc ? argv[++i] : NULL);
-            if (!v)
-                die(2, "--hard needs a size");
-            if (!parse_limit(v, &hard))
-                die(2, "bad size '%s': give bytes or a size like 512MiB or 64GiB, or 'none'", v);
-            set_hard = true;
-        } else if (!strcmp(a, "--soft") || !strncmp(a, "--soft=", 7)) {
-            const char *v = a[6] == '=' ? a + 7 : (i + 1 < argc ? argv[++i] : NULL);
-            if (!v)
-                die(2, "--soft needs a size");
-            if (!parse_limit(v, &soft))
-                die(2, "bad size '%s': give bytes or a size like 512MiB or 64GiB, or 'none'", v);
-            set_soft = true;
-        } else if (a[0] == '-' && a[1]) {
-            die(2, "unknown option for limit: %s (see heapctl --help)", a);
-        } else if (!set_soft) {
-            if (!parse_limit(a, &soft))
-                die(2, "bad size '%s': give bytes or a size like 512MiB or 64GiB, or 'none'", a);
-            set_soft = true;
-        } else {
-            die(2, "limit takes one size (the soft limit) and --hard SIZE");
-        }
-    }
     Heapdctl__ControlReply *r;
-    if (set_soft || set_hard) {
+    if (o->set_soft || o->set_hard) {
         Heapdctl__SetLimitRequest sl = HEAPDCTL__SET_LIMIT_REQUEST__INIT;
-        sl.set_soft = set_soft;
-        sl.soft = soft;
-        sl.set_hard = set_hard;
-        sl.hard = hard;
+        sl.set_soft = o->set_soft;
+        sl.soft = o->soft;
+        sl.set_hard = o->set_hard;
+        sl.hard = o->hard;
         Heapdctl__ControlRequest q = HEAPDCTL__CONTROL_REQUEST__INIT;
         q.body_case = HEAPDCTL__CONTROL_REQUEST__BODY_SET_LIMIT;
         q.set_limit = &sl;
@@ -683,32 +677,10 @@ static int cmp_rows(const void *a, const void *b)
     return (int)x->cls - (int)y->cls;
 }
 
-static int cmd_top(int argc, char **argv)
+static int cmd_top(const opts_t *o)
 {
-    long rounds = 0;            /* 0: until interrupted */
-    double interval = 1.0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--once")) {
-            rounds = 1;
-        } else if (!strcmp(a, "-n") || !strcmp(a, "-d")) {
-            if (i + 1 >= argc)
-                die(2, "%s needs a value", a);
-            char *end;
-            errno = 0;
-            if (a[1] == 'n') {
-                rounds = strtol(argv[++i], &end, 10);
-                if (errno || *end || rounds < 0 || end == argv[i])
-                    die(2, "bad -n '%s': give a number of rounds (0: until interrupted)", argv[i]);
-            } else {
-                interval = strtod(argv[++i], &end);
-                if (errno || *end || end == argv[i] || !(interval >= 0.01 && interval <= 3600))
-                    die(2, "bad -d '%s': give seconds between 0.01 and 3600", argv[i]);
-            }
-        } else {
-            die(2, "unknown option for top: %s (see heapctl --help)", a);
-        }
-    }
+    long rounds = o->once ? 1 : o->rounds;
+    double interval = o->interval;
     bool tty = isatty(1);
     int width = 100, height = 40;
     struct winsize ws;
@@ -759,8 +731,8 @@ static int cmd_top(int argc, char **argv)
                (unsigned long long)s->frees,
                (unsigned long long)(s->large_allocs > s->large_frees ? s->large_allocs - s->large_frees : 0));
         printf("limits: soft %s  hard %s  committed %s   scavenged %s in %llu runs\n\n",
-               l->soft_limit ? human(l->soft_limit, a, sizeof(a)) : "none",
-               l->hard_limit ? human(l->hard_limit, b, sizeof(b)) : "none", human(l->committed, c, sizeof(c)),
+               l->soft_limit ? human(l->soft_limit, a, sizeof(a)) : "off",
+               l->hard_limit ? human(l->hard_limit, b, sizeof(b)) : "off", human(l->committed, c, sizeof(c)),
                human(l->scavenged_total, d, sizeof(d)), (unsigned long long)l->scavenge_runs);
         int barw = width - 60;
         if (barw < 10)
@@ -792,40 +764,89 @@ static const char *default_path(char *buf, size_t len)
     const char *e = getenv("HEAPD_CONTROL");
     if (e && *e)
         return e;
-    char sock[PATH_MAX];
-    if (hd_default_socket(sock, sizeof(sock)) < 0 || (size_t)snprintf(buf, len, "%s.ctl", sock) >= len)
+    if (hd_find_socket(".ctl", buf, len) < 0)
         die(2, "the default control socket path is too long; give --control PATH");
     return buf;
 }
 
+static void __attribute__((noreturn)) bad_usage(const char *what, const char *arg)
+{
+    fprintf(stderr, "heapctl: %s%s%s (see heapctl --help)\n", what, arg ? " " : "", arg ? arg : "");
+    exit(2);
+}
+
+static void size_opt(const char *opt, const char *v, uint64_t *out, bool *set)
+{
+    if (hd_parse_limit(v, out) < 0)
+        die(2, "bad size '%s' for %s: %s", v, opt, HD_LIMIT_FORMS);
+    *set = true;
+}
+
 int main(int argc, char **argv)
 {
+    enum { O_JSON = 256, O_HARD, O_SOFT, O_ONCE };
+    static const struct option lopts[] = {
+        {"control", required_argument, 0, 'c'}, {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'},       {"json", no_argument, 0, O_JSON},
+        {"hard", required_argument, 0, O_HARD}, {"soft", required_argument, 0, O_SOFT},
+        {"once", no_argument, 0, O_ONCE},       {0, 0, 0, 0},
+    };
+    opts_t o = {.interval = 1.0};
     char defpath[PATH_MAX + 8];
-    int i = 1;
-    for (; i < argc && argv[i][0] == '-'; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--control") || !strcmp(a, "-c")) {
-            if (i + 1 >= argc)
-                die(2, "%s needs a path", a);
-            ctl_path = argv[++i];
-        } else if (!strncmp(a, "--control=", 10)) {
-            ctl_path = a + 10;
-        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+    char **argv0 = argv;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":c:hVn:d:", lopts, NULL)) != -1) {
+        char *end;
+        switch (c) {
+        case 'c':
+            if (!*optarg)
+                bad_usage("--control needs a path", NULL);
+            ctl_path = optarg;
+            break;
+        case 'h':
             usage(stdout);
             return 0;
-        } else {
-            die(2, "unknown option %s (see heapctl --help)", a);
+        case 'V':
+            printf("heapctl %s (protocol %u)\n", HEAPD_VERSION, (unsigned)HD_PROTO_VERSION);
+            return 0;
+        case O_JSON:
+            o.json = true;
+            break;
+        case O_HARD:
+            size_opt("--hard", optarg, &o.hard, &o.set_hard);
+            break;
+        case O_SOFT:
+            size_opt("--soft", optarg, &o.soft, &o.set_soft);
+            break;
+        case O_ONCE:
+            o.once = true;
+            break;
+        case 'n':
+            errno = 0;
+            o.rounds = strtol(optarg, &end, 10);
+            if (errno || *end || o.rounds < 0 || end == optarg)
+                die(2, "bad -n '%s': give a number of rounds (0: until interrupted)", optarg);
+            o.rounds_set = true;
+            break;
+        case 'd':
+            errno = 0;
+            o.interval = strtod(optarg, &end);
+            if (errno || *end || end == optarg || !(o.interval >= 0.01 && o.interval <= 3600))
+                die(2, "bad -d '%s': give seconds between 0.01 and 3600", optarg);
+            o.interval_set = true;
+            break;
+        case ':':
+            bad_usage(argv0[optind - 1], "needs a value");
+        default:
+            bad_usage("unknown option", argv0[optind - 1]);
         }
     }
-    if (i >= argc) {
-        usage(stderr);
-        return 2;
-    }
-    if (ctl_path && !*ctl_path)
-        die(2, "--control needs a path");
-    const char *cmd = argv[i++];
-    int nargs = argc - i;
-    char **args = argv + i;
+    if (optind >= argc)
+        bad_usage("no command (stats, clients, metrics, limit, scavenge, flush, top)", NULL);
+    const char *cmd = argv[optind++];
+    int nargs = argc - optind;
+    char **args = argv + optind;
     if (!strcmp(cmd, "help")) {
         usage(stdout);
         return 0;
@@ -836,33 +857,38 @@ int main(int argc, char **argv)
         ok |= !strcmp(cmd, known[k]);
     if (!ok)
         die(2, "unknown command '%s' (commands: stats, clients, metrics, limit, scavenge, flush, top, roots)", cmd);
-    bool json = false;
-    if (!strcmp(cmd, "stats") || !strcmp(cmd, "clients") || !strcmp(cmd, "roots")) {
-        for (int k = 0; k < nargs; k++) {
-            if (!strcmp(args[k], "--json"))
-                json = true;
-            else
-                die(2, "unexpected argument for %s: %s", cmd, args[k]);
-        }
-    } else if (strcmp(cmd, "limit") && strcmp(cmd, "top") && nargs) {
-        die(2, "unexpected argument for %s: %s", cmd, args[0]);
+    bool is_limit = !strcmp(cmd, "limit"), is_top = !strcmp(cmd, "top");
+    if (o.json && strcmp(cmd, "stats") && strcmp(cmd, "clients") && strcmp(cmd, "roots"))
+        die(2, "--json is for stats, clients and roots, not %s", cmd);
+    if ((o.set_hard || o.set_soft) && !is_limit)
+        die(2, "--hard and --soft are for limit, not %s", cmd);
+    if ((o.once || o.rounds_set || o.interval_set) && !is_top)
+        die(2, "-n, --once and -d are for top, not %s", cmd);
+    if (o.once && o.rounds_set)
+        die(2, "top takes -n N or --once, not both");
+    if (is_limit && nargs == 1) {
+        if (o.set_soft)
+            die(2, "limit takes the soft limit once (as SOFT or --soft)");
+        size_opt("limit", args[0], &o.soft, &o.set_soft);
+    } else if (nargs > 0) {
+        die(2, "unexpected argument for %s: %s", cmd, args[is_limit ? 1 : 0]);
     }
     if (!ctl_path)
         ctl_path = default_path(defpath, sizeof(defpath));
 
     if (!strcmp(cmd, "stats"))
-        return cmd_stats(json);
+        return cmd_stats(o.json);
     if (!strcmp(cmd, "clients"))
-        return cmd_clients(json);
+        return cmd_clients(o.json);
     if (!strcmp(cmd, "metrics"))
         return cmd_metrics();
-    if (!strcmp(cmd, "limit"))
-        return cmd_limit(nargs, args);
+    if (is_limit)
+        return cmd_limit(&o);
     if (!strcmp(cmd, "scavenge"))
         return cmd_scavenge();
     if (!strcmp(cmd, "flush"))
         return cmd_flush();
     if (!strcmp(cmd, "roots"))
-        return cmd_roots(json);
-    return cmd_top(nargs, args);
+        return cmd_roots(o.json);
+    return cmd_top(&o);
 }

@@ -597,6 +597,22 @@ static void test_bad_flags(void)
     CU_ASSERT(strncmp(err, "heapd: ", 7) == 0);
     const char *a4[] = {"--size", "1KiB", "--socket", "/tmp/heapd-itest-nope.sock", NULL};
     CU_ASSERT_EQUAL(run_heapd(a4, err, sizeof(err)), 2);
+    /* sizes are GOMEMLIMIT's syntax exactly; the message names the forms */
+    static const char *const bad_sizes[][2] = {{"--size", "2g"}, {"--size", "1G"}, {"--memory-limit", "1GB"},
+                                               {"--hard-limit", "none"}, {"--memory-limit", "64mib"}};
+    for (size_t i = 0; i < sizeof(bad_sizes) / sizeof(bad_sizes[0]); i++) {
+        const char *a[] = {bad_sizes[i][0], bad_sizes[i][1], "--socket", "/tmp/heapd-itest-nope.sock", NULL};
+        CU_ASSERT_EQUAL(run_heapd(a, err, sizeof(err)), 2);
+        CU_ASSERT(strstr(err, "B, KiB, MiB, GiB or TiB") != NULL);
+    }
+    /* a --socket whose directory is missing: exit 2 naming it, nothing created */
+    const char *a5[] = {"--socket", "/tmp/heapd-itest-nodir/sub/x.sock", "--foreground", NULL};
+    CU_ASSERT_EQUAL(run_heapd(a5, err, sizeof(err)), 2);
+    CU_ASSERT(strstr(err, "/tmp/heapd-itest-nodir/sub does not exist") != NULL);
+    CU_ASSERT(access("/tmp/heapd-itest-nodir", F_OK) != 0);
+    const char *a6[] = {"--metrics-listen", "localhost", "--socket", "/tmp/heapd-itest-nope.sock", NULL};
+    CU_ASSERT_EQUAL(run_heapd(a6, err, sizeof(err)), 2);
+    CU_ASSERT(strstr(err, "--metrics-listen") != NULL);
 }
 
 int main(int argc, char **argv)

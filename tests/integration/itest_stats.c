@@ -47,6 +47,7 @@
 #include "control.pb-c.h"
 #include "harness.h"
 #include "heapd.h"
+#include "heapd_version.h"
 #include "promcheck.h"
 #include "unit.h"
 
@@ -883,7 +884,7 @@ static void test_limit_scavenge_flush(void)
     snprintf(ctl, sizeof(ctl), "%s.ctl", d.sock);
     run_out_t r;
     HEAPCTL(&r, "--control", ctl, "limit");
-    CU_ASSERT(r.code == 0 && strstr(r.out, "soft limit:   none") && strstr(r.out, "hard limit:   none"));
+    CU_ASSERT(r.code == 0 && strstr(r.out, "soft limit:   off") && strstr(r.out, "hard limit:   off"));
     run_free(&r);
     HEAPCTL(&r, "--control", ctl, "limit", "64MiB");
     CU_ASSERT(r.code == 0 && strstr(r.out, "soft limit:   64.0 MiB (67108864 bytes)"));
@@ -897,12 +898,12 @@ static void test_limit_scavenge_flush(void)
     CU_ASSERT_EQUAL(r.code, 1);
     CU_ASSERT(one_line(&r, "hard limit"));
     run_free(&r);
-    HEAPCTL(&r, "--control", ctl, "limit", "none", "--hard", "96MiB");
-    CU_ASSERT(r.code == 0 && strstr(r.out, "soft limit:   none") && strstr(r.out, "hard limit:   96.0 MiB"));
+    HEAPCTL(&r, "--control", ctl, "limit", "off", "--hard", "96MiB");
+    CU_ASSERT(r.code == 0 && strstr(r.out, "soft limit:   off") && strstr(r.out, "hard limit:   96.0 MiB"));
     run_free(&r);
     CU_ASSERT_EQUAL(run_child(big_alloc, d.sock, 60), 1);           /* the hard limit refuses it */
-    HEAPCTL(&r, "--control", ctl, "limit", "--hard=none");
-    CU_ASSERT(r.code == 0 && strstr(r.out, "hard limit:   none"));
+    HEAPCTL(&r, "--control", ctl, "limit", "--hard=off");
+    CU_ASSERT(r.code == 0 && strstr(r.out, "hard limit:   off"));
     run_free(&r);
     CU_ASSERT_EQUAL(run_child(big_alloc, d.sock, 60), 0);           /* and now it fits */
     CU_ASSERT_FATAL(wait_clients(ctl, 0, &s));
@@ -986,6 +987,36 @@ static void test_bad_input(void)
     HEAPCTL(&r, "--bogus");
     CU_ASSERT_EQUAL(r.code, 2);
     CU_ASSERT(one_line(&r, "unknown option"));
+    run_free(&r);
+    heapctl_as(&r, (uid_t)-1, (const char *const[]){NULL});    /* no command: one line, not the help */
+    CU_ASSERT_EQUAL(r.code, 2);
+    CU_ASSERT(one_line(&r, "no command"));
+    run_free(&r);
+    HEAPCTL(&r, "limit", "2g", "--control", ctl);  /* GOMEMLIMIT's forms only */
+    CU_ASSERT_EQUAL(r.code, 2);
+    CU_ASSERT(one_line(&r, "B, KiB, MiB, GiB or TiB") && strstr(r.err, "or off for no limit"));
+    run_free(&r);
+    HEAPCTL(&r, "--json", "metrics", "--control", ctl);    /* an option for another command */
+    CU_ASSERT_EQUAL(r.code, 2);
+    CU_ASSERT(one_line(&r, "--json"));
+    run_free(&r);
+    /* options anywhere: after the command too */
+    HEAPCTL(&r, "stats", "--json", "--control", ctl);
+    CU_ASSERT(r.code == 0 && r.out[0] == '{');
+    run_free(&r);
+    HEAPCTL(&r, "limit", "--control", ctl, "--hard", "off", "off");
+    CU_ASSERT(r.code == 0 && strstr(r.out, "soft limit:   off") && strstr(r.out, "hard limit:   off"));
+    run_free(&r);
+    /* --version: the one version string heapd prints too */
+    HEAPCTL(&r, "--version");
+    char want[64];
+    snprintf(want, sizeof(want), "heapctl %s ", HEAPD_VERSION);
+    CU_ASSERT(r.code == 0 && !strncmp(r.out, want, strlen(want)));
+    run_free(&r);
+    /* pointed at the client socket: a hint naming the control socket */
+    HEAPCTL(&r, "--control", d.sock, "stats");
+    CU_ASSERT_EQUAL(r.code, 1);
+    CU_ASSERT(one_line(&r, "is heapd's client socket, not its control socket (try --control"));
     run_free(&r);
     /* no daemon there */
     HEAPCTL(&r, "--control", "/tmp/heapd-itest-none/x.ctl", "stats");
