@@ -135,12 +135,15 @@ int seg_create(seg_t *s, const seg_opts_t *o, char *err, size_t errlen)
     }
 
     /* Our writable mapping exists: from now on every new mapping of the meta
-     * memfd is read-only, and neither memfd can change size. */
-    if (fcntl(s->meta_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE) < 0) {
+     * memfd is read-only, and neither memfd can change size. F_SEAL_SEAL
+     * last, on both: a client holding the fds cannot add a seal of its own
+     * (FUTURE_WRITE on the heap memfd would refuse every later attach's
+     * writable mapping and the scavenger's hole punching). */
+    if (fcntl(s->meta_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0) {
         r = fail(err, errlen, errno, "cannot seal the metadata memfd: %s", strerror(errno));
         goto out;
     }
-    if (s->heap_is_memfd && fcntl(s->heap_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+    if (s->heap_is_memfd && fcntl(s->heap_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
         r = fail(err, errlen, errno, "cannot seal the heap memfd: %s", strerror(errno));
         goto out;
     }

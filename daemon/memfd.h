@@ -4,11 +4,13 @@
  * mappings of them at the agreed base, and committing backing store.
  *
  *  - meta: memfd "heapd-meta" (header, span table, pagemap). Mapped RW by the
- *    daemon, then sealed SHRINK|GROW|FUTURE_WRITE: every later mapping (all
- *    clients') is read-only, while the daemon keeps writing through its own.
+ *    daemon, then sealed SHRINK|GROW|FUTURE_WRITE|SEAL: every later mapping
+ *    (all clients') is read-only, while the daemon keeps writing through its
+ *    own, and no client can add a seal.
  *  - heap: memfd "heapd-heap" (slots, tiny areas, heap pages), or a hugetlb
- *    memfd, or a file (--backing). Sealed SHRINK|GROW when it is a memfd, so no
- *    client can truncate it under the others.
+ *    memfd, or a file (--backing). Sealed SHRINK|GROW|SEAL when it is a memfd,
+ *    so no client can truncate it under the others or seal it (a write seal
+ *    would stop attaches and hole punching).
  *
  * Invariants:
  *  - both mappings sit back to back at base, base+meta_size (MAP_FIXED_NOREPLACE:

@@ -105,7 +105,8 @@ static void test_segment_create(void)
     CU_ASSERT_EQUAL(S.view.pages, S.base + h->meta_size + h->pages_off);
     int seals = fcntl(S.meta_fd, F_GET_SEALS);
     CU_ASSERT(seals & F_SEAL_SHRINK && seals & F_SEAL_GROW && seals & 0x10 /* FUTURE_WRITE */);
-    CU_ASSERT(fcntl(S.heap_fd, F_GET_SEALS) & F_SEAL_GROW);
+    CU_ASSERT(seals & F_SEAL_SEAL);     /* no client can add a seal */
+    CU_ASSERT((fcntl(S.heap_fd, F_GET_SEALS) & (F_SEAL_GROW | F_SEAL_SEAL)) == (F_SEAL_GROW | F_SEAL_SEAL));
     /* what clients see: the meta memfd cannot be mapped writable any more */
     void *w = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, S.meta_fd, 0);
     CU_ASSERT_EQUAL(w, MAP_FAILED);

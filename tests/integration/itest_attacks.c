@@ -1,0 +1,154 @@
+/* Attacks of a hostile (or buggy) client, issue 14: one test per attack, each
+ * a real daemon and real client processes. The rule they prove
+ * (docs/security.md): a client that does its worst harms only itself and the
+ * contents of the objects it can reach; the daemon, its books and every other
+ * client stay correct and responsive.
+ * Registered with UNIT_SUITE: itest_main.c runs every registered suite. */
+#define _GNU_SOURCE
+#include <CUnit/Basic.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "heapd.h"
+#include "heapd.pb-c.h"
+#include "unit.h"
+
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010
+#endif
+#ifndef F_SEAL_EXEC
+#define F_SEAL_EXEC 0x0020
+#endif
+
+/* One request on an attached raw connection: 0 for Ack, the daemon's errno
+ * for an Error, -1 for no reply or another reply. */
+static int raw_request(int conn, Heapd__ClientMsg *m, unsigned timeout_ms)
+{
+    uint8_t out[512], in[4096];
+    size_t n = heapd__client_msg__pack(m, out);
+    ssize_t r = raw_call(conn, out, n, in, sizeof(in), timeout_ms);
+    if (r <= 0)
+        return -1;
+    Heapd__DaemonMsg *rep = heapd__daemon_msg__unpack(NULL, (size_t)r, in);
+    if (!rep)
+        return -1;
+    int ret = rep->body_case == HEAPD__DAEMON_MSG__BODY_ACK     ? 0
+              : rep->body_case == HEAPD__DAEMON_MSG__BODY_ERROR ? rep->error->err
+                                                                : -1;
+    heapd__daemon_msg__free_unpacked(rep, NULL);
+    return ret;
+}
+
+static int raw_scavenge(int conn, uint64_t seq)
+{
+    Heapd__Scavenge sc = HEAPD__SCAVENGE__INIT;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.seq = seq;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_SCAVENGE;
+    m.scavenge = &sc;
+    return raw_request(conn, &m, 10000);
+}
+
+/* Attach, allocate and free a few sizes (a large one commits 4 MiB of heap
+ * pages that are free again afterwards), detach. */
+static int attach_use(void *arg)
+{
+    if (heapd_attach(arg) != 0)
+        return 11;
+    char *a = heapd_malloc(100), *b = heapd_calloc(1, 8), *c = heapd_malloc(4 << 20);
+    if (!a || !b || !c)
+        return 12;
+    memset(a, 1, 100);
+    memset(c, 3, 4 << 20);
+    heapd_free(a);
+    heapd_free(b);
+    heapd_free(c);
+    if (heapd_bad_frees() != 0)
+        return 13;
+    heapd_detach();
+    return 0;
+}
+
+/* ---- 1. seals ---------------------------------------------------------------------------------- */
+
+/* A client tries every seal on both memfds it was passed: each F_ADD_SEALS
+ * fails with EPERM (F_SEAL_SEAL is on), so attaches keep working (a
+ * FUTURE_WRITE seal on the heap memfd would make every later writable mapping
+ * fail) and the scavenger keeps punching holes (a write seal forbids it). */
+static void test_attack_seals(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "64MiB", NULL) == 0);
+    int fds[2], nfds, conn = -1;
+    CU_ASSERT_FATAL(raw_hello_fds(d.sock, "itest-attack-seals", fds, &nfds, &conn) == 0);
+    static const struct { int seal; const char *name; } seals[] = {
+        {F_SEAL_FUTURE_WRITE, "F_SEAL_FUTURE_WRITE"}, {F_SEAL_WRITE, "F_SEAL_WRITE"},
+        {F_SEAL_SHRINK, "F_SEAL_SHRINK"},             {F_SEAL_GROW, "F_SEAL_GROW"},
+        {F_SEAL_EXEC, "F_SEAL_EXEC"},                 {F_SEAL_SEAL, "F_SEAL_SEAL"},
+        {F_SEAL_FUTURE_WRITE | F_SEAL_SEAL | F_SEAL_WRITE | F_SEAL_EXEC, "all of them"},
+    };
+    for (int f = 0; f < 2; f++) {
+        int before = fcntl(fds[f], F_GET_SEALS);
+        CU_ASSERT(before >= 0 && (before & F_SEAL_SEAL));
+        for (size_t i = 0; i < sizeof(seals) / sizeof(seals[0]); i++) {
+            errno = 0;
+            int r = fcntl(fds[f], F_ADD_SEALS, seals[i].seal);
+            if (r == 0 || errno != EPERM)
+                fprintf(stderr, "%s memfd: F_ADD_SEALS %s: %s\n", f ? "heap" : "meta", seals[i].name,
+                        r == 0 ? "succeeded" : strerror(errno));
+            CU_ASSERT(r < 0 && errno == EPERM);
+        }
+        /* a descriptor of its own on the same inode changes nothing */
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fds[f]);
+        int again = open(path, O_RDWR | O_CLOEXEC);
+        if (again < 0)
+            again = open(path, O_RDONLY | O_CLOEXEC);
+        CU_ASSERT_FATAL(again >= 0);
+        errno = 0;
+        CU_ASSERT(fcntl(again, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) < 0 && errno == EPERM);
+        CU_ASSERT_EQUAL(fcntl(again, F_GET_SEALS), before);
+        close(again);
+    }
+    close(fds[0]);
+    close(fds[1]);
+
+    /* new attaches keep working, and leave free committed pages behind */
+    CU_ASSERT_EQUAL(run_child(attach_use, d.sock, 30), 0);
+    CU_ASSERT_EQUAL(run_child(attach_use, d.sock, 30), 0);
+    /* the scavenger can still punch them out */
+    hd_header_t h0, h1;
+    CU_ASSERT_FATAL(books_read(d.sock, &h0) == 0);
+    CU_ASSERT_EQUAL(raw_scavenge(conn, 2), 0);
+    CU_ASSERT_FATAL(books_read(d.sock, &h1) == 0);
+    CU_ASSERT(h1.scavenged_total >= h0.scavenged_total + (4u << 20));
+    close(conn);
+    FILE *log = fopen(d.log, "r");
+    char line[512];
+    bool off = false;
+    while (log && fgets(line, sizeof(line), log))
+        off |= strstr(line, "scavenging is off") != NULL;
+    if (log)
+        fclose(log);
+    CU_ASSERT(!off);
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+static void register_attacks_suite(void)
+{
+    CU_pSuite s = CU_add_suite("attacks", NULL, NULL);
+    CU_add_test(s, "seals: every F_ADD_SEALS a client tries fails", test_attack_seals);
+}
+UNIT_SUITE(register_attacks_suite)
