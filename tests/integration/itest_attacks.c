@@ -16,6 +16,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -124,12 +125,12 @@ static void test_attack_seals(void)
     close(fds[0]);
     close(fds[1]);
 
-    /* new attaches keep working, and leave free committed pages behind */
-    CU_ASSERT_EQUAL(run_child(attach_use, d.sock, 30), 0);
-    CU_ASSERT_EQUAL(run_child(attach_use, d.sock, 30), 0);
-    /* the scavenger can still punch them out */
+    /* new attaches keep working, and leave free committed pages behind, which
+     * the scavenger can still punch out (in the background or now) */
     hd_header_t h0, h1;
     CU_ASSERT_FATAL(books_read(d.sock, &h0) == 0);
+    CU_ASSERT_EQUAL(run_child(attach_use, d.sock, 30), 0);
+    CU_ASSERT_EQUAL(run_child(attach_use, d.sock, 30), 0);
     CU_ASSERT_EQUAL(raw_scavenge(conn, 2), 0);
     CU_ASSERT_FATAL(books_read(d.sock, &h1) == 0);
     CU_ASSERT(h1.scavenged_total >= h0.scavenged_total + (4u << 20));
@@ -146,9 +147,107 @@ static void test_attack_seals(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- 2. silent connections ------------------------------------------------------------------ */
+
+#define SILENT_CONNS 10000
+#define DAEMON_NOFILE 1024
+
+/* Open SILENT_CONNS connections that never say Hello (nonblocking connects,
+ * retried while the backlog is full, for at most 30 s), report how many
+ * through the pipe, then hold them until the parent closes its end. */
+static int silent_flood(const char *sock, int report, int hold)
+{
+    struct rlimit rl = {SILENT_CONNS + 64, SILENT_CONNS + 64};
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 20;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof(a.sun_path), "%.107s", sock);
+    int n = 0, fd = -1;
+    uint64_t t0 = test_now_ms();
+    while (n < SILENT_CONNS && test_now_ms() - t0 < 30000) {
+        if (fd < 0 && (fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0)
+            return 21;
+        if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
+            fd = -1;    /* held */
+            n++;
+        } else if (errno == EAGAIN) {
+            test_pause_ms(1);       /* pacing: the backlog is full, let the daemon accept */
+        } else {
+            return 22;
+        }
+    }
+    if (write(report, &n, sizeof(n)) != sizeof(n))
+        return 23;
+    char c;
+    while (read(hold, &c, 1) < 0 && errno == EINTR)
+        ;
+    return 0;
+}
+
+/* Attach, allocate, free, detach; says how long it took (ms) on stdout. */
+static int timed_attach(void *arg)
+{
+    uint64_t t0 = test_now_ms();
+    int r = attach_use(arg);
+    fprintf(stderr, "attach and use beside %d silent connections: %llu ms\n", SILENT_CONNS,
+            (unsigned long long)(test_now_ms() - t0));
+    return r;
+}
+
+/* One process holds 10,000 connections that never say Hello against a daemon
+ * limited to 1,024 descriptors: a client of the same uid still attaches (and
+ * uses the heap) within a generous bound, and a silent connection is closed
+ * by the Hello deadline. */
+static void test_attack_silent_connections(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "64MiB", NULL) == 0);
+    struct rlimit rl = {DAEMON_NOFILE, DAEMON_NOFILE};
+    CU_ASSERT_FATAL(prlimit(d.pid, RLIMIT_NOFILE, &rl, NULL) == 0);
+
+    /* the Hello deadline: a lone silent connection is closed (EOF) */
+    int lone = raw_connect(d.sock);
+    CU_ASSERT_FATAL(lone >= 0);
+    struct pollfd pf = {.fd = lone, .events = POLLIN};
+    uint64_t t0 = test_now_ms();
+    CU_ASSERT(poll(&pf, 1, 15000) == 1);
+    char b[16];
+    CU_ASSERT(recv(lone, b, sizeof(b), MSG_DONTWAIT) == 0);
+    fprintf(stderr, "silent connection closed after %llu ms\n", (unsigned long long)(test_now_ms() - t0));
+    close(lone);
+
+    int rep[2], hold[2];
+    CU_ASSERT_FATAL(pipe2(rep, O_CLOEXEC) == 0 && pipe2(hold, O_CLOEXEC) == 0);
+    pid_t att = fork();
+    CU_ASSERT_FATAL(att >= 0);
+    if (att == 0) {
+        close(rep[0]);
+        close(hold[1]);
+        _exit(silent_flood(d.sock, rep[1], hold[0]));
+    }
+    close(rep[1]);
+    close(hold[0]);
+    int n = -1;
+    pf = (struct pollfd){.fd = rep[0], .events = POLLIN};
+    if (poll(&pf, 1, 40000) == 1 && read(rep[0], &n, sizeof(n)) != sizeof(n))
+        n = -1;
+    fprintf(stderr, "silent connections held: %d\n", n);
+    CU_ASSERT_EQUAL(n, SILENT_CONNS);
+    /* while they are held: a real client attaches and allocates (10 s: generous) */
+    t0 = test_now_ms();
+    CU_ASSERT_EQUAL(run_child(timed_attach, d.sock, 10), 0);
+    CU_ASSERT(test_now_ms() - t0 < 10000);
+    close(hold[1]);
+    close(rep[0]);
+    CU_ASSERT_EQUAL(wait_child(att, 30), 0);
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 static void register_attacks_suite(void)
 {
     CU_pSuite s = CU_add_suite("attacks", NULL, NULL);
     CU_add_test(s, "seals: every F_ADD_SEALS a client tries fails", test_attack_seals);
+    CU_add_test(s, "10,000 silent connections: attach still works", test_attack_silent_connections);
 }
 UNIT_SUITE(register_attacks_suite)
