@@ -619,7 +619,7 @@ static void client_rearm(client_t *c)
 {
     if (!c->polling)
         return;
-    int ev = UV_DISCONNECT | (c->reply ? 0 : UV_READABLE) | (c->want_writable ? UV_WRITABLE : 0);
+    int ev = UV_DISCONNECT | (c->reply || c->scav_waiting ? 0 : UV_READABLE) | (c->want_writable ? UV_WRITABLE : 0);
     if (ev != c->poll_events) {
         c->poll_events = ev;
         uv_poll_start(&c->poll, ev, on_client_io);
@@ -803,7 +803,26 @@ static int client_recv_one(daemon_t *d, client_t *c)
     }
     if (out.len && client_reply(d, c, &out) < 0)
         return -1;
-    return c->reply ? 0 : 1;
+    if (c->scav_waiting)
+        client_rearm(c);    /* its Scavenge waits for a pass: read nothing more until the Ack */
+    return c->reply || c->scav_waiting ? 0 : 1;
+}
+
+void client_scavenge_done(daemon_t *d, uint64_t pass)
+{
+    for (client_t *c = d->clients, *next; c; c = next) {
+        next = c->next;     /* client_reply may close c */
+        if (!c->scav_waiting || c->scav_pass > pass)
+            continue;
+        c->scav_waiting = false;
+        if (c->fd < 0 || c->closing || c->quarantined)
+            continue;
+        uint8_t buf[64];
+        rpc_out_t out = {.buf = buf, .cap = sizeof(buf)};
+        if (rpc_encode_ack(&out, c->scav_seq) == 0 && client_reply(d, c, &out) < 0)
+            continue;
+        client_rearm(c);
+    }
 }
 
 static void on_client_io(uv_poll_t *p, int status, int events)
@@ -816,7 +835,7 @@ static void on_client_io(uv_poll_t *p, int status, int events)
     }
     if (events & UV_WRITABLE)
         client_pump(d, c);  /* rearms: reading resumes once the reply is out */
-    if ((events & UV_READABLE) && !c->reply) {
+    if ((events & UV_READABLE) && !c->reply && !c->scav_waiting) {
         for (int i = 0; i < RECV_BATCH; i++)
             if (client_recv_one(d, c) <= 0)
                 return;     /* drained, a reply waits, or closed */

@@ -74,6 +74,10 @@ typedef struct client {
     uint64_t requests;
     uint32_t stat_slot;         /* memstats slot (mstats.h), 0 = none; retired at close */
     struct client *next, *prev;
+    /* a Scavenge waiting for the forced pass scav_pass (scavenge.h): no reply
+     * yet, and the client is not read until it has one */
+    bool scav_waiting;
+    uint64_t scav_pass, scav_seq;
     /* waiting for Hello: the daemon's FIFO of silent connections, oldest first */
     bool waiting;
     bool evicted;               /* closed for silence: counted, not logged one by one */
@@ -146,6 +150,15 @@ void client_pump_all(daemon_t *d);
  * sweep tick), and log how many silent connections were closed since the last
  * call. */
 void client_expire_silent(daemon_t *d, uint64_t now_ms);
+/* The forced scavenger pass `pass` is done: Ack every Scavenge waiting for it
+ * (or an earlier one) and read those clients again. */
+void client_scavenge_done(daemon_t *d, uint64_t pass);
+/* May this client change the daemon's settings (SetLimit)? Its uid is the
+ * daemon's or root; not a client let in by --allow-uid/--allow-gid. */
+static inline bool client_is_operator(const daemon_t *d, const client_t *c)
+{
+    return c->uid == d->uid || c->uid == 0;
+}
 /* A free client id (nonzero, not a live record's) for the next record. */
 uint32_t client_next_id(daemon_t *d);
 

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "conn.h"
 #include "daemon.h"
 #include "memlimit.h"
 #include "mcentral.h"
@@ -71,6 +72,70 @@ uint64_t scavenge_all(daemon_t *d)
     d->scav.scavenge_runs++;
     limits_books_publish(d);
     return n * PAGE;
+}
+
+/* ---- forced passes (Scavenge messages) ----------------------------------------------------- */
+
+static void on_force(uv_timer_t *t);
+
+/* A pass sweeps the spans on the central lists now, then releases every free
+ * page; its first slice runs on the next loop turn. */
+static void force_start(daemon_t *d)
+{
+    scav_t *s = &d->scav;
+    s->force_active = true;
+    s->force_next = false;
+    s->force_pass++;
+    s->force_sweep_left = d->seg.hdr->spans_central;
+    uv_timer_start(&s->force_timer, on_force, 0, 0);
+}
+
+/* One slice of the pass: about SCAV_SLICE_NS of work, then back to the loop
+ * (RPCs run before the next slice). */
+static void on_force(uv_timer_t *t)
+{
+    daemon_t *d = t->data;
+    scav_t *s = &d->scav;
+    uint64_t t0 = uv_hrtime();
+    bool done = false;
+    while (!done && uv_hrtime() - t0 < SCAV_SLICE_NS) {
+        if (s->force_sweep_left) {
+            uint64_t left = s->force_sweep_left;
+            unsigned n = mcentral_bg_sweep(&d->central, (unsigned)min64(SCAV_FORCE_SWEEP, left));
+            s->force_sweep_left = n && n < left ? left - n : 0;
+        } else {
+            done = scav_release_pages(d, SCAV_FORCE_PAGES, PA_CHUNK_PAGES) == 0;
+        }
+    }
+    if (!done) {
+        limits_books_publish(d);
+        uv_timer_start(&s->force_timer, on_force, 0, 0);
+        return;
+    }
+    uint64_t pass = s->force_pass;
+    s->force_active = false;
+    s->scavenge_runs++;
+    limits_books_publish(d);
+    if (s->force_next)
+        force_start(d);
+    client_scavenge_done(d, pass);
+}
+
+bool scav_force_request(daemon_t *d, client_t *c, uint64_t seq)
+{
+    scav_t *s = &d->scav;
+    if (!s->timer_on)
+        return false;
+    c->scav_waiting = true;
+    c->scav_seq = seq;
+    if (!s->force_active) {
+        force_start(d);
+        c->scav_pass = s->force_pass;
+    } else {
+        s->force_next = true;       /* the pass under way may have passed pages freed before this */
+        c->scav_pass = s->force_pass + 1;
+    }
+    return true;
 }
 
 /* ---- goals and the background timer ---------------------------------------------------------- */
@@ -161,6 +226,8 @@ void scav_start(daemon_t *d)
     d->scav.timer.data = d;
     d->scav.timer_on = true;
     uv_timer_start(&d->scav.timer, on_tick, SCAV_IDLE_MS, 0);
+    uv_timer_init(d->loop, &d->scav.force_timer);
+    d->scav.force_timer.data = d;
 }
 
 void scav_stop(daemon_t *d)
@@ -170,6 +237,9 @@ void scav_stop(daemon_t *d)
     d->scav.timer_on = false;
     uv_timer_stop(&d->scav.timer);
     uv_close((uv_handle_t *)&d->scav.timer, NULL);
+    uv_timer_stop(&d->scav.force_timer);
+    uv_close((uv_handle_t *)&d->scav.force_timer, NULL);
+    d->scav.force_active = false;
 }
 
 /* ---- set-up and control ------------------------------------------------------------------------- */

@@ -21,8 +21,9 @@
  * --scavenge-cpu percent of one CPU (default 1, like Go); over 95% of the
  * soft limit it does not sleep between slices.
  *
- * Run-time control: scavenge_all (heapctl scavenge, Scavenge message: Go's
- * FreeOSMemory).
+ * Run-time control: scavenge_all (heapctl scavenge: Go's FreeOSMemory, run
+ * at once); the Scavenge message runs the same work as a forced pass in
+ * slices, shared by every request waiting (scav_force_request).
  */
 #ifndef HEAPD_DAEMON_SCAVENGE_H
 #define HEAPD_DAEMON_SCAVENGE_H
@@ -42,6 +43,9 @@ typedef struct daemon daemon_t;
 #define SCAV_RETAIN_PCT        110u     /* keep 10% above in-use committed (retainExtraPercent) */
 #define SCAV_LIMIT_GOAL_PCT    95u      /* background goal under a soft limit (reduceExtraPercent) */
 
+#define SCAV_FORCE_SWEEP       1024u    /* central spans a forced slice sweeps between clock reads */
+#define SCAV_FORCE_PAGES       256u     /* pages a forced slice releases between clock reads */
+
 /* The state, one per daemon (daemon_t.scav). */
 typedef struct scav {
     unsigned cpu_pct;                    /* 0: no background scavenging */
@@ -52,6 +56,13 @@ typedef struct scav {
     /* the background timer (only under daemon_run) */
     uv_timer_t timer;
     bool timer_on;
+    /* forced passes (Scavenge messages): one at a time, in slices of about
+     * SCAV_SLICE_NS on their own timer, so RPCs run between slices */
+    uv_timer_t force_timer;
+    bool force_active;                   /* a pass is under way */
+    bool force_next;                     /* someone waits for the pass after it */
+    uint64_t force_pass;                 /* the pass under way (or the last one), from 1 */
+    uint64_t force_sweep_left;           /* central spans its sweep still has to visit */
 } scav_t;
 
 /* Set up (after mheap_init and limits_init). 0 or -errno. */
@@ -74,6 +85,14 @@ uint64_t scav_slice(daemon_t *d);
  * Returns the bytes released. Blocks the loop while it works (about 50 us per
  * MiB). */
 uint64_t scavenge_all(daemon_t *d);
+/* A Scavenge message from client c (seq to answer): it waits for the next
+ * forced pass that starts after now (the one under way started too early),
+ * is not read meanwhile, and gets its Ack when that pass is done
+ * (client_scavenge_done). Many requests share one pass, passes run one at a
+ * time and in slices, so a flood of them delays other clients' RPCs by at
+ * most one slice. Needs the loop (scav_start). */
+struct client;
+bool scav_force_request(daemon_t *d, struct client *c, uint64_t seq);   /* false: no loop, run it now */
 /* Release up to nbytes of free pages, highest addresses first. Returns the
  * bytes released (0 when nothing is left to release). */
 uint64_t scavenge_bytes(daemon_t *d, uint64_t nbytes);

@@ -227,6 +227,26 @@ static void test_client_id_wrap(void)
     teardown();
 }
 
+/* SetLimit from a client of another uid (let in by --allow-uid/--allow-gid):
+ * EPERM, the limits unchanged. */
+static void test_set_limit_other_uid(void)
+{
+    setup();
+    client_t *c = client_new(D, -1, 0, D->uid == 4321 ? 4322 : 4321);  /* neither ours nor root */
+    CU_ASSERT_FATAL(c != NULL);
+    CU_ASSERT_FATAL(hello(c, HD_PROTO_VERSION) == RPC_OK);
+    Heapd__SetLimit l = HEAPD__SET_LIMIT__INIT;
+    l.soft = 1 << 20;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.seq = 9;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_SET_LIMIT;
+    m.set_limit = &l;
+    CU_ASSERT_EQUAL(send_msg(c, &m), RPC_OK);
+    expect_error(9, EPERM);
+    CU_ASSERT_EQUAL(D->lim.soft_limit, 0);
+    teardown();
+}
+
 static void test_wrong_version(void)
 {
     setup();
@@ -721,6 +741,7 @@ static void register_rpc_suite(void)
     CU_add_test(s, "Hello/Welcome", test_hello);
     CU_add_test(s, "Hello with another version", test_wrong_version);
     CU_add_test(s, "client ids after the counter wraps", test_client_id_wrap);
+    CU_add_test(s, "SetLimit from another uid: EPERM", test_set_limit_other_uid);
     CU_add_test(s, "a request before Hello", test_request_before_hello);
     CU_add_test(s, "Refill validation", test_refill_validation);
     CU_add_test(s, "Refill", test_refill);

@@ -244,10 +244,186 @@ static void test_attack_silent_connections(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- 3. privileges and floods ---------------------------------------------------------------- */
+
+/* As nobody, admitted by --allow-uid: SetLimit is refused with EPERM;
+ * Scavenge (FreeOSMemory) is served. */
+static int allowed_requests(void *arg)
+{
+    if (become_nobody() != 0)
+        return 10;
+    int fds[2], nfds, conn = -1;
+    if (raw_hello_fds(arg, "itest-attack-allowed", fds, &nfds, &conn) != 0)
+        return 11;
+    close(fds[0]);
+    close(fds[1]);
+    Heapd__SetLimit sl = HEAPD__SET_LIMIT__INIT;
+    sl.soft = 1 << 20;
+    sl.hard = 2 << 20;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.seq = 2;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_SET_LIMIT;
+    m.set_limit = &sl;
+    int r = raw_request(conn, &m, 5000);
+    if (r != EPERM) {
+        fprintf(stderr, "SetLimit from a client admitted by --allow-uid: %d, not EPERM\n", r);
+        return 12;
+    }
+    if (raw_scavenge(conn, 3) != 0)
+        return 13;
+    close(conn);
+    return 0;
+}
+
+/* A client admitted only by --allow-uid tries to set the daemon's limits. */
+static void test_attack_set_limit_other_uid(void)
+{
+    if (geteuid() != 0) {
+        fprintf(stderr, "(not root: the --allow-uid attack is skipped; test_rpc checks the decision) ");
+        return;
+    }
+    daemon_proc_t d;
+    const char *const extra[] = {"--socket-mode", "0666", "--allow-uid", "65534", NULL};
+    CU_ASSERT_FATAL(daemon_start(&d, "64MiB", extra) == 0);
+    CU_ASSERT_FATAL(chmod(d.dir, 0711) == 0);        /* nobody may reach the 0666 socket */
+    CU_ASSERT_EQUAL(run_child(allowed_requests, d.sock, 30), 0);
+    hd_header_t h;
+    CU_ASSERT_FATAL(books_read(d.sock, &h) == 0);
+    CU_ASSERT_EQUAL(h.soft_limit, 0);
+    CU_ASSERT_EQUAL(h.hard_limit, 0);
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+#define FLOODERS 8
+#define FLOOD_EACH 25
+#define REFILL_ROUNDS 40
+
+/* Leave thousands of spans on the central lists (half-used 1 KiB spans of a
+ * process that exits) and free pages behind: work for every Scavenge. */
+static int central_spans(void *arg)
+{
+    if (heapd_attach(arg) != 0)
+        return 11;
+    enum { N = 32768 };
+    static void *p[N];
+    for (int i = 0; i < N; i++)
+        if (!(p[i] = heapd_malloc(1000)))
+            return 12;
+    for (int i = 0; i < N; i += 2)
+        heapd_free(p[i]);
+    void *big = heapd_malloc(16 << 20);
+    if (!big)
+        return 13;
+    memset(big, 1, 16 << 20);
+    heapd_free(big);
+    return 0;           /* exits attached: the daemon reclaims its cached spans */
+}
+
+/* Refills during the flood: fill and empty caches of several classes, giving
+ * the spans back each round (heapd_flush), so every round asks for spans. */
+static int refiller(void *arg)
+{
+    if (heapd_attach(arg) != 0)
+        return 11;
+    static void *p[2048];
+    for (int round = 0; round < REFILL_ROUNDS; round++) {
+        size_t size = 16 << (round % 6);
+        for (int i = 0; i < 2048; i++)
+            if (!(p[i] = heapd_malloc(size)))
+                return 12;
+        for (int i = 0; i < 2048; i++)
+            heapd_free(p[i]);
+        if (heapd_flush() != 0)
+            return 13;
+    }
+    heapd_detach();
+    return 0;
+}
+
+/* FLOODERS connections each pipeline FLOOD_EACH Scavenge messages while
+ * another client keeps refilling: every Scavenge is answered, in order, the
+ * refiller finishes, and the requests share forced passes (one at a time)
+ * instead of each running a pass of its own, which is what let a flood
+ * starve other clients' refills. */
+static void test_attack_scavenge_flood(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "256MiB", NULL) == 0);
+    CU_ASSERT_EQUAL_FATAL(run_child(central_spans, d.sock, 60), 0);
+    hd_header_t h0, h1;
+    CU_ASSERT_FATAL(books_read(d.sock, &h0) == 0);
+    fprintf(stderr, "central spans before the flood: %llu\n", (unsigned long long)h0.spans_central);
+
+    int conn[FLOODERS];
+    for (int f = 0; f < FLOODERS; f++) {
+        int fds[2], nfds;
+        CU_ASSERT_FATAL(raw_hello_fds(d.sock, "itest-attack-flood", fds, &nfds, &conn[f]) == 0);
+        close(fds[0]);
+        close(fds[1]);
+    }
+    fflush(NULL);
+    pid_t ref = fork();
+    CU_ASSERT_FATAL(ref >= 0);
+    if (ref == 0) {
+        alarm(120);
+        _exit(refiller(d.sock));
+    }
+    uint64_t t0 = test_now_ms();
+    for (int f = 0; f < FLOODERS; f++) {
+        for (int k = 0; k < FLOOD_EACH; k++) {
+            Heapd__Scavenge sc = HEAPD__SCAVENGE__INIT;
+            Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+            m.seq = 100 + (uint64_t)k;
+            m.body_case = HEAPD__CLIENT_MSG__BODY_SCAVENGE;
+            m.scavenge = &sc;
+            uint8_t out[64];
+            size_t n = heapd__client_msg__pack(&m, out);
+            CU_ASSERT_FATAL(send(conn[f], out, n, MSG_NOSIGNAL) == (ssize_t)n);
+        }
+    }
+    int acked[FLOODERS] = {0}, total = 0;
+    while (total < FLOODERS * FLOOD_EACH && test_now_ms() - t0 < 60000) {
+        struct pollfd pf[FLOODERS];
+        for (int f = 0; f < FLOODERS; f++)
+            pf[f] = (struct pollfd){.fd = conn[f], .events = POLLIN};
+        if (poll(pf, FLOODERS, 1000) <= 0)
+            continue;
+        for (int f = 0; f < FLOODERS; f++) {
+            if (!(pf[f].revents & POLLIN))
+                continue;
+            uint8_t in[256];
+            ssize_t r = recv(conn[f], in, sizeof(in), MSG_DONTWAIT);
+            if (r <= 0)
+                continue;
+            Heapd__DaemonMsg *rep = heapd__daemon_msg__unpack(NULL, (size_t)r, in);
+            CU_ASSERT_FATAL(rep != NULL);
+            CU_ASSERT(rep->body_case == HEAPD__DAEMON_MSG__BODY_ACK && rep->seq == 100 + (uint64_t)acked[f]);
+            heapd__daemon_msg__free_unpacked(rep, NULL);
+            acked[f]++;
+            total++;
+        }
+    }
+    fprintf(stderr, "%d Scavenge messages answered in %llu ms\n", total, (unsigned long long)(test_now_ms() - t0));
+    CU_ASSERT_EQUAL(total, FLOODERS * FLOOD_EACH);
+    CU_ASSERT_EQUAL(wait_child(ref, 120), 0);
+    CU_ASSERT_FATAL(books_read(d.sock, &h1) == 0);
+    uint64_t passes = h1.scavenge_runs - h0.scavenge_runs;
+    fprintf(stderr, "scavenger passes during the flood: %llu for %d requests\n", (unsigned long long)passes,
+            FLOODERS * FLOOD_EACH);
+    CU_ASSERT(passes <= FLOODERS * FLOOD_EACH / 2);
+    for (int f = 0; f < FLOODERS; f++)
+        close(conn[f]);
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 static void register_attacks_suite(void)
 {
     CU_pSuite s = CU_add_suite("attacks", NULL, NULL);
     CU_add_test(s, "seals: every F_ADD_SEALS a client tries fails", test_attack_seals);
     CU_add_test(s, "10,000 silent connections: attach still works", test_attack_silent_connections);
+    CU_add_test(s, "SetLimit from a client admitted by --allow-uid: EPERM", test_attack_set_limit_other_uid);
+    CU_add_test(s, "a flood of Scavenge: answered, shared passes, refills served", test_attack_scavenge_flood);
 }
 UNIT_SUITE(register_attacks_suite)
