@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,7 @@
 #include "harness.h"
 #include "heapd.h"
 #include "heapd.pb-c.h"
+#include "span.h"
 #include "unit.h"
 
 #ifndef F_SEAL_FUTURE_WRITE
@@ -418,6 +421,103 @@ static void test_attack_scavenge_flood(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- 4. scribbled object states -------------------------------------------------------------- */
+
+#define SCRIBBLE_ROUNDS 2000
+
+/* The victim: rounds of allocations of several classes (8 B objects with
+ * their states in the aux area, 16 B tiny blocks, 48 B, 1000 B), written,
+ * freed, and the spans given back now and then. Exits 0 when done; frees the
+ * scribbles made look not live are counted (heapd_bad_frees), not fatal. */
+static int scribble_victim(void *arg)
+{
+    if (heapd_attach(arg) != 0)
+        return 11;
+    static const size_t sizes[] = {8, 16, 48, 1000, 5};
+    static char *p[512];
+    for (int round = 0; round < SCRIBBLE_ROUNDS; round++) {
+        size_t size = sizes[round % 5];
+        for (int i = 0; i < 512; i++) {
+            if (!(p[i] = heapd_malloc(size)))
+                return 12;
+            memset(p[i], 0x5a, size);
+        }
+        for (int i = 0; i < 512; i++)
+            heapd_free(p[i]);
+        if (round % 16 == 15 && heapd_flush() != 0)
+            return 13;
+    }
+    fprintf(stderr, "victim: %d rounds done, %llu frees refused (scribbled states)\n", SCRIBBLE_ROUNDS,
+            (unsigned long long)heapd_bad_frees());
+    heapd_detach();
+    return 0;
+}
+
+/* The attacker: attached (so the segment is mapped), it writes random values
+ * into the object state bytes and tiny block words of every span some other
+ * client caches, until killed. */
+static int scribbler(const daemon_proc_t *d, int ready)
+{
+    if (heapd_attach(d->sock) != 0)
+        return 11;
+    hd_seg_t seg;
+    hd_seg_view(&seg, (hd_header_t *)(uintptr_t)d->base);
+    uint64_t rng = test_seed(14);
+    if (write(ready, "r", 1) != 1)
+        return 12;
+    for (;;) {
+        for (uint64_t id = 0; id < seg.hdr->npages; id++) {
+            const hd_span_t *sp = &seg.spans[id];
+            if (hd_span_state(sp) != HD_SPAN_CACHED || sp->sizeclass == 0)
+                continue;
+            hd_ostate_t *st = hd_states_of(&seg, (uint32_t)id, sp->sizeclass);
+            for (unsigned k = 0; k < 64; k++) {
+                uint64_t r = test_rand(&rng);
+                unsigned i = (unsigned)(r % HD_MAX_OBJS_PER_SPAN);
+                if (i < (hd_class_to_nobjs[sp->sizeclass] > HD_SLOT_STATES ? HD_MAX_OBJS_PER_SPAN : HD_SLOT_STATES))
+                    atomic_store_explicit(&st[i], (uint8_t)(r >> 32), memory_order_relaxed);
+                if (sp->sizeclass == HD_TINY_SIZE_CLASS)
+                    atomic_store_explicit(&seg.tiny[id].block[(r >> 40) % HD_TINY_BLOCKS], (uint32_t)(r >> 8),
+                                          memory_order_relaxed);
+            }
+        }
+    }
+}
+
+/* A hostile process writes arbitrary values into the state bytes and tiny
+ * words of a victim's cached spans while the victim allocates and frees: the
+ * victim finishes its rounds in time (objects may be lost, never liveness),
+ * the daemon stays up and a new client still allocates. */
+static void test_attack_scribbled_states(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "256MiB", NULL) == 0);
+    int ready[2];
+    CU_ASSERT_FATAL(pipe2(ready, O_CLOEXEC) == 0);
+    fflush(NULL);
+    pid_t att = fork();
+    CU_ASSERT_FATAL(att >= 0);
+    if (att == 0) {
+        alarm(120);
+        _exit(scribbler(&d, ready[1]));
+    }
+    close(ready[1]);
+    char c;
+    CU_ASSERT_FATAL(read(ready[0], &c, 1) == 1);     /* attached, about to scribble */
+    close(ready[0]);
+    uint64_t t0 = test_now_ms();
+    int rc = run_child(scribble_victim, d.sock, 60);
+    fprintf(stderr, "victim under scribbling: exit %d after %llu ms (seed %llu)\n", rc,
+            (unsigned long long)(test_now_ms() - t0), (unsigned long long)test_seed(14));
+    CU_ASSERT_EQUAL(rc, 0);
+    kill(att, SIGKILL);
+    waitpid(att, NULL, 0);
+    CU_ASSERT_EQUAL(run_child(attach_use, d.sock, 30), 0);
+    CU_ASSERT(kill(d.pid, 0) == 0);
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 static void register_attacks_suite(void)
 {
     CU_pSuite s = CU_add_suite("attacks", NULL, NULL);
@@ -425,5 +525,6 @@ static void register_attacks_suite(void)
     CU_add_test(s, "10,000 silent connections: attach still works", test_attack_silent_connections);
     CU_add_test(s, "SetLimit from a client admitted by --allow-uid: EPERM", test_attack_set_limit_other_uid);
     CU_add_test(s, "a flood of Scavenge: answered, shared passes, refills served", test_attack_scavenge_flood);
+    CU_add_test(s, "scribbled state bytes and tiny words: the victim keeps going", test_attack_scribbled_states);
 }
 UNIT_SUITE(register_attacks_suite)
