@@ -230,6 +230,39 @@ int seg_decommit_pages(seg_t *s, uint64_t page, uint64_t npages)
                   s->hdr->pages_off + page * HD_PAGE_SIZE, npages * HD_PAGE_SIZE);
 }
 
+bool seg_pages_hole(seg_t *s, uint64_t page, uint64_t npages)
+{
+    off_t off = (off_t)(s->hdr->pages_off + page * HD_PAGE_SIZE);
+    off_t r = lseek(s->heap_fd, off, SEEK_DATA);
+    if (r < 0)
+        return errno == ENXIO;      /* no data from here to the end */
+    return (uint64_t)r >= (uint64_t)off + npages * HD_PAGE_SIZE;
+}
+
+int64_t seg_next_data(seg_t *s, uint64_t page, uint64_t *end)
+{
+    uint64_t po = s->hdr->pages_off;
+    if (page >= s->npages)
+        return -1;
+    off_t d = lseek(s->heap_fd, (off_t)(po + page * HD_PAGE_SIZE), SEEK_DATA);
+    if (d < 0)
+        return -1;
+    off_t h = lseek(s->heap_fd, d, SEEK_HOLE);
+    if (h < 0)
+        h = (off_t)s->heap_size;
+    uint64_t first = ((uint64_t)d - po) / HD_PAGE_SIZE, last = ((uint64_t)h - po + HD_PAGE_SIZE - 1) / HD_PAGE_SIZE;
+    *end = last > s->npages ? s->npages : last;
+    return first < s->npages ? (int64_t)first : -1;
+}
+
+uint64_t seg_resident_bytes(const seg_t *s)
+{
+    struct stat a, b;
+    if (fstat(s->heap_fd, &a) < 0 || fstat(s->meta_fd, &b) < 0)
+        return 0;
+    return ((uint64_t)a.st_blocks + (uint64_t)b.st_blocks) * 512u;
+}
+
 /* Commit [off, off+len) of fd once, remembering committed 4 KiB pages in done. */
 static int commit_once(int fd, uint64_t *done, uint64_t *committed, uint64_t off, uint64_t len)
 {

@@ -143,7 +143,9 @@ int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32
     }
     sp->npages = (uint32_t)npages;
     sp->sizeclass = (uint8_t)sizeclass;
-    sp->needzero = (scav < want || h->punch_broken) ? 1 : 0;   /* all fresh pages read as zero */
+    /* "Fresh" only for what the memfd itself reports as holes: a released
+     * page another process wrote (or faulted in) since holds data. */
+    sp->needzero = (scav < want || h->punch_broken || !seg_pages_hole(h->seg, id, npages)) ? 1 : 0;
     sp->owner = owner;
     sp->gen++;
     span_priv_t *pv = &h->priv[id];

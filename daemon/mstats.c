@@ -450,6 +450,8 @@ char *mstats_prometheus(const mstats_t *m, size_t *len)
         m->limits.flush_sent);
     one(&b, "heapd_hard_limit_refusals_total", "counter", "Allocations refused by the hard limit or a quota.",
         m->limits.hard_limit_refusals);
+    one(&b, "heapd_memory_resident_gap_bytes", "gauge",
+        "Bytes the memfds hold beyond the committed count (released pages a client dirtied).", m->limits.resident_gap);
 
     /* the daemon */
     one(&b, "heapd_clients", "gauge", "Connected clients.", m->clients);

@@ -518,6 +518,126 @@ static void test_attack_scribbled_states(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- 5. dirtied free pages ------------------------------------------------------------------- */
+
+#define DIRTY_BYTES (128u << 20)
+
+/* Attached but allocating nothing, write 0xAB over the first DIRTY_BYTES of
+ * heap pages (none handed out yet), then detach. */
+static int dirtier(void *arg)
+{
+    if (heapd_attach(arg) != 0)
+        return 11;
+    memset(heapd_offset_to_ptr(0), 0xab, DIRTY_BYTES);
+    heapd_detach();
+    return 0;
+}
+
+static bool all_zero(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return false;
+    return true;
+}
+
+/* calloc from another process: 1 MiB (large) and small sizes, all zero. */
+static int calloc_checker(void *arg)
+{
+    if (heapd_attach(arg) != 0)
+        return 11;
+    unsigned char *big = heapd_calloc(1, 1 << 20);
+    if (!big)
+        return 12;
+    if (!all_zero(big, 1 << 20)) {
+        fprintf(stderr, "calloc(1, 1 MiB) holds what another process wrote\n");
+        return 13;
+    }
+    static const size_t sizes[] = {8, 16, 100, 1000, 4096, 32768};
+    for (unsigned k = 0; k < 6; k++) {
+        for (int i = 0; i < 64; i++) {
+            unsigned char *p = heapd_calloc(1, sizes[k]);
+            if (!p)
+                return 14;
+            if (!all_zero(p, sizes[k])) {
+                fprintf(stderr, "calloc(1, %zu) holds what another process wrote\n", sizes[k]);
+                return 15;
+            }
+        }
+    }
+    heapd_free(big);
+    heapd_detach();
+    return 0;
+}
+
+/* What the kernel backs for the daemon's memfds (st_blocks), from a client's fds. */
+static uint64_t memfds_resident(const char *sock)
+{
+    int fds[2], nfds;
+    uint64_t r = UINT64_MAX;
+    struct stat a, b;
+    if (raw_hello_fds(sock, "itest-attack-resident", fds, &nfds, NULL) == 0 && fstat(fds[0], &a) == 0 &&
+        fstat(fds[1], &b) == 0)
+        r = ((uint64_t)a.st_blocks + (uint64_t)b.st_blocks) * 512u;
+    for (int i = 0; i < nfds && i < 2; i++)
+        close(fds[i]);
+    return r;
+}
+
+/* heapctl (next to heapd) with these arguments: its exit code, or -1. */
+static int heapctl_run(const char *const *args)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s", HEAPD_BIN);
+    char *slash = strrchr(path, '/');
+    if (!slash)
+        return -1;
+    snprintf(slash + 1, sizeof(path) - (size_t)(slash + 1 - path), "heapctl");
+    const char *argv[8] = {path};
+    for (int i = 0; args[i] && i < 6; i++)
+        argv[i + 1] = args[i];
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0)
+            dup2(null, 1);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    return wait_child(pid, 30);
+}
+
+/* A client writes 128 MiB into heap pages the daemon never handed out, under
+ * a 64 MiB hard limit: another process's calloc is still all zero, heapctl
+ * scavenge works, and what the memfds hold returns under the hard limit. */
+static void test_attack_dirty_free_pages(void)
+{
+    daemon_proc_t d;
+    const char *const extra[] = {"--hard-limit", "64MiB", NULL};
+    CU_ASSERT_FATAL(daemon_start(&d, "512MiB", extra) == 0);
+    CU_ASSERT_EQUAL_FATAL(run_child(dirtier, d.sock, 30), 0);
+    fprintf(stderr, "resident after the writes: %llu KiB\n", (unsigned long long)memfds_resident(d.sock) >> 10);
+    CU_ASSERT_EQUAL(run_child(calloc_checker, d.sock, 30), 0);
+    char ctl[sizeof(d.sock) + 8];
+    snprintf(ctl, sizeof(ctl), "%s.ctl", d.sock);
+    const char *const args[] = {"--control", ctl, "scavenge", NULL};
+    CU_ASSERT_EQUAL(heapctl_run(args), 0);
+    uint64_t res = UINT64_MAX;
+    bool under = TEST_WAIT((res = memfds_resident(d.sock)) <= (64u << 20), 5000);
+    fprintf(stderr, "resident after heapctl scavenge: %llu KiB\n", (unsigned long long)res >> 10);
+    CU_ASSERT(under);
+    hd_header_t h;
+    CU_ASSERT_FATAL(books_read(d.sock, &h) == 0);
+    CU_ASSERT(h.resident_gap_bytes <= (1u << 20));
+    /* the heap still works under the limit */
+    CU_ASSERT_EQUAL(run_child(attach_use, d.sock, 30), 0);
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 static void register_attacks_suite(void)
 {
     CU_pSuite s = CU_add_suite("attacks", NULL, NULL);
@@ -526,5 +646,6 @@ static void register_attacks_suite(void)
     CU_add_test(s, "SetLimit from a client admitted by --allow-uid: EPERM", test_attack_set_limit_other_uid);
     CU_add_test(s, "a flood of Scavenge: answered, shared passes, refills served", test_attack_scavenge_flood);
     CU_add_test(s, "scribbled state bytes and tiny words: the victim keeps going", test_attack_scribbled_states);
+    CU_add_test(s, "dirtied free pages: calloc zero, released, under the hard limit", test_attack_dirty_free_pages);
 }
 UNIT_SUITE(register_attacks_suite)
