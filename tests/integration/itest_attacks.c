@@ -24,6 +24,7 @@
 
 #include "harness.h"
 #include "heapd.h"
+#include "control.pb-c.h"
 #include "heapd.pb-c.h"
 #include "span.h"
 #include "unit.h"
@@ -638,6 +639,100 @@ static void test_attack_dirty_free_pages(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+static bool no_clients_but_me(const hd_header_t *h) { return h->clients == 1; }
+
+/* ---- 6. forged stats --------------------------------------------------------------------------- */
+
+/* HeapAlloc as the control socket reports it, or UINT64_MAX. */
+static uint64_t ctl_heap_alloc(const char *sock)
+{
+    int fd = ctl_open(sock);
+    uint64_t v = UINT64_MAX;
+    if (fd >= 0 && ctl_send(fd, 1, HEAPDCTL__CONTROL_REQUEST__BODY_STATS) == 0) {
+        Heapdctl__ControlReply *r = ctl_recv(fd, 5000);
+        if (r && r->body_case == HEAPDCTL__CONTROL_REPLY__BODY_STATS)
+            v = r->stats->heap_alloc;
+        if (r)
+            heapdctl__control_reply__free_unpacked(r, NULL);
+    }
+    if (fd >= 0)
+        close(fd);
+    return v;
+}
+
+struct forge_arg { const daemon_proc_t *d; int ready, go; };
+
+/* Find its own stats slot (the owner of a large span it allocated is its
+ * client id; the slot with that owner is its own), write absurd counts into
+ * it (seq kept even, as a writer would), say so, wait, and exit without
+ * detaching: the lease ends and the slot is folded into the retired totals. */
+static int forger(void *arg)
+{
+    const struct forge_arg *a = arg;
+    if (heapd_attach(a->d->sock) != 0)
+        return 11;
+    void *big = heapd_malloc(1 << 20);
+    if (!big)
+        return 12;
+    hd_seg_t seg;
+    hd_seg_view(&seg, (hd_header_t *)(uintptr_t)a->d->base);
+    uint32_t me = seg.spans[heapd_ptr_to_offset(big) / HD_PAGE_SIZE].owner;
+    hd_cstats_t *mine = NULL;
+    for (unsigned i = 1; i < HD_STAT_SLOTS && !mine; i++)
+        if (atomic_load(&seg.cstats[i].owner) == me)
+            mine = &seg.cstats[i];
+    if (!mine)
+        return 13;
+    uint64_t q = atomic_load(&mine->seq);
+    atomic_store(&mine->seq, q + 1);
+    for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++)
+        atomic_store(&mine->small_allocs[c], 1ull << 40);
+    atomic_store(&mine->large_allocs, 1ull << 30);
+    atomic_store(&mine->large_alloc_bytes, 1ull << 50);
+    atomic_store(&mine->seq, q + 2);
+    char c = 'f';
+    if (write(a->ready, &c, 1) != 1 || read(a->go, &c, 1) != 1)
+        return 14;
+    return 0;       /* no detach: the daemon retires the slot when the process is gone */
+}
+
+/* A client forges its own stats slot to absurd values: HeapAlloc never goes
+ * past the heap's size, while it lives nor after its slot was folded into
+ * the retired totals. */
+static void test_attack_forged_stats(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "64MiB", NULL) == 0);
+    int ready[2], go[2];
+    CU_ASSERT_FATAL(pipe2(ready, O_CLOEXEC) == 0 && pipe2(go, O_CLOEXEC) == 0);
+    struct forge_arg a = {&d, ready[1], go[0]};
+    fflush(NULL);
+    pid_t f = fork();
+    CU_ASSERT_FATAL(f >= 0);
+    if (f == 0) {
+        alarm(60);
+        _exit(forger(&a));
+    }
+    close(ready[1]);
+    close(go[0]);
+    char c;
+    CU_ASSERT_FATAL(read(ready[0], &c, 1) == 1);
+    uint64_t live = ctl_heap_alloc(d.sock);
+    fprintf(stderr, "HeapAlloc with a forged live slot: %llu bytes (heap 64 MiB)\n", (unsigned long long)live);
+    CU_ASSERT(live <= (64u << 20));
+    CU_ASSERT(write(go[1], "g", 1) == 1);
+    CU_ASSERT_EQUAL(wait_child(f, 30), 0);
+    close(ready[0]);
+    close(go[1]);
+    hd_header_t h;
+    CU_ASSERT(books_wait(d.sock, &h, no_clients_but_me, 5000));    /* its lease ended: slot retired */
+    uint64_t retired = ctl_heap_alloc(d.sock);
+    fprintf(stderr, "HeapAlloc after the forger's slot was retired: %llu bytes\n", (unsigned long long)retired);
+    CU_ASSERT(retired <= (64u << 20));
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 static void register_attacks_suite(void)
 {
     CU_pSuite s = CU_add_suite("attacks", NULL, NULL);
@@ -647,5 +742,6 @@ static void register_attacks_suite(void)
     CU_add_test(s, "a flood of Scavenge: answered, shared passes, refills served", test_attack_scavenge_flood);
     CU_add_test(s, "scribbled state bytes and tiny words: the victim keeps going", test_attack_scribbled_states);
     CU_add_test(s, "dirtied free pages: calloc zero, released, under the hard limit", test_attack_dirty_free_pages);
+    CU_add_test(s, "forged stats slot: HeapAlloc stays within the heap", test_attack_forged_stats);
 }
 UNIT_SUITE(register_attacks_suite)
