@@ -81,6 +81,7 @@
 #define MC_KEEP_BYTES (2u << 20)       /* full spans a class may keep, in bytes... */
 #define MC_KEEP_CAP 64u                 /* ...and in spans */
 #define MC_MAX_REFILLS 4                /* refills per slow path before giving up */
+#define MC_MAX_REWINDS 2                /* sweeps of the current span per slow path that found room */
 _Static_assert(MC_BATCH_CAP <= HD_MAX_BATCH, "a batch fits one message");
 
 typedef struct mc_class {
@@ -635,6 +636,8 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
     mc_check_stale(mc);
     mc_class_t *k = &mc->cls[c];
     int refills = 0;
+    unsigned rewinds = 0;    /* the state bytes are anyone's: a scribbler flipping them between
+                                the sweep and the scan must not keep us here */
     bool retried = false;
     if (k->cur.id != HD_NO_SPAN && !mc_still_ours(k->cur.id))
         mc_span_clear(&k->cur);      /* not ours any more: never sweep or take from it */
@@ -646,7 +649,7 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
                 return mc_take(s, i);
             mc_span_account(&mc->st, c, s);     /* memstats: before the sweep recounts */
             s->live0 = hd_span_sweep(s->states, s->nelems, NULL);
-            if (s->nelems - s->live0 >= mc_min_room(s->nelems)) {          /* step 1 */
+            if (s->nelems - s->live0 >= mc_min_room(s->nelems) && rewinds++ < MC_MAX_REWINDS) {  /* step 1 */
                 s->fresh = false;    /* room means frees: used slots come round again */
                 mc_span_rewind(s);
                 continue;

@@ -22,6 +22,7 @@
 #include "heapd.pb-c.h"
 #include "mcentral.h"
 #include "rpc.h"
+#include "scavenge.h"
 
 #define ACCEPT_BATCH   64      /* connections accepted per wakeup */
 #define RECV_BATCH     32      /* packets handled per wakeup of one client: fairness */
@@ -249,6 +250,62 @@ static int client_watch_pid(daemon_t *d, client_t *c)
     return 0;
 }
 
+/* ---- connections waiting for Hello -------------------------------------------------- */
+
+static void wait_unlink(daemon_t *d, client_t *c)
+{
+    if (!c->waiting)
+        return;
+    c->waiting = false;
+    if (c->wprev)
+        c->wprev->wnext = c->wnext;
+    else
+        d->wait_head = c->wnext;
+    if (c->wnext)
+        c->wnext->wprev = c->wprev;
+    else
+        d->wait_tail = c->wprev;
+    c->wnext = c->wprev = NULL;
+    d->nwaiting--;
+}
+
+static void wait_push(daemon_t *d, client_t *c)
+{
+    c->waiting = true;
+    c->accepted_ms = scav_now_ms();
+    c->wprev = d->wait_tail;
+    c->wnext = NULL;
+    if (d->wait_tail)
+        d->wait_tail->wnext = c;
+    else
+        d->wait_head = c;
+    d->wait_tail = c;
+    d->nwaiting++;
+}
+
+/* Close the oldest connection that has not said Hello. false if none waits. */
+static bool evict_oldest_silent(daemon_t *d)
+{
+    client_t *c = d->wait_head;
+    if (!c)
+        return false;
+    c->evicted = true;
+    d->silent_closed++;
+    client_end(d, c, "no Hello");
+    return true;
+}
+
+void client_expire_silent(daemon_t *d, uint64_t now_ms)
+{
+    while (d->wait_head && now_ms - d->wait_head->accepted_ms >= CLIENT_HELLO_MS)
+        evict_oldest_silent(d);
+    if (d->silent_closed) {
+        daemon_log(d, "closed %llu connections that sent no Hello within %u ms or waited beyond the %u allowed",
+                   (unsigned long long)d->silent_closed, CLIENT_HELLO_MS, CLIENT_HELLO_WAITING);
+        d->silent_closed = 0;
+    }
+}
+
 static void accept_resume_cb(uv_timer_t *t)
 {
     daemon_t *d = t->data;
@@ -265,11 +322,17 @@ static void on_accept(uv_poll_t *p, int status, int events)
         return;
     }
     for (int i = 0; i < ACCEPT_BATCH; i++) {
+        /* Room for this one among those waiting for Hello: the oldest silent
+         * connection goes, so silent peers never stall accept. */
+        while (d->nwaiting >= CLIENT_HELLO_WAITING)
+            evict_oldest_silent(d);
         int fd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int e = errno;
             if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED)
                 return;
+            if ((e == EMFILE || e == ENFILE) && evict_oldest_silent(d))
+                continue;       /* its two descriptors are free again */
             daemon_log(d, "accept: %s", strerror(e));
             if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
                 /* Level-triggered: the pending connection would wake us forever. */
@@ -319,6 +382,7 @@ static void on_accept(uv_poll_t *p, int status, int events)
         c->open_handles++;
         c->poll_events = UV_READABLE | UV_DISCONNECT;
         uv_poll_start(&c->poll, c->poll_events, on_client_io);
+        wait_push(d, c);
     }
 }
 
@@ -364,7 +428,7 @@ client_t *client_new(daemon_t *d, int fd, pid_t pid, uid_t uid)
     client_t *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
-    c->id = d->next_client_id++;
+    c->id = client_next_id(d);
     c->fd = fd;
     c->pidfd = -1;
     c->pid = pid;
@@ -379,6 +443,24 @@ client_t *client_new(daemon_t *d, int fd, pid_t pid, uid_t uid)
     mheap_book_add(&d->heap, &d->seg.hdr->clients_total, 1);
     mheap_publish(&d->heap);
     return c;
+}
+
+uint32_t client_next_id(daemon_t *d)
+{
+    for (;;) {
+        uint32_t id = d->next_client_id++;
+        if (d->next_client_id == 0)
+            d->client_ids_wrapped = true;   /* from now on, ids in use must be skipped */
+        if (id == 0)
+            continue;       /* 0 means "no owner" in the span table and stats slots */
+        if (!d->client_ids_wrapped)
+            return id;
+        bool used = false;
+        for (const client_t *c = d->clients; c && !used; c = c->next)
+            used = c->id == id;
+        if (!used)
+            return id;
+    }
 }
 
 void client_reclaim(daemon_t *d, client_t *c)
@@ -436,6 +518,7 @@ void client_end(daemon_t *d, client_t *c, const char *why)
     if (c->closing)
         return;
     c->closing = true;
+    wait_unlink(d, c);
     uint32_t ncached = c->cached.n;
     client_reclaim(d, c);
     limits_client_gone(d, c->id);
@@ -449,7 +532,9 @@ void client_end(daemon_t *d, client_t *c, const char *why)
         c->next->prev = c->prev;
     mheap_book_add(&d->heap, &d->seg.hdr->clients, -1);
     mheap_publish(&d->heap);
-    if (c->hello_done)
+    if (c->evicted)
+        ;   /* counted in silent_closed: one log line per sweep tick, not one per connection */
+    else if (c->hello_done)
         daemon_log(d, "client %u %s (pid %d%s%s): %s; %u cached spans reclaimed", c->id,
                    c->quarantined ? "released from quarantine" : "detached", (int)c->pid, c->name[0] ? ", " : "",
                    c->name, why, ncached);
@@ -534,7 +619,7 @@ static void client_rearm(client_t *c)
 {
     if (!c->polling)
         return;
-    int ev = UV_DISCONNECT | (c->reply ? 0 : UV_READABLE) | (c->want_writable ? UV_WRITABLE : 0);
+    int ev = UV_DISCONNECT | (c->reply || c->scav_waiting ? 0 : UV_READABLE) | (c->want_writable ? UV_WRITABLE : 0);
     if (ev != c->poll_events) {
         c->poll_events = ev;
         uv_poll_start(&c->poll, ev, on_client_io);
@@ -708,6 +793,8 @@ static int client_recv_one(daemon_t *d, client_t *c)
     }
     rpc_out_t out = {.buf = d->txbuf, .cap = sizeof(d->txbuf)};
     enum rpc_verdict v = rpc_handle(d, c, d->rxbuf, (size_t)n, &out);
+    if (c->hello_done)
+        wait_unlink(d, c);
     if (v != RPC_OK) {  /* its last word (an Error) if it fits at once; we read no more */
         if (out.len)
             (void)client_send(c, out.buf, out.len, out.fds, out.nfds);
@@ -716,7 +803,26 @@ static int client_recv_one(daemon_t *d, client_t *c)
     }
     if (out.len && client_reply(d, c, &out) < 0)
         return -1;
-    return c->reply ? 0 : 1;
+    if (c->scav_waiting)
+        client_rearm(c);    /* its Scavenge waits for a pass: read nothing more until the Ack */
+    return c->reply || c->scav_waiting ? 0 : 1;
+}
+
+void client_scavenge_done(daemon_t *d, uint64_t pass)
+{
+    for (client_t *c = d->clients, *next; c; c = next) {
+        next = c->next;     /* client_reply may close c */
+        if (!c->scav_waiting || c->scav_pass > pass)
+            continue;
+        c->scav_waiting = false;
+        if (c->fd < 0 || c->closing || c->quarantined)
+            continue;
+        uint8_t buf[64];
+        rpc_out_t out = {.buf = buf, .cap = sizeof(buf)};
+        if (rpc_encode_ack(&out, c->scav_seq) == 0 && client_reply(d, c, &out) < 0)
+            continue;
+        client_rearm(c);
+    }
 }
 
 static void on_client_io(uv_poll_t *p, int status, int events)
@@ -729,7 +835,7 @@ static void on_client_io(uv_poll_t *p, int status, int events)
     }
     if (events & UV_WRITABLE)
         client_pump(d, c);  /* rearms: reading resumes once the reply is out */
-    if ((events & UV_READABLE) && !c->reply) {
+    if ((events & UV_READABLE) && !c->reply && !c->scav_waiting) {
         for (int i = 0; i < RECV_BATCH; i++)
             if (client_recv_one(d, c) <= 0)
                 return;     /* drained, a reply waits, or closed */

@@ -12,7 +12,12 @@
  *    denied"} and are closed. A peer whose pid is 0 (it runs in a pid
  *    namespace the daemon cannot see) is refused too: without its pid there is
  *    no lease (below);
- *  - client ids start at 1 and are never reused during a run;
+ *  - client ids start at 1 and are never the id of a live (or quarantined)
+ *    record: after the 32-bit counter wraps, ids in use are skipped (and 0);
+ *  - a connection must say Hello within CLIENT_HELLO_MS, and at most
+ *    CLIENT_HELLO_WAITING connections wait for their Hello: the oldest silent
+ *    one is closed to make room (and on EMFILE), so silent connections can
+ *    neither exhaust the daemon's descriptors nor stall accept;
  *  - a client's record lists the spans it has CACHED (span_priv_t links).
  *    Large spans it allocated stay allocated when it goes: other processes may
  *    hold the objects;
@@ -52,6 +57,8 @@
 
 #define CLIENT_NAME_MAX 64
 #define CLIENT_UNSOLICITED_MAX 4096     /* unread bytes above which Flush/Pressure wait */
+#define CLIENT_HELLO_MS 2000            /* a connection's time to say Hello */
+#define CLIENT_HELLO_WAITING 128        /* connections waiting for Hello (2 fds each: socket, pidfd) */
 
 typedef struct client {
     uint32_t id;
@@ -67,6 +74,15 @@ typedef struct client {
     uint64_t requests;
     uint32_t stat_slot;         /* memstats slot (mstats.h), 0 = none; retired at close */
     struct client *next, *prev;
+    /* a Scavenge waiting for the forced pass scav_pass (scavenge.h): no reply
+     * yet, and the client is not read until it has one */
+    bool scav_waiting;
+    uint64_t scav_pass, scav_seq;
+    /* waiting for Hello: the daemon's FIFO of silent connections, oldest first */
+    bool waiting;
+    bool evicted;               /* closed for silence: counted, not logged one by one */
+    uint64_t accepted_ms;
+    struct client *wnext, *wprev;
     daemon_t *d;
     uv_poll_t poll;
     bool polling;
@@ -130,6 +146,21 @@ bool client_post_flush(daemon_t *d, client_t *c);
 bool client_post_pressure(daemon_t *d, client_t *c, unsigned level, uint64_t bytes);
 /* Write what is pending for every client (the sweep tick). */
 void client_pump_all(daemon_t *d);
+/* Close connections that have not said Hello within CLIENT_HELLO_MS (the
+ * sweep tick), and log how many silent connections were closed since the last
+ * call. */
+void client_expire_silent(daemon_t *d, uint64_t now_ms);
+/* The forced scavenger pass `pass` is done: Ack every Scavenge waiting for it
+ * (or an earlier one) and read those clients again. */
+void client_scavenge_done(daemon_t *d, uint64_t pass);
+/* May this client change the daemon's settings (SetLimit)? Its uid is the
+ * daemon's or root; not a client let in by --allow-uid/--allow-gid. */
+static inline bool client_is_operator(const daemon_t *d, const client_t *c)
+{
+    return c->uid == d->uid || c->uid == 0;
+}
+/* A free client id (nonzero, not a live record's) for the next record. */
+uint32_t client_next_id(daemon_t *d);
 
 /* Is the process behind this pidfd gone? (readable pidfd) */
 bool client_pid_exited(int pidfd);

@@ -104,6 +104,7 @@ static void on_sweep(uv_timer_t *t)
 #endif
     mcentral_bg_sweep(&d->central, DAEMON_SWEEP_BUDGET);
     client_pump_all(d);     /* Flush/Pressure held back while a client had much unread */
+    client_expire_silent(d, scav_now_ms());     /* the Hello deadline */
 }
 
 static void on_signal(uv_signal_t *s, int signum)

@@ -66,7 +66,11 @@ typedef struct daemon {
 
     /* clients (client.c) */
     struct client *clients;     /* doubly linked, newest first */
-    uint32_t next_client_id;    /* ids start at 1 and are never reused */
+    uint32_t next_client_id;    /* ids start at 1; never a live record's (client_next_id) */
+    bool client_ids_wrapped;    /* the counter went round: check ids against live records */
+    struct client *wait_head, *wait_tail;  /* connections waiting for Hello, oldest first */
+    unsigned nwaiting;
+    uint64_t silent_closed;     /* silent connections closed (deadline or cap), logged in batches */
 
     /* listening socket (client.c) */
     int listen_fd;

@@ -135,12 +135,15 @@ int seg_create(seg_t *s, const seg_opts_t *o, char *err, size_t errlen)
     }
 
     /* Our writable mapping exists: from now on every new mapping of the meta
-     * memfd is read-only, and neither memfd can change size. */
-    if (fcntl(s->meta_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE) < 0) {
+     * memfd is read-only, and neither memfd can change size. F_SEAL_SEAL
+     * last, on both: a client holding the fds cannot add a seal of its own
+     * (FUTURE_WRITE on the heap memfd would refuse every later attach's
+     * writable mapping and the scavenger's hole punching). */
+    if (fcntl(s->meta_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0) {
         r = fail(err, errlen, errno, "cannot seal the metadata memfd: %s", strerror(errno));
         goto out;
     }
-    if (s->heap_is_memfd && fcntl(s->heap_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+    if (s->heap_is_memfd && fcntl(s->heap_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
         r = fail(err, errlen, errno, "cannot seal the heap memfd: %s", strerror(errno));
         goto out;
     }
@@ -225,6 +228,39 @@ int seg_decommit_pages(seg_t *s, uint64_t page, uint64_t npages)
         return -EINVAL;
     return falloc(s->heap_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                   s->hdr->pages_off + page * HD_PAGE_SIZE, npages * HD_PAGE_SIZE);
+}
+
+bool seg_pages_hole(seg_t *s, uint64_t page, uint64_t npages)
+{
+    off_t off = (off_t)(s->hdr->pages_off + page * HD_PAGE_SIZE);
+    off_t r = lseek(s->heap_fd, off, SEEK_DATA);
+    if (r < 0)
+        return errno == ENXIO;      /* no data from here to the end */
+    return (uint64_t)r >= (uint64_t)off + npages * HD_PAGE_SIZE;
+}
+
+int64_t seg_next_data(seg_t *s, uint64_t page, uint64_t *end)
+{
+    uint64_t po = s->hdr->pages_off;
+    if (page >= s->npages)
+        return -1;
+    off_t d = lseek(s->heap_fd, (off_t)(po + page * HD_PAGE_SIZE), SEEK_DATA);
+    if (d < 0)
+        return -1;
+    off_t h = lseek(s->heap_fd, d, SEEK_HOLE);
+    if (h < 0)
+        h = (off_t)s->heap_size;
+    uint64_t first = ((uint64_t)d - po) / HD_PAGE_SIZE, last = ((uint64_t)h - po + HD_PAGE_SIZE - 1) / HD_PAGE_SIZE;
+    *end = last > s->npages ? s->npages : last;
+    return first < s->npages ? (int64_t)first : -1;
+}
+
+uint64_t seg_resident_bytes(const seg_t *s)
+{
+    struct stat a, b;
+    if (fstat(s->heap_fd, &a) < 0 || fstat(s->meta_fd, &b) < 0)
+        return 0;
+    return ((uint64_t)a.st_blocks + (uint64_t)b.st_blocks) * 512u;
 }
 
 /* Commit [off, off+len) of fd once, remembering committed 4 KiB pages in done. */

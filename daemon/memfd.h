@@ -4,11 +4,13 @@
  * mappings of them at the agreed base, and committing backing store.
  *
  *  - meta: memfd "heapd-meta" (header, span table, pagemap). Mapped RW by the
- *    daemon, then sealed SHRINK|GROW|FUTURE_WRITE: every later mapping (all
- *    clients') is read-only, while the daemon keeps writing through its own.
+ *    daemon, then sealed SHRINK|GROW|FUTURE_WRITE|SEAL: every later mapping
+ *    (all clients') is read-only, while the daemon keeps writing through its
+ *    own, and no client can add a seal.
  *  - heap: memfd "heapd-heap" (slots, tiny areas, heap pages), or a hugetlb
- *    memfd, or a file (--backing). Sealed SHRINK|GROW when it is a memfd, so no
- *    client can truncate it under the others.
+ *    memfd, or a file (--backing). Sealed SHRINK|GROW|SEAL when it is a memfd,
+ *    so no client can truncate it under the others or seal it (a write seal
+ *    would stop attaches and hole punching).
  *
  * Invariants:
  *  - both mappings sit back to back at base, base+meta_size (MAP_FIXED_NOREPLACE:
@@ -65,6 +67,16 @@ void seg_destroy(seg_t *s);
 int seg_commit(seg_t *s, uint64_t off, uint64_t len);
 /* The same for heap pages, by page index. */
 int seg_commit_pages(seg_t *s, uint64_t page, uint64_t npages);
+/* Do heap pages [page, page+npages) read as zero by the memfd's own account?
+ * True only when SEEK_DATA finds no data in them (holes, and fallocated pages
+ * nobody has touched since); false when any page holds data, whoever wrote or
+ * faulted it, and when the file cannot say (no SEEK_DATA). */
+bool seg_pages_hole(seg_t *s, uint64_t page, uint64_t npages);
+/* The next run of heap pages at or after `page` that holds data (SEEK_DATA,
+ * SEEK_HOLE): its first page, and its end in *end (exclusive). -1: none. */
+int64_t seg_next_data(seg_t *s, uint64_t page, uint64_t *end);
+/* Bytes the kernel has backing for, both memfds (st_blocks), or 0 if fstat fails. */
+uint64_t seg_resident_bytes(const seg_t *s);
 /* Release the backing of heap pages (fallocate PUNCH_HOLE): they read as zero
  * afterwards in every process. Best effort; returns 0 or -errno. */
 int seg_decommit_pages(seg_t *s, uint64_t page, uint64_t npages);

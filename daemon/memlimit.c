@@ -52,6 +52,7 @@ void limits_books_store(daemon_t *d)
     ST(pressure_sent, s->pressure_sent);
     ST(flush_sent, s->flush_sent);
     ST(hard_limit_refusals, s->hard_refusals);
+    ST(resident_gap_bytes, d->scav.resident_gap);
 #undef ST
 }
 
@@ -272,6 +273,15 @@ static int hook_admit(void *ctx, uint64_t npages, uint32_t owner)
         }
     }
 
+    /* What the kernel really holds: released pages a client dirtied count too.
+     * Over the hard limit, punch them back first; refuse while still over. */
+    if (s->hard_limit && d->scav.resident_bytes > s->hard_limit) {
+        scav_resident_check(d, true);
+        if (d->scav.resident_bytes > s->hard_limit) {
+            refuse(d, owner, d->scav.resident_bytes - s->hard_limit, true);
+            return -ENOMEM;
+        }
+    }
     if (s->hard_limit && !make_room(d, need, s->hard_limit)) {
         refuse(d, owner, limits_committed(d) + need - s->hard_limit, true);
         return -ENOMEM;
@@ -397,5 +407,6 @@ void limits_get(const daemon_t *d, limits_info_t *out)
         .pressure_sent = s->pressure_sent,
         .flush_sent = s->flush_sent,
         .hard_limit_refusals = s->hard_refusals,
+        .resident_gap = d->scav.resident_gap,
     };
 }

@@ -59,6 +59,7 @@ typedef struct limits_info {
     uint64_t scavenge_runs;              /* background + forced passes */
     uint64_t pressure_sent, flush_sent;  /* messages sent to clients */
     uint64_t hard_limit_refusals;        /* allocations refused with ENOMEM by the hard limit or a quota */
+    uint64_t resident_gap;               /* memfds' st_blocks beyond committed (scavenge.h "Dirtied pages") */
 } limits_info_t;
 
 /* A client's account: every client that took new heap pages or set a quota

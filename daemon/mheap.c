@@ -118,6 +118,12 @@ int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32
         return_pages(h, id + npages, base + want - (id + npages), scav > 0);
     }
 
+    /* "Fresh" (needzero 0) only for what the memfd itself reports as holes:
+     * a released page another process wrote (or faulted in) since holds
+     * data. Asked before the commit: fallocated pages read as holes too, but
+     * SEEK_DATA steps through them one by one: 16 us for 1 MiB measured,
+     * against 0.3 us on the holes before the commit. */
+    bool fresh = scav == want && !h->punch_broken && seg_pages_hole(h->seg, id, npages);
     if (commit_span(h, id, npages, sizeclass, scav > 0) < 0) {
         return_pages(h, id, npages, scav > 0);
         mheap_publish(h);
@@ -143,7 +149,7 @@ int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32
     }
     sp->npages = (uint32_t)npages;
     sp->sizeclass = (uint8_t)sizeclass;
-    sp->needzero = (scav < want || h->punch_broken) ? 1 : 0;   /* all fresh pages read as zero */
+    sp->needzero = fresh ? 0 : 1;
     sp->owner = owner;
     sp->gen++;
     span_priv_t *pv = &h->priv[id];

@@ -143,6 +143,40 @@ bool mstats_slot_read(daemon_t *d, uint32_t slot, mstats_counters_t *out)
     return false;
 }
 
+static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+static uint64_t sub0(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
+
+/* A slot is its client's word, and the heap memfd is writable by every
+ * client: before a slot's counters go into the retired totals for good, cut
+ * what it could not have reached. When its lease ends, the objects it
+ * allocated and did not free are still live, in pages in use: its net live
+ * bytes (allocations minus frees) cannot exceed the pages in use now, so
+ * allocations beyond that are dropped, large bytes first, then the largest
+ * classes. Frees beyond allocations are legitimate (it freed what others
+ * allocated); the totals' own clamp (mstats_read) bounds those. */
+static void clamp_retired(const daemon_t *d, mstats_counters_t *c)
+{
+    uint64_t bound = hd_book(&d->seg.hdr->pages_inuse) * HD_PAGE_SIZE, live = 0;
+    live += sub0(c->large_alloc_bytes, c->large_free_bytes);
+    for (unsigned k = 1; k < HD_NUM_SIZE_CLASSES; k++) {
+        uint64_t net = sub0(c->small_allocs[k], c->small_frees[k]);
+        live = net > (UINT64_MAX - live) / hd_class_to_size[k] ? UINT64_MAX : live + net * hd_class_to_size[k];
+    }
+    if (live <= bound)
+        return;
+    uint64_t excess = live - bound, cut = min64(excess, sub0(c->large_alloc_bytes, c->large_free_bytes));
+    c->large_alloc_bytes -= cut;
+    excess -= cut;
+    if (c->large_allocs > c->large_frees + c->large_alloc_bytes / HD_PAGE_SIZE)
+        c->large_allocs = c->large_frees + c->large_alloc_bytes / HD_PAGE_SIZE;
+    for (unsigned k = HD_NUM_SIZE_CLASSES - 1; k >= 1 && excess; k--) {
+        uint64_t sz = hd_class_to_size[k], net = sub0(c->small_allocs[k], c->small_frees[k]);
+        uint64_t n = min64(net, excess / sz + (excess % sz != 0));
+        c->small_allocs[k] -= n;
+        excess = sub0(excess, n * sz);
+    }
+}
+
 void mstats_slot_retire(daemon_t *d, uint32_t slot)
 {
     mstats_state_t *ms = &d->ms;
@@ -151,6 +185,7 @@ void mstats_slot_retire(daemon_t *d, uint32_t slot)
     mstats_counters_t c;
     if (!mstats_slot_read(d, slot, &c))
         hd_cstats_copy(slot_at(d, slot), &c);  /* it died mid-update: its latest values are the best */
+    clamp_retired(d, &c);
     add_counters(&ms->retired, &c, false);
     hd_cstats_retire(slot_at(d, slot));
     ms->owner[slot] = 0;
@@ -203,8 +238,6 @@ static uint64_t resident(const void *p, size_t len)
     return r * pg;
 }
 
-static uint64_t sub0(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
-
 static void counter_totals(const mstats_counters_t *c, uint64_t *ab, uint64_t *fb, uint64_t *na, uint64_t *nf)
 {
     uint64_t a = c->large_alloc_bytes, f = c->large_free_bytes;
@@ -233,13 +266,21 @@ void mstats_read(daemon_t *d, mstats_t *m)
         add_counters(&sum, &c, true);
     }
 
-    /* objects and bytes, from the clients */
-    uint64_t ab, fb;
+    /* objects and bytes, from the clients: their slots are their word, so
+     * what no heap could hold is cut to the daemon's books. Every object
+     * freed was allocated by someone (frees beyond allocations per class are
+     * a slot's forgery, or counts not flushed yet), and live objects are in
+     * the heap. */
+    for (unsigned k = 1; k < HD_NUM_SIZE_CLASSES; k++)
+        sum.small_frees[k] = min64(sum.small_frees[k], sum.small_allocs[k]);
+    sum.large_frees = min64(sum.large_frees, sum.large_allocs);
+    sum.large_free_bytes = min64(sum.large_free_bytes, sum.large_alloc_bytes);
+    uint64_t ab, fb, heap_bytes = d->seg.npages * HD_PAGE_SIZE;
     counter_totals(&sum, &ab, &fb, &m->mallocs, &m->frees);
     m->total_alloc = ab;
     m->free_bytes = fb;
-    m->heap_alloc = m->alloc = sub0(ab, fb);
-    m->heap_objects = sub0(m->mallocs, m->frees);
+    m->heap_alloc = m->alloc = min64(sub0(ab, fb), heap_bytes);
+    m->heap_objects = min64(sub0(m->mallocs, m->frees), heap_bytes / 8);
     m->tiny_allocs = sum.tiny_allocs;
     m->large_allocs = sum.large_allocs;
     m->large_alloc_bytes = sum.large_alloc_bytes;
@@ -451,6 +492,8 @@ char *mstats_prometheus(const mstats_t *m, size_t *len)
         m->limits.flush_sent);
     one(&b, "heapd_hard_limit_refusals_total", "counter", "Allocations refused by the hard limit or a quota.",
         m->limits.hard_limit_refusals);
+    one(&b, "heapd_memory_resident_gap_bytes", "gauge",
+        "Bytes the memfds hold beyond the committed count (released pages a client dirtied).", m->limits.resident_gap);
 
     /* the daemon */
     one(&b, "heapd_clients", "gauge", "Connected clients.", m->clients);

@@ -558,6 +558,17 @@ uint64_t pa_mark_scavenged(pagealloc_t *pa, uint64_t base, uint64_t npages)
 
 /* ---- queries and checking ---------------------------------------------------------------- */
 
+bool pa_released(const pagealloc_t *pa, uint64_t p)
+{
+    if (p >= pa->npages)
+        return false;
+    if (p >= pa->grown)
+        return true;
+    const pa_chunk_t *c = &pa->chunks[p / PA_CHUNK_PAGES];
+    unsigned i = (unsigned)(p % PA_CHUNK_PAGES);
+    return c->scav[i / 64] >> (i % 64) & 1;
+}
+
 uint64_t pa_longest_free(const pagealloc_t *pa)
 {
     /* pa_sum_merge over the root, in 64 bits (the root may exceed 2^21 pages). */

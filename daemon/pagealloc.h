@@ -107,6 +107,9 @@ bool pa_scav_find(pagealloc_t *pa, uint64_t max_pages, uint64_t *base, uint64_t 
  * Pages that are in use are left alone (they cannot be scavenged). */
 uint64_t pa_mark_scavenged(pagealloc_t *pa, uint64_t base, uint64_t npages);
 
+/* Is page p released as far as the allocator knows (free and scavenged, or
+ * not yet part of the heap)? Such a page should have no backing. */
+bool pa_released(const pagealloc_t *pa, uint64_t p);
 /* Longest run of free pages in the heap, from the root summaries. */
 uint64_t pa_longest_free(const pagealloc_t *pa);
 /* Resident bytes of the metadata reservation (mincore), for stats and tests. */

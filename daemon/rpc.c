@@ -55,6 +55,13 @@ static void reply_ack(rpc_out_t *out, uint64_t seq)
     pack(out, &m);
 }
 
+int rpc_encode_ack(rpc_out_t *out, uint64_t seq)
+{
+    out->nfds = 0;
+    reply_ack(out, seq);
+    return out->len ? 0 : -1;
+}
+
 static void reply_spans(rpc_out_t *out, uint64_t seq, uint32_t *ids, size_t n)
 {
     Heapd__Spans s = HEAPD__SPANS__INIT;
@@ -258,8 +265,8 @@ static enum rpc_verdict on_set_quota(daemon_t *d, client_t *c, uint64_t seq, con
 static enum rpc_verdict on_set_limit(daemon_t *d, client_t *c, uint64_t seq, const Heapd__SetLimit *l,
                                      rpc_out_t *out)
 {
-    if (c->uid != d->uid && c->uid != 0)   /* clients let in by --allow-uid/--allow-gid: not theirs */
-        reply_error(out, seq, EACCES, "SetLimit: only the daemon's user or root may change the limits");
+    if (!client_is_operator(d, c))     /* clients let in by --allow-uid/--allow-gid: not theirs */
+        reply_error(out, seq, EPERM, "SetLimit: only the daemon's user or root may change the limits");
     else if (limits_set(d, l->soft, l->hard) < 0)
         reply_error(out, seq, EINVAL, "SetLimit{soft %llu, hard %llu}: the hard limit is below the soft one",
                     (unsigned long long)l->soft, (unsigned long long)l->hard);
@@ -268,9 +275,14 @@ static enum rpc_verdict on_set_limit(daemon_t *d, client_t *c, uint64_t seq, con
     return RPC_OK;
 }
 
+/* Scavenge joins the scavenger's forced pass (scav_force_request): sliced,
+ * one at a time, shared by every request waiting for it; the Ack goes when
+ * the pass that started after this request is done. Without a loop (unit
+ * tests) the pass runs here. */
 static enum rpc_verdict on_scavenge(daemon_t *d, client_t *c, uint64_t seq, rpc_out_t *out)
 {
-    (void)c;
+    if (c->fd >= 0 && scav_force_request(d, c, seq))
+        return RPC_OK;          /* no reply yet: the client is not read until it has it */
     scavenge_all(d);
     reply_ack(out, seq);
     return RPC_OK;

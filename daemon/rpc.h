@@ -55,6 +55,8 @@ enum rpc_verdict rpc_handle(daemon_t *d, client_t *c, const uint8_t *pkt, size_t
 
 /* Encode an unsolicited Flush (seq 0) into out. 0, or -1 if it does not fit. */
 int rpc_encode_flush(rpc_out_t *out);
+/* Encode Ack with seq into out (a reply sent later: Scavenge). 0, or -1 if it does not fit. */
+int rpc_encode_ack(rpc_out_t *out, uint64_t seq);
 /* Encode Error{err, msg} with seq into out (out->len 0 if it does not fit). */
 void rpc_encode_error(rpc_out_t *out, uint64_t seq, int err, const char *msg);
 

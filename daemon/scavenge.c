@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "conn.h"
 #include "daemon.h"
 #include "memlimit.h"
 #include "mcentral.h"
@@ -64,13 +65,133 @@ uint64_t scavenge_bytes(daemon_t *d, uint64_t nbytes)
 /* Sweep every CENTRAL span once: empty ones go back to the page allocator. */
 void scav_sweep_all(daemon_t *d) { mcentral_bg_sweep(&d->central, SWEEP_ALL_BUDGET); }
 
+uint64_t scav_punch_dirty(daemon_t *d)
+{
+    const pagealloc_t *pa = &d->heap.pa;
+    uint64_t p = 0, end, punched = 0, np = d->seg.npages;
+    int64_t q;
+    if (d->scav.disabled)
+        return 0;
+    while (p < np && (q = seg_next_data(&d->seg, p, &end)) >= 0 && end > (uint64_t)q) {
+        for (uint64_t x = (uint64_t)q; x < end;) {
+            if (!pa_released(pa, x)) {
+                x++;
+                continue;
+            }
+            uint64_t y = x;
+            while (y < end && pa_released(pa, y))
+                y++;
+            if (seg_decommit_pages(&d->seg, x, y - x) == 0)
+                punched += y - x;
+            x = y;
+        }
+        p = end;
+    }
+    d->scav.dirty_punched += punched * PAGE;
+    return punched * PAGE;
+}
+
+void scav_resident_check(daemon_t *d, bool force)
+{
+    scav_t *s = &d->scav;
+    uint64_t real = seg_resident_bytes(&d->seg), c = limits_committed(d);
+    uint64_t gap = real > c ? real - c : 0, punched = 0;
+    if (real && (force || gap > SCAV_GAP_SLACK)) {
+        punched = scav_punch_dirty(d);
+        if (punched) {
+            uint64_t now = scav_now_ms();
+            if (now - s->gap_logged_ms >= SCAV_GAP_LOG_MS) {
+                s->gap_logged_ms = now;
+                daemon_log(d, "scavenger: %llu bytes resident, %llu more than committed: released heap pages "
+                           "written or read by a client; punched %llu bytes back (%llu in all)",
+                           (unsigned long long)real, (unsigned long long)gap, (unsigned long long)punched,
+                           (unsigned long long)s->dirty_punched);
+            }
+            real = seg_resident_bytes(&d->seg);
+            gap = real > c ? real - c : 0;
+        }
+    }
+    if (real) {
+        s->resident_bytes = real;
+        s->resident_gap = gap;
+    }
+}
+
 uint64_t scavenge_all(daemon_t *d)
 {
     scav_sweep_all(d);
     uint64_t n = scav_release_pages(d, UINT64_MAX, PA_CHUNK_PAGES);
+    n += scav_punch_dirty(d) / PAGE;
+    scav_resident_check(d, false);
     d->scav.scavenge_runs++;
     limits_books_publish(d);
     return n * PAGE;
+}
+
+/* ---- forced passes (Scavenge messages) ----------------------------------------------------- */
+
+static void on_force(uv_timer_t *t);
+
+/* A pass sweeps the spans on the central lists now, then releases every free
+ * page; its first slice runs on the next loop turn. */
+static void force_start(daemon_t *d)
+{
+    scav_t *s = &d->scav;
+    s->force_active = true;
+    s->force_next = false;
+    s->force_pass++;
+    s->force_sweep_left = d->seg.hdr->spans_central;
+    uv_timer_start(&s->force_timer, on_force, 0, 0);
+}
+
+/* One slice of the pass: about SCAV_SLICE_NS of work, then back to the loop
+ * (RPCs run before the next slice). */
+static void on_force(uv_timer_t *t)
+{
+    daemon_t *d = t->data;
+    scav_t *s = &d->scav;
+    uint64_t t0 = uv_hrtime();
+    bool done = false;
+    while (!done && uv_hrtime() - t0 < SCAV_SLICE_NS) {
+        if (s->force_sweep_left) {
+            uint64_t left = s->force_sweep_left;
+            unsigned n = mcentral_bg_sweep(&d->central, (unsigned)min64(SCAV_FORCE_SWEEP, left));
+            s->force_sweep_left = n && n < left ? left - n : 0;
+        } else {
+            done = scav_release_pages(d, SCAV_FORCE_PAGES, PA_CHUNK_PAGES) == 0;
+        }
+    }
+    if (!done) {
+        limits_books_publish(d);
+        uv_timer_start(&s->force_timer, on_force, 0, 0);
+        return;
+    }
+    scav_punch_dirty(d);    /* pages a client dirtied after they were released */
+    scav_resident_check(d, false);
+    uint64_t pass = s->force_pass;
+    s->force_active = false;
+    s->scavenge_runs++;
+    limits_books_publish(d);
+    if (s->force_next)
+        force_start(d);
+    client_scavenge_done(d, pass);
+}
+
+bool scav_force_request(daemon_t *d, client_t *c, uint64_t seq)
+{
+    scav_t *s = &d->scav;
+    if (!s->timer_on)
+        return false;
+    c->scav_waiting = true;
+    c->scav_seq = seq;
+    if (!s->force_active) {
+        force_start(d);
+        c->scav_pass = s->force_pass;
+    } else {
+        s->force_next = true;       /* the pass under way may have passed pages freed before this */
+        c->scav_pass = s->force_pass + 1;
+    }
+    return true;
 }
 
 /* ---- goals and the background timer ---------------------------------------------------------- */
@@ -112,6 +233,7 @@ uint64_t scav_slice(daemon_t *d)
 {
     scav_t *s = &d->scav;
     retain_update(d, scav_now_ms());
+    scav_resident_check(d, false);
     uint64_t c = limits_committed(d), goal = bg_goal(d);
     if (s->disabled || !s->cpu_pct || c <= goal) {
         limits_soft_check(d, 0);
@@ -161,6 +283,8 @@ void scav_start(daemon_t *d)
     d->scav.timer.data = d;
     d->scav.timer_on = true;
     uv_timer_start(&d->scav.timer, on_tick, SCAV_IDLE_MS, 0);
+    uv_timer_init(d->loop, &d->scav.force_timer);
+    d->scav.force_timer.data = d;
 }
 
 void scav_stop(daemon_t *d)
@@ -170,6 +294,9 @@ void scav_stop(daemon_t *d)
     d->scav.timer_on = false;
     uv_timer_stop(&d->scav.timer);
     uv_close((uv_handle_t *)&d->scav.timer, NULL);
+    uv_timer_stop(&d->scav.force_timer);
+    uv_close((uv_handle_t *)&d->scav.force_timer, NULL);
+    d->scav.force_active = false;
 }
 
 /* ---- set-up and control ------------------------------------------------------------------------- */

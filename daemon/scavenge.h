@@ -21,8 +21,17 @@
  * --scavenge-cpu percent of one CPU (default 1, like Go); over 95% of the
  * soft limit it does not sleep between slices.
  *
- * Run-time control: scavenge_all (heapctl scavenge, Scavenge message: Go's
- * FreeOSMemory).
+ * Dirtied pages. A client can write (or fault in) heap pages the daemon
+ * never handed out or has released: they are resident while the books count
+ * them released. Every slice compares committed with the memfds' st_blocks
+ * (resident_gap, a book and a log line) and, past SCAV_GAP_SLACK, finds the
+ * dirtied released pages with SEEK_DATA and punches them back; scavenge_all
+ * and forced passes always do. While the resident figure is over the hard
+ * limit, memlimit refuses new spans (after one such punch).
+ *
+ * Run-time control: scavenge_all (heapctl scavenge: Go's FreeOSMemory, run
+ * at once); the Scavenge message runs the same work as a forced pass in
+ * slices, shared by every request waiting (scav_force_request).
  */
 #ifndef HEAPD_DAEMON_SCAVENGE_H
 #define HEAPD_DAEMON_SCAVENGE_H
@@ -42,6 +51,11 @@ typedef struct daemon daemon_t;
 #define SCAV_RETAIN_PCT        110u     /* keep 10% above in-use committed (retainExtraPercent) */
 #define SCAV_LIMIT_GOAL_PCT    95u      /* background goal under a soft limit (reduceExtraPercent) */
 
+#define SCAV_GAP_SLACK         (1u << 20) /* resident beyond committed tolerated before a dirty-page walk */
+#define SCAV_GAP_LOG_MS        1000u    /* at most one log line about dirtied pages per this */
+#define SCAV_FORCE_SWEEP       1024u    /* central spans a forced slice sweeps between clock reads */
+#define SCAV_FORCE_PAGES       256u     /* pages a forced slice releases between clock reads */
+
 /* The state, one per daemon (daemon_t.scav). */
 typedef struct scav {
     unsigned cpu_pct;                    /* 0: no background scavenging */
@@ -49,9 +63,21 @@ typedef struct scav {
     uint64_t retain_base;                /* smoothed pages in use */
     uint64_t last_decay_ms;              /* when retain_base last moved down */
     uint64_t scavenged_total, scavenge_runs;   /* books (mirrored into the segment header by memlimit.c) */
+    /* what the kernel really backs (both memfds' st_blocks), measured at every
+     * slice; gap: how far it exceeds committed (released pages a client wrote) */
+    uint64_t resident_bytes, resident_gap;
+    uint64_t dirty_punched;              /* bytes of dirtied released pages punched back */
+    uint64_t gap_logged_ms;
     /* the background timer (only under daemon_run) */
     uv_timer_t timer;
     bool timer_on;
+    /* forced passes (Scavenge messages): one at a time, in slices of about
+     * SCAV_SLICE_NS on their own timer, so RPCs run between slices */
+    uv_timer_t force_timer;
+    bool force_active;                   /* a pass is under way */
+    bool force_next;                     /* someone waits for the pass after it */
+    uint64_t force_pass;                 /* the pass under way (or the last one), from 1 */
+    uint64_t force_sweep_left;           /* central spans its sweep still has to visit */
 } scav_t;
 
 /* Set up (after mheap_init and limits_init). 0 or -errno. */
@@ -74,6 +100,22 @@ uint64_t scav_slice(daemon_t *d);
  * Returns the bytes released. Blocks the loop while it works (about 50 us per
  * MiB). */
 uint64_t scavenge_all(daemon_t *d);
+/* A Scavenge message from client c (seq to answer): it waits for the next
+ * forced pass that starts after now (the one under way started too early),
+ * is not read meanwhile, and gets its Ack when that pass is done
+ * (client_scavenge_done). Many requests share one pass, passes run one at a
+ * time and in slices, so a flood of them delays other clients' RPCs by at
+ * most one slice. Needs the loop (scav_start). */
+struct client;
+bool scav_force_request(daemon_t *d, struct client *c, uint64_t seq);   /* false: no loop, run it now */
+/* Punch every released page (free and scavenged, or never part of the heap)
+ * that holds data anyway, found with SEEK_DATA: a client wrote or faulted it
+ * after it was released. Returns the bytes punched. */
+uint64_t scav_punch_dirty(daemon_t *d);
+/* Measure what the kernel backs (resident_bytes, resident_gap); past
+ * SCAV_GAP_SLACK (or with force) punch dirtied released pages back and say
+ * so in the log (at most once per SCAV_GAP_LOG_MS). Every slice runs it. */
+void scav_resident_check(daemon_t *d, bool force);
 /* Release up to nbytes of free pages, highest addresses first. Returns the
  * bytes released (0 when nothing is left to release). */
 uint64_t scavenge_bytes(daemon_t *d, uint64_t nbytes);

@@ -249,13 +249,15 @@ typedef struct hd_header {
     _Atomic uint64_t scavenge_runs;     /* background slices + forced passes */
     _Atomic uint64_t pressure_sent, flush_sent;     /* unsolicited messages sent */
     _Atomic uint64_t hard_limit_refusals;           /* ENOMEM from the hard limit or a quota */
+    _Atomic uint64_t resident_gap_bytes;            /* memfds' st_blocks beyond committed_bytes, as
+                                                       last measured (released pages a client dirtied) */
 } hd_header_t;
 _Static_assert(sizeof(hd_header_t) <= HD_HEADER_BYTES, "header fits its page");
 
 /* The books, first to last (hd_books_snapshot copies this range: every
  * field in it is an _Atomic uint64_t, and the last one ends the header). */
 #define HD_BOOKS_FIRST spans_inuse
-#define HD_BOOKS_LAST  hard_limit_refusals
+#define HD_BOOKS_LAST  resident_gap_bytes
 _Static_assert(offsetof(hd_header_t, HD_BOOKS_FIRST) == offsetof(hd_header_t, books_seq) + 8 &&
                    offsetof(hd_header_t, HD_BOOKS_LAST) + 8 == sizeof(hd_header_t),
                "books are one run of u64 after books_seq");

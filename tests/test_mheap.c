@@ -108,7 +108,8 @@ static void test_segment_create(void)
     CU_ASSERT_EQUAL(S.view.pages, S.base + h->meta_size + h->pages_off);
     int seals = fcntl(S.meta_fd, F_GET_SEALS);
     CU_ASSERT(seals & F_SEAL_SHRINK && seals & F_SEAL_GROW && seals & 0x10 /* FUTURE_WRITE */);
-    CU_ASSERT(fcntl(S.heap_fd, F_GET_SEALS) & F_SEAL_GROW);
+    CU_ASSERT(seals & F_SEAL_SEAL);     /* no client can add a seal */
+    CU_ASSERT((fcntl(S.heap_fd, F_GET_SEALS) & (F_SEAL_GROW | F_SEAL_SEAL)) == (F_SEAL_GROW | F_SEAL_SEAL));
     /* what clients see: the meta memfd cannot be mapped writable any more */
     void *w = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, S.meta_fd, 0);
     CU_ASSERT_EQUAL(w, MAP_FAILED);
@@ -416,6 +417,28 @@ static void test_large_aligned(void)
     teardown();
 }
 
+/* "Fresh" is what the memfd reports as holes: released pages that another
+ * process wrote (here: this one, through the mapping) are not fresh. */
+static void test_needzero_dirty_released(void)
+{
+    setup();
+    int64_t a = mheap_alloc_span(&H, 8, 0, 1, 0);
+    CU_ASSERT_FATAL(a >= 0);
+    CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)a)->needzero, 0);          /* holes: fresh */
+    unsigned char *next = (unsigned char *)hd_page_addr(&S.view, (uint32_t)a + 8);
+    CU_ASSERT_FATAL(mheap_free_span(&H, (uint32_t)a) == 0);
+    next[3 * HD_PAGE_SIZE + 5] = 0xab;      /* never handed out: still released */
+    int64_t b = mheap_alloc_span(&H, 8, 0, 1, 0);                       /* the same pages again */
+    CU_ASSERT_EQUAL(b, a);
+    int64_t c = mheap_alloc_span(&H, 8, 0, 1, 0);                       /* the dirtied ones */
+    CU_ASSERT_EQUAL(c, a + 8);
+    CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)c)->needzero, 1);
+    int64_t e = mheap_alloc_span(&H, 8, 0, 1, 0);                       /* untouched after them */
+    CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)e)->needzero, 0);
+    check_all();
+    teardown();
+}
+
 static void test_gen_and_needzero(void)
 {
     setup();
@@ -565,6 +588,7 @@ static void register_mheap_suite(void)
     CU_add_test(s, "tiny span areas", test_tiny_span);
     CU_add_test(s, "large spans, aligned", test_large_aligned);
     CU_add_test(s, "generations and needzero", test_gen_and_needzero);
+    CU_add_test(s, "needzero: released pages someone wrote are not fresh", test_needzero_dirty_released);
     CU_add_test(s, "exhaustion and recovery", test_exhaustion);
     CU_add_test(s, "commit failure is ENOMEM", test_commit_failure);
 }

@@ -202,6 +202,51 @@ static void test_hello(void)
     teardown();
 }
 
+/* After 2^32 ids the counter wraps: a new record never gets 0 (no owner) or
+ * the id of a record still alive (its spans and stats slot carry that id). */
+static void test_client_id_wrap(void)
+{
+    setup();
+    D->next_client_id = 1;
+    client_t *one = client_new(D, -1, 0, getuid()), *two = client_new(D, -1, 0, getuid());
+    CU_ASSERT_FATAL(one && two && one->id == 1 && two->id == 2);
+    D->next_client_id = UINT32_MAX;
+    client_t *last = client_new(D, -1, 0, getuid());
+    CU_ASSERT_FATAL(last != NULL);
+    CU_ASSERT_EQUAL(last->id, UINT32_MAX);
+    client_t *next = client_new(D, -1, 0, getuid());   /* 0, 1 and 2 are taken or invalid */
+    CU_ASSERT_FATAL(next != NULL);
+    CU_ASSERT_EQUAL(next->id, 3);
+    client_close(D, one, "test");                       /* id 1 is free again, but the counter moved on */
+    client_t *after = client_new(D, -1, 0, getuid());
+    CU_ASSERT_FATAL(after != NULL);
+    CU_ASSERT_EQUAL(after->id, 4);
+    for (client_t *c = D->clients; c; c = c->next)
+        for (client_t *o = c->next; o; o = o->next)
+            CU_ASSERT_NOT_EQUAL(c->id, o->id);
+    teardown();
+}
+
+/* SetLimit from a client of another uid (let in by --allow-uid/--allow-gid):
+ * EPERM, the limits unchanged. */
+static void test_set_limit_other_uid(void)
+{
+    setup();
+    client_t *c = client_new(D, -1, 0, D->uid == 4321 ? 4322 : 4321);  /* neither ours nor root */
+    CU_ASSERT_FATAL(c != NULL);
+    CU_ASSERT_FATAL(hello(c, HD_PROTO_VERSION) == RPC_OK);
+    Heapd__SetLimit l = HEAPD__SET_LIMIT__INIT;
+    l.soft = 1 << 20;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.seq = 9;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_SET_LIMIT;
+    m.set_limit = &l;
+    CU_ASSERT_EQUAL(send_msg(c, &m), RPC_OK);
+    expect_error(9, EPERM);
+    CU_ASSERT_EQUAL(D->lim.soft_limit, 0);
+    teardown();
+}
+
 static void test_wrong_version(void)
 {
     setup();
@@ -695,6 +740,8 @@ static void register_rpc_suite(void)
     CU_pSuite s = CU_add_suite("rpc", NULL, NULL);
     CU_add_test(s, "Hello/Welcome", test_hello);
     CU_add_test(s, "Hello with another version", test_wrong_version);
+    CU_add_test(s, "client ids after the counter wraps", test_client_id_wrap);
+    CU_add_test(s, "SetLimit from another uid: EPERM", test_set_limit_other_uid);
     CU_add_test(s, "a request before Hello", test_request_before_hello);
     CU_add_test(s, "Refill validation", test_refill_validation);
     CU_add_test(s, "Refill", test_refill);

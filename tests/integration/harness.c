@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -348,4 +349,11 @@ Heapdctl__ControlReply *ctl_recv(int fd, unsigned timeout_ms)
         r = heapdctl__control_reply__unpack(NULL, len, body);
     free(body);
     return r;
+}
+
+int become_nobody(void)
+{
+    if (setgroups(0, NULL) != 0 || setgid(NOBODY) != 0 || setuid(NOBODY) != 0)
+        return -1;
+    return getuid() == NOBODY && geteuid() == NOBODY ? 0 : -1;
 }

@@ -68,6 +68,11 @@ int ctl_open(const char *sock);
 int ctl_send(int fd, uint64_t seq, int body_case);
 struct Heapdctl__ControlReply *ctl_recv(int fd, unsigned timeout_ms);
 
+/* In a child: drop every privilege and become nobody (uid/gid NOBODY, no
+ * supplementary groups). Needs root. 0, or -1. */
+#define NOBODY 65534u
+int become_nobody(void);
+
 void harness_cleanup(void);
 
 #endif
