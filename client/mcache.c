@@ -61,6 +61,40 @@
  * objects are always cleared (a few bytes). Large objects are cleared when
  * their span's needzero is set.
  *
+ * Large classes (issue 9; shm/sizeclasses.h): a request above 32 KiB up to
+ * 1 MiB with at most page alignment is an object of a large class, a span
+ * of one object that goes through all of the above (cur, stash, kept full
+ * spans, sweep): the cache keeps what it frees and what other processes free
+ * (their CAS to FREED, found by the sweep of its kept spans), and refills in
+ * batches (up to 256 KiB of spans). A kept full span costs nothing while its
+ * object lives and is the cache of that size once it is freed, so large
+ * classes keep more of them: clamp(16 MiB / span bytes, 4, 64). A freed one
+ * is not free of cost (its pages stay committed), so every
+ * MC_LARGE_GC_BYTES of large-class allocation the cache gives back the free
+ * large-class spans beyond twice what each class allocated since the last
+ * time (all of them for a class that allocated nothing: jemalloc's tcache
+ * GC).
+ * Everything a cache holds goes back on Flush, pressure and release like
+ * small spans.
+ * Objects are counted one by one (st_counts small_allocs[c] at allocation,
+ * mc_tls_frees[c] at free; cstats.c adds them to the large totals with the
+ * class's bytes). Larger requests, or larger alignments, are one AllocLarge
+ * round trip each.
+ *
+ * Refills ahead (issue 9): when a class that has refilled at least twice in
+ * a row takes the last span of its stash, it submits the next Refill at once
+ * (tp_refill_submit) and collects it when it runs dry again, after its kept
+ * spans had their chance (a cache never grows while frees refill it). At most
+ * one refill per class and cache is in flight; a release cancels it (the
+ * spans go back when they come). An allocation that blocks on the daemon (a
+ * synchronous Refill, a collect whose reply has not come, an AllocLarge) is
+ * counted with its time in refill_waits / refill_wait_ns.
+ *
+ * Owner-local free (issue 9): a free of an object of the calling thread's
+ * current span of its class makes it FREE at once (hd_obj_free_owner, one
+ * CAS, see shm/span.h for why not a plain store), and lowers the span's
+ * live0 so memstats still count each allocation once.
+ *
  * Stale caches: detach and the fork child reset every cache directly
  * (mc_forget_all_locked); hdc_epoch makes any cache that escaped that forget
  * its spans at its next slow path. A Flush from the daemon bumps tp_flush_gen;
@@ -71,6 +105,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "internal.h"
 #include "lockorder.h"
@@ -80,7 +115,10 @@
 #define MC_REFILL_BYTES (256u << 10)
 #define MC_KEEP_BYTES (2u << 20)       /* full spans a class may keep, in bytes... */
 #define MC_KEEP_CAP 64u                 /* ...and in spans */
+#define MC_KEEP_LARGE_BYTES (16u << 20) /* full spans a large class may keep, in bytes (4..64 spans) */
 #define MC_MAX_REFILLS 4                /* refills per slow path before giving up */
+#define MC_AHEAD_STREAK 2               /* refills in a row before the class refills ahead */
+#define MC_LARGE_GC_BYTES (4u << 20)    /* large-class bytes allocated between two trims of the free ones */
 _Static_assert(MC_BATCH_CAP <= HD_MAX_BATCH, "a batch fits one message");
 
 typedef struct mc_class {
@@ -89,10 +127,12 @@ typedef struct mc_class {
     uint32_t full[MC_KEEP_CAP];         /* spans full at their last sweep, oldest first */
     uint8_t nstash, nfull;
     uint8_t streak;                     /* refills in a row since the last flush */
+    uint64_t ahead;                     /* token of the refill submitted ahead, 0: none */
+    uint32_t gc_allocs;                 /* large classes: allocations since the last trim */
 } mc_class_t;
 
 typedef struct hd_mcache {
-    mc_class_t cls[HD_NUM_SIZE_CLASSES];
+    mc_class_t cls[HD_NUM_CLASSES];     /* small classes, then the large ones */
     /* the open tiny block (tiny == 0: none) */
     uintptr_t tiny;                     /* its address */
     unsigned tiny_off;                  /* bytes of it used */
@@ -100,13 +140,14 @@ typedef struct hd_mcache {
     hd_ostate_t *tiny_states;           /* its span's object states */
     uint32_t tiny_span, tiny_block;     /* its span id and block index */
     st_thread_t st;                     /* memstats counters (internal.h, cstats.c) */
+    uint64_t lbytes;                    /* large-class bytes allocated since the last trim */
     uint64_t epoch;                     /* hdc_epoch when the cache last checked */
     uint64_t flush_gen;                 /* tp_flush_gen when the cache last checked */
     struct hd_mcache *next, *prev;      /* the registry (mc_reg_mu) */
 } hd_mcache_t;
 
 static __thread hd_mcache_t *mc_tls __attribute__((tls_model("initial-exec")));
-__thread _Atomic uint64_t mc_tls_frees[HD_NUM_SIZE_CLASSES] __attribute__((tls_model("initial-exec")));
+__thread _Atomic uint64_t mc_tls_frees[HD_NUM_CLASSES] __attribute__((tls_model("initial-exec")));
 static _Atomic unsigned mc_ncaches;     /* registered caches, for the mcache_bytes gauge */
 static pthread_mutex_t mc_reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static hd_mcache_t *mc_reg;             /* every live cache (mc_reg_mu) */
@@ -129,7 +170,7 @@ void mc_reg_lock_reinit(void) { pthread_mutex_init(&mc_reg_mu, NULL); }
 
 unsigned mc_batch_max(unsigned c)
 {
-    unsigned nobj = hd_class_to_nobjs[c];
+    unsigned nobj = hd_cls_nobjs(c);
     size_t by_objs = (MC_REFILL_OBJS + nobj - 1) / nobj;
     size_t by_bytes = MC_REFILL_BYTES / hd_span_bytes(c);
     size_t n = by_objs < by_bytes ? by_objs : by_bytes;
@@ -146,7 +187,12 @@ unsigned mc_batch_for(unsigned c, unsigned nth)
 
 unsigned mc_keep_full(unsigned c)
 {
-    size_t n = MC_KEEP_BYTES / hd_span_bytes(c);
+    size_t bytes = hd_span_bytes(c);
+    if (hd_is_lclass(c)) {
+        size_t n = MC_KEEP_LARGE_BYTES / bytes;
+        return n < 4 ? 4 : n > MC_KEEP_CAP ? MC_KEEP_CAP : (unsigned)n;
+    }
+    size_t n = MC_KEEP_BYTES / bytes;
     return n < 1 ? 1 : n > MC_KEEP_CAP ? MC_KEEP_CAP : (unsigned)n;
 }
 
@@ -187,7 +233,7 @@ void mc_span_load(mc_span_t *s, const hd_seg_t *seg, uint32_t id)
     s->elemsize = sp->elemsize;
     s->states = hd_states_of(seg, id, sp->sizeclass);
     unsigned nfreed;
-    s->live0 = hd_span_sweep(s->states, s->nelems, &nfreed);    /* allocations are counted from here */
+    s->live0 = (int32_t)hd_span_sweep(s->states, s->nelems, &nfreed);   /* allocations are counted from here */
     s->fresh = sp->needzero == 0 && nfreed == 0;
     mc_span_rewind(s);
 }
@@ -248,11 +294,14 @@ static void mc_key_init(void) { pthread_key_create(&mc_key, mc_thread_exit); }
 
 static void mc_reset(hd_mcache_t *mc)
 {
-    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
+    for (unsigned c = 0; c < HD_NUM_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
         mc_span_clear(&k->cur);
         k->nstash = k->nfull = k->streak = 0;
+        k->ahead = 0;
+        k->gc_allocs = 0;
     }
+    mc->lbytes = 0;
     mc->tiny = 0;
     mc->tiny_off = 0;
     mc->tiny_words = NULL;
@@ -333,11 +382,11 @@ static void mc_rel_add(hd_mcache_t *mc, mc_relbuf_t *rb, uint32_t id)
  * FREE), and only its sweeps make them FREE, which recount (live0). */
 static void mc_span_account(st_thread_t *st, unsigned c, mc_span_t *s)
 {
-    if (s->id == HD_NO_SPAN || !s->states)
-        return;
-    unsigned pop = hd_span_inuse(s->states, s->nelems);
+    if (s->id == HD_NO_SPAN || !s->states || hd_is_lclass(c))
+        return;                      /* large classes count per object */
+    int32_t pop = (int32_t)hd_span_inuse(s->states, s->nelems);
     if (pop > s->live0)
-        st_bump(&st->cur.small_allocs[c], pop - s->live0);
+        st_bump(&st->cur.small_allocs[c], (uint64_t)(pop - s->live0));
     s->live0 = pop;
 }
 
@@ -419,10 +468,10 @@ void mc_stats_reset_locked(void)
     for (hd_mcache_t *mc = mc_reg; mc; mc = mc->next) {
         memset(&mc->st.cur, 0, sizeof mc->st.cur);
         memset(&mc->st.done, 0, sizeof mc->st.done);
-        for (unsigned c = 0; mc->st.frees && c < HD_NUM_SIZE_CLASSES; c++)
+        for (unsigned c = 0; mc->st.frees && c < HD_NUM_CLASSES; c++)
             atomic_store_explicit(&mc->st.frees[c], 0, memory_order_relaxed);
     }
-    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++)
+    for (unsigned c = 0; c < HD_NUM_CLASSES; c++)
         atomic_store_explicit(&mc_tls_frees[c], 0, memory_order_relaxed);
     mc_reg_unlock();
 }
@@ -434,8 +483,12 @@ static void mc_release_via(hd_mcache_t *mc, void (*send)(const uint32_t *ids, un
     mc_relbuf_t rb = {.n = 0, .send = send};
     mc_account(mc);                  /* the current spans' allocations, before they go */
     mc_tiny_close(mc);
-    for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
+    for (unsigned c = 1; c < HD_NUM_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
+        if (k->ahead) {              /* its spans go back when they come */
+            (send == tp_release_locked ? tp_refill_cancel_locked : tp_refill_cancel)(k->ahead);
+            k->ahead = 0;
+        }
         if (k->cur.id != HD_NO_SPAN)
             mc_rel_add(mc, &rb, k->cur.id);
         for (unsigned i = 0; i < k->nstash; i++)
@@ -481,7 +534,7 @@ static void mc_unregister(hd_mcache_t *mc)
 void mc_forget_all_locked(bool fork_child)
 {
     if (fork_child)                  /* this thread's free counts so far are the parent's */
-        for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++)
+        for (unsigned c = 0; c < HD_NUM_CLASSES; c++)
             atomic_store_explicit(&mc_tls_frees[c], 0, memory_order_relaxed);
     mc_reg_lock();
     for (hd_mcache_t *mc = mc_reg, *next; mc; mc = next) {
@@ -541,11 +594,25 @@ static void mc_check_stale(hd_mcache_t *mc)
  * limit or our quota, see pressure.c): give back this thread's spans, let
  * the pressure callback run, and say whether one retry is worth it. errno
  * stays ENOMEM. */
+static bool mc_holds_spans(const hd_mcache_t *mc)
+{
+    for (unsigned c = 1; c < HD_NUM_CLASSES; c++) {
+        const mc_class_t *k = &mc->cls[c];
+        if (k->cur.id != HD_NO_SPAN || k->nstash || k->nfull || k->ahead)
+            return true;
+    }
+    return false;
+}
+
 static bool mc_enomem_retry(hd_mcache_t *mc, uint64_t pgen, uint64_t fgen)
 {
     bool again = false;
     if (mc && atomic_load(&tp_flush_gen) != fgen) {
         mc_check_stale(mc);         /* queues Release; it goes out ahead of the retry */
+        again = true;
+    } else if (mc && mc_holds_spans(mc)) {
+        mc_release(mc);             /* the free memory may be in our own cache (large-class
+                                       spans we freed): it goes back ahead of the retry */
         again = true;
     }
     if (hdc_pressure_settle(pgen))
@@ -565,8 +632,8 @@ static bool mc_span_ok(uint32_t id, unsigned c)
     hd_span_t *sp = &hdc_seg.spans[id];
     return hd_span_state(sp) == HD_SPAN_CACHED &&
            sp->owner == hdc_client_id && sp->sizeclass == c &&
-           sp->nelems == hd_class_to_nobjs[c] && sp->elemsize == hd_class_to_size[c] &&
-           sp->npages == hd_class_to_npages[c] && id + (uint64_t)sp->npages <= hdc_seg.npages;
+           sp->nelems == hd_cls_nobjs(c) && sp->elemsize == hd_cls_size(c) &&
+           sp->npages == hd_cls_npages(c) && id + (uint64_t)sp->npages <= hdc_seg.npages;
 }
 
 /* Is a span we kept still ours to allocate from? The daemon lends it until we
@@ -630,6 +697,42 @@ static bool mc_reuse_full(mc_class_t *k)
     return true;
 }
 
+static uint64_t mc_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* An allocation blocked on the daemon for ns. */
+static void mc_count_wait(hd_mcache_t *mc, uint64_t ns)
+{
+    st_bump(&mc->st.cur.refill_waits, 1);
+    st_bump(&mc->st.cur.refill_wait_ns, ns);
+}
+
+/* Stash the spans a refill gave (in reverse: ids[0] is used first); how
+ * many were good. */
+static unsigned mc_stash(mc_class_t *k, unsigned c, const uint32_t *ids, int n)
+{
+    unsigned good = 0;
+    for (int j = n - 1; j >= 0; j--)
+        if (k->nstash < MC_BATCH_CAP && mc_span_ok(ids[j], c))
+            k->stash[k->nstash++] = ids[j], good++;
+    return good;
+}
+
+/* The class just took the last span of its stash: a class that keeps
+ * refilling asks for the next batch now, so that it is there when needed. */
+static void mc_refill_ahead(mc_class_t *k, unsigned c)
+{
+    if (k->ahead || k->nstash || k->streak < MC_AHEAD_STREAK)
+        return;
+    if (k->streak < 255)
+        k->streak++;
+    k->ahead = tp_refill_submit(c, mc_batch_for(c, k->streak));
+}
+
 static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
 {
     mc_check_stale(mc);
@@ -645,8 +748,8 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             if (i < s->nelems)
                 return mc_take(s, i);
             mc_span_account(&mc->st, c, s);     /* memstats: before the sweep recounts */
-            s->live0 = hd_span_sweep(s->states, s->nelems, NULL);
-            if (s->nelems - s->live0 >= mc_min_room(s->nelems)) {          /* step 1 */
+            s->live0 = (int32_t)hd_span_sweep(s->states, s->nelems, NULL);
+            if (s->nelems - (unsigned)s->live0 >= mc_min_room(s->nelems)) {  /* step 1 */
                 s->fresh = false;    /* room means frees: used slots come round again */
                 mc_span_rewind(s);
                 continue;
@@ -658,20 +761,36 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             uint32_t id = k->stash[--k->nstash];
             if (mc_still_ours(id))
                 mc_span_load(s, &hdc_seg, id);
+            mc_refill_ahead(k, c);
             continue;
         }
         if (mc_reuse_full(k))                                             /* step 3 */
             continue;
+        uint32_t ids[MC_BATCH_CAP];
+        if (k->ahead) {              /* step 4a: the refill submitted ahead */
+            uint64_t waited = 0;
+            int n = tp_refill_collect(k->ahead, true, ids, &waited);
+            k->ahead = 0;
+            if (waited)
+                mc_count_wait(mc, waited);
+            if (n > 0)
+                HDC_CRASHPOINT("refill");
+            if (n > 0 && mc_stash(k, c, ids, n))
+                continue;
+            /* refused (ENOMEM: the synchronous refill below handles the
+             * limits' Flush/Pressure and the retry) or dropped */
+        }
         if (refills++ == MC_MAX_REFILLS) {                                /* step 4 */
             errno = ENOMEM;          /* the daemon keeps handing out full spans */
             return NULL;
         }
-        uint32_t ids[MC_BATCH_CAP];
         if (k->streak < 255)
             k->streak++;
         mc_stats_flush(mc);                  /* memstats: counts go out at every refill */
         uint64_t pgen = hdc_pressure_gen(), fgen = atomic_load(&tp_flush_gen);
+        uint64_t t0 = mc_now_ns();
         int n = tp_refill(c, mc_batch_for(c, k->streak), ids);
+        mc_count_wait(mc, mc_now_ns() - t0);
         if (n > 0)
             HDC_CRASHPOINT("refill");     /* the spans are ours at the daemon, not in the cache */
         if (n < 0) {
@@ -682,11 +801,7 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             }
             return NULL;
         }
-        unsigned good = 0;
-        for (int j = n - 1; j >= 0; j--)      /* stash in reverse: ids[0] is used first */
-            if (mc_span_ok(ids[j], c))
-                k->stash[k->nstash++] = ids[j], good++;
-        if (!good) {
+        if (!mc_stash(k, c, ids, n)) {
             errno = EPROTO;
             return NULL;
         }
@@ -762,12 +877,63 @@ void *mc_alloc_tiny(size_t size, size_t align, bool zero)
 
 /* ---- large ----------------------------------------------------------------------------- */
 
+/* The trim (see the top): free large-class spans beyond what each class
+ * allocated since the last trim go back (async Release). Kept spans whose
+ * object lives stay: they cost nothing. */
+static void mc_large_trim(hd_mcache_t *mc)
+{
+    mc_relbuf_t rb = {.n = 0};
+    for (unsigned c = HD_FIRST_LARGE_CLASS; c < HD_NUM_CLASSES; c++) {
+        mc_class_t *k = &mc->cls[c];
+        unsigned keep = 2 * k->gc_allocs;    /* twice the recent demand: a burst fits */
+        k->gc_allocs = 0;
+        while (k->nstash > keep)     /* never used: free */
+            mc_rel_add(mc, &rb, k->stash[--k->nstash]);
+        unsigned kept = k->nstash;
+        for (unsigned i = 0; i < k->nfull; i++) {
+            uint32_t id = k->full[i];
+            bool drop = !mc_still_ours(id);
+            if (!drop && hd_span_sweep(hd_states_of(&hdc_seg, id, c), 1, NULL) == 0 && kept++ >= keep) {
+                mc_rel_add(mc, &rb, id);
+                drop = true;
+            }
+            if (drop) {
+                memmove(&k->full[i], &k->full[i + 1], (k->nfull - i - 1u) * sizeof k->full[0]);
+                k->nfull--;
+                i--;
+            }
+        }
+        if (!keep) {                 /* an idle class: it starts slow again, and what is
+                                        on its way goes back too */
+            k->streak = 0;
+            if (k->ahead)
+                tp_refill_cancel(k->ahead);
+            k->ahead = 0;
+        }
+    }
+    if (rb.n)
+        tp_release(rb.ids, rb.n);
+    mc->lbytes = 0;
+}
+
 void *mc_alloc_large(size_t size, size_t align, bool zero)
 {
     int st = atomic_load(&hdc_state);
     if (st == HDC_DETACHED) {
         errno = ENOTCONN;
         return NULL;
+    }
+    unsigned c = align <= HD_PAGE_SIZE ? hd_large_to_class(size) : 0;
+    if (c) {                         /* a large class: from the cache */
+        void *p = mc_alloc_class(c, size, zero);
+        if (p) {
+            hd_mcache_t *mc = mc_tls;                    /* mc_alloc_class made it */
+            st_bump(&mc->st.cur.small_allocs[c], 1);
+            mc->cls[c].gc_allocs++;
+            if ((mc->lbytes += hd_cls_size(c)) >= MC_LARGE_GC_BYTES)
+                mc_large_trim(mc);
+        }
+        return p;
     }
     uint64_t pages = size / HD_PAGE_SIZE + (size % HD_PAGE_SIZE != 0);
     if (pages > hdc_seg.npages) {
@@ -777,12 +943,20 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
     uint64_t align_pages = align > HD_PAGE_SIZE ? align / HD_PAGE_SIZE : 0;
     uint32_t id;
     uint64_t pgen = hdc_pressure_gen(), fgen = atomic_load(&tp_flush_gen);
-    if (tp_alloc_large(pages, align_pages, zero, &id) < 0) {
+    uint64_t t0 = mc_now_ns();
+    int rc = tp_alloc_large(pages, align_pages, zero, &id);
+    if (rc < 0) {
         hd_mcache_t *mc = mc_tls;
-        if (errno != ENOMEM || !mc_enomem_retry(mc && mc->epoch == atomic_load(&hdc_epoch) ? mc : NULL, pgen, fgen) ||
-            tp_alloc_large(pages, align_pages, zero, &id) < 0)
-            return NULL;
+        if (errno == ENOMEM && mc_enomem_retry(mc && mc->epoch == atomic_load(&hdc_epoch) ? mc : NULL, pgen, fgen))
+            rc = tp_alloc_large(pages, align_pages, zero, &id);
     }
+    int e = errno;
+    hd_mcache_t *mc = mc_get();
+    if (mc)
+        mc_count_wait(mc, mc_now_ns() - t0);    /* a round trip per object: it always waits */
+    errno = e;
+    if (rc < 0)
+        return NULL;
     hd_span_t *sp = id < hdc_seg.npages ? &hdc_seg.spans[id] : NULL;
     uintptr_t p = sp ? hd_page_addr(&hdc_seg, id) : 0;
     if (!sp || hd_span_state(sp) != HD_SPAN_LARGE ||
@@ -797,4 +971,20 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
     mc_count_large(true, (uint64_t)sp->npages * HD_PAGE_SIZE);
     mc_stats_flush_current();
     return (void *)p;
+}
+
+/* ---- owner-local free --------------------------------------------------------------------- */
+
+enum hd_free_result mc_free_local(uint32_t id, unsigned cls, hd_ostate_t *st, unsigned i)
+{
+    hd_mcache_t *mc = mc_tls;
+    if (!mc || cls >= HD_NUM_CLASSES || cls == HD_TINY_SIZE_CLASS)
+        return HD_FREE_REMOTE;
+    mc_span_t *s = &mc->cls[cls].cur;
+    if (s->id != id || mc->epoch != atomic_load_explicit(&hdc_epoch, memory_order_relaxed))
+        return HD_FREE_REMOTE;       /* another thread's span, or a cache about to forget it */
+    enum hd_free_result r = hd_obj_free_owner(st, i);
+    if (r == HD_FREE_OK)
+        s->live0--;                  /* FREE at once: the next count must not miss an allocation */
+    return r;
 }

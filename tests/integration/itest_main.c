@@ -540,7 +540,7 @@ static void test_wrong_version(void)
     if (rep->body_case == HEAPD__DAEMON_MSG__BODY_ERROR) {
         CU_ASSERT_EQUAL(rep->error->err, EPROTONOSUPPORT);
         CU_ASSERT(strstr(rep->error->message, "999") != NULL);
-        CU_ASSERT(strstr(rep->error->message, "1") != NULL);
+        CU_ASSERT(strstr(rep->error->message, "2") != NULL);      /* HD_PROTO_VERSION */
     }
     heapd__daemon_msg__free_unpacked(rep, NULL);
     CU_ASSERT_EQUAL(raw_call(fd, NULL, 0, in, sizeof(in), 5000), 0);   /* then EOF */
