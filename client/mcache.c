@@ -70,10 +70,16 @@
  * object lives and is the cache of that size once it is freed, so large
  * classes keep more of them: clamp(16 MiB / span bytes, 4, 64). A freed one
  * is not free of cost (its pages stay committed), so every
- * MC_LARGE_GC_BYTES of large-class allocation the cache gives back the free
- * large-class spans beyond twice what each class allocated since the last
- * time (all of them for a class that allocated nothing: jemalloc's tcache
- * GC).
+ * MC_LARGE_GC_BYTES of large-class allocation the cache trims them
+ * (jemalloc's tcache GC; the interval grows to the live large-class bytes
+ * the cache holds, so a pool of big buffers is not trimmed at every turn of
+ * its working set): a class that allocated nothing in the last two
+ * intervals gives back all its free spans; when the free spans left pass
+ * max(MC_LARGE_FREE_BYTES, the live large-class bytes the cache holds),
+ * each class keeps only twice what it allocated in those intervals. After a
+ * Flush from the daemon (a limit is near) the next MC_LARGE_TIGHT_FOR bytes
+ * trim at every allocation, keep no free span at all, and no class refills
+ * ahead.
  * Everything a cache holds goes back on Flush, pressure and release like
  * small spans.
  * Objects are counted one by one (st_counts small_allocs[c] at allocation,
@@ -81,12 +87,19 @@
  * class's bytes). Larger requests, or larger alignments, are one AllocLarge
  * round trip each.
  *
- * Refills ahead (issue 9): when a class that has refilled at least twice in
- * a row takes the last span of its stash, it submits the next Refill at once
+ * Refills ahead (issue 9): when a small class that has refilled at least
+ * twice in a row takes the last span of its stash, it submits the next Refill at once
  * (tp_refill_submit) and collects it when it runs dry again, after its kept
  * spans had their chance (a cache never grows while frees refill it). At most
  * one refill per class and cache is in flight; a release cancels it (the
- * spans go back when they come). An allocation that blocks on the daemon (a
+ * spans go back when they come), and so does a class that did not collect
+ * it within the cache's next MC_AHEAD_STALE refills (it went cold); a class
+ * refills ahead only while it is among the cache's last MC_AHEAD_RECENT
+ * refills, so classes a program visits in turn do not each hold a batch. Large classes do not refill ahead: their
+ * next span is one buffer of up to 1 MiB that a class whose buffers come
+ * round rarely needs (bench/peers buffer-pool: no slower without it), and
+ * that under a limit is memory held for nothing (itest "soft limit respected
+ * by a workload that frees as it goes": 20-22 MiB with, 16-18 without). An allocation that blocks on the daemon (a
  * synchronous Refill, a collect whose reply has not come, an AllocLarge) is
  * counted with its time in refill_waits / refill_wait_ns.
  *
@@ -118,7 +131,14 @@
 #define MC_KEEP_LARGE_BYTES (16u << 20) /* full spans a large class may keep, in bytes (4..64 spans) */
 #define MC_MAX_REFILLS 4                /* refills per slow path before giving up */
 #define MC_AHEAD_STREAK 2               /* refills in a row before the class refills ahead */
-#define MC_LARGE_GC_BYTES (4u << 20)    /* large-class bytes allocated between two trims of the free ones */
+#define MC_AHEAD_RECENT 4               /* ...the last of them among the cache's last 4 refills */
+#define MC_AHEAD_STALE 32               /* a refill ahead not collected within 32 refills goes back */
+#define MC_LARGE_GC_BYTES (4u << 20)    /* large-class bytes allocated between two trims of the free
+                                           ones, at least (or the live large-class bytes held) */
+#define MC_LARGE_TIGHT_FOR (64u << 20)  /* after a Flush (a limit is near), for this many large-class
+                                           bytes: a trim at every allocation, no free span kept,
+                                           no refill ahead */
+#define MC_LARGE_FREE_BYTES (4u << 20)  /* free large-class spans a cache keeps past a trim, beyond idle classes */
 _Static_assert(MC_BATCH_CAP <= HD_MAX_BATCH, "a batch fits one message");
 
 typedef struct mc_class {
@@ -128,7 +148,10 @@ typedef struct mc_class {
     uint8_t nstash, nfull;
     uint8_t streak;                     /* refills in a row since the last flush */
     uint64_t ahead;                     /* token of the refill submitted ahead, 0: none */
+    uint32_t ahead_at;                  /* the cache's refill clock when `ahead` was asked for */
+    uint32_t last_refill;               /* ...and at this class's last refill */
     uint32_t gc_allocs;                 /* large classes: allocations since the last trim */
+    uint32_t gc_prev;                   /* ...and in the interval before */
 } mc_class_t;
 
 typedef struct hd_mcache {
@@ -141,6 +164,9 @@ typedef struct hd_mcache {
     uint32_t tiny_span, tiny_block;     /* its span id and block index */
     st_thread_t st;                     /* memstats counters (internal.h, cstats.c) */
     uint64_t lbytes;                    /* large-class bytes allocated since the last trim */
+    uint64_t gc_every;                  /* the next trim after this many (0: MC_LARGE_GC_BYTES) */
+    uint32_t rclock;                    /* refills this cache made (its classes' clock) */
+    uint64_t tight;                     /* bytes left of tight trimming (after a Flush) */
     uint64_t epoch;                     /* hdc_epoch when the cache last checked */
     uint64_t flush_gen;                 /* tp_flush_gen when the cache last checked */
     struct hd_mcache *next, *prev;      /* the registry (mc_reg_mu) */
@@ -299,9 +325,9 @@ static void mc_reset(hd_mcache_t *mc)
         mc_span_clear(&k->cur);
         k->nstash = k->nfull = k->streak = 0;
         k->ahead = 0;
-        k->gc_allocs = 0;
+        k->gc_allocs = k->gc_prev = 0;
     }
-    mc->lbytes = 0;
+    mc->lbytes = mc->tight = mc->gc_every = 0;
     mc->tiny = 0;
     mc->tiny_off = 0;
     mc->tiny_words = NULL;
@@ -478,28 +504,55 @@ void mc_stats_reset_locked(void)
 
 /* Give every span back (async Release through send, NULL: tp_release) and
  * close the tiny block. */
-static void mc_release_via(hd_mcache_t *mc, void (*send)(const uint32_t *ids, unsigned n))
+/* Give every span back (async Release through send, NULL: tp_release) and
+ * close the tiny block. keep_live: a Flush from the daemon wants free memory
+ * back, and a large-class span whose one object is live has none: it stays
+ * kept (released, it would wait FREED in the daemon's lists for a sweep
+ * once the program frees the object, instead of coming round here). */
+static void mc_release_ex(hd_mcache_t *mc, void (*send)(const uint32_t *ids, unsigned n), bool keep_live)
 {
     mc_relbuf_t rb = {.n = 0, .send = send};
+    uint32_t kept[HD_NUM_LARGE_CLASSES][MC_KEEP_CAP];
+    uint8_t nkept[HD_NUM_LARGE_CLASSES] = {0};
     mc_account(mc);                  /* the current spans' allocations, before they go */
     mc_tiny_close(mc);
     for (unsigned c = 1; c < HD_NUM_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
+        bool keep = keep_live && hd_is_lclass(c);
         if (k->ahead) {              /* its spans go back when they come */
             (send == tp_release_locked ? tp_refill_cancel_locked : tp_refill_cancel)(k->ahead);
             k->ahead = 0;
         }
-        if (k->cur.id != HD_NO_SPAN)
-            mc_rel_add(mc, &rb, k->cur.id);
+        if (k->cur.id != HD_NO_SPAN) {
+            if (keep && hd_obj_state(k->cur.states, 0) == HD_OBJ_ALLOCATED)
+                kept[c - HD_FIRST_LARGE_CLASS][nkept[c - HD_FIRST_LARGE_CLASS]++] = k->cur.id;
+            else
+                mc_rel_add(mc, &rb, k->cur.id);
+        }
         for (unsigned i = 0; i < k->nstash; i++)
             mc_rel_add(mc, &rb, k->stash[i]);
-        for (unsigned i = 0; i < k->nfull; i++)
-            mc_rel_add(mc, &rb, k->full[i]);
+        for (unsigned i = 0; i < k->nfull; i++) {
+            if (keep && nkept[c - HD_FIRST_LARGE_CLASS] < MC_KEEP_CAP &&
+                hd_obj_state(hd_states_of(&hdc_seg, k->full[i], c), 0) == HD_OBJ_ALLOCATED)
+                kept[c - HD_FIRST_LARGE_CLASS][nkept[c - HD_FIRST_LARGE_CLASS]++] = k->full[i];
+            else
+                mc_rel_add(mc, &rb, k->full[i]);
+        }
     }
     if (rb.n)
         (send ? send : tp_release)(rb.ids, rb.n);
     mc_reset(mc);
+    for (unsigned j = 0; j < HD_NUM_LARGE_CLASSES; j++) {
+        mc_class_t *k = &mc->cls[HD_FIRST_LARGE_CLASS + j];
+        memcpy(k->full, kept[j], nkept[j] * sizeof k->full[0]);
+        k->nfull = nkept[j];
+    }
     st_flush(&mc->st, mc_cache_bytes());
+}
+
+static void mc_release_via(hd_mcache_t *mc, void (*send)(const uint32_t *ids, unsigned n))
+{
+    mc_release_ex(mc, send, false);
 }
 
 static void mc_release(hd_mcache_t *mc) { mc_release_via(mc, NULL); }
@@ -586,7 +639,8 @@ static void mc_check_stale(hd_mcache_t *mc)
     uint64_t g = atomic_load(&tp_flush_gen);
     if (hd_unlikely(mc->flush_gen != g)) {
         mc->flush_gen = g;
-        mc_release(mc);
+        mc_release_ex(mc, NULL, true);   /* live large-class spans stay: nothing to give */
+        mc->tight = MC_LARGE_TIGHT_FOR;  /* a limit is near: hold no free large span for a while */
     }
 }
 
@@ -669,6 +723,17 @@ static inline unsigned mc_min_room(unsigned nelems) { return nelems >= 16 ? nele
  * handing them out one slot at a time would spread the next frees thinly
  * over every span and keep the class on the slow path for good; left alone,
  * they gather frees until they are worth it. */
+/* A one-object span's object (large classes, and the 8, 16, 24 and 32 KiB
+ * small classes): swept if FREED; is it FREE? One byte,
+ * where hd_span_sweep would read two 64-byte windows (the full lists and the
+ * trim look at many such spans on every large allocation). */
+static inline bool mc_lspan_free(const hd_seg_t *seg, uint32_t id, unsigned c)
+{
+    hd_ostate_t *st = hd_states_of(seg, id, c);
+    uint8_t v = hd_obj_state(st, 0);
+    return v == HD_OBJ_FREE || (v == HD_OBJ_FREED && hd_obj_sweep(st, 0));
+}
+
 static bool mc_reuse_full(mc_class_t *k)
 {
     unsigned best = UINT32_MAX;
@@ -682,7 +747,9 @@ static bool mc_reuse_full(mc_class_t *k)
         }
         const hd_span_t *sp = &hdc_seg.spans[id];
         unsigned nelems = sp->nelems;
-        if (nelems - hd_span_sweep(hd_states_of(&hdc_seg, id, sp->sizeclass), nelems, NULL) >= mc_min_room(nelems)) {
+        if (nelems == 1 ? mc_lspan_free(&hdc_seg, id, sp->sizeclass)
+                                        : nelems - hd_span_sweep(hd_states_of(&hdc_seg, id, sp->sizeclass), nelems, NULL) >=
+                                              mc_min_room(nelems)) {
             best = i;
             break;
         }
@@ -724,13 +791,30 @@ static unsigned mc_stash(mc_class_t *k, unsigned c, const uint32_t *ids, int n)
 
 /* The class just took the last span of its stash: a class that keeps
  * refilling asks for the next batch now, so that it is there when needed. */
-static void mc_refill_ahead(mc_class_t *k, unsigned c)
+static void mc_refill_ahead(hd_mcache_t *mc, mc_class_t *k, unsigned c)
 {
-    if (k->ahead || k->nstash || k->streak < MC_AHEAD_STREAK)
+    if (k->ahead || k->nstash || k->streak < MC_AHEAD_STREAK || mc->tight || hd_is_lclass(c) ||
+        mc->rclock - k->last_refill > MC_AHEAD_RECENT)
         return;
     if (k->streak < 255)
         k->streak++;
     k->ahead = tp_refill_submit(c, mc_batch_for(c, k->streak));
+    k->ahead_at = mc->rclock;
+}
+
+/* A refill happens for class c: tick the clock, and send back what classes
+ * asked for ahead and never needed (a class that went cold). */
+static void mc_refill_tick(hd_mcache_t *mc, mc_class_t *k)
+{
+    k->last_refill = ++mc->rclock;
+    for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
+        mc_class_t *o = &mc->cls[c];
+        if (o->ahead && mc->rclock - o->ahead_at > MC_AHEAD_STALE) {
+            tp_refill_cancel(o->ahead);
+            o->ahead = 0;
+            o->streak = 0;
+        }
+    }
 }
 
 static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
@@ -757,16 +841,23 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             mc_push_full(mc, c, s->id);                                   /* step 2 */
             mc_span_clear(s);
         }
+        /* One object per span: a kept span whose object was freed is as good
+         * as a new one, and taking it first keeps the cache from growing
+         * while frees refill it. */
+        bool one = hd_cls_nobjs(c) == 1;
+        if (one && mc_reuse_full(k))
+            continue;
         if (k->nstash) {
             uint32_t id = k->stash[--k->nstash];
             if (mc_still_ours(id))
                 mc_span_load(s, &hdc_seg, id);
-            mc_refill_ahead(k, c);
+            mc_refill_ahead(mc, k, c);
             continue;
         }
-        if (mc_reuse_full(k))                                             /* step 3 */
+        if (!one && mc_reuse_full(k))                                     /* step 3 */
             continue;
         uint32_t ids[MC_BATCH_CAP];
+        mc_refill_tick(mc, k);
         if (k->ahead) {              /* step 4a: the refill submitted ahead */
             uint64_t waited = 0;
             int n = tp_refill_collect(k->ahead, true, ids, &waited);
@@ -877,39 +968,68 @@ void *mc_alloc_tiny(size_t size, size_t align, bool zero)
 
 /* ---- large ----------------------------------------------------------------------------- */
 
-/* The trim (see the top): free large-class spans beyond what each class
- * allocated since the last trim go back (async Release). Kept spans whose
- * object lives stay: they cost nothing. */
+/* Release the free spans of large class c beyond the first `keep` (the
+ * stash first: never used); returns the bytes of free spans it kept. */
+static uint64_t mc_trim_class(hd_mcache_t *mc, mc_relbuf_t *rb, unsigned c, unsigned keep)
+{
+    if (!hd_is_lclass(c))
+        return 0;
+    mc_class_t *k = &mc->cls[c];
+    while (k->nstash > keep)
+        mc_rel_add(mc, rb, k->stash[--k->nstash]);
+    unsigned kept = k->nstash;
+    for (unsigned i = 0; i < k->nfull; i++) {
+        uint32_t id = k->full[i];
+        bool drop = !mc_still_ours(id);
+        if (!drop && mc_lspan_free(&hdc_seg, id, c) && kept++ >= keep) {
+            mc_rel_add(mc, rb, id);
+            drop = true;
+            kept--;
+        }
+        if (drop) {
+            memmove(&k->full[i], &k->full[i + 1], (k->nfull - i - 1u) * sizeof k->full[0]);
+            k->nfull--;
+            i--;
+        }
+    }
+    return (uint64_t)kept * hd_cls_size(c);
+}
+
+/* The trim (see the top): a class idle for two intervals gives back every
+ * free span (and what is on its way); when the free spans kept still pass
+ * MC_LARGE_FREE_BYTES, each class keeps only twice its recent demand. Kept
+ * spans whose object lives stay: they cost nothing. */
 static void mc_large_trim(hd_mcache_t *mc)
 {
     mc_relbuf_t rb = {.n = 0};
+    uint64_t free_bytes = 0, held = 0;
     for (unsigned c = HD_FIRST_LARGE_CLASS; c < HD_NUM_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
-        unsigned keep = 2 * k->gc_allocs;    /* twice the recent demand: a burst fits */
+        if (k->gc_allocs || k->gc_prev) {
+            free_bytes += mc_trim_class(mc, &rb, c, UINT32_MAX);   /* count only */
+            held += (uint64_t)(k->nfull + k->nstash) * hd_span_bytes(c);
+            continue;
+        }
+        mc_trim_class(mc, &rb, c, 0);
+        k->streak = 0;               /* it starts slow again */
+        if (k->ahead)
+            tp_refill_cancel(k->ahead);
+        k->ahead = 0;
+    }
+    /* the budget: MC_LARGE_FREE_BYTES, or as much as the live large-class
+     * objects of active classes (a pool's count per size wanders) */
+    uint64_t live = held > free_bytes ? held - free_bytes : 0;
+    uint64_t budget = mc->tight ? 0 : live > MC_LARGE_FREE_BYTES ? live : MC_LARGE_FREE_BYTES;
+    mc->gc_every = live > MC_LARGE_GC_BYTES ? live : MC_LARGE_GC_BYTES;
+    for (unsigned c = HD_FIRST_LARGE_CLASS; c < HD_NUM_CLASSES; c++) {
+        mc_class_t *k = &mc->cls[c];
+        if (free_bytes > budget && (k->gc_allocs || k->gc_prev)) {
+            unsigned keep = mc->tight ? 0 : 2 * (k->gc_allocs > k->gc_prev ? k->gc_allocs : k->gc_prev);
+            uint64_t before = mc_trim_class(mc, &rb, c, UINT32_MAX);
+            free_bytes -= before - mc_trim_class(mc, &rb, c, keep);
+        }
+        k->gc_prev = k->gc_allocs;
         k->gc_allocs = 0;
-        while (k->nstash > keep)     /* never used: free */
-            mc_rel_add(mc, &rb, k->stash[--k->nstash]);
-        unsigned kept = k->nstash;
-        for (unsigned i = 0; i < k->nfull; i++) {
-            uint32_t id = k->full[i];
-            bool drop = !mc_still_ours(id);
-            if (!drop && hd_span_sweep(hd_states_of(&hdc_seg, id, c), 1, NULL) == 0 && kept++ >= keep) {
-                mc_rel_add(mc, &rb, id);
-                drop = true;
-            }
-            if (drop) {
-                memmove(&k->full[i], &k->full[i + 1], (k->nfull - i - 1u) * sizeof k->full[0]);
-                k->nfull--;
-                i--;
-            }
-        }
-        if (!keep) {                 /* an idle class: it starts slow again, and what is
-                                        on its way goes back too */
-            k->streak = 0;
-            if (k->ahead)
-                tp_refill_cancel(k->ahead);
-            k->ahead = 0;
-        }
     }
     if (rb.n)
         tp_release(rb.ids, rb.n);
@@ -930,7 +1050,9 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
             hd_mcache_t *mc = mc_tls;                    /* mc_alloc_class made it */
             st_bump(&mc->st.cur.small_allocs[c], 1);
             mc->cls[c].gc_allocs++;
-            if ((mc->lbytes += hd_cls_size(c)) >= MC_LARGE_GC_BYTES)
+            uint64_t b = hd_cls_size(c);
+            mc->tight = mc->tight > b ? mc->tight - b : 0;
+            if ((mc->lbytes += b) >= (mc->gc_every ? mc->gc_every : MC_LARGE_GC_BYTES) || mc->tight)
                 mc_large_trim(mc);
         }
         return p;
