@@ -271,6 +271,8 @@ extern HD_HIDDEN __thread _Atomic uint64_t mc_tls_frees[HD_NUM_CLASSES] __attrib
  * span id as its owner when it is the calling thread's current span of its
  * class; HD_FREE_REMOTE otherwise. */
 HD_HIDDEN enum hd_free_result mc_free_local(uint32_t id, unsigned cls, hd_ostate_t *st, unsigned i);
+/* The calling thread freed an object of large class c (mcache.c: the trim). */
+HD_HIDDEN void mc_large_freed(unsigned c);
 HD_HIDDEN void mc_stats_free_tick(void);
 HD_HIDDEN void mc_stats_flush_current(void);
 HD_HIDDEN void mc_stats_flush_all_locked(bool all_threads);

@@ -104,6 +104,8 @@ void heapd_free(void *p)
             atomic_store_explicit(&mc_tls_frees[cls], v, memory_order_relaxed);
             if (hd_unlikely(v % ST_FREE_FLUSH == 1))
                 mc_stats_free_tick();
+            if (hd_unlikely(cls >= HD_FIRST_LARGE_CLASS))
+                mc_large_freed(cls);
         }
         return;
     }

@@ -166,6 +166,7 @@ typedef struct hd_mcache {
     uint64_t lbytes;                    /* large-class bytes allocated since the last trim */
     uint64_t gc_every;                  /* the next trim after this many (0: MC_LARGE_GC_BYTES) */
     uint32_t rclock;                    /* refills this cache made (its classes' clock) */
+    uint64_t lfreed;                    /* large-class bytes this thread freed since the last trim */
     uint64_t tight;                     /* bytes left of tight trimming (after a Flush) */
     uint64_t epoch;                     /* hdc_epoch when the cache last checked */
     uint64_t flush_gen;                 /* tp_flush_gen when the cache last checked */
@@ -327,7 +328,7 @@ static void mc_reset(hd_mcache_t *mc)
         k->ahead = 0;
         k->gc_allocs = k->gc_prev = 0;
     }
-    mc->lbytes = mc->tight = mc->gc_every = 0;
+    mc->lbytes = mc->tight = mc->gc_every = mc->lfreed = 0;
     mc->tiny = 0;
     mc->tiny_off = 0;
     mc->tiny_words = NULL;
@@ -1033,7 +1034,7 @@ static void mc_large_trim(hd_mcache_t *mc)
     }
     if (rb.n)
         tp_release(rb.ids, rb.n);
-    mc->lbytes = 0;
+    mc->lbytes = mc->lfreed = 0;
 }
 
 void *mc_alloc_large(size_t size, size_t align, bool zero)
@@ -1109,4 +1110,21 @@ enum hd_free_result mc_free_local(uint32_t id, unsigned cls, hd_ostate_t *st, un
     if (r == HD_FREE_OK)
         s->live0--;                  /* FREE at once: the next count must not miss an allocation */
     return r;
+}
+
+/* This thread freed a large-class object (malloc.c): a Flush that came
+ * meanwhile is acted on now (a thread that only frees must give memory back
+ * too), and so many bytes freed since the last trim trim again; after a
+ * Flush every such free does. */
+void mc_large_freed(unsigned c)
+{
+    hd_mcache_t *mc = mc_tls;
+    if (!mc || !hd_is_lclass(c) || mc->epoch != atomic_load_explicit(&hdc_epoch, memory_order_relaxed))
+        return;
+    int e = errno;                   /* free() leaves errno alone */
+    mc_check_stale(mc);
+    mc->lfreed += hd_cls_size(c);
+    if (mc->tight || mc->lfreed >= (mc->gc_every ? mc->gc_every : MC_LARGE_GC_BYTES))
+        mc_large_trim(mc);
+    errno = e;
 }
