@@ -83,13 +83,14 @@ static inline uint64_t ld(const _Atomic uint64_t *x)
 
 bool st_pending(const st_thread_t *t)
 {
-    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++)
+    for (unsigned c = 0; c < HD_NUM_CLASSES; c++)
         if (ld(&t->cur.small_allocs[c]) != ld(&t->done.small_allocs[c]) ||
             (t->frees && ld(&t->frees[c]) != ld(&t->done.small_frees[c])))
             return true;
     return ld(&t->cur.tiny_allocs) != ld(&t->done.tiny_allocs) ||
            ld(&t->cur.large_allocs) != ld(&t->done.large_allocs) ||
-           ld(&t->cur.large_frees) != ld(&t->done.large_frees);
+           ld(&t->cur.large_frees) != ld(&t->done.large_frees) ||
+           ld(&t->cur.refill_waits) != ld(&t->done.refill_waits);
 }
 
 /* slot += cur - done; done = cur. cur and done are this process's own
@@ -116,6 +117,28 @@ void st_flush(st_thread_t *t, uint64_t mcache_bytes)
             if (t->frees)
                 st_move(&s->small_frees[c], &t->frees[c], &t->done.small_frees[c]);
         }
+        /* large classes: per class, and into the large totals with the
+         * class's bytes (the same table at allocation and at free) */
+        for (unsigned k = 0; k < HD_NUM_LARGE_CLASSES; k++) {
+            unsigned c = HD_FIRST_LARGE_CLASS + k;
+            uint64_t bytes = hd_cls_size(c);
+            uint64_t ca = ld(&t->cur.small_allocs[c]), a = ca - ld(&t->done.small_allocs[c]);
+            uint64_t cf = t->frees ? ld(&t->frees[c]) : 0, f = t->frees ? cf - ld(&t->done.small_frees[c]) : 0;
+            if (a) {
+                hd_cstats_add(&s->lclass_allocs[k], a);
+                hd_cstats_add(&s->large_allocs, a);
+                hd_cstats_add(&s->large_alloc_bytes, a * bytes);
+                atomic_store_explicit(&t->done.small_allocs[c], ca, memory_order_relaxed);
+            }
+            if (f) {
+                hd_cstats_add(&s->lclass_frees[k], f);
+                hd_cstats_add(&s->large_frees, f);
+                hd_cstats_add(&s->large_free_bytes, f * bytes);
+                atomic_store_explicit(&t->done.small_frees[c], cf, memory_order_relaxed);
+            }
+        }
+        st_move(&s->refill_waits, &t->cur.refill_waits, &t->done.refill_waits);
+        st_move(&s->refill_wait_ns, &t->cur.refill_wait_ns, &t->done.refill_wait_ns);
         st_move(&s->tiny_allocs, &t->cur.tiny_allocs, &t->done.tiny_allocs);
         st_move(&s->large_allocs, &t->cur.large_allocs, &t->done.large_allocs);
         st_move(&s->large_alloc_bytes, &t->cur.large_alloc_bytes, &t->done.large_alloc_bytes);

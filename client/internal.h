@@ -85,6 +85,22 @@ HD_HIDDEN int tp_refill(unsigned sizeclass, unsigned count, uint32_t *ids);
 /* A LARGE span of at least pages pages; its id goes to *id. */
 HD_HIDDEN int tp_alloc_large(uint64_t pages, uint64_t align_pages, bool zero, uint32_t *id);
 
+/* Refills ahead of need (issue 9): tp_refill_submit sends a Refill and
+ * returns at once with a token (0: nothing was sent; the caller refills
+ * synchronously when it must). The reply is read by whoever reads the
+ * socket next and kept for the token. tp_refill_collect: its spans into
+ * ids[] (n >= 1); 0 when it has not come yet and !wait; -1 with errno when
+ * the daemon refused it (ENOMEM...) or the token is gone (connection lost,
+ * fork: ECANCELED). *waited_ns (may be NULL) gets the time spent blocked.
+ * tp_refill_cancel: the caller will not collect; spans that came or come
+ * back for the token are released. _locked: tp_lock held. */
+HD_HIDDEN uint64_t tp_refill_submit(unsigned sizeclass, unsigned count);
+HD_HIDDEN int tp_refill_collect(uint64_t token, bool wait, uint32_t *ids, uint64_t *waited_ns);
+HD_HIDDEN void tp_refill_cancel(uint64_t token);
+HD_HIDDEN void tp_refill_cancel_locked(uint64_t token);
+/* Refills submitted ahead and not collected yet (tests). */
+HD_HIDDEN unsigned tp_refills_in_flight(void);
+
 /* Asynchronous messages: queued, sent in batches (see transport.c). */
 HD_HIDDEN void tp_release(const uint32_t *ids, unsigned n);
 HD_HIDDEN void tp_release_locked(const uint32_t *ids, unsigned n);   /* tp_lock held */
@@ -154,9 +170,13 @@ HD_HIDDEN bool hdc_pressure_wanted(void);
  * objects the thread made ALLOCATED since; mcache.c), tiny packed objects and frees
  * per call. */
 typedef struct st_counts {
-    _Atomic uint64_t small_allocs[HD_NUM_SIZE_CLASSES];
-    _Atomic uint64_t small_frees[HD_NUM_SIZE_CLASSES];
+    /* [1..67] small classes; [68..87] large classes (counted per object at
+     * allocation; their frees in mc_tls_frees; st_flush adds both to the
+     * slot's lclass_* and large_* with the class's bytes) */
+    _Atomic uint64_t small_allocs[HD_NUM_CLASSES];
+    _Atomic uint64_t small_frees[HD_NUM_CLASSES];
     _Atomic uint64_t tiny_allocs, large_allocs, large_alloc_bytes, large_frees, large_free_bytes;
+    _Atomic uint64_t refill_waits, refill_wait_ns;
 } st_counts_t;
 typedef struct st_thread {
     st_counts_t cur, done;              /* cur.small_frees unused: frees count in `frees` */
@@ -199,7 +219,8 @@ typedef struct mc_span {
     uint32_t id;            /* span id, HD_NO_SPAN when empty */
     hd_ostate_t *states;    /* the span's object state bytes (shm/span.h) */
     bool fresh;             /* no slot we may still hand out was ever used (calloc) */
-    uint32_t live0;         /* memstats: objects allocated in it when its allocations were last counted */
+    int32_t live0;          /* memstats: objects not FREE in it when its allocations were last counted,
+                               less the owner-local frees since (they make objects FREE at once) */
 } mc_span_t;
 
 /* Index of the next free object of s, marking nothing; nelems when s is
@@ -251,7 +272,13 @@ HD_HIDDEN void mc_forget_all_locked(bool fork_child);
  * they have stopped); a fork child that has not reconnected reconnects for a
  * slot when there is something to flush. mc_count_large: a large allocation
  * or free by this thread. */
-extern HD_HIDDEN __thread _Atomic uint64_t mc_tls_frees[HD_NUM_SIZE_CLASSES] __attribute__((tls_model("initial-exec")));
+extern HD_HIDDEN __thread _Atomic uint64_t mc_tls_frees[HD_NUM_CLASSES] __attribute__((tls_model("initial-exec")));
+/* The owner-local free hook (shm/span.h hd_free_local_fn): frees object i of
+ * span id as its owner when it is the calling thread's current span of its
+ * class; HD_FREE_REMOTE otherwise. */
+HD_HIDDEN enum hd_free_result mc_free_local(uint32_t id, unsigned cls, hd_ostate_t *st, unsigned i);
+/* The calling thread freed an object of large class c (mcache.c: the trim). */
+HD_HIDDEN void mc_large_freed(unsigned c);
 HD_HIDDEN void mc_stats_free_tick(void);
 HD_HIDDEN void mc_stats_flush_current(void);
 HD_HIDDEN void mc_stats_flush_all_locked(bool all_threads);

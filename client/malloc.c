@@ -123,13 +123,16 @@ void heapd_free(void *p)
         return;
     uint32_t id;
     unsigned cls;
-    enum hd_free_result r = hd_free_ex(&hdc_seg, p, &id, &cls);
+    enum hd_free_result r = hd_free_by(&hdc_seg, p, &id, &cls, hdc_client_id, mc_free_local);
     if (hd_likely(r == HD_FREE_OK)) {
-        if (hd_likely(cls)) {        /* memstats: frees count where they happen (internal.h) */
+        if (hd_likely(cls)) {        /* memstats: frees count where they happen (internal.h);
+                                        large classes too (cstats.c adds their bytes) */
             uint64_t v = atomic_load_explicit(&mc_tls_frees[cls], memory_order_relaxed) + 1;
             atomic_store_explicit(&mc_tls_frees[cls], v, memory_order_relaxed);
             if (hd_unlikely(v % ST_FREE_FLUSH == 1))
                 mc_stats_free_tick();
+            if (hd_unlikely(cls >= HD_FIRST_LARGE_CLASS))
+                mc_large_freed(cls);
         }
         return;
     }

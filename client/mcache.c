@@ -61,6 +61,53 @@
  * objects are always cleared (a few bytes). Large objects are cleared when
  * their span's needzero is set.
  *
+ * Large classes (issue 9; shm/sizeclasses.h): a request above 32 KiB up to
+ * 1 MiB with at most page alignment is an object of a large class, a span
+ * of one object that goes through all of the above (cur, stash, kept full
+ * spans, sweep): the cache keeps what it frees and what other processes free
+ * (their CAS to FREED, found by the sweep of its kept spans), and refills in
+ * batches (up to 256 KiB of spans). A kept full span costs nothing while its
+ * object lives and is the cache of that size once it is freed, so large
+ * classes keep more of them: clamp(16 MiB / span bytes, 4, 64). A freed one
+ * is not free of cost (its pages stay committed), so every
+ * MC_LARGE_GC_BYTES of large-class allocation the cache trims them
+ * (jemalloc's tcache GC; the interval grows to the live large-class bytes
+ * the cache holds, so a pool of big buffers is not trimmed at every turn of
+ * its working set): a class that allocated nothing in the last two
+ * intervals gives back all its free spans; when the free spans left pass
+ * max(MC_LARGE_FREE_BYTES, the live large-class bytes the cache holds),
+ * each class keeps only twice what it allocated in those intervals. After a
+ * Flush from the daemon (a limit is near) the next MC_LARGE_TIGHT_FOR bytes
+ * trim at every allocation, keep no free span at all, and no class refills
+ * ahead.
+ * Everything a cache holds goes back on Flush, pressure and release like
+ * small spans.
+ * Objects are counted one by one (st_counts small_allocs[c] at allocation,
+ * mc_tls_frees[c] at free; cstats.c adds them to the large totals with the
+ * class's bytes). Larger requests, or larger alignments, are one AllocLarge
+ * round trip each.
+ *
+ * Refills ahead (issue 9): when a small class that has refilled at least
+ * twice in a row takes the last span of its stash, it submits the next Refill at once
+ * (tp_refill_submit) and collects it when it runs dry again, after its kept
+ * spans had their chance (a cache never grows while frees refill it). At most
+ * one refill per class and cache is in flight; a release cancels it (the
+ * spans go back when they come), and so does a class that did not collect
+ * it within the cache's next MC_AHEAD_STALE refills (it went cold); a class
+ * refills ahead only while it is among the cache's last MC_AHEAD_RECENT
+ * refills, so classes a program visits in turn do not each hold a batch. Large classes do not refill ahead: their
+ * next span is one buffer of up to 1 MiB that a class whose buffers come
+ * round rarely needs (bench/peers buffer-pool: no slower without it), and
+ * that under a limit is memory held for nothing (itest "soft limit respected
+ * by a workload that frees as it goes": 20-22 MiB with, 16-18 without). An allocation that blocks on the daemon (a
+ * synchronous Refill, a collect whose reply has not come, an AllocLarge) is
+ * counted with its time in refill_waits / refill_wait_ns.
+ *
+ * Owner-local free (issue 9): a free of an object of the calling thread's
+ * current span of its class makes it FREE at once (hd_obj_free_owner, one
+ * CAS, see shm/span.h for why not a plain store), and lowers the span's
+ * live0 so memstats still count each allocation once.
+ *
  * Stale caches: detach and the fork child reset every cache directly
  * (mc_forget_all_locked); hdc_epoch makes any cache that escaped that forget
  * its spans at its next slow path. A Flush from the daemon bumps tp_flush_gen;
@@ -71,6 +118,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "internal.h"
 #include "lockorder.h"
@@ -80,8 +128,18 @@
 #define MC_REFILL_BYTES (256u << 10)
 #define MC_KEEP_BYTES (2u << 20)       /* full spans a class may keep, in bytes... */
 #define MC_KEEP_CAP 64u                 /* ...and in spans */
+#define MC_KEEP_LARGE_BYTES (16u << 20) /* full spans a large class may keep, in bytes (4..64 spans) */
 #define MC_MAX_REFILLS 4                /* refills per slow path before giving up */
 #define MC_MAX_REWINDS 2                /* sweeps of the current span per slow path that found room */
+#define MC_AHEAD_STREAK 2               /* refills in a row before the class refills ahead */
+#define MC_AHEAD_RECENT 4               /* ...the last of them among the cache's last 4 refills */
+#define MC_AHEAD_STALE 32               /* a refill ahead not collected within 32 refills goes back */
+#define MC_LARGE_GC_BYTES (4u << 20)    /* large-class bytes allocated between two trims of the free
+                                           ones, at least (or the live large-class bytes held) */
+#define MC_LARGE_TIGHT_FOR (64u << 20)  /* after a Flush (a limit is near), for this many large-class
+                                           bytes: a trim at every allocation, no free span kept,
+                                           no refill ahead */
+#define MC_LARGE_FREE_BYTES (4u << 20)  /* free large-class spans a cache keeps past a trim, beyond idle classes */
 _Static_assert(MC_BATCH_CAP <= HD_MAX_BATCH, "a batch fits one message");
 
 typedef struct mc_class {
@@ -90,10 +148,15 @@ typedef struct mc_class {
     uint32_t full[MC_KEEP_CAP];         /* spans full at their last sweep, oldest first */
     uint8_t nstash, nfull;
     uint8_t streak;                     /* refills in a row since the last flush */
+    uint64_t ahead;                     /* token of the refill submitted ahead, 0: none */
+    uint32_t ahead_at;                  /* the cache's refill clock when `ahead` was asked for */
+    uint32_t last_refill;               /* ...and at this class's last refill */
+    uint32_t gc_allocs;                 /* large classes: allocations since the last trim */
+    uint32_t gc_prev;                   /* ...and in the interval before */
 } mc_class_t;
 
 typedef struct hd_mcache {
-    mc_class_t cls[HD_NUM_SIZE_CLASSES];
+    mc_class_t cls[HD_NUM_CLASSES];     /* small classes, then the large ones */
     /* the open tiny block (tiny == 0: none) */
     uintptr_t tiny;                     /* its address */
     unsigned tiny_off;                  /* bytes of it used */
@@ -101,13 +164,18 @@ typedef struct hd_mcache {
     hd_ostate_t *tiny_states;           /* its span's object states */
     uint32_t tiny_span, tiny_block;     /* its span id and block index */
     st_thread_t st;                     /* memstats counters (internal.h, cstats.c) */
+    uint64_t lbytes;                    /* large-class bytes allocated since the last trim */
+    uint64_t gc_every;                  /* the next trim after this many (0: MC_LARGE_GC_BYTES) */
+    uint32_t rclock;                    /* refills this cache made (its classes' clock) */
+    uint64_t lfreed;                    /* large-class bytes this thread freed since the last trim */
+    uint64_t tight;                     /* bytes left of tight trimming (after a Flush) */
     uint64_t epoch;                     /* hdc_epoch when the cache last checked */
     uint64_t flush_gen;                 /* tp_flush_gen when the cache last checked */
     struct hd_mcache *next, *prev;      /* the registry (mc_reg_mu) */
 } hd_mcache_t;
 
 static __thread hd_mcache_t *mc_tls __attribute__((tls_model("initial-exec")));
-__thread _Atomic uint64_t mc_tls_frees[HD_NUM_SIZE_CLASSES] __attribute__((tls_model("initial-exec")));
+__thread _Atomic uint64_t mc_tls_frees[HD_NUM_CLASSES] __attribute__((tls_model("initial-exec")));
 static _Atomic unsigned mc_ncaches;     /* registered caches, for the mcache_bytes gauge */
 static pthread_mutex_t mc_reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static hd_mcache_t *mc_reg;             /* every live cache (mc_reg_mu) */
@@ -130,7 +198,7 @@ void mc_reg_lock_reinit(void) { pthread_mutex_init(&mc_reg_mu, NULL); }
 
 unsigned mc_batch_max(unsigned c)
 {
-    unsigned nobj = hd_class_to_nobjs[c];
+    unsigned nobj = hd_cls_nobjs(c);
     size_t by_objs = (MC_REFILL_OBJS + nobj - 1) / nobj;
     size_t by_bytes = MC_REFILL_BYTES / hd_span_bytes(c);
     size_t n = by_objs < by_bytes ? by_objs : by_bytes;
@@ -147,7 +215,12 @@ unsigned mc_batch_for(unsigned c, unsigned nth)
 
 unsigned mc_keep_full(unsigned c)
 {
-    size_t n = MC_KEEP_BYTES / hd_span_bytes(c);
+    size_t bytes = hd_span_bytes(c);
+    if (hd_is_lclass(c)) {
+        size_t n = MC_KEEP_LARGE_BYTES / bytes;
+        return n < 4 ? 4 : n > MC_KEEP_CAP ? MC_KEEP_CAP : (unsigned)n;
+    }
+    size_t n = MC_KEEP_BYTES / bytes;
     return n < 1 ? 1 : n > MC_KEEP_CAP ? MC_KEEP_CAP : (unsigned)n;
 }
 
@@ -188,7 +261,7 @@ void mc_span_load(mc_span_t *s, const hd_seg_t *seg, uint32_t id)
     s->elemsize = sp->elemsize;
     s->states = hd_states_of(seg, id, sp->sizeclass);
     unsigned nfreed;
-    s->live0 = hd_span_sweep(s->states, s->nelems, &nfreed);    /* allocations are counted from here */
+    s->live0 = (int32_t)hd_span_sweep(s->states, s->nelems, &nfreed);   /* allocations are counted from here */
     s->fresh = sp->needzero == 0 && nfreed == 0;
     mc_span_rewind(s);
 }
@@ -249,11 +322,14 @@ static void mc_key_init(void) { pthread_key_create(&mc_key, mc_thread_exit); }
 
 static void mc_reset(hd_mcache_t *mc)
 {
-    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
+    for (unsigned c = 0; c < HD_NUM_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
         mc_span_clear(&k->cur);
         k->nstash = k->nfull = k->streak = 0;
+        k->ahead = 0;
+        k->gc_allocs = k->gc_prev = 0;
     }
+    mc->lbytes = mc->tight = mc->gc_every = mc->lfreed = 0;
     mc->tiny = 0;
     mc->tiny_off = 0;
     mc->tiny_words = NULL;
@@ -334,11 +410,11 @@ static void mc_rel_add(hd_mcache_t *mc, mc_relbuf_t *rb, uint32_t id)
  * FREE), and only its sweeps make them FREE, which recount (live0). */
 static void mc_span_account(st_thread_t *st, unsigned c, mc_span_t *s)
 {
-    if (s->id == HD_NO_SPAN || !s->states)
-        return;
-    unsigned pop = hd_span_inuse(s->states, s->nelems);
+    if (s->id == HD_NO_SPAN || !s->states || hd_is_lclass(c))
+        return;                      /* large classes count per object */
+    int32_t pop = (int32_t)hd_span_inuse(s->states, s->nelems);
     if (pop > s->live0)
-        st_bump(&st->cur.small_allocs[c], pop - s->live0);
+        st_bump(&st->cur.small_allocs[c], (uint64_t)(pop - s->live0));
     s->live0 = pop;
 }
 
@@ -420,34 +496,65 @@ void mc_stats_reset_locked(void)
     for (hd_mcache_t *mc = mc_reg; mc; mc = mc->next) {
         memset(&mc->st.cur, 0, sizeof mc->st.cur);
         memset(&mc->st.done, 0, sizeof mc->st.done);
-        for (unsigned c = 0; mc->st.frees && c < HD_NUM_SIZE_CLASSES; c++)
+        for (unsigned c = 0; mc->st.frees && c < HD_NUM_CLASSES; c++)
             atomic_store_explicit(&mc->st.frees[c], 0, memory_order_relaxed);
     }
-    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++)
+    for (unsigned c = 0; c < HD_NUM_CLASSES; c++)
         atomic_store_explicit(&mc_tls_frees[c], 0, memory_order_relaxed);
     mc_reg_unlock();
 }
 
 /* Give every span back (async Release through send, NULL: tp_release) and
  * close the tiny block. */
-static void mc_release_via(hd_mcache_t *mc, void (*send)(const uint32_t *ids, unsigned n))
+/* Give every span back (async Release through send, NULL: tp_release) and
+ * close the tiny block. keep_live: a Flush from the daemon wants free memory
+ * back, and a large-class span whose one object is live has none: it stays
+ * kept (released, it would wait FREED in the daemon's lists for a sweep
+ * once the program frees the object, instead of coming round here). */
+static void mc_release_ex(hd_mcache_t *mc, void (*send)(const uint32_t *ids, unsigned n), bool keep_live)
 {
     mc_relbuf_t rb = {.n = 0, .send = send};
+    uint32_t kept[HD_NUM_LARGE_CLASSES][MC_KEEP_CAP];
+    uint8_t nkept[HD_NUM_LARGE_CLASSES] = {0};
     mc_account(mc);                  /* the current spans' allocations, before they go */
     mc_tiny_close(mc);
-    for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
+    for (unsigned c = 1; c < HD_NUM_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
-        if (k->cur.id != HD_NO_SPAN)
-            mc_rel_add(mc, &rb, k->cur.id);
+        bool keep = keep_live && hd_is_lclass(c);
+        if (k->ahead) {              /* its spans go back when they come */
+            (send == tp_release_locked ? tp_refill_cancel_locked : tp_refill_cancel)(k->ahead);
+            k->ahead = 0;
+        }
+        if (k->cur.id != HD_NO_SPAN) {
+            if (keep && hd_obj_state(k->cur.states, 0) == HD_OBJ_ALLOCATED)
+                kept[c - HD_FIRST_LARGE_CLASS][nkept[c - HD_FIRST_LARGE_CLASS]++] = k->cur.id;
+            else
+                mc_rel_add(mc, &rb, k->cur.id);
+        }
         for (unsigned i = 0; i < k->nstash; i++)
             mc_rel_add(mc, &rb, k->stash[i]);
-        for (unsigned i = 0; i < k->nfull; i++)
-            mc_rel_add(mc, &rb, k->full[i]);
+        for (unsigned i = 0; i < k->nfull; i++) {
+            if (keep && nkept[c - HD_FIRST_LARGE_CLASS] < MC_KEEP_CAP &&
+                hd_obj_state(hd_states_of(&hdc_seg, k->full[i], c), 0) == HD_OBJ_ALLOCATED)
+                kept[c - HD_FIRST_LARGE_CLASS][nkept[c - HD_FIRST_LARGE_CLASS]++] = k->full[i];
+            else
+                mc_rel_add(mc, &rb, k->full[i]);
+        }
     }
     if (rb.n)
         (send ? send : tp_release)(rb.ids, rb.n);
     mc_reset(mc);
+    for (unsigned j = 0; j < HD_NUM_LARGE_CLASSES; j++) {
+        mc_class_t *k = &mc->cls[HD_FIRST_LARGE_CLASS + j];
+        memcpy(k->full, kept[j], nkept[j] * sizeof k->full[0]);
+        k->nfull = nkept[j];
+    }
     st_flush(&mc->st, mc_cache_bytes());
+}
+
+static void mc_release_via(hd_mcache_t *mc, void (*send)(const uint32_t *ids, unsigned n))
+{
+    mc_release_ex(mc, send, false);
 }
 
 static void mc_release(hd_mcache_t *mc) { mc_release_via(mc, NULL); }
@@ -482,7 +589,7 @@ static void mc_unregister(hd_mcache_t *mc)
 void mc_forget_all_locked(bool fork_child)
 {
     if (fork_child)                  /* this thread's free counts so far are the parent's */
-        for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++)
+        for (unsigned c = 0; c < HD_NUM_CLASSES; c++)
             atomic_store_explicit(&mc_tls_frees[c], 0, memory_order_relaxed);
     mc_reg_lock();
     for (hd_mcache_t *mc = mc_reg, *next; mc; mc = next) {
@@ -534,7 +641,8 @@ static void mc_check_stale(hd_mcache_t *mc)
     uint64_t g = atomic_load(&tp_flush_gen);
     if (hd_unlikely(mc->flush_gen != g)) {
         mc->flush_gen = g;
-        mc_release(mc);
+        mc_release_ex(mc, NULL, true);   /* live large-class spans stay: nothing to give */
+        mc->tight = MC_LARGE_TIGHT_FOR;  /* a limit is near: hold no free large span for a while */
     }
 }
 
@@ -542,11 +650,25 @@ static void mc_check_stale(hd_mcache_t *mc)
  * limit or our quota, see pressure.c): give back this thread's spans, let
  * the pressure callback run, and say whether one retry is worth it. errno
  * stays ENOMEM. */
+static bool mc_holds_spans(const hd_mcache_t *mc)
+{
+    for (unsigned c = 1; c < HD_NUM_CLASSES; c++) {
+        const mc_class_t *k = &mc->cls[c];
+        if (k->cur.id != HD_NO_SPAN || k->nstash || k->nfull || k->ahead)
+            return true;
+    }
+    return false;
+}
+
 static bool mc_enomem_retry(hd_mcache_t *mc, uint64_t pgen, uint64_t fgen)
 {
     bool again = false;
     if (mc && atomic_load(&tp_flush_gen) != fgen) {
         mc_check_stale(mc);         /* queues Release; it goes out ahead of the retry */
+        again = true;
+    } else if (mc && mc_holds_spans(mc)) {
+        mc_release(mc);             /* the free memory may be in our own cache (large-class
+                                       spans we freed): it goes back ahead of the retry */
         again = true;
     }
     if (hdc_pressure_settle(pgen))
@@ -566,8 +688,8 @@ static bool mc_span_ok(uint32_t id, unsigned c)
     hd_span_t *sp = &hdc_seg.spans[id];
     return hd_span_state(sp) == HD_SPAN_CACHED &&
            sp->owner == hdc_client_id && sp->sizeclass == c &&
-           sp->nelems == hd_class_to_nobjs[c] && sp->elemsize == hd_class_to_size[c] &&
-           sp->npages == hd_class_to_npages[c] && id + (uint64_t)sp->npages <= hdc_seg.npages;
+           sp->nelems == hd_cls_nobjs(c) && sp->elemsize == hd_cls_size(c) &&
+           sp->npages == hd_cls_npages(c) && id + (uint64_t)sp->npages <= hdc_seg.npages;
 }
 
 /* Is a span we kept still ours to allocate from? The daemon lends it until we
@@ -603,6 +725,17 @@ static inline unsigned mc_min_room(unsigned nelems) { return nelems >= 16 ? nele
  * handing them out one slot at a time would spread the next frees thinly
  * over every span and keep the class on the slow path for good; left alone,
  * they gather frees until they are worth it. */
+/* A one-object span's object (large classes, and the 8, 16, 24 and 32 KiB
+ * small classes): swept if FREED; is it FREE? One byte,
+ * where hd_span_sweep would read two 64-byte windows (the full lists and the
+ * trim look at many such spans on every large allocation). */
+static inline bool mc_lspan_free(const hd_seg_t *seg, uint32_t id, unsigned c)
+{
+    hd_ostate_t *st = hd_states_of(seg, id, c);
+    uint8_t v = hd_obj_state(st, 0);
+    return v == HD_OBJ_FREE || (v == HD_OBJ_FREED && hd_obj_sweep(st, 0));
+}
+
 static bool mc_reuse_full(mc_class_t *k)
 {
     unsigned best = UINT32_MAX;
@@ -616,7 +749,9 @@ static bool mc_reuse_full(mc_class_t *k)
         }
         const hd_span_t *sp = &hdc_seg.spans[id];
         unsigned nelems = sp->nelems;
-        if (nelems - hd_span_sweep(hd_states_of(&hdc_seg, id, sp->sizeclass), nelems, NULL) >= mc_min_room(nelems)) {
+        if (nelems == 1 ? mc_lspan_free(&hdc_seg, id, sp->sizeclass)
+                                        : nelems - hd_span_sweep(hd_states_of(&hdc_seg, id, sp->sizeclass), nelems, NULL) >=
+                                              mc_min_room(nelems)) {
             best = i;
             break;
         }
@@ -629,6 +764,59 @@ static bool mc_reuse_full(mc_class_t *k)
     mc_span_load(&k->cur, &hdc_seg, id);
     k->cur.fresh = false;            /* it had room again: slots were freed */
     return true;
+}
+
+static uint64_t mc_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* An allocation blocked on the daemon for ns. */
+static void mc_count_wait(hd_mcache_t *mc, uint64_t ns)
+{
+    st_bump(&mc->st.cur.refill_waits, 1);
+    st_bump(&mc->st.cur.refill_wait_ns, ns);
+}
+
+/* Stash the spans a refill gave (in reverse: ids[0] is used first); how
+ * many were good. */
+static unsigned mc_stash(mc_class_t *k, unsigned c, const uint32_t *ids, int n)
+{
+    unsigned good = 0;
+    for (int j = n - 1; j >= 0; j--)
+        if (k->nstash < MC_BATCH_CAP && mc_span_ok(ids[j], c))
+            k->stash[k->nstash++] = ids[j], good++;
+    return good;
+}
+
+/* The class just took the last span of its stash: a class that keeps
+ * refilling asks for the next batch now, so that it is there when needed. */
+static void mc_refill_ahead(hd_mcache_t *mc, mc_class_t *k, unsigned c)
+{
+    if (k->ahead || k->nstash || k->streak < MC_AHEAD_STREAK || mc->tight || hd_is_lclass(c) ||
+        mc->rclock - k->last_refill > MC_AHEAD_RECENT)
+        return;
+    if (k->streak < 255)
+        k->streak++;
+    k->ahead = tp_refill_submit(c, mc_batch_for(c, k->streak));
+    k->ahead_at = mc->rclock;
+}
+
+/* A refill happens for class c: tick the clock, and send back what classes
+ * asked for ahead and never needed (a class that went cold). */
+static void mc_refill_tick(hd_mcache_t *mc, mc_class_t *k)
+{
+    k->last_refill = ++mc->rclock;
+    for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
+        mc_class_t *o = &mc->cls[c];
+        if (o->ahead && mc->rclock - o->ahead_at > MC_AHEAD_STALE) {
+            tp_refill_cancel(o->ahead);
+            o->ahead = 0;
+            o->streak = 0;
+        }
+    }
 }
 
 static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
@@ -648,8 +836,8 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             if (i < s->nelems)
                 return mc_take(s, i);
             mc_span_account(&mc->st, c, s);     /* memstats: before the sweep recounts */
-            s->live0 = hd_span_sweep(s->states, s->nelems, NULL);
-            if (s->nelems - s->live0 >= mc_min_room(s->nelems) && rewinds++ < MC_MAX_REWINDS) {  /* step 1 */
+            s->live0 = (int32_t)hd_span_sweep(s->states, s->nelems, NULL);
+            if (s->nelems - (unsigned)s->live0 >= mc_min_room(s->nelems) && rewinds++ < MC_MAX_REWINDS) {  /* step 1 */
                 s->fresh = false;    /* room means frees: used slots come round again */
                 mc_span_rewind(s);
                 continue;
@@ -657,24 +845,47 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             mc_push_full(mc, c, s->id);                                   /* step 2 */
             mc_span_clear(s);
         }
+        /* One object per span: a kept span whose object was freed is as good
+         * as a new one, and taking it first keeps the cache from growing
+         * while frees refill it. */
+        bool one = hd_cls_nobjs(c) == 1;
+        if (one && mc_reuse_full(k))
+            continue;
         if (k->nstash) {
             uint32_t id = k->stash[--k->nstash];
             if (mc_still_ours(id))
                 mc_span_load(s, &hdc_seg, id);
+            mc_refill_ahead(mc, k, c);
             continue;
         }
-        if (mc_reuse_full(k))                                             /* step 3 */
+        if (!one && mc_reuse_full(k))                                     /* step 3 */
             continue;
+        uint32_t ids[MC_BATCH_CAP];
+        mc_refill_tick(mc, k);
+        if (k->ahead) {              /* step 4a: the refill submitted ahead */
+            uint64_t waited = 0;
+            int n = tp_refill_collect(k->ahead, true, ids, &waited);
+            k->ahead = 0;
+            if (waited)
+                mc_count_wait(mc, waited);
+            if (n > 0)
+                HDC_CRASHPOINT("refill");
+            if (n > 0 && mc_stash(k, c, ids, n))
+                continue;
+            /* refused (ENOMEM: the synchronous refill below handles the
+             * limits' Flush/Pressure and the retry) or dropped */
+        }
         if (refills++ == MC_MAX_REFILLS) {                                /* step 4 */
             errno = ENOMEM;          /* the daemon keeps handing out full spans */
             return NULL;
         }
-        uint32_t ids[MC_BATCH_CAP];
         if (k->streak < 255)
             k->streak++;
         mc_stats_flush(mc);                  /* memstats: counts go out at every refill */
         uint64_t pgen = hdc_pressure_gen(), fgen = atomic_load(&tp_flush_gen);
+        uint64_t t0 = mc_now_ns();
         int n = tp_refill(c, mc_batch_for(c, k->streak), ids);
+        mc_count_wait(mc, mc_now_ns() - t0);
         if (n > 0)
             HDC_CRASHPOINT("refill");     /* the spans are ours at the daemon, not in the cache */
         if (n < 0) {
@@ -685,11 +896,7 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             }
             return NULL;
         }
-        unsigned good = 0;
-        for (int j = n - 1; j >= 0; j--)      /* stash in reverse: ids[0] is used first */
-            if (mc_span_ok(ids[j], c))
-                k->stash[k->nstash++] = ids[j], good++;
-        if (!good) {
+        if (!mc_stash(k, c, ids, n)) {
             errno = EPROTO;
             return NULL;
         }
@@ -765,12 +972,94 @@ void *mc_alloc_tiny(size_t size, size_t align, bool zero)
 
 /* ---- large ----------------------------------------------------------------------------- */
 
+/* Release the free spans of large class c beyond the first `keep` (the
+ * stash first: never used); returns the bytes of free spans it kept. */
+static uint64_t mc_trim_class(hd_mcache_t *mc, mc_relbuf_t *rb, unsigned c, unsigned keep)
+{
+    if (!hd_is_lclass(c))
+        return 0;
+    mc_class_t *k = &mc->cls[c];
+    while (k->nstash > keep)
+        mc_rel_add(mc, rb, k->stash[--k->nstash]);
+    unsigned kept = k->nstash;
+    for (unsigned i = 0; i < k->nfull; i++) {
+        uint32_t id = k->full[i];
+        bool drop = !mc_still_ours(id);
+        if (!drop && mc_lspan_free(&hdc_seg, id, c) && kept++ >= keep) {
+            mc_rel_add(mc, rb, id);
+            drop = true;
+            kept--;
+        }
+        if (drop) {
+            memmove(&k->full[i], &k->full[i + 1], (k->nfull - i - 1u) * sizeof k->full[0]);
+            k->nfull--;
+            i--;
+        }
+    }
+    return (uint64_t)kept * hd_cls_size(c);
+}
+
+/* The trim (see the top): a class idle for two intervals gives back every
+ * free span (and what is on its way); when the free spans kept still pass
+ * MC_LARGE_FREE_BYTES, each class keeps only twice its recent demand. Kept
+ * spans whose object lives stay: they cost nothing. */
+static void mc_large_trim(hd_mcache_t *mc)
+{
+    mc_relbuf_t rb = {.n = 0};
+    uint64_t free_bytes = 0, held = 0;
+    for (unsigned c = HD_FIRST_LARGE_CLASS; c < HD_NUM_CLASSES; c++) {
+        mc_class_t *k = &mc->cls[c];
+        if (k->gc_allocs || k->gc_prev) {
+            free_bytes += mc_trim_class(mc, &rb, c, UINT32_MAX);   /* count only */
+            held += (uint64_t)(k->nfull + k->nstash) * hd_span_bytes(c);
+            continue;
+        }
+        mc_trim_class(mc, &rb, c, 0);
+        k->streak = 0;               /* it starts slow again */
+        if (k->ahead)
+            tp_refill_cancel(k->ahead);
+        k->ahead = 0;
+    }
+    /* the budget: MC_LARGE_FREE_BYTES, or as much as the live large-class
+     * objects of active classes (a pool's count per size wanders) */
+    uint64_t live = held > free_bytes ? held - free_bytes : 0;
+    uint64_t budget = mc->tight ? 0 : live > MC_LARGE_FREE_BYTES ? live : MC_LARGE_FREE_BYTES;
+    mc->gc_every = live > MC_LARGE_GC_BYTES ? live : MC_LARGE_GC_BYTES;
+    for (unsigned c = HD_FIRST_LARGE_CLASS; c < HD_NUM_CLASSES; c++) {
+        mc_class_t *k = &mc->cls[c];
+        if (free_bytes > budget && (k->gc_allocs || k->gc_prev)) {
+            unsigned keep = mc->tight ? 0 : 2 * (k->gc_allocs > k->gc_prev ? k->gc_allocs : k->gc_prev);
+            uint64_t before = mc_trim_class(mc, &rb, c, UINT32_MAX);
+            free_bytes -= before - mc_trim_class(mc, &rb, c, keep);
+        }
+        k->gc_prev = k->gc_allocs;
+        k->gc_allocs = 0;
+    }
+    if (rb.n)
+        tp_release(rb.ids, rb.n);
+    mc->lbytes = mc->lfreed = 0;
+}
+
 void *mc_alloc_large(size_t size, size_t align, bool zero)
 {
     int st = atomic_load(&hdc_state);
     if (st == HDC_DETACHED) {
         errno = ENOTCONN;
         return NULL;
+    }
+    unsigned c = align <= HD_PAGE_SIZE ? hd_large_to_class(size) : 0;
+    if (c) {                         /* a large class: from the cache */
+        void *p = mc_alloc_class(c, size, zero);
+        if (p) {
+            hd_mcache_t *mc = mc_tls;                    /* mc_alloc_class made it */
+            st_bump(&mc->st.cur.small_allocs[c], 1);
+            mc->cls[c].gc_allocs++;
+            uint64_t b = hd_cls_size(c);
+            mc->tight = mc->tight > b ? mc->tight - b : 0;
+            if ((mc->lbytes += b) >= (mc->gc_every ? mc->gc_every : MC_LARGE_GC_BYTES) || mc->tight)
+                mc_large_trim(mc);
+        }
+        return p;
     }
     uint64_t pages = size / HD_PAGE_SIZE + (size % HD_PAGE_SIZE != 0);
     if (pages > hdc_seg.npages) {
@@ -780,12 +1069,20 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
     uint64_t align_pages = align > HD_PAGE_SIZE ? align / HD_PAGE_SIZE : 0;
     uint32_t id;
     uint64_t pgen = hdc_pressure_gen(), fgen = atomic_load(&tp_flush_gen);
-    if (tp_alloc_large(pages, align_pages, zero, &id) < 0) {
+    uint64_t t0 = mc_now_ns();
+    int rc = tp_alloc_large(pages, align_pages, zero, &id);
+    if (rc < 0) {
         hd_mcache_t *mc = mc_tls;
-        if (errno != ENOMEM || !mc_enomem_retry(mc && mc->epoch == atomic_load(&hdc_epoch) ? mc : NULL, pgen, fgen) ||
-            tp_alloc_large(pages, align_pages, zero, &id) < 0)
-            return NULL;
+        if (errno == ENOMEM && mc_enomem_retry(mc && mc->epoch == atomic_load(&hdc_epoch) ? mc : NULL, pgen, fgen))
+            rc = tp_alloc_large(pages, align_pages, zero, &id);
     }
+    int e = errno;
+    hd_mcache_t *mc = mc_get();
+    if (mc)
+        mc_count_wait(mc, mc_now_ns() - t0);    /* a round trip per object: it always waits */
+    errno = e;
+    if (rc < 0)
+        return NULL;
     hd_span_t *sp = id < hdc_seg.npages ? &hdc_seg.spans[id] : NULL;
     uintptr_t p = sp ? hd_page_addr(&hdc_seg, id) : 0;
     if (!sp || hd_span_state(sp) != HD_SPAN_LARGE ||
@@ -800,4 +1097,37 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
     mc_count_large(true, (uint64_t)sp->npages * HD_PAGE_SIZE);
     mc_stats_flush_current();
     return (void *)p;
+}
+
+/* ---- owner-local free --------------------------------------------------------------------- */
+
+enum hd_free_result mc_free_local(uint32_t id, unsigned cls, hd_ostate_t *st, unsigned i)
+{
+    hd_mcache_t *mc = mc_tls;
+    if (!mc || cls >= HD_NUM_CLASSES || cls == HD_TINY_SIZE_CLASS)
+        return HD_FREE_REMOTE;
+    mc_span_t *s = &mc->cls[cls].cur;
+    if (s->id != id || mc->epoch != atomic_load_explicit(&hdc_epoch, memory_order_relaxed))
+        return HD_FREE_REMOTE;       /* another thread's span, or a cache about to forget it */
+    enum hd_free_result r = hd_obj_free_owner(st, i);
+    if (r == HD_FREE_OK)
+        s->live0--;                  /* FREE at once: the next count must not miss an allocation */
+    return r;
+}
+
+/* This thread freed a large-class object (malloc.c): a Flush that came
+ * meanwhile is acted on now (a thread that only frees must give memory back
+ * too), and so many bytes freed since the last trim trim again; after a
+ * Flush every such free does. */
+void mc_large_freed(unsigned c)
+{
+    hd_mcache_t *mc = mc_tls;
+    if (!mc || !hd_is_lclass(c) || mc->epoch != atomic_load_explicit(&hdc_epoch, memory_order_relaxed))
+        return;
+    int e = errno;                   /* free() leaves errno alone */
+    mc_check_stale(mc);
+    mc->lfreed += hd_cls_size(c);
+    if (mc->tight || mc->lfreed >= (mc->gc_every ? mc->gc_every : MC_LARGE_GC_BYTES))
+        mc_large_trim(mc);
+    errno = e;
 }

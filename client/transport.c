@@ -16,6 +16,16 @@
  *    FreeLarge, when it holds HD_FREE_LARGE_PAGES pages, so a process never
  *    sits on much freed memory), ahead of every synchronous call, at thread
  *    exit, at heapd_flush/detach and at process exit.
+ *  - refills ahead (issue 9): tp_refill_submit sends a Refill without
+ *    waiting (one send(2) with MSG_DONTWAIT, also when a ring is set up: the
+ *    ring has nothing in flight between calls) and keeps a slot for its seq;
+ *    whoever reads the socket next (a synchronous call, the pressure
+ *    listener's drain, a collect) files the reply in that slot. A slot whose
+ *    cache gave up on it (tp_refill_cancel: its thread released its cache)
+ *    releases the spans when they come. A graceful close first waits for
+ *    every slot's reply and releases what no cache collected, so a detach
+ *    leaves nothing cached; a broken connection or a fork child drops the
+ *    slots (the spans stay ours, quarantined, or are the parent's).
  * With io_uring, a synchronous call is one submission: the pending batches
  * and the request as linked sends, then the receive of the reply; without it
  * (io_uring_queue_init failed, or HEAPD_NO_URING=1) the same packets go over
@@ -45,6 +55,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "heapd.pb-c.h"
@@ -76,6 +87,19 @@ static struct {
     unsigned n;
     uint64_t pages;
 } tp_fl;
+
+/* Refills submitted ahead (tp_mu). token 0: free slot. */
+#define TP_AHEAD_MAX 64
+typedef struct tp_ahead {
+    uint64_t token, seq;
+    bool done, orphan;
+    int err;                         /* done: 0, or the daemon's errno */
+    unsigned n;
+    uint32_t ids[HD_MAX_BATCH];
+} tp_ahead_t;
+static tp_ahead_t tp_ahead[TP_AHEAD_MAX];
+static uint64_t tp_ahead_tokens;     /* tokens handed out: never reused, unlike seqs */
+static unsigned tp_ahead_n;          /* slots in use */
 
 static uint8_t tp_sbuf[3][TP_SBUF];  /* release batch, free-large batch, request */
 static uint8_t tp_rbuf[HD_MAX_MSG];
@@ -121,6 +145,12 @@ const char *tp_name(void)
 
 /* ---- connection state ------------------------------------------------------ */
 
+static void tp_drop_ahead(void)
+{
+    memset(tp_ahead, 0, sizeof tp_ahead);
+    tp_ahead_n = 0;
+}
+
 static void tp_drop_pending(void)
 {
     tp_rel.n = 0;
@@ -141,11 +171,16 @@ static void tp_teardown(void)
     atomic_store(&tp_kind, 0);
 }
 
+static void tp_ahead_settle_locked(void);
+
 void tp_close_locked(bool graceful)
 {
-    if (graceful)
+    if (graceful) {
+        tp_ahead_settle_locked();    /* replies still due: their spans go back */
         (void)tp_flush_locked();     /* a fork child reconnects for it if it must */
+    }
     tp_drop_pending();
+    tp_drop_ahead();
     tp_teardown();
 }
 
@@ -158,6 +193,7 @@ void tp_close_locked(bool graceful)
 static int tp_broken(void)
 {
     tp_drop_pending();
+    tp_drop_ahead();
     st_forget_slot();
     atomic_fetch_add(&hdc_epoch, 1);
     tp_teardown();
@@ -393,6 +429,45 @@ static void tp_unsolicited(const Heapd__DaemonMsg *m)
         hdc_pressure_note(m->pressure->level, m->pressure->bytes_wanted);
 }
 
+static tp_ahead_t *tp_ahead_by_seq(uint64_t seq)
+{
+    for (unsigned i = 0; seq && i < TP_AHEAD_MAX; i++)
+        if (tp_ahead[i].token && tp_ahead[i].seq == seq && !tp_ahead[i].done)
+            return &tp_ahead[i];
+    return NULL;
+}
+
+static void tp_ahead_free(tp_ahead_t *a)
+{
+    *a = (tp_ahead_t){0};
+    tp_ahead_n--;
+}
+
+/* A reply (seq != 0) that is not the one a synchronous call waits for: a
+ * refill submitted ahead gets it; anything else is a stale reply to an
+ * abandoned request, skipped. */
+static void tp_route(const Heapd__DaemonMsg *m)
+{
+    tp_ahead_t *a = tp_ahead_by_seq(m->seq);
+    if (!a)
+        return;
+    a->done = true;
+    if (m->body_case == HEAPD__DAEMON_MSG__BODY_SPANS && m->spans->n_span_ids >= 1 &&
+        m->spans->n_span_ids <= HD_MAX_BATCH) {
+        a->n = (unsigned)m->spans->n_span_ids;
+        memcpy(a->ids, m->spans->span_ids, a->n * sizeof a->ids[0]);
+    } else {
+        a->err = m->body_case == HEAPD__DAEMON_MSG__BODY_ERROR ? tp_errno_from_daemon(m->error->err) : EPROTO;
+    }
+    if (a->orphan) {                 /* nobody will collect it: the spans go back */
+        uint32_t ids[HD_MAX_BATCH];
+        unsigned n = a->n;
+        memcpy(ids, a->ids, n * sizeof ids[0]);
+        tp_ahead_free(a);
+        tp_release_locked(ids, n);
+    }
+}
+
 int tp_listen_fd_locked(void)
 {
     return !tp_be && atomic_load(&hdc_state) == HDC_ATTACHED ? tp_fd : -1;
@@ -418,7 +493,8 @@ void tp_drain_locked(void)
         }
         if (m->seq == 0)
             tp_unsolicited(m);
-        /* else a stale reply to an abandoned request: skip it */
+        else
+            tp_route(m);             /* a refill ahead, or a stale reply */
     }
 }
 
@@ -459,7 +535,8 @@ static Heapd__DaemonMsg *tp_call_locked(Heapd__ClientMsg *req)
             return m;
         if (m->seq == 0)
             tp_unsolicited(m);
-        /* else a stale reply to an abandoned request: skip it */
+        else
+            tp_route(m);             /* a refill ahead, or a stale reply */
         len = tp_have_ring ? ur_exchange(NULL, 0, true) : plain_recv();
     }
     tp_broken();
@@ -773,6 +850,7 @@ void hdc_test_install(const tp_backend_t *be, const hd_seg_t *seg, uint32_t clie
     mc_stats_reset_locked();         /* each stand-in starts with no memstats counts */
     st_forget_slot();
     tp_drop_pending();
+    tp_drop_ahead();
     tp_be = be;
     if (be) {
         hdc_seg = *seg;
@@ -786,4 +864,174 @@ void hdc_test_install(const tp_backend_t *be, const hd_seg_t *seg, uint32_t clie
     }
     atomic_fetch_add(&hdc_epoch, 1);
     tp_unlock();
+}
+
+/* ---- refills ahead ------------------------------------------------------------------- */
+
+unsigned tp_refills_in_flight(void)
+{
+    tp_lock();
+    unsigned n = tp_ahead_n;
+    tp_unlock();
+    return n;
+}
+
+static tp_ahead_t *tp_ahead_by_token(uint64_t token)
+{
+    for (unsigned i = 0; token && i < TP_AHEAD_MAX; i++)
+        if (tp_ahead[i].token == token)
+            return &tp_ahead[i];
+    return NULL;
+}
+
+uint64_t tp_refill_submit(unsigned sizeclass, unsigned count)
+{
+    if (count == 0 || count > HD_MAX_BATCH)
+        return 0;
+    tp_lock();
+    tp_ahead_t *a = NULL;
+    for (unsigned i = 0; i < TP_AHEAD_MAX && !a; i++)
+        if (!tp_ahead[i].token)
+            a = &tp_ahead[i];
+    if (!a || (!tp_be && atomic_load(&hdc_state) != HDC_ATTACHED)) {
+        tp_unlock();
+        return 0;                    /* full, or not connected: refill synchronously when due */
+    }
+    uint64_t token = ++tp_ahead_tokens;
+    if (tp_be) {                     /* the unit tests' stand-in answers at once */
+        tp_flush_locked();
+        *a = (tp_ahead_t){.token = token, .seq = 0, .done = true};
+        tp_ahead_n++;
+        int rc = tp_be->refill(tp_be->ctx, sizeclass, count, a->ids);
+        if (rc < 0)
+            a->err = -rc;
+        else
+            a->n = (unsigned)rc;
+        tp_unlock();
+        return token;
+    }
+    Heapd__Refill rf = HEAPD__REFILL__INIT;
+    rf.sizeclass = sizeclass;
+    rf.count = count;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_REFILL;
+    m.refill = &rf;
+    m.seq = tp_seq + 1;
+    tp_pkt_t req = {tp_sbuf[2], tp_pack(&m, tp_sbuf[2])};
+    if (req.len == 0 || tp_flush_locked() < 0) {   /* pending batches first, in order */
+        tp_unlock();
+        return 0;
+    }
+    ssize_t r;
+    while ((r = send(tp_fd, req.buf, req.len, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR)
+        ;
+    if (r != (ssize_t)req.len) {
+        if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            tp_broken();
+        tp_unlock();
+        return 0;                    /* the socket is full: nothing sent */
+    }
+    tp_seq++;
+    *a = (tp_ahead_t){.token = token, .seq = m.seq};
+    tp_ahead_n++;
+    tp_unlock();
+    return token;
+}
+
+/* Read one packet, blocking, and file it (unsolicited, or a reply for a
+ * slot). -1 when the connection broke. */
+static int tp_read_one_locked(void)
+{
+    ssize_t len = tp_have_ring ? ur_exchange(NULL, 0, true) : plain_recv();
+    if (len < 0)
+        return tp_broken();
+    tp_arena_top = 0;
+    Heapd__DaemonMsg *m = heapd__daemon_msg__unpack(&tp_pballoc, (size_t)len, tp_rbuf);
+    if (!m)
+        return tp_broken();
+    if (m->seq == 0)
+        tp_unsolicited(m);
+    else
+        tp_route(m);
+    return 0;
+}
+
+static uint64_t tp_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int tp_refill_collect(uint64_t token, bool wait, uint32_t *ids, uint64_t *waited_ns)
+{
+    if (waited_ns)
+        *waited_ns = 0;
+    tp_lock();
+    tp_ahead_t *a = tp_ahead_by_token(token);
+    if (a && !a->done)
+        tp_drain_locked();           /* it may be waiting in the socket */
+    a = tp_ahead_by_token(token);
+    if (a && !a->done && wait) {
+        uint64_t t0 = tp_now_ns();
+        while ((a = tp_ahead_by_token(token)) && !a->done)
+            if (tp_read_one_locked() < 0)
+                break;
+        if (waited_ns)
+            *waited_ns = tp_now_ns() - t0;
+        a = tp_ahead_by_token(token);
+    }
+    int rc;
+    if (!a) {
+        errno = ECANCELED;           /* dropped with the connection (or never sent) */
+        rc = -1;
+    } else if (!a->done) {
+        rc = 0;
+    } else if (a->err) {
+        errno = a->err;
+        tp_ahead_free(a);
+        rc = -1;
+    } else {
+        rc = (int)a->n;
+        memcpy(ids, a->ids, a->n * sizeof ids[0]);
+        tp_ahead_free(a);
+    }
+    tp_unlock();
+    return rc;
+}
+
+void tp_refill_cancel_locked(uint64_t token)
+{
+    tp_ahead_t *a = tp_ahead_by_token(token);
+    if (!a)
+        return;
+    if (!a->done) {
+        a->orphan = true;            /* tp_route releases its spans when they come */
+        return;
+    }
+    uint32_t ids[HD_MAX_BATCH];
+    unsigned n = a->err ? 0 : a->n;
+    memcpy(ids, a->ids, n * sizeof ids[0]);
+    tp_ahead_free(a);
+    tp_release_locked(ids, n);
+}
+
+void tp_refill_cancel(uint64_t token)
+{
+    tp_lock();
+    tp_refill_cancel_locked(token);
+    tp_unlock();
+}
+
+/* Before a graceful close: every refill still in flight is waited for, and
+ * what came for slots nobody will collect now (the caches are being given
+ * back) is released. */
+static void tp_ahead_settle_locked(void)
+{
+    for (unsigned i = 0; i < TP_AHEAD_MAX; i++)
+        if (tp_ahead[i].token)
+            tp_refill_cancel_locked(tp_ahead[i].token);
+    while (tp_ahead_n && !tp_be && atomic_load(&hdc_state) == HDC_ATTACHED)
+        if (tp_read_one_locked() < 0)
+            break;
 }

@@ -157,6 +157,22 @@ static int do_stats(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
     }
     s.n_by_size = HD_NUM_SIZE_CLASSES - 1;
     s.by_size = rowp;
+    Heapdctl__SizeClassStats lrows[HD_NUM_LARGE_CLASSES], *lrowp[HD_NUM_LARGE_CLASSES];
+    for (unsigned k = 0; k < HD_NUM_LARGE_CLASSES; k++) {
+        Heapdctl__SizeClassStats *r = &lrows[k];
+        heapdctl__size_class_stats__init(r);
+        r->size_class = HD_FIRST_LARGE_CLASS + k;
+        r->size = m->large_by_size[k].size;
+        r->mallocs = m->large_by_size[k].mallocs;
+        r->frees = m->large_by_size[k].frees;
+        r->spans_central = m->large_by_size[k].spans_central;
+        r->span_bytes = m->large_by_size[k].span_bytes;
+        lrowp[k] = r;
+    }
+    s.n_large_by_size = HD_NUM_LARGE_CLASSES;
+    s.large_by_size = lrowp;
+    s.refill_waits = m->refill_waits;
+    s.refill_wait_ns = m->refill_wait_ns;
 
     s.tiny_allocs = m->tiny_allocs;
     s.large_allocs = m->large_allocs;
@@ -239,6 +255,8 @@ static int do_clients(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
         r->charged = limits_charged(d, c->id);
         r->requests = c->requests;
         r->mcache_bytes = mc.mcache_bytes;
+        r->refill_waits = mc.refill_waits;
+        r->refill_wait_ns = mc.refill_wait_ns;
         r->state = c->quarantined ? "quarantined" : "live";
         rowp[i++] = r;
     }

@@ -14,7 +14,7 @@ void mcentral_init(mcentral_t *c, mheap_t *h)
 {
     memset(c, 0, sizeof(*c));
     c->h = h;
-    for (unsigned i = 0; i < HD_NUM_SIZE_CLASSES; i++) {
+    for (unsigned i = 0; i < HD_NUM_CLASSES; i++) {
         spanlist_init(&c->partial[i]);
         spanlist_init(&c->full[i]);
     }
@@ -64,12 +64,41 @@ static int64_t hand_out(mcentral_t *c, uint32_t id, uint32_t client_id)
     return id;
 }
 
+int64_t mcentral_alloc_span(mcentral_t *c, uint64_t npages, unsigned sizeclass, uint32_t owner, uint64_t align_pages)
+{
+    int64_t id = mheap_alloc_span(c->h, npages, sizeclass, owner, align_pages);
+    if (id != -ENOMEM || c->h->hdr->spans_central == 0)
+        return id;
+    /* Frees from any process may have emptied CENTRAL spans (a large-class
+     * span whose one object was freed is the common case): sweep them all,
+     * give the empty ones back, and try once more. */
+    uint64_t freed = c->bg_freed, n = hd_book(&c->h->hdr->spans_central);
+    mcentral_bg_sweep(c, n < UINT32_MAX ? (unsigned)n : UINT32_MAX);
+    if (c->bg_freed != freed)
+        id = mheap_alloc_span(c->h, npages, sizeclass, owner, align_pages);
+    return id;
+}
+
+/* May span id (swept, live objects `live`) go to client_id? It needs room;
+ * a large-class span also needs room in client_id's quota, since its charge
+ * moves with it (its one object will be the client's). */
+static bool can_hand_out(mcentral_t *c, uint32_t id, unsigned live, uint32_t client_id)
+{
+    hd_span_t *sp = mheap_span(c->h, id);
+    if (live >= sp->nelems)
+        return false;
+    return !hd_is_lclass(sp->sizeclass) || !c->h->on_reuse ||
+           c->h->on_reuse(c->h->limits_ctx, id, sp->npages, client_id) == 0;
+}
+
 int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_id)
 {
-    if (sizeclass == 0 || sizeclass >= HD_NUM_SIZE_CLASSES)
+    if (sizeclass == 0 || sizeclass >= HD_NUM_CLASSES)
         return -EINVAL;
     mheap_t *h = c->h;
-    unsigned budget = MCENTRAL_SWEEP_BUDGET;
+    /* Large-class spans on the full list are live buffers (one object
+     * each): a shorter look, so a refill never sweeps a long list of them. */
+    unsigned budget = hd_is_lclass(sizeclass) ? MCENTRAL_LARGE_BUDGET : MCENTRAL_SWEEP_BUDGET;
     uint32_t id;
 
     /* Partial spans first: they have room unless a client scribbled on
@@ -78,7 +107,7 @@ int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_i
         budget--;
         unsigned live = sweep(c, id);
         set_live(c, id, live);
-        if (live < mheap_span(h, id)->nelems)
+        if (can_hand_out(c, id, live, client_id))
             return hand_out(c, id, client_id);
         spanlist_push(h, &c->full[sizeclass], id, SL_FULL);
     }
@@ -89,13 +118,17 @@ int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_i
         id = spanlist_pop(h, &c->full[sizeclass]);
         unsigned live = sweep(c, id);
         set_live(c, id, live);
-        if (live < mheap_span(h, id)->nelems)
+        if (can_hand_out(c, id, live, client_id))
             return hand_out(c, id, client_id);
+        if (live == 0 && hd_is_lclass(sizeclass)) {      /* free, but not for this client's quota */
+            mheap_free_span(h, id);
+            continue;
+        }
         spanlist_push(h, &c->full[sizeclass], id, SL_FULL);
     }
 
     mheap_publish(h);
-    return mheap_alloc_span(h, hd_class_to_npages[sizeclass], sizeclass, client_id, 0);
+    return mcentral_alloc_span(c, hd_cls_npages(sizeclass), sizeclass, client_id, 0);
 }
 
 int mcentral_uncache_span(mcentral_t *c, uint32_t id)
@@ -133,8 +166,8 @@ unsigned mcentral_bg_sweep(mcentral_t *c, unsigned budget)
     mheap_t *h = c->h;
     unsigned done = 0, k;
     unsigned cls = c->bg_class;
-    for (k = 0; k < HD_NUM_SIZE_CLASSES - 1 && done < budget; k++) {
-        cls = 1 + (c->bg_class - 1 + k) % (HD_NUM_SIZE_CLASSES - 1);
+    for (k = 0; k < HD_NUM_CLASSES - 1 && done < budget; k++) {
+        cls = 1 + (c->bg_class - 1 + k) % (HD_NUM_CLASSES - 1);
         /* Partial first, then full: snapshots of the lengths, so a span moved
          * from full to partial is not swept twice in one pass. */
         spanlist_t *lists[2] = {&c->partial[cls], &c->full[cls]};
@@ -149,7 +182,7 @@ unsigned mcentral_bg_sweep(mcentral_t *c, unsigned budget)
         }
     }
     /* Resume at the class we stopped in if the budget ran out there, else after it. */
-    c->bg_class = done >= budget ? cls : 1 + cls % (HD_NUM_SIZE_CLASSES - 1);
+    c->bg_class = done >= budget ? cls : 1 + cls % (HD_NUM_CLASSES - 1);
     c->bg_swept += done;
     if (done)
         mheap_publish(h);
@@ -162,7 +195,7 @@ bool mcentral_check(mcentral_t *c, char *err, size_t errlen)
 {
     mheap_t *h = c->h;
     uint64_t listed = 0, objects = 0;
-    for (unsigned cls = 1; cls < HD_NUM_SIZE_CLASSES; cls++) {
+    for (unsigned cls = 1; cls < HD_NUM_CLASSES; cls++) {
         spanlist_t *lists[2] = {&c->partial[cls], &c->full[cls]};
         for (int li = 0; li < 2; li++) {
             uint32_t n = 0, prev = HD_NO_SPAN;

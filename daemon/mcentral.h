@@ -1,6 +1,8 @@
 /* mcentral: per size class, the spans no client caches (Go's mcentral).
  *
- * Owns, per class 1..67, a partial list (CENTRAL spans with a free slot as of
+ * Owns, per class 1..87 (small classes, then the large classes of one
+ * object per span: sizeclasses.h; a large-class span is never partial, since
+ * its one object is live or the span is free), a partial list (CENTRAL spans with a free slot as of
  * their last sweep) and a full list (no free slot as of their last sweep), and
  * the header book objects_central. Daemon loop thread only, no locks: plain
  * linked lists replace Go's lock-free spanSets and the sweepgen dance, because
@@ -38,12 +40,13 @@
 #include "mheap.h"
 
 #define MCENTRAL_SWEEP_BUDGET 100u   /* spans cacheSpan sweeps before growing (Go's spanBudget) */
+#define MCENTRAL_LARGE_BUDGET 16u    /* the same for a large class (full spans are live buffers) */
 
 typedef struct mcentral {
     mheap_t *h;
-    spanlist_t partial[HD_NUM_SIZE_CLASSES];
-    spanlist_t full[HD_NUM_SIZE_CLASSES];
-    unsigned bg_class;               /* where the background sweep resumes (1..67) */
+    spanlist_t partial[HD_NUM_CLASSES];
+    spanlist_t full[HD_NUM_CLASSES];
+    unsigned bg_class;               /* where the background sweep resumes (1..87) */
     uint64_t bg_swept, bg_freed;     /* background sweep totals */
 } mcentral_t;
 
@@ -56,10 +59,14 @@ enum mcentral_uncached {
 
 void mcentral_init(mcentral_t *c, mheap_t *h);
 
-/* Go's cacheSpan: a span of sizeclass (1..67) with at least one free slot,
+/* Go's cacheSpan: a span of sizeclass (1..87) with at least one free slot,
  * swept, now CACHED with owner client_id (owner written before the state).
  * Returns its id, -ENOMEM, or -EINVAL (bad class). */
 int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_id);
+
+/* mheap_alloc_span, and when the heap is full, a sweep of every CENTRAL span
+ * (frees from other processes empty them) and one more try. Same results. */
+int64_t mcentral_alloc_span(mcentral_t *c, uint64_t npages, unsigned sizeclass, uint32_t owner, uint64_t align_pages);
 
 /* Take back a CACHED span (Release, or reclaim of a disconnected client): the
  * daemon becomes its owner, sweeps it, and files it, or frees it when nothing

@@ -80,9 +80,9 @@ static int commit_span(mheap_t *h, uint64_t id, uint64_t npages, unsigned sizecl
 
 int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32_t owner, uint64_t align_pages)
 {
-    if (sizeclass >= HD_NUM_SIZE_CLASSES || npages == 0)
+    if (sizeclass >= HD_NUM_CLASSES || npages == 0)
         return -EINVAL;
-    if (sizeclass != 0 && npages != hd_class_to_npages[sizeclass])
+    if (sizeclass != 0 && npages != hd_cls_npages(sizeclass))
         return -EINVAL;
     if (align_pages > 1 && (align_pages & (align_pages - 1)))
         return -EINVAL;
@@ -134,12 +134,12 @@ int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32
     if (sizeclass != 0) {
         /* Atomic stores, not memset: a free that passed its checks against the
          * span that was here before may still CAS these words (span.h). */
-        hd_states_reset(hd_states_of(h->v, (uint32_t)id, sizeclass), hd_states_len(hd_class_to_nobjs[sizeclass]));
+        hd_states_reset(hd_states_of(h->v, (uint32_t)id, sizeclass), hd_states_len(hd_cls_nobjs(sizeclass)));
         if (sizeclass == HD_TINY_SIZE_CLASS)
             hd_tiny_reset(hd_tiny_of(h->v, (uint32_t)id));
-        sp->elemsize = hd_class_to_size[sizeclass];
-        sp->divmagic = hd_class_to_divmagic[sizeclass];
-        sp->nelems = hd_class_to_nobjs[sizeclass];
+        sp->elemsize = hd_cls_size(sizeclass);
+        sp->divmagic = hd_cls_divmagic(sizeclass);
+        sp->nelems = (uint16_t)hd_cls_nobjs(sizeclass);
     } else {
         /* elemsize is 32 bits: spans of 4 GiB and more say 0 (use npages). */
         uint64_t bytes = npages * HD_PAGE_SIZE;

@@ -74,6 +74,10 @@ typedef struct mheap {
     int (*admit)(void *ctx, uint64_t npages, uint32_t owner);
     void (*on_alloc)(void *ctx, uint32_t id, uint64_t npages, uint32_t owner);
     void (*on_free)(void *ctx, uint32_t id, uint64_t npages);
+    /* A CENTRAL large-class span is handed to owner (mcentral): its one
+     * object is new, so its charge moves to owner; -ENOMEM when owner's
+     * quota has no room (the span stays CENTRAL). */
+    int (*on_reuse)(void *ctx, uint32_t id, uint64_t npages, uint32_t owner);
     void *limits_ctx;
 } mheap_t;
 
@@ -81,8 +85,8 @@ typedef struct mheap {
 int mheap_init(mheap_t *h, seg_t *seg);
 void mheap_destroy(mheap_t *h);
 
-/* Allocate a span of npages pages. sizeclass 1..67 makes a small span (npages
- * must be the class's), CACHED by owner; sizeclass 0 a large one, LARGE with
+/* Allocate a span of npages pages. sizeclass 1..87 makes a small or
+ * large-class span (npages must be the class's), CACHED by owner; sizeclass 0 a large one, LARGE with
  * owner the allocating client. align_pages 0/1: page aligned, else a power of
  * two: the span's address is a multiple of align_pages*8192. Returns the span
  * id, -ENOMEM (no room, or no backing store: nothing changed) or -EINVAL. */

@@ -111,6 +111,12 @@ static void add_counters(mstats_counters_t *a, const mstats_counters_t *b, bool 
     a->large_frees += b->large_frees;
     a->large_free_bytes += b->large_free_bytes;
     a->flushes += b->flushes;
+    for (unsigned k = 0; k < HD_NUM_LARGE_CLASSES; k++) {
+        a->lclass_allocs[k] += b->lclass_allocs[k];
+        a->lclass_frees[k] += b->lclass_frees[k];
+    }
+    a->refill_waits += b->refill_waits;
+    a->refill_wait_ns += b->refill_wait_ns;
     if (gauges)
         a->mcache_bytes += b->mcache_bytes;
 }
@@ -294,6 +300,16 @@ void mstats_read(daemon_t *d, mstats_t *m)
         r->frees = sum.small_frees[k];
         r->spans_central = d->central.partial[k].n + d->central.full[k].n;
     }
+    for (unsigned k = 0; k < HD_NUM_LARGE_CLASSES; k++) {
+        unsigned cls = HD_FIRST_LARGE_CLASS + k;
+        mstats_class_t *r = &m->large_by_size[k];
+        r->size = r->span_bytes = hd_cls_size(cls);
+        r->mallocs = sum.lclass_allocs[k];
+        r->frees = sum.lclass_frees[k];
+        r->spans_central = d->central.partial[cls].n + d->central.full[cls].n;
+    }
+    m->refill_waits = sum.refill_waits;
+    m->refill_wait_ns = sum.refill_wait_ns;
 
     /* pages and spans, from the daemon */
     const hd_header_t *h = d->seg.hdr;
@@ -353,6 +369,8 @@ void mstats_client(daemon_t *d, const client_t *cl, mstats_client_t *out)
     counter_totals(&c, &out->alloc_bytes, &out->free_bytes, &out->mallocs, &out->frees);
     out->live_bytes = (int64_t)(out->alloc_bytes - out->free_bytes);
     out->mcache_bytes = c.mcache_bytes;
+    out->refill_waits = c.refill_waits;
+    out->refill_wait_ns = c.refill_wait_ns;
     out->cached_spans = cl->cached.n;
     for (uint32_t id = cl->cached.head; id != HD_NO_SPAN; id = d->heap.priv[id].next)
         out->cached_bytes += (uint64_t)d->heap.v->spans[id].npages * HD_PAGE_SIZE;
@@ -468,10 +486,16 @@ char *mstats_prometheus(const mstats_t *m, size_t *len)
     for (unsigned k = 1; k < HD_NUM_SIZE_CLASSES; k++)
         pf(&b, "heapd_size_class_objects{class=\"%u\",size=\"%u\"} %llu\n", k, m->by_size[k].size,
            (unsigned long long)sub0(m->by_size[k].mallocs, m->by_size[k].frees));
+    for (unsigned k = 0; k < HD_NUM_LARGE_CLASSES; k++)
+        pf(&b, "heapd_size_class_objects{class=\"%u\",size=\"%u\"} %llu\n", HD_FIRST_LARGE_CLASS + k,
+           m->large_by_size[k].size, (unsigned long long)sub0(m->large_by_size[k].mallocs, m->large_by_size[k].frees));
     family(&b, "heapd_size_class_central_spans", "gauge", "Spans of each size class in the central lists.");
     for (unsigned k = 1; k < HD_NUM_SIZE_CLASSES; k++)
         pf(&b, "heapd_size_class_central_spans{class=\"%u\",size=\"%u\"} %llu\n", k, m->by_size[k].size,
            (unsigned long long)m->by_size[k].spans_central);
+    for (unsigned k = 0; k < HD_NUM_LARGE_CLASSES; k++)
+        pf(&b, "heapd_size_class_central_spans{class=\"%u\",size=\"%u\"} %llu\n", HD_FIRST_LARGE_CLASS + k,
+           m->large_by_size[k].size, (unsigned long long)m->large_by_size[k].spans_central);
     family(&b, "heapd_spans", "gauge", "Live spans by state.");
     pf(&b, "heapd_spans{state=\"cached\"} %llu\n", (unsigned long long)m->spans_cached);
     pf(&b, "heapd_spans{state=\"central\"} %llu\n", (unsigned long long)m->spans_central);
@@ -499,6 +523,10 @@ char *mstats_prometheus(const mstats_t *m, size_t *len)
     one(&b, "heapd_clients", "gauge", "Connected clients.", m->clients);
     one(&b, "heapd_clients_connected_total", "counter", "Clients ever accepted.", m->clients_total);
     one(&b, "heapd_refills_total", "counter", "Refill requests served.", m->refills);
+    one(&b, "heapd_refill_waits_total", "counter",
+        "Allocations that blocked on the daemon (a Refill or AllocLarge waited for), all clients.", m->refill_waits);
+    family(&b, "heapd_refill_wait_seconds_total", "counter", "Time allocations blocked on the daemon, all clients.");
+    pf(&b, "heapd_refill_wait_seconds_total %.9f\n", (double)m->refill_wait_ns / 1e9);
     one(&b, "heapd_bad_requests_total", "counter", "Client requests refused as invalid.", m->bad_requests);
     family(&b, "heapd_rpc_requests_total", "counter", "Client RPCs handled, by type.");
     for (unsigned t = 0; t < MS_RPC_NTYPES; t++)

@@ -29,6 +29,8 @@
  * retired totals, the RPC books. Daemon loop thread only, no locks.
  *
  * Derived numbers (Go's ReadMemStats, with explicit frees):
+ * Objects of the large classes (68..87) count in large_* too (whole class
+ * bytes), and per class in LargeBySize.
  *   TotalAlloc = large_alloc_bytes + sum small_allocs[c] * size[c]
  *   Mallocs    = large_allocs + sum small_allocs[c] + tiny_allocs
  *   Frees      = large_frees + sum small_frees[c] + tiny_allocs
@@ -106,6 +108,8 @@ typedef struct mstats {
     uint64_t stack_inuse, stack_sys, mspan_inuse, mspan_sys, mcache_inuse, mcache_sys;
     uint64_t buck_hash_sys, gc_sys, other_sys, next_gc;
     mstats_class_t by_size[HD_NUM_SIZE_CLASSES];    /* [1..67]; [0] unused */
+    mstats_class_t large_by_size[HD_NUM_LARGE_CLASSES];  /* classes 68..87 */
+    uint64_t refill_waits, refill_wait_ns;          /* allocations that blocked on the daemon */
     /* heapd's own */
     uint64_t tiny_allocs, large_allocs, large_alloc_bytes, large_frees, large_free_bytes;
     uint64_t free_bytes;                            /* bytes freed (TotalAlloc - HeapAlloc) */
@@ -124,6 +128,7 @@ typedef struct mstats_client {
     int64_t live_bytes;                 /* alloc_bytes - free_bytes */
     uint32_t cached_spans;
     uint64_t cached_bytes;
+    uint64_t refill_waits, refill_wait_ns;
 } mstats_client_t;
 
 /* Set up / tear down d->ms (daemon_init / daemon_destroy). 0 or -ENOMEM. */

@@ -132,10 +132,10 @@ static enum rpc_verdict on_hello(daemon_t *d, client_t *c, uint64_t seq, const H
 
 static enum rpc_verdict on_refill(daemon_t *d, client_t *c, uint64_t seq, const Heapd__Refill *r, rpc_out_t *out)
 {
-    if (r->sizeclass < 1 || r->sizeclass >= HD_NUM_SIZE_CLASSES || r->count < 1 || r->count > HD_MAX_BATCH) {
+    if (r->sizeclass < 1 || r->sizeclass >= HD_NUM_CLASSES || r->count < 1 || r->count > HD_MAX_BATCH) {
         bad_requests(d, 1);
         reply_error(out, seq, EINVAL, "Refill{sizeclass %u, count %u}: class must be 1..%u, count 1..%u",
-                    r->sizeclass, r->count, HD_NUM_SIZE_CLASSES - 1, HD_MAX_BATCH);
+                    r->sizeclass, r->count, HD_NUM_CLASSES - 1, HD_MAX_BATCH);
         return RPC_OK;
     }
     uint32_t ids[HD_MAX_BATCH];
@@ -204,7 +204,7 @@ static enum rpc_verdict on_alloc_large(daemon_t *d, client_t *c, uint64_t seq, c
     }
     int64_t id = -ENOMEM;
     if (a->pages <= d->seg.npages && a->align_pages <= d->seg.npages)
-        id = mheap_alloc_span(&d->heap, a->pages, 0, c->id, a->align_pages);
+        id = mcentral_alloc_span(&d->central, a->pages, 0, c->id, a->align_pages);
     if (id < 0) {
         reply_error(out, seq, ENOMEM, "no room for %llu pages (align %llu) in a heap of %llu pages",
                     (unsigned long long)a->pages, (unsigned long long)a->align_pages,

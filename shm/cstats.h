@@ -33,6 +33,8 @@ typedef struct hd_cstats_vals {
     uint64_t large_frees, large_free_bytes;
     uint64_t mcache_bytes;          /* a gauge */
     uint64_t flushes;
+    uint64_t lclass_allocs[HD_NUM_LARGE_CLASSES], lclass_frees[HD_NUM_LARGE_CLASSES];
+    uint64_t refill_waits, refill_wait_ns;
 } hd_cstats_vals_t;
 
 static inline uint64_t hd_cstats_ld(const _Atomic uint64_t *x)
@@ -85,8 +87,13 @@ static inline void hd_cstats_assign(hd_cstats_t *s, uint32_t client_id)
         hd_cstats_set(&s->small_allocs[c], 0);
         hd_cstats_set(&s->small_frees[c], 0);
     }
+    for (unsigned k = 0; k < HD_NUM_LARGE_CLASSES; k++) {
+        hd_cstats_set(&s->lclass_allocs[k], 0);
+        hd_cstats_set(&s->lclass_frees[k], 0);
+    }
     _Atomic uint64_t *rest[] = {&s->tiny_allocs, &s->large_allocs, &s->large_alloc_bytes, &s->large_frees,
-                                &s->large_free_bytes, &s->mcache_bytes, &s->flushes};
+                                &s->large_free_bytes, &s->mcache_bytes, &s->flushes, &s->refill_waits,
+                                &s->refill_wait_ns};
     for (unsigned k = 0; k < sizeof rest / sizeof rest[0]; k++)
         hd_cstats_set(rest[k], 0);
     atomic_store_explicit(&s->owner, client_id, memory_order_release);
@@ -114,6 +121,12 @@ static inline void hd_cstats_copy(const hd_cstats_t *s, hd_cstats_vals_t *o)
     o->large_free_bytes = hd_cstats_ld(&s->large_free_bytes);
     o->mcache_bytes = hd_cstats_ld(&s->mcache_bytes);
     o->flushes = hd_cstats_ld(&s->flushes);
+    for (unsigned k = 0; k < HD_NUM_LARGE_CLASSES; k++) {
+        o->lclass_allocs[k] = hd_cstats_ld(&s->lclass_allocs[k]);
+        o->lclass_frees[k] = hd_cstats_ld(&s->lclass_frees[k]);
+    }
+    o->refill_waits = hd_cstats_ld(&s->refill_waits);
+    o->refill_wait_ns = hd_cstats_ld(&s->refill_wait_ns);
 }
 
 /* One try at a consistent copy: true when seq was even and unchanged around

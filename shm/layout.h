@@ -87,8 +87,10 @@
 #include "sizeclasses.h"
 
 #define HD_MAGIC            0x3176645f70616568ull   /* "heapd_v1" little-endian */
-#define HD_LAYOUT_VERSION   4u                      /* 2: client stats slots; 3: object state bytes; 4: roots directory */
-#define HD_PROTO_VERSION    2u                      /* 2: RootUpdate */
+#define HD_LAYOUT_VERSION   5u                      /* 2: client stats slots; 3: object state bytes;
+                                                       4: roots directory; 5: large classes, refill
+                                                       waits in the stats slot */
+#define HD_PROTO_VERSION    3u                      /* 2: RootUpdate; 3: Refill of large classes 68..87 */
 #define HD_DEFAULT_BASE     0x200000000000ull       /* 32 TiB: far above brk, below mmap_base */
 #define HD_SEG_ALIGN        (2u << 20)              /* region alignment: 2 MiB huge pages */
 #define HD_HEADER_BYTES     4096u
@@ -127,14 +129,14 @@ enum hd_obj_state {
 typedef struct hd_span {
     uint32_t npages;            /* pages in the span */
     _Atomic uint8_t state;      /* enum hd_span_state: stored last, release */
-    uint8_t sizeclass;          /* 1..67, or 0 for a large span */
+    uint8_t sizeclass;          /* 1..67 small, 68..87 a large class (one object), 0 for a LARGE span */
     uint8_t needzero;           /* 1: free slots/pages may hold old data (pages reused
                                    unpunched, or the span came back from a cache);
                                    0: everything not allocated reads as zero */
     uint8_t _pad0;
     uint32_t elemsize;          /* bytes per object; npages*8192 for large (0 from 4 GiB: use npages) */
     uint32_t divmagic;          /* hd_class_to_divmagic[sizeclass]; 0 for large */
-    uint16_t nelems;            /* objects in the span; 1 for large */
+    uint16_t nelems;            /* objects in the span; 1 for large classes and LARGE */
     uint16_t _pad1;
     uint32_t owner;             /* client id while CACHED, allocating client if LARGE */
     uint32_t gen;               /* bumped every time a span starts at this page */
@@ -189,7 +191,13 @@ _Static_assert(HD_TINY_BLOCKS <= HD_SLOT_STATES, "class-2 states fit the slot");
  *  - tiny_allocs:     tiny objects packed into an open block (Go's
  *                     tinyAllocCount: counted as a malloc and a free at once)
  *  - large_*:         large objects and their bytes (whole pages)
- *  - mcache_bytes:    a gauge: bytes of this process's thread caches */
+ *  - mcache_bytes:    a gauge: bytes of this process's thread caches
+ *  - lclass_allocs/frees[k]: objects of large class 68+k (also in large_*,
+ *                     with the class's bytes, counted at alloc and at free
+ *                     from the same class table)
+ *  - refill_waits, refill_wait_ns: allocations that blocked on the daemon
+ *                     (a Refill or AllocLarge they waited for, or a refill
+ *                     submitted ahead whose reply had not come) and the time */
 #define HD_STAT_SLOTS       4096u
 typedef struct hd_cstats {
     _Atomic uint64_t seq;                /* odd while the client updates the counters */
@@ -202,7 +210,10 @@ typedef struct hd_cstats {
     _Atomic uint64_t large_frees, large_free_bytes;
     _Atomic uint64_t mcache_bytes;
     _Atomic uint64_t flushes;            /* updates made (diagnostics) */
-    uint64_t _reserved[256 - 2 - 2 * HD_NUM_SIZE_CLASSES - 7];
+    _Atomic uint64_t lclass_allocs[HD_NUM_LARGE_CLASSES];
+    _Atomic uint64_t lclass_frees[HD_NUM_LARGE_CLASSES];
+    _Atomic uint64_t refill_waits, refill_wait_ns;
+    uint64_t _reserved[256 - 2 - 2 * HD_NUM_SIZE_CLASSES - 7 - 2 * HD_NUM_LARGE_CLASSES - 2];
 } hd_cstats_t;
 _Static_assert(sizeof(hd_cstats_t) == 2048, "client stats slot size");
 

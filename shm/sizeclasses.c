@@ -24,6 +24,12 @@ _Static_assert(HD_SIZE_TO_CLASS128_LEN == 249, "size_to_class128 has 249 entries
 
 #define fail(err, errlen, ...) (hd_errf(err, errlen, __VA_ARGS__), false)
 
+/* The large classes (sizeclasses.h): four per doubling of pages, 5..128. */
+const uint8_t hd_lclass_npages[HD_NUM_LARGE_CLASSES] = {
+    5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128,
+};
+_Static_assert(HD_NUM_CLASSES <= 255, "a class fits the span's uint8_t sizeclass");
+
 /* offset / size == hd_obj_index(magic, offset) for 0 <= offset <= span.
  * The magic rounds 2^32/size up, so its error grows with the offset and is
  * largest just below each multiple of size: checking k*size-1 and k*size for
@@ -84,6 +90,16 @@ bool hd_sizeclasses_check(char *err, size_t errlen)
     }
     if (!boundary_seen)
         return fail(err, errlen, "%u B is not a size-class boundary", HD_ONE_PAGE_LIMIT);
+    /* Large classes: increasing, above the last small class, the last one
+     * HD_MAX_CLASS_SIZE, at most 20% rounding (four per doubling). */
+    for (unsigned k = 0; k < HD_NUM_LARGE_CLASSES; k++) {
+        unsigned prev = k ? hd_lclass_npages[k - 1] : HD_MAX_SMALL_SIZE / HD_PAGE_SIZE, np = hd_lclass_npages[k];
+        if (np <= prev || (np - prev) * 5 > np)
+            return fail(err, errlen, "large class %u: %u pages after %u (want increasing, at most 20%% apart)",
+                        HD_FIRST_LARGE_CLASS + k, np, prev);
+    }
+    if ((uint32_t)hd_lclass_npages[HD_NUM_LARGE_CLASSES - 1] << HD_PAGE_SHIFT != HD_MAX_CLASS_SIZE)
+        return fail(err, errlen, "the last large class is not %u B", HD_MAX_CLASS_SIZE);
 
     /* The lookup tables must agree with the class list at every step. */
     for (unsigned i = 1; i < HD_SIZE_TO_CLASS8_LEN; i++) {

@@ -41,6 +41,9 @@
 #define HD_TINY_SIZE 16u
 #define HD_TINY_SIZE_CLASS 2u
 
+#define HD_NUM_LARGE_CLASSES 20                 /* large classes 68..87 (below) */
+extern const uint8_t hd_lclass_npages[HD_NUM_LARGE_CLASSES];     /* 5, 6, 7, 8, 10, ... 128 */
+
 /* Lengths of the two request-size lookup tables. */
 #define HD_SIZE_TO_CLASS8_LEN (HD_SMALL_SIZE_MAX / HD_SMALL_SIZE_DIV + 1)                        /* 129 */
 #define HD_SIZE_TO_CLASS128_LEN ((HD_MAX_SMALL_SIZE - HD_SMALL_SIZE_MAX) / HD_LARGE_SIZE_DIV + 1) /* 249 */
@@ -76,7 +79,59 @@ static inline uint32_t hd_obj_index(uint32_t divmagic, uint64_t offset)
 /* Bytes in one span of class c (c >= 1). */
 static inline size_t hd_span_bytes(unsigned c)
 {
-    return (size_t)hd_class_to_npages[c] << HD_PAGE_SHIFT;
+    return (size_t)(c >= HD_NUM_SIZE_CLASSES ? hd_lclass_npages[c - HD_NUM_SIZE_CLASSES] : hd_class_to_npages[c])
+           << HD_PAGE_SHIFT;
+}
+
+/* ---- large classes (issue 9) ------------------------------------------------
+ * Requests above 32 KiB up to HD_MAX_CLASS_SIZE (1 MiB) use one-object spans
+ * of a large class: jemalloc's four classes per doubling of pages, from 5
+ * pages (40 KiB) to 128 (1 MiB), 20 classes numbered HD_FIRST_LARGE_CLASS
+ * (68) .. HD_NUM_CLASSES-1 (87), after Go's 67 so that every table indexed by
+ * a small class keeps its 68 rows. A large-class span is a span like a small
+ * one (CACHED by a client, CENTRAL at the daemon, one state byte in its slot)
+ * with nelems 1 and elemsize = its pages; it goes through the same mcache /
+ * mcentral / state-byte protocol (shm/layout.h). Internal fragmentation: a
+ * request is rounded up to its class, at most 20% of the class (a request
+ * one byte above 4, 8, 16, ... pages: 5/4, 10/8, 20/16 ...) where the page
+ * rounding of a round trip per object wasted at most one page.
+ * Above 1 MiB, and for alignments above a page, each object is one AllocLarge
+ * round trip (state LARGE, sizeclass 0): writing 1 MiB costs about as much as
+ * the ~50 us round trip, so a cache would not pay for what it pins. */
+#define HD_FIRST_LARGE_CLASS HD_NUM_SIZE_CLASSES                   /* 68 */
+#define HD_NUM_CLASSES (HD_NUM_SIZE_CLASSES + HD_NUM_LARGE_CLASSES) /* 88: small, then large */
+#define HD_MAX_CLASS_SIZE (1u << 20)
+
+
+static inline bool hd_is_lclass(unsigned c) { return c >= HD_FIRST_LARGE_CLASS && c < HD_NUM_CLASSES; }
+
+/* Any class 1..HD_NUM_CLASSES-1: pages per span, bytes per object, objects
+ * per span and division magic (small classes: the generated tables). */
+static inline unsigned hd_cls_npages(unsigned c)
+{
+    return hd_is_lclass(c) ? hd_lclass_npages[c - HD_FIRST_LARGE_CLASS] : hd_class_to_npages[c];
+}
+static inline uint32_t hd_cls_size(unsigned c)
+{
+    return hd_is_lclass(c) ? (uint32_t)hd_cls_npages(c) << HD_PAGE_SHIFT : hd_class_to_size[c];
+}
+static inline unsigned hd_cls_nobjs(unsigned c) { return hd_is_lclass(c) ? 1u : hd_class_to_nobjs[c]; }
+static inline uint32_t hd_cls_divmagic(unsigned c)
+{
+    return hd_is_lclass(c) ? UINT32_MAX / hd_cls_size(c) + 1 : hd_class_to_divmagic[c];
+}
+
+/* The large class of a request of HD_MAX_SMALL_SIZE < size <= HD_MAX_CLASS_SIZE
+ * bytes (0 outside that range): the smallest whose pages hold it. */
+static inline unsigned hd_large_to_class(size_t size)
+{
+    if (size <= HD_MAX_SMALL_SIZE || size > HD_MAX_CLASS_SIZE)
+        return 0;
+    size_t pages = (size + HD_PAGE_SIZE - 1) >> HD_PAGE_SHIFT;
+    unsigned k = 0;
+    while (hd_lclass_npages[k] < pages)
+        k++;
+    return HD_FIRST_LARGE_CLASS + k;
 }
 
 /* Startup self-check of the tables (the checks Go's mallocinit makes, plus

@@ -58,6 +58,7 @@ enum hd_free_result {
     HD_FREE_NOT_START,   /* p is inside an object, not at its start */
     HD_FREE_NOT_LIVE,    /* the object is not allocated (invalid or double free) */
     HD_FREE_DOUBLE,      /* already freed and not yet swept */
+    HD_FREE_REMOTE,      /* (owner-local hook only) not the caller's span: take the shared path */
 };
 
 /* The state bytes of small span id of class sizeclass: in its slot, or for
@@ -320,12 +321,35 @@ static inline unsigned hd_tiny_usable(uint32_t w, unsigned j)
     return end - j + 1;
 }
 
-/* The free path for any pointer, from any process. Small objects are freed
- * here; large ones are reported as HD_FREE_LARGE for the caller's RPC. *idp
- * gets the span id when one was found. On HD_FREE_OK, *cls gets the size
- * class of the object that became FREED (for memstats), or 0 when none
- * was freed: a tiny object whose block still holds others. */
-static inline enum hd_free_result hd_free_ex(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls)
+/* The owner-local free (issue 9, item 3): a client passes a hook that, for
+ * an object of a large-class span CACHED by client `me`, frees it as the span's owner
+ * when the calling thread is the one caching the span (hd_obj_free_owner:
+ * ALLOCATED -> FREE, no sweep needed) and returns the result, or returns
+ * HD_FREE_REMOTE when another thread caches it. Why the owner still needs a
+ * CAS and not a plain store: a free by another process may race on the same
+ * ALLOCATED byte (a double free across processes). With a load and a store,
+ * both frees could see ALLOCATED and both succeed: the object counted freed
+ * twice (memstats drift) and, worse, the remote FREED landing after our FREE
+ * and a reallocation would be swept FREE under a live object. One CAS keeps
+ * "check and set are one step" for every free. It is an uncontended lock
+ * cmpxchg on a line the owner wrote when it allocated the object: as costly
+ * as the shared path's CAS, so for a small object the owner-local path only
+ * adds its check (which thread caches the span) and saves nothing but a
+ * sweep step; bench/peers measured larson at 0.22x mimalloc with it on every
+ * class against 0.31x without (docs/performance.md). hd_free_by therefore
+ * takes it for large-class objects only (one per span, 40 KiB and up), where
+ * the check is noise and the span reads FREE at once for the owner's trim. */
+typedef enum hd_free_result (*hd_free_local_fn)(uint32_t id, unsigned cls, hd_ostate_t *st, unsigned i);
+
+/* The free path for any pointer, from any process. Small objects and
+ * objects of large classes (one per span) are freed here; LARGE spans are
+ * reported as HD_FREE_LARGE for the caller's RPC. *idp gets the span id when
+ * one was found. On HD_FREE_OK, *cls gets the size class of the object that
+ * became FREED or FREE (for memstats), or 0 when none was freed: a tiny
+ * object whose block still holds others. local (may be NULL) is the
+ * owner-local hook above, for spans CACHED by client me. */
+static inline enum hd_free_result hd_free_by(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t me,
+                                             hd_free_local_fn local)
 {
     *cls = 0;
     uint32_t id = hd_span_of(s, p);
@@ -352,7 +376,18 @@ static inline enum hd_free_result hd_free_ex(const hd_seg_t *s, void *p, uint32_
     if ((uintptr_t)i * sp->elemsize != off)
         return HD_FREE_NOT_START;
     *cls = sp->sizeclass;
-    return hd_obj_free(hd_states_of(s, id, sp->sizeclass), i);
+    hd_ostate_t *states = hd_states_of(s, id, sp->sizeclass);
+    if (local && hd_is_lclass(sp->sizeclass) && st == HD_SPAN_CACHED && sp->owner == me) {
+        enum hd_free_result r = local(id, sp->sizeclass, states, i);
+        if (r != HD_FREE_REMOTE)
+            return r;
+    }
+    return hd_obj_free(states, i);
+}
+
+static inline enum hd_free_result hd_free_ex(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls)
+{
+    return hd_free_by(s, p, idp, cls, 0, NULL);
 }
 
 static inline enum hd_free_result hd_free(const hd_seg_t *s, void *p, uint32_t *idp)

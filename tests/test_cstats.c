@@ -69,7 +69,7 @@ static void test_flush_arithmetic(void)
 {
     up();
     static st_thread_t t;
-    static _Atomic uint64_t frees[HD_NUM_SIZE_CLASSES];
+    static _Atomic uint64_t frees[HD_NUM_CLASSES];
     memset(&t, 0, sizeof(t));
     memset((void *)frees, 0, sizeof(frees));
     t.frees = frees;
@@ -171,7 +171,7 @@ static void test_reader_never_torn(void)
 {
     up();
     static st_thread_t t;
-    static _Atomic uint64_t frees[HD_NUM_SIZE_CLASSES];
+    static _Atomic uint64_t frees[HD_NUM_CLASSES];
     memset(&t, 0, sizeof(t));
     memset((void *)frees, 0, sizeof(frees));
     t.frees = frees;

@@ -106,8 +106,8 @@ static void test_alloc_cache(void)
 
 typedef struct fake {
     uint32_t next;                      /* bump page allocator */
-    uint32_t central[HD_NUM_SIZE_CLASSES][512];
-    unsigned ncentral[HD_NUM_SIZE_CLASSES];
+    uint32_t central[HD_NUM_CLASSES][512];
+    unsigned ncentral[HD_NUM_CLASSES];
     unsigned refills, asked[256], nasked;
     unsigned released, release_msgs, bad_releases;
     unsigned large_allocs, large_frees, free_msgs, bad_frees;
@@ -128,14 +128,14 @@ static void fk_span(uint32_t id, unsigned c, uint32_t npages, uint8_t st)
     hd_span_t *sp = &fk.s.spans[id];
     sp->npages = npages;
     sp->sizeclass = (uint8_t)c;
-    sp->elemsize = c ? hd_class_to_size[c] : npages * HD_PAGE_SIZE;
-    sp->divmagic = c ? hd_class_to_divmagic[c] : 0;
-    sp->nelems = c ? hd_class_to_nobjs[c] : 1;
+    sp->elemsize = c ? hd_cls_size(c) : npages * HD_PAGE_SIZE;
+    sp->divmagic = c ? hd_cls_divmagic(c) : 0;
+    sp->nelems = c ? (uint16_t)hd_cls_nobjs(c) : 1;
     sp->needzero = fk.f->needzero;
     sp->owner = FAKE_OWNER;
     sp->gen++;
     if (c) {
-        hd_states_reset(hd_states_of(&fk.s, id, c), hd_states_len(hd_class_to_nobjs[c]));
+        hd_states_reset(hd_states_of(&fk.s, id, c), hd_states_len(hd_cls_nobjs(c)));
         if (c == HD_TINY_SIZE_CLASS)
             hd_tiny_reset(hd_tiny_of(&fk.s, id));
     }
@@ -159,7 +159,7 @@ static int fk_refill(void *ctx, unsigned c, unsigned count, uint32_t *ids)
         uint32_t id = HD_NO_SPAN;
         for (unsigned j = f->ncentral[c]; j-- > 0 && id == HD_NO_SPAN;) {   /* released, with room */
             uint32_t cand = f->central[c][j];
-            if (hd_span_sweep(hd_states_of(&fk.s, cand, c), hd_class_to_nobjs[c], NULL) < hd_class_to_nobjs[c]) {
+            if (hd_span_sweep(hd_states_of(&fk.s, cand, c), hd_cls_nobjs(c), NULL) < hd_cls_nobjs(c)) {
                 id = cand;
                 f->central[c][j] = f->central[c][--f->ncentral[c]];
             }
@@ -168,11 +168,11 @@ static int fk_refill(void *ctx, unsigned c, unsigned count, uint32_t *ids)
             fk.s.spans[id].owner = FAKE_OWNER;
             atomic_store(&fk.s.spans[id].state, HD_SPAN_CACHED);
         } else {
-            if (f->next + hd_class_to_npages[c] > FNP)
+            if (f->next + hd_cls_npages(c) > FNP)
                 break;
             id = f->next;
-            f->next += hd_class_to_npages[c];
-            fk_span(id, c, hd_class_to_npages[c], HD_SPAN_CACHED);
+            f->next += hd_cls_npages(c);
+            fk_span(id, c, hd_cls_npages(c), HD_SPAN_CACHED);
         }
         ids[n++] = id;
     }
@@ -493,10 +493,14 @@ static void test_batches_and_full_spans(void)
     CU_ASSERT_EQUAL_FATAL(keep, 64);
     for (unsigned i = 0; i < NSPANS * nobj; i++)
         CU_ASSERT_FATAL((p[i] = heapd_malloc(1000)) != NULL);
-    /* slow start: 1, 2, 4, 8, 16, 32, then 32 at a time = 127 spans in 8 round trips */
-    CU_ASSERT_EQUAL(fk.f->nasked, 8);
-    for (unsigned i = 0; i < fk.f->nasked && i < 8; i++)
+    /* slow start: 1, 2, 4, 8, 16, 32, then 32 at a time = 127 spans in 8
+     * refills; from the third on each is asked for ahead, when the class
+     * takes the last span of the one before, so a 9th (32) is already asked
+     * for when the 127th span is taken */
+    CU_ASSERT_EQUAL(fk.f->nasked, 9);
+    for (unsigned i = 0; i < fk.f->nasked && i < 9; i++)
         CU_ASSERT_EQUAL(fk.f->asked[i], i < 5 ? 1u << i : 32u);
+    CU_ASSERT_EQUAL(tp_refills_in_flight(), 1);
     /* 126 spans filled up before the last one; all but `keep` were released */
     CU_ASSERT_EQUAL(tp_flush(), 0);
     CU_ASSERT_EQUAL(fk.f->released, NSPANS - 1 - keep);
@@ -510,7 +514,8 @@ static void test_batches_and_full_spans(void)
     CU_ASSERT_EQUAL(fk.f->refills, refills);
     heapd_free(again);
     CU_ASSERT_EQUAL(heapd_flush(), 0);
-    CU_ASSERT_EQUAL(fk.f->released, NSPANS);                 /* everything went back */
+    CU_ASSERT_EQUAL(fk.f->released, NSPANS + 32);            /* everything went back, the refill ahead too */
+    CU_ASSERT_EQUAL(tp_refills_in_flight(), 0);
     CU_ASSERT_EQUAL(fk.f->bad_releases, 0);
     /* after a flush the class starts slow again */
     void *one = heapd_malloc(1000);
@@ -613,13 +618,15 @@ static void test_large_and_aligned(void)
 {
     fk_up();
     uint64_t bad = heapd_bad_frees();
-    char *p = heapd_malloc(100000);
+    /* above the large classes (1 MiB): one AllocLarge each, whole pages */
+    const size_t big1 = HD_MAX_CLASS_SIZE + 100000;
+    char *p = heapd_malloc(big1);
     CU_ASSERT_FATAL(p != NULL);
-    CU_ASSERT_EQUAL(fk.f->last_pages, 13);
-    CU_ASSERT_EQUAL(heapd_usable_size(p), 13 * HD_PAGE_SIZE);
+    CU_ASSERT_EQUAL(fk.f->last_pages, 141);
+    CU_ASSERT_EQUAL(heapd_usable_size(p), 141 * HD_PAGE_SIZE);
     CU_ASSERT_EQUAL((uintptr_t)p % HD_PAGE_SIZE, 0);
     CU_ASSERT_EQUAL(heapd_usable_size(p + 8), 0);
-    memset(p, 1, 100000);
+    memset(p, 1, big1);
     heapd_free(p + 8);                                        /* interior: refused */
     CU_ASSERT_EQUAL(heapd_bad_frees(), bad + 1);
     heapd_free(p);
@@ -633,14 +640,15 @@ static void test_large_and_aligned(void)
     CU_ASSERT_EQUAL(heapd_bad_frees(), bad + 3);
 
     /* large frees are sent once they hold 2 MiB, without waiting */
-    void *b[3];
-    for (int i = 0; i < 3; i++)
-        CU_ASSERT_FATAL((b[i] = heapd_malloc(100 * HD_PAGE_SIZE)) != NULL);
+    void *b[2];
+    for (int i = 0; i < 2; i++)
+        CU_ASSERT_FATAL((b[i] = heapd_malloc(129 * HD_PAGE_SIZE)) != NULL);
     unsigned msgs = fk.f->free_msgs;
-    for (int i = 0; i < 3; i++)
-        heapd_free(b[i]);
+    heapd_free(b[0]);
+    CU_ASSERT_EQUAL(fk.f->free_msgs, msgs);
+    heapd_free(b[1]);                                         /* 258 pages queued: sent */
     CU_ASSERT_EQUAL(fk.f->free_msgs, msgs + 1);
-    CU_ASSERT_EQUAL(fk.f->large_frees, 4);
+    CU_ASSERT_EQUAL(fk.f->large_frees, 3);
 
     /* aligned: every power of two up to 64 KiB, small and large sizes */
     for (size_t al = 1; al <= 65536; al <<= 1)
@@ -662,6 +670,131 @@ static void test_large_and_aligned(void)
     CU_ASSERT_PTR_NULL(heapd_aligned_alloc(0, 8));
     CU_ASSERT_EQUAL(errno, EINVAL);
     CU_ASSERT_EQUAL(heapd_bad_frees(), bad + 3);
+    fk_down();
+}
+
+/* Large classes: one object per span, cached like small spans. */
+static void large_consumer_wait(void);
+struct lprod { void **objs; unsigned n; size_t size; unsigned refills_after; };
+
+static void *large_producer(void *arg)
+{
+    struct lprod *pr = arg;
+    for (int round = 0; round < 2; round++) {
+        for (unsigned i = 0; i < pr->n; i++) {
+            pr->objs[i] = heapd_malloc(pr->size);
+            if (pr->objs[i])
+                memset(pr->objs[i], (int)i, pr->size);
+        }
+        if (round == 0) {
+            pr->refills_after = fk.f->refills;
+            /* the main thread frees them all (another thread: CAS to FREED) */
+            large_consumer_wait();
+        }
+    }
+    return NULL;
+}
+
+static pthread_mutex_t lc_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t lc_cv = PTHREAD_COND_INITIALIZER;
+static int lc_phase;
+
+static void large_consumer_wait(void)
+{
+    pthread_mutex_lock(&lc_mu);
+    lc_phase = 1;
+    pthread_cond_broadcast(&lc_cv);
+    while (lc_phase != 2)
+        pthread_cond_wait(&lc_cv, &lc_mu);
+    pthread_mutex_unlock(&lc_mu);
+}
+
+static void test_large_classes(void)
+{
+    fk_up();
+    uint64_t bad = heapd_bad_frees();
+    /* the class table: 40 KiB .. 1 MiB, at most 20% rounding */
+    CU_ASSERT_EQUAL(hd_large_to_class(HD_MAX_SMALL_SIZE), 0);
+    CU_ASSERT_EQUAL(hd_large_to_class(HD_MAX_SMALL_SIZE + 1), HD_FIRST_LARGE_CLASS);
+    CU_ASSERT_EQUAL(hd_large_to_class(HD_MAX_CLASS_SIZE), HD_NUM_CLASSES - 1);
+    CU_ASSERT_EQUAL(hd_large_to_class(HD_MAX_CLASS_SIZE + 1), 0);
+    for (size_t sz = HD_MAX_SMALL_SIZE + 1; sz <= HD_MAX_CLASS_SIZE; sz += 977) {
+        unsigned c = hd_large_to_class(sz);
+        CU_ASSERT_FATAL(hd_is_lclass(c));
+        CU_ASSERT(hd_cls_size(c) >= sz && (hd_cls_size(c) - sz) * 5 < hd_cls_size(c));
+        CU_ASSERT(c == HD_FIRST_LARGE_CLASS || hd_cls_size(c - 1) < sz);
+    }
+
+    /* one object per span: page aligned, exact usable size, no AllocLarge */
+    unsigned allocs = fk.f->large_allocs;
+    char *p = heapd_malloc(100000);
+    CU_ASSERT_FATAL(p != NULL);
+    CU_ASSERT_EQUAL(fk.f->large_allocs, allocs);
+    CU_ASSERT_EQUAL(heapd_usable_size(p), 14 * HD_PAGE_SIZE);   /* 13 pages round to the 14-page class */
+    CU_ASSERT_EQUAL((uintptr_t)p % HD_PAGE_SIZE, 0);
+    CU_ASSERT_EQUAL(heapd_usable_size(p + 8), 0);
+    heapd_free(p + 8);                                        /* interior: refused */
+    CU_ASSERT_EQUAL(heapd_bad_frees(), bad + 1);
+    /* our own current span: the free makes the object FREE at once */
+    uint32_t id = hd_span_of(&fk.s, p);
+    hd_ostate_t *st = hd_states_of(&fk.s, id, fk.s.spans[id].sizeclass);
+    heapd_free(p);
+    CU_ASSERT_EQUAL(hd_obj_state(st, 0), HD_OBJ_FREE);
+    CU_ASSERT_EQUAL(heapd_usable_size(p), 0);
+    heapd_free(p);                                            /* double: caught, nothing written */
+    CU_ASSERT_EQUAL(heapd_bad_frees(), bad + 2);
+    unsigned refills = fk.f->refills;
+    char *q = heapd_malloc(110000);                           /* same class: the same span again */
+    CU_ASSERT_EQUAL(q, p);
+    CU_ASSERT_EQUAL(fk.f->refills, refills);
+    heapd_free(q);
+
+    /* another thread allocates, we free (FREED), it allocates again: its
+     * kept spans serve the second round, no refill */
+    enum { N = 40 };
+    static void *objs[N];
+    struct lprod pr = {objs, N, 200000, 0};
+    lc_phase = 0;
+    pthread_t t;
+    pthread_create(&t, NULL, large_producer, &pr);
+    pthread_mutex_lock(&lc_mu);
+    while (lc_phase != 1)
+        pthread_cond_wait(&lc_cv, &lc_mu);
+    pthread_mutex_unlock(&lc_mu);
+    for (unsigned i = 0; i < N; i++) {
+        CU_ASSERT_FATAL(objs[i] != NULL);
+        CU_ASSERT_EQUAL(((unsigned char *)objs[i])[199999], (unsigned char)i);
+        uint32_t oid = hd_span_of(&fk.s, objs[i]);
+        heapd_free(objs[i]);
+        CU_ASSERT_EQUAL(hd_obj_state(hd_states_of(&fk.s, oid, fk.s.spans[oid].sizeclass), 0), HD_OBJ_FREED);
+    }
+    pthread_mutex_lock(&lc_mu);
+    lc_phase = 2;
+    pthread_cond_broadcast(&lc_cv);
+    pthread_mutex_unlock(&lc_mu);
+    pthread_join(t, NULL);                                    /* its exit gives its spans back */
+    CU_ASSERT_EQUAL(fk.f->refills, pr.refills_after);
+    for (unsigned i = 0; i < N; i++)
+        heapd_free(objs[i]);
+    CU_ASSERT_EQUAL(heapd_bad_frees(), bad + 2);
+    CU_ASSERT_EQUAL(fk.f->large_allocs, allocs);
+    CU_ASSERT_EQUAL(heapd_flush(), 0);
+    CU_ASSERT_EQUAL(fk.f->bad_releases, 0);
+
+    /* calloc of a large-class object that comes round again is zero */
+    fk.f->needzero = 1;
+    unsigned char *z = heapd_malloc(300000);
+    CU_ASSERT_FATAL(z != NULL);
+    memset(z, 0x5a, 300000);
+    heapd_free(z);
+    unsigned char *z2 = heapd_calloc(1, 300000);
+    CU_ASSERT_FATAL(z2 == z);
+    for (size_t i = 0; i < 300000; i++)
+        if (z2[i]) {
+            CU_FAIL("large-class calloc not zero");
+            break;
+        }
+    heapd_free(z2);
     fk_down();
 }
 
@@ -849,6 +982,7 @@ static void register_mcache_suite(void)
     CU_add_test(s, "frees from another thread come round", test_cross_thread);
     CU_add_test(s, "calloc zeroing and fresh spans", test_calloc_zeroing);
     CU_add_test(s, "large objects and aligned allocation", test_large_and_aligned);
+    CU_add_test(s, "large classes: cached, reused, freed by another thread", test_large_classes);
     CU_add_test(s, "realloc", test_realloc);
     CU_add_test(s, "invalid and double frees", test_bad_frees);
     CU_add_test(s, "daemon Flush, ENOMEM, detached", test_daemon_flush_and_errors);

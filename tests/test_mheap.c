@@ -198,7 +198,7 @@ static void test_cache_span(void)
     for (uint32_t p = (uint32_t)r; p < r + hd_class_to_npages[67]; p++)
         CU_ASSERT_EQUAL(hd_pagemap_get(&S.view, p), (uint32_t)r + 1);
     CU_ASSERT_EQUAL(mcentral_cache_span(&C, 0, 7), -EINVAL);
-    CU_ASSERT_EQUAL(mcentral_cache_span(&C, HD_NUM_SIZE_CLASSES, 7), -EINVAL);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, HD_NUM_CLASSES, 7), -EINVAL);
     check_all();
     teardown();
 }

@@ -692,7 +692,7 @@ static void *lc_body(void *arg)
         }
     for (int i = 0; i < NT; i++)
         CU_ASSERT_FATAL((objs[n++] = heapd_malloc(3)) != NULL);
-    void *big = heapd_malloc(100000);               /* 13 pages */
+    void *big = heapd_malloc(100000);               /* a large class: 14 pages (13 rounded up) */
     CU_ASSERT_FATAL(big != NULL);
     CU_ASSERT_EQUAL(heapd_flush(), 0);
 
@@ -704,11 +704,13 @@ static void *lc_body(void *arg)
     CU_ASSERT_EQUAL(m.by_size[HD_TINY_SIZE_CLASS].mallocs, (NT + 4) / 5);
     CU_ASSERT_EQUAL(m.tiny_allocs, NT - (NT + 4) / 5);
     CU_ASSERT_EQUAL(m.large_allocs, 1);
-    CU_ASSERT_EQUAL(m.large_alloc_bytes, 13 * HD_PAGE_SIZE);
+    CU_ASSERT_EQUAL(m.large_alloc_bytes, 14 * HD_PAGE_SIZE);
+    CU_ASSERT_EQUAL(m.large_by_size[hd_large_to_class(100000) - HD_FIRST_LARGE_CLASS].mallocs, 1);
+    CU_ASSERT_EQUAL(m.large_by_size[hd_large_to_class(100000) - HD_FIRST_LARGE_CLASS].size, 14 * HD_PAGE_SIZE);
     uint64_t nobj = PER * (HD_NUM_SIZE_CLASSES - 3) + NT + 1;
     CU_ASSERT_EQUAL(m.mallocs, nobj);
     CU_ASSERT_EQUAL(m.heap_objects, nobj - m.tiny_allocs);
-    CU_ASSERT_EQUAL(m.heap_alloc, bytes + (NT + 4) / 5 * 16ull + 13 * HD_PAGE_SIZE);
+    CU_ASSERT_EQUAL(m.heap_alloc, bytes + (NT + 4) / 5 * 16ull + 14 * HD_PAGE_SIZE);
     CU_ASSERT(m.heap_alloc <= m.heap_inuse);
     CU_ASSERT(m.mcache_inuse > 0);
 

@@ -280,12 +280,52 @@ static void test_refill_validation(void)
 {
     setup();
     client_t *c = attached();
-    struct { uint32_t cls, count; } bad[] = {{0, 1}, {68, 1}, {999, 1}, {5, 0}, {5, 65}, {5, 1u << 31}};
+    struct { uint32_t cls, count; } bad[] = {{0, 1}, {HD_NUM_CLASSES, 1}, {999, 1}, {5, 0}, {5, 65}, {5, 1u << 31}};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         CU_ASSERT_EQUAL(refill(c, 10 + i, bad[i].cls, bad[i].count), RPC_OK);
         expect_error(10 + i, EINVAL);
     }
     CU_ASSERT_EQUAL(D->seg.hdr->bad_requests, sizeof(bad) / sizeof(bad[0]));
+    CU_ASSERT_EQUAL(D->seg.hdr->spans_inuse, 0);
+    teardown();
+}
+
+/* A large class (68..87): spans of one object, CACHED like small ones;
+ * released with the object free, the span's pages go back at once. */
+static void test_refill_large_class(void)
+{
+    setup();
+    client_t *c = attached();
+    unsigned cls = hd_large_to_class(200000);
+    CU_ASSERT_EQUAL(refill(c, 7, cls, 2), RPC_OK);
+    Heapd__DaemonMsg *r = reply();
+    CU_ASSERT_FATAL(r != NULL && r->body_case == HEAPD__DAEMON_MSG__BODY_SPANS && r->spans->n_span_ids == 2);
+    uint32_t ids[2] = {r->spans->span_ids[0], r->spans->span_ids[1]};
+    reply_free(r);
+    for (int i = 0; i < 2; i++) {
+        hd_span_t *sp = &D->seg.view.spans[ids[i]];
+        CU_ASSERT_EQUAL(hd_span_state(sp), HD_SPAN_CACHED);
+        CU_ASSERT_EQUAL(sp->sizeclass, cls);
+        CU_ASSERT_EQUAL(sp->nelems, 1);
+        CU_ASSERT_EQUAL(sp->npages, hd_cls_npages(cls));
+        CU_ASSERT_EQUAL(sp->elemsize, hd_cls_size(cls));
+    }
+    /* object 0 of the first is allocated, the second stays free */
+    hd_obj_alloc(hd_states_of(&D->seg.view, ids[0], cls), 0);
+    uint64_t pages = D->seg.hdr->pages_inuse;
+    Heapd__Release rel = HEAPD__RELEASE__INIT;
+    rel.n_span_ids = 2;
+    rel.span_ids = ids;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_RELEASE;
+    m.release = &rel;
+    CU_ASSERT_EQUAL(send_msg(c, &m), RPC_OK);
+    CU_ASSERT_EQUAL(D->seg.hdr->pages_inuse, pages - hd_cls_npages(cls));   /* the free one went back */
+    CU_ASSERT_EQUAL(hd_span_state(&D->seg.view.spans[ids[0]]), HD_SPAN_CENTRAL);
+    /* anyone frees the live one (FREED); the background sweep frees its span */
+    CU_ASSERT_EQUAL(hd_obj_free(hd_states_of(&D->seg.view, ids[0], cls), 0), HD_FREE_OK);
+    mcentral_bg_sweep(&D->central, 1000);
+    CU_ASSERT_EQUAL(D->seg.hdr->pages_inuse, pages - 2 * hd_cls_npages(cls));
     CU_ASSERT_EQUAL(D->seg.hdr->spans_inuse, 0);
     teardown();
 }
@@ -744,6 +784,7 @@ static void register_rpc_suite(void)
     CU_add_test(s, "SetLimit from another uid: EPERM", test_set_limit_other_uid);
     CU_add_test(s, "a request before Hello", test_request_before_hello);
     CU_add_test(s, "Refill validation", test_refill_validation);
+    CU_add_test(s, "Refill of a large class, Release, free by anyone", test_refill_large_class);
     CU_add_test(s, "Refill", test_refill);
     CU_add_test(s, "Refill when the heap is full", test_refill_enomem);
     CU_add_test(s, "Release", test_release);

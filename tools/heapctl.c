@@ -314,6 +314,8 @@ static const field_t heapd_fields[] = {
     F("Clients", clients, K_U64, false),
     F("ClientsTotal", clients_total, K_U64, false),
     F("Refills", refills, K_U64, false),
+    F("RefillWaits", refill_waits, K_U64, false),
+    F("RefillWaitNs", refill_wait_ns, K_U64, false),
     F("BadRequests", bad_requests, K_U64, false),
     F("UptimeNs", uptime_ns, K_U64, false),
     F("SlotRetries", slot_retries, K_U64, false),
@@ -444,6 +446,13 @@ static int cmd_stats(bool json)
                    "\"SpanBytes\":%u}", i ? "," : "", c->size_class, c->size, (unsigned long long)c->mallocs,
                    (unsigned long long)c->frees, (unsigned long long)c->spans_central, c->span_bytes);
         }
+        printf("],\"LargeBySize\":[");
+        for (size_t i = 0; i < s->n_large_by_size; i++) {
+            const Heapdctl__SizeClassStats *c = s->large_by_size[i];
+            printf("%s{\"SizeClass\":%u,\"Size\":%u,\"Mallocs\":%llu,\"Frees\":%llu,\"SpansCentral\":%llu,"
+                   "\"SpanBytes\":%u}", i ? "," : "", c->size_class, c->size, (unsigned long long)c->mallocs,
+                   (unsigned long long)c->frees, (unsigned long long)c->spans_central, c->span_bytes);
+        }
         putchar(']');
         for (size_t i = 0; i < NF(heapd_fields); i++)
             print_field_json(s, &heapd_fields[i], &first);
@@ -471,6 +480,15 @@ static int cmd_stats(bool json)
                "live bytes", "central");
         for (size_t i = 0; i < s->n_by_size; i++) {
             const Heapdctl__SizeClassStats *c = s->by_size[i];
+            if (!c->mallocs && !c->frees && !c->spans_central)
+                continue;
+            uint64_t live = c->mallocs > c->frees ? c->mallocs - c->frees : 0;
+            printf("  %5u %6u %12llu %12llu %12llu %14llu %8llu\n", c->size_class, c->size,
+                   (unsigned long long)c->mallocs, (unsigned long long)c->frees, (unsigned long long)live,
+                   (unsigned long long)(live * c->size), (unsigned long long)c->spans_central);
+        }
+        for (size_t i = 0; i < s->n_large_by_size; i++) {
+            const Heapdctl__SizeClassStats *c = s->large_by_size[i];
             if (!c->mallocs && !c->frees && !c->spans_central)
                 continue;
             uint64_t live = c->mallocs > c->frees ? c->mallocs - c->frees : 0;
@@ -513,12 +531,13 @@ static int cmd_clients(bool json)
             json_string(c->name);
             printf(",\"Slot\":%u,\"LiveBytes\":%lld,\"AllocBytes\":%llu,\"FreeBytes\":%llu,\"Mallocs\":%llu,"
                    "\"Frees\":%llu,\"CachedSpans\":%u,\"CachedBytes\":%llu,\"Quota\":%llu,\"Charged\":%llu,"
-                   "\"Requests\":%llu,\"MCacheBytes\":%llu,\"State\":",
+                   "\"Requests\":%llu,\"MCacheBytes\":%llu,\"RefillWaits\":%llu,\"RefillWaitNs\":%llu,\"State\":",
                    c->slot, (long long)c->live_bytes, (unsigned long long)c->alloc_bytes,
                    (unsigned long long)c->free_bytes, (unsigned long long)c->mallocs, (unsigned long long)c->frees,
                    c->cached_spans, (unsigned long long)c->cached_bytes, (unsigned long long)c->quota,
                    (unsigned long long)c->charged, (unsigned long long)c->requests,
-                   (unsigned long long)c->mcache_bytes);
+                   (unsigned long long)c->mcache_bytes, (unsigned long long)c->refill_waits,
+                   (unsigned long long)c->refill_wait_ns);
             json_string(c->state && *c->state ? c->state : "live");
             printf("}");
         }

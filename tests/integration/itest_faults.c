@@ -437,7 +437,7 @@ static int crash_body(void *arg)
     for (unsigned n = 0; n < 10000; n++) {
         void *p[8];
         for (int i = 0; i < 8; i++)
-            p[i] = heapd_malloc(i == 7 ? 100000 : 48u << (n % 8));
+            p[i] = heapd_malloc(i == 7 ? HD_MAX_CLASS_SIZE + 100000 : 48u << (n % 8));   /* 7: an AllocLarge */
         for (int i = 0; i < 8; i++)
             heapd_free(p[i]);
         if (n % 4 == 0)

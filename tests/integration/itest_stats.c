@@ -509,7 +509,7 @@ static int holder_finish(holder_t *h)
 
 #define NTINY 20
 #define NLARGE 3
-#define LARGE_SIZE (100u << 10)     /* 13 pages */
+#define LARGE_SIZE (100u << 10)     /* 13 pages: a large class of 14 */
 
 /* Known objects: 3 of every class from 3 up, 3 whole 16 B blocks, 20 tiny
  * objects of 4 B (5 blocks), 3 large ones. Then half of them are freed by a
@@ -589,12 +589,21 @@ static void test_stats_known(void)
     CU_ASSERT_EQUAL(ju(&by->v[1], "Mallocs"), 3 + NTINY / 4);           /* 16 B blocks */
     CU_ASSERT_EQUAL(ju(&s, "TinyAllocs"), NTINY - NTINY / 4);
     CU_ASSERT_EQUAL(ju(&s, "LargeAllocs"), NLARGE);
-    CU_ASSERT_EQUAL(ju(&s, "LargeAllocBytes"), NLARGE * 13ull * 8192);
+    CU_ASSERT_EQUAL(ju(&s, "LargeAllocBytes"), NLARGE * 14ull * 8192);     /* 13 pages: the 14-page large class */
+    const jv_t *lby = jget(&s, "LargeBySize");
+    CU_ASSERT_FATAL(lby && lby->t == J_ARR && lby->n == HD_NUM_LARGE_CLASSES);
+    for (size_t i = 0; i < lby->n; i++) {
+        CU_ASSERT_EQUAL(ju(&lby->v[i], "SizeClass"), HD_FIRST_LARGE_CLASS + i);
+        CU_ASSERT_EQUAL(ju(&lby->v[i], "Size"), hd_cls_size(HD_FIRST_LARGE_CLASS + (unsigned)i));
+        CU_ASSERT_EQUAL(ju(&lby->v[i], "Mallocs"), HD_FIRST_LARGE_CLASS + i == hd_large_to_class(LARGE_SIZE) ? NLARGE : 0);
+    }
+    CU_ASSERT(jget(&s, "RefillWaits") != NULL && ju(&s, "RefillWaits") >= 1);   /* its first refills waited */
+    CU_ASSERT(ju(&s, "RefillWaitNs") >= ju(&s, "RefillWaits"));
     uint64_t nobj = 3 * (HD_NUM_SIZE_CLASSES - 3) + 3 + NTINY + NLARGE;
     CU_ASSERT_EQUAL(ju(&s, "Mallocs"), nobj);
     CU_ASSERT_EQUAL(ju(&s, "Frees"), NTINY - NTINY / 4);
     CU_ASSERT_EQUAL(ju(&s, "HeapObjects"), nobj - (NTINY - NTINY / 4));
-    CU_ASSERT_EQUAL(ju(&s, "HeapAlloc"), small_bytes + (3 + NTINY / 4) * 16ull + NLARGE * 13ull * 8192);
+    CU_ASSERT_EQUAL(ju(&s, "HeapAlloc"), small_bytes + (3 + NTINY / 4) * 16ull + NLARGE * 14ull * 8192);
     CU_ASSERT(ju(&s, "HeapAlloc") <= ju(&s, "HeapInuse"));
     CU_ASSERT(ju(&s, "MCacheInuse") > 0);
     CU_ASSERT_EQUAL(ju(&s, "Clients"), 1);
