@@ -639,8 +639,6 @@ static void test_attack_dirty_free_pages(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
-static bool no_clients_but_me(const hd_header_t *h) { return h->clients == 1; }
-
 /* ---- 6. forged stats --------------------------------------------------------------------------- */
 
 /* HeapAlloc as the control socket reports it, or UINT64_MAX. */
@@ -660,29 +658,86 @@ static uint64_t ctl_heap_alloc(const char *sock)
     return v;
 }
 
+/* The mallocs `heapctl clients` shows for the client with this pid, or UINT64_MAX. */
+static uint64_t ctl_client_mallocs(const char *sock, pid_t pid)
+{
+    int fd = ctl_open(sock);
+    uint64_t v = UINT64_MAX;
+    if (fd >= 0 && ctl_send(fd, 1, HEAPDCTL__CONTROL_REQUEST__BODY_CLIENTS) == 0) {
+        Heapdctl__ControlReply *r = ctl_recv(fd, 5000);
+        if (r && r->body_case == HEAPDCTL__CONTROL_REPLY__BODY_CLIENTS)
+            for (size_t i = 0; i < r->clients->n_clients; i++)
+                if (r->clients->clients[i]->pid == pid)
+                    v = r->clients->clients[i]->mallocs;
+        if (r)
+            heapdctl__control_reply__free_unpacked(r, NULL);
+    }
+    if (fd >= 0)
+        close(fd);
+    return v;
+}
+
+/* The stats slots this process has mapped (the memfds named heapd-stats in
+ * /proc/self/maps): how many, and the first one's address. */
+static int stats_mappings(hd_cstats_t **first)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    int n = 0;
+    while (f && fgets(line, sizeof(line), f)) {
+        if (!strstr(line, "memfd:heapd-stats"))
+            continue;
+        if (n++ == 0)
+            *first = (hd_cstats_t *)(uintptr_t)strtoull(line, NULL, 16);
+    }
+    if (f)
+        fclose(f);
+    return n;
+}
+
+#define VICTIM_OBJS 1000
+
 struct forge_arg { const daemon_proc_t *d; int ready, go; };
 
-/* Find its own stats slot (the owner of a large span it allocated is its
- * client id; the slot with that owner is its own), write absurd counts into
- * it (seq kept even, as a writer would), say so, wait, and exit without
- * detaching: the lease ends and the slot is folded into the retired totals. */
-static int forger(void *arg)
+/* The victim: VICTIM_OBJS allocations, flushed to its slot, then it waits. */
+static int stats_victim(const struct forge_arg *a)
 {
-    const struct forge_arg *a = arg;
     if (heapd_attach(a->d->sock) != 0)
         return 11;
-    void *big = heapd_malloc(1 << 20);
-    if (!big)
+    for (int i = 0; i < VICTIM_OBJS; i++)
+        if (!heapd_malloc(100))
+            return 12;
+    if (heapd_flush() != 0)
+        return 13;
+    char c = 'v';
+    if (write(a->ready, &c, 1) != 1 || read(a->go, &c, 1) != 1)
+        return 14;
+    heapd_detach();
+    return 0;
+}
+
+/* The forger: it can map one stats slot, its own; it writes absurd values
+ * over every slot of the old shared slot array in the heap memfd (where
+ * another client's slot used to be) and into its own slot (seq kept even, as
+ * a writer would), says so, waits, and exits without detaching: the lease
+ * ends and its slot is folded into the retired totals. */
+static int forger(const struct forge_arg *a)
+{
+    if (heapd_attach(a->d->sock) != 0)
+        return 11;
+    if (!heapd_malloc(1 << 20))
         return 12;
+    hd_cstats_t *mine = NULL;
+    int n = stats_mappings(&mine);
+    if (n != 1) {
+        fprintf(stderr, "forger: %d stats slots mapped, not 1 (its own)\n", n);
+        return 13;
+    }
     hd_seg_t seg;
     hd_seg_view(&seg, (hd_header_t *)(uintptr_t)a->d->base);
-    uint32_t me = seg.spans[heapd_ptr_to_offset(big) / HD_PAGE_SIZE].owner;
-    hd_cstats_t *mine = NULL;
-    for (unsigned i = 1; i < HD_STAT_SLOTS && !mine; i++)
-        if (atomic_load(&seg.cstats[i].owner) == me)
-            mine = &seg.cstats[i];
-    if (!mine)
-        return 13;
+    for (unsigned i = 0; i < HD_STAT_SLOTS; i++)
+        for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++)
+            atomic_store(&seg.cstats[i].small_allocs[c], 1ull << 40);
     uint64_t q = atomic_load(&mine->seq);
     atomic_store(&mine->seq, q + 1);
     for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++)
@@ -696,36 +751,60 @@ static int forger(void *arg)
     return 0;       /* no detach: the daemon retires the slot when the process is gone */
 }
 
-/* A client forges its own stats slot to absurd values: HeapAlloc never goes
- * past the heap's size, while it lives nor after its slot was folded into
- * the retired totals. */
+static pid_t forge_child(int (*fn)(const struct forge_arg *), const daemon_proc_t *d, int *ready, int *go)
+{
+    int r[2], g[2];
+    if (pipe2(r, O_CLOEXEC) != 0 || pipe2(g, O_CLOEXEC) != 0)
+        return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(60);
+        struct forge_arg a = {d, r[1], g[0]};
+        _exit(fn(&a));
+    }
+    close(r[1]);
+    close(g[0]);
+    *ready = r[0];
+    *go = g[1];
+    return pid;
+}
+
+static bool no_clients_but_me(const hd_header_t *h) { return h->clients == 1; }
+
+/* Forged stats. A client cannot write another client's slot (it has no
+ * mapping of it: each slot is a memfd passed only to its client, and what
+ * it writes into the heap memfd is read by nobody): the victim's counts stay
+ * its own. Forging its own slot to absurd values does not push HeapAlloc
+ * past the heap's size, while it lives nor after its slot was retired. */
 static void test_attack_forged_stats(void)
 {
     daemon_proc_t d;
     CU_ASSERT_FATAL(daemon_start(&d, "64MiB", NULL) == 0);
-    int ready[2], go[2];
-    CU_ASSERT_FATAL(pipe2(ready, O_CLOEXEC) == 0 && pipe2(go, O_CLOEXEC) == 0);
-    struct forge_arg a = {&d, ready[1], go[0]};
-    fflush(NULL);
-    pid_t f = fork();
-    CU_ASSERT_FATAL(f >= 0);
-    if (f == 0) {
-        alarm(60);
-        _exit(forger(&a));
-    }
-    close(ready[1]);
-    close(go[0]);
+    int vr, vg, fr, fg;
     char c;
-    CU_ASSERT_FATAL(read(ready[0], &c, 1) == 1);
-    uint64_t live = ctl_heap_alloc(d.sock);
-    fprintf(stderr, "HeapAlloc with a forged live slot: %llu bytes (heap 64 MiB)\n", (unsigned long long)live);
+    pid_t v = forge_child(stats_victim, &d, &vr, &vg);
+    CU_ASSERT_FATAL(v > 0);
+    CU_ASSERT_FATAL(read(vr, &c, 1) == 1);
+    CU_ASSERT_EQUAL(ctl_client_mallocs(d.sock, v), VICTIM_OBJS);
+    pid_t f = forge_child(forger, &d, &fr, &fg);
+    CU_ASSERT_FATAL(f > 0);
+    CU_ASSERT_FATAL(read(fr, &c, 1) == 1);
+    uint64_t victim = ctl_client_mallocs(d.sock, v), live = ctl_heap_alloc(d.sock);
+    fprintf(stderr, "victim's mallocs %llu; HeapAlloc with a forged live slot: %llu bytes (heap 64 MiB)\n",
+            (unsigned long long)victim, (unsigned long long)live);
+    CU_ASSERT_EQUAL(victim, VICTIM_OBJS);
     CU_ASSERT(live <= (64u << 20));
-    CU_ASSERT(write(go[1], "g", 1) == 1);
+    CU_ASSERT(write(fg, "g", 1) == 1);
     CU_ASSERT_EQUAL(wait_child(f, 30), 0);
-    close(ready[0]);
-    close(go[1]);
+    CU_ASSERT(write(vg, "g", 1) == 1);
+    CU_ASSERT_EQUAL(wait_child(v, 30), 0);
+    close(fr);
+    close(fg);
+    close(vr);
+    close(vg);
     hd_header_t h;
-    CU_ASSERT(books_wait(d.sock, &h, no_clients_but_me, 5000));    /* its lease ended: slot retired */
+    CU_ASSERT(books_wait(d.sock, &h, no_clients_but_me, 5000));    /* both leases ended: slots retired */
     uint64_t retired = ctl_heap_alloc(d.sock);
     fprintf(stderr, "HeapAlloc after the forger's slot was retired: %llu bytes\n", (unsigned long long)retired);
     CU_ASSERT(retired <= (64u << 20));
@@ -742,6 +821,6 @@ static void register_attacks_suite(void)
     CU_add_test(s, "a flood of Scavenge: answered, shared passes, refills served", test_attack_scavenge_flood);
     CU_add_test(s, "scribbled state bytes and tiny words: the victim keeps going", test_attack_scribbled_states);
     CU_add_test(s, "dirtied free pages: calloc zero, released, under the hard limit", test_attack_dirty_free_pages);
-    CU_add_test(s, "forged stats slot: HeapAlloc stays within the heap", test_attack_forged_stats);
+    CU_add_test(s, "forged stats: no slot of another client, HeapAlloc within the heap", test_attack_forged_stats);
 }
 UNIT_SUITE(register_attacks_suite)
