@@ -144,15 +144,15 @@ static void force_start(daemon_t *d)
     uv_timer_start(&s->force_timer, on_force, 0, 0);
 }
 
-/* One slice of the pass: about SCAV_SLICE_NS of work, then back to the loop
- * (RPCs run before the next slice). */
+/* One slice of the pass: about SCAV_FORCE_SLICE_NS of work, then back to the
+ * loop (RPCs run before the next slice). */
 static void on_force(uv_timer_t *t)
 {
     daemon_t *d = t->data;
     scav_t *s = &d->scav;
     uint64_t t0 = uv_hrtime();
     bool done = false;
-    while (!done && uv_hrtime() - t0 < SCAV_SLICE_NS) {
+    while (!done && uv_hrtime() - t0 < SCAV_FORCE_SLICE_NS) {
         if (s->force_sweep_left) {
             uint64_t left = s->force_sweep_left;
             unsigned n = mcentral_bg_sweep(&d->central, (unsigned)min64(SCAV_FORCE_SWEEP, left));
@@ -166,8 +166,7 @@ static void on_force(uv_timer_t *t)
         uv_timer_start(&s->force_timer, on_force, 0, 0);
         return;
     }
-    scav_punch_dirty(d);    /* pages a client dirtied after they were released */
-    scav_resident_check(d, false);
+    scav_resident_check(d, false);  /* dirtied released pages, when there is a gap worth a walk */
     uint64_t pass = s->force_pass;
     s->force_active = false;
     s->scavenge_runs++;

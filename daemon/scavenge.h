@@ -53,7 +53,8 @@ typedef struct daemon daemon_t;
 
 #define SCAV_GAP_SLACK         (1u << 20) /* resident beyond committed tolerated before a dirty-page walk */
 #define SCAV_GAP_LOG_MS        1000u    /* at most one log line about dirtied pages per this */
-#define SCAV_FORCE_SWEEP       1024u    /* central spans a forced slice sweeps between clock reads */
+#define SCAV_FORCE_SLICE_NS    250000u  /* a forced slice (Scavenge message) works about 250 us */
+#define SCAV_FORCE_SWEEP       256u     /* central spans a forced slice sweeps between clock reads */
 #define SCAV_FORCE_PAGES       256u     /* pages a forced slice releases between clock reads */
 
 /* The state, one per daemon (daemon_t.scav). */
@@ -72,7 +73,7 @@ typedef struct scav {
     uv_timer_t timer;
     bool timer_on;
     /* forced passes (Scavenge messages): one at a time, in slices of about
-     * SCAV_SLICE_NS on their own timer, so RPCs run between slices */
+     * SCAV_FORCE_SLICE_NS on their own timer, so RPCs run between slices */
     uv_timer_t force_timer;
     bool force_active;                   /* a pass is under way */
     bool force_next;                     /* someone waits for the pass after it */
@@ -104,8 +105,9 @@ uint64_t scavenge_all(daemon_t *d);
  * forced pass that starts after now (the one under way started too early),
  * is not read meanwhile, and gets its Ack when that pass is done
  * (client_scavenge_done). Many requests share one pass, passes run one at a
- * time and in slices, so a flood of them delays other clients' RPCs by at
- * most one slice. Needs the loop (scav_start). */
+ * time and in slices of SCAV_FORCE_SLICE_NS, so a flood of them delays
+ * other clients' RPCs by at most one slice. A pass punches dirtied released
+ * pages only past SCAV_GAP_SLACK (scav_resident_check); scavenge_all always. Needs the loop (scav_start). */
 struct client;
 bool scav_force_request(daemon_t *d, struct client *c, uint64_t seq);   /* false: no loop, run it now */
 /* Punch every released page (free and scavenged, or never part of the heap)

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -812,6 +813,155 @@ static void test_attack_forged_stats(void)
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- timing (make test-timing, never gating) ----------------------------------------------------- */
+
+/* Refill{class 5, count 1} then Release of what came back, on an attached raw
+ * connection: the Refill's round trip in ns, or 0 on failure. */
+static uint64_t refill_rtt_ns(int conn, uint64_t seq)
+{
+    Heapd__Refill rf = HEAPD__REFILL__INIT;
+    rf.sizeclass = 5;
+    rf.count = 1;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.seq = seq;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_REFILL;
+    m.refill = &rf;
+    uint8_t out[256], in[4096];
+    size_t n = heapd__client_msg__pack(&m, out);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ssize_t r = raw_call(conn, out, n, in, sizeof(in), 10000);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    Heapd__DaemonMsg *rep = r > 0 ? heapd__daemon_msg__unpack(NULL, (size_t)r, in) : NULL;
+    if (!rep || rep->body_case != HEAPD__DAEMON_MSG__BODY_SPANS || rep->spans->n_span_ids != 1) {
+        if (rep)
+            heapd__daemon_msg__free_unpacked(rep, NULL);
+        return 0;
+    }
+    uint32_t id = rep->spans->span_ids[0];
+    heapd__daemon_msg__free_unpacked(rep, NULL);
+    Heapd__Release rl = HEAPD__RELEASE__INIT;
+    rl.n_span_ids = 1;
+    rl.span_ids = &id;
+    Heapd__ClientMsg q = HEAPD__CLIENT_MSG__INIT;
+    q.seq = seq + 1;
+    q.body_case = HEAPD__CLIENT_MSG__BODY_RELEASE;
+    q.release = &rl;
+    if (raw_request(conn, &q, 10000) != 0)
+        return 0;
+    return (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000ull + (uint64_t)t1.tv_nsec - (uint64_t)t0.tv_nsec;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define RTT_SAMPLES 400
+#define MANY_SPANS 100000
+
+/* MANY_SPANS spans of 1 KiB objects left on the central lists, one live
+ * object in each (the rest freed), by a process that exits. */
+static int many_central_spans(void *arg)
+{
+    if (heapd_attach(arg) != 0)
+        return 11;
+    enum { PER = 8, N = MANY_SPANS * PER };     /* 1 KiB objects, 8 per 8 KiB span */
+    void **p = malloc(N * sizeof(*p));
+    if (!p)
+        return 12;
+    for (int i = 0; i < N; i++)
+        if (!(p[i] = heapd_malloc(1000)))
+            return 13;
+    for (int i = 0; i < N; i++)         /* consecutive objects share spans: keep one in each */
+        if (i % PER)
+            heapd_free(p[i]);
+    return 0;
+}
+
+/* RTT_SAMPLES Refill round trips: p50, p99 and max in *out (ns). */
+static bool refill_rtts(int conn, uint64_t out[3])
+{
+    static uint64_t ns[RTT_SAMPLES];
+    for (int i = 0; i < RTT_SAMPLES; i++)
+        if (!(ns[i] = refill_rtt_ns(conn, 10 + 2 * (uint64_t)i)))
+            return false;
+    qsort(ns, RTT_SAMPLES, sizeof(ns[0]), cmp_u64);
+    out[0] = ns[RTT_SAMPLES / 2];
+    out[1] = ns[RTT_SAMPLES * 99 / 100];
+    out[2] = ns[RTT_SAMPLES - 1];
+    return true;
+}
+
+/* Scavenge back to back on FLOODERS connections until the pipe closes. */
+static int scavenge_flooder(const char *sock, int stop)
+{
+    int conn[FLOODERS];
+    for (int f = 0; f < FLOODERS; f++) {
+        int fds[2], nfds;
+        if (raw_hello_fds(sock, "itest-attack-flood", fds, &nfds, &conn[f]) != 0)
+            return 11;
+        close(fds[0]);
+        close(fds[1]);
+    }
+    for (uint64_t seq = 2;; seq++) {
+        struct pollfd pf = {.fd = stop, .events = POLLIN};
+        if (poll(&pf, 1, 0) == 1)
+            return 0;
+        for (int f = 0; f < FLOODERS; f++)
+            if (raw_scavenge(conn[f], seq) != 0)
+                return 12;
+    }
+}
+
+/* A Scavenge flood over thousands of central spans against another client's
+ * Refill round trips: printed, and p99 bounded by a few forced slices. */
+static void test_attack_scavenge_flood_timing(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "2GiB", NULL) == 0);
+    CU_ASSERT_EQUAL_FATAL(run_child(many_central_spans, d.sock, 120), 0);
+    hd_header_t h;
+    CU_ASSERT_FATAL(books_read(d.sock, &h) == 0);
+    int fds[2], nfds, conn;
+    CU_ASSERT_FATAL(raw_hello_fds(d.sock, "itest-attack-refills", fds, &nfds, &conn) == 0);
+    close(fds[0]);
+    close(fds[1]);
+    uint64_t idle[3], flood[3];
+    CU_ASSERT_FATAL(refill_rtts(conn, idle));
+    int stop[2];
+    CU_ASSERT_FATAL(pipe2(stop, O_CLOEXEC) == 0);
+    fflush(NULL);
+    pid_t fl = fork();
+    CU_ASSERT_FATAL(fl >= 0);
+    if (fl == 0) {
+        alarm(120);
+        close(stop[1]);
+        _exit(scavenge_flooder(d.sock, stop[0]));
+    }
+    close(stop[0]);
+    const hd_header_t *live = books_map(d.sock);
+    uint64_t runs0 = live ? live->scavenge_runs : 0;
+    TEST_WAIT(!live || live->scavenge_runs >= runs0 + 10, 10000);    /* the flood is on */
+    bool ok = refill_rtts(conn, flood);
+    uint64_t runs1 = live ? live->scavenge_runs : 0;
+    close(stop[1]);
+    CU_ASSERT_EQUAL(wait_child(fl, 30), 0);
+    if (live)
+        books_unmap(live);
+    close(conn);
+    CU_ASSERT_FATAL(ok);
+    fprintf(stderr,
+            "Refill round trips, %llu central spans, %d connections flooding Scavenge (%llu passes meanwhile):\n"
+            "  idle  p50 %.1f us, p99 %.1f us, max %.1f us\n  flood p50 %.1f us, p99 %.1f us, max %.1f us\n",
+            (unsigned long long)h.spans_central, FLOODERS, (unsigned long long)(runs1 - runs0), idle[0] / 1e3,
+            idle[1] / 1e3, idle[2] / 1e3, flood[0] / 1e3, flood[1] / 1e3, flood[2] / 1e3);
+    CU_ASSERT(flood[1] <= 5000000);      /* a forced slice is about 1 ms */
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 static void register_attacks_suite(void)
 {
     CU_pSuite s = CU_add_suite("attacks", NULL, NULL);
@@ -822,5 +972,9 @@ static void register_attacks_suite(void)
     CU_add_test(s, "scribbled state bytes and tiny words: the victim keeps going", test_attack_scribbled_states);
     CU_add_test(s, "dirtied free pages: calloc zero, released, under the hard limit", test_attack_dirty_free_pages);
     CU_add_test(s, "forged stats: no slot of another client, HeapAlloc within the heap", test_attack_forged_stats);
+    CU_pSuite t = CU_get_suite("timing");   /* make test-timing: HEAPD_UNIT_SUITES=timing */
+    if (!t)
+        t = CU_add_suite("timing", NULL, NULL);
+    CU_add_test(t, "Scavenge flood: other clients' Refill round trips", test_attack_scavenge_flood_timing);
 }
 UNIT_SUITE(register_attacks_suite)
