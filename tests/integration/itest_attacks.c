@@ -492,6 +492,13 @@ static int scribbler(const daemon_proc_t *d, int ready)
  * the daemon stays up and a new client still allocates. */
 static void test_attack_scribbled_states(void)
 {
+#if HEAPD_DEBUG
+    /* The protocol checks of a HEAPD_DEBUG build abort a process that finds a
+     * byte in a state it never wrote ("allocating object i in state s"): that
+     * is their job, and a scribbler makes the victim trip them. */
+    fprintf(stderr, "(HEAPD_DEBUG: the protocol checks abort the victim by design; skipped) ");
+    return;
+#endif
     daemon_proc_t d;
     CU_ASSERT_FATAL(daemon_start(&d, "256MiB", NULL) == 0);
     int ready[2];
