@@ -87,32 +87,43 @@ uint64_t scav_punch_dirty(daemon_t *d)
         }
         p = end;
     }
-    d->scav.dirty_punched += punched * PAGE;
-    return punched * PAGE;
+    uint64_t aux = seg_punch_uncommitted_aux(&d->seg);
+    d->scav.dirty_punched += punched * PAGE + aux;
+    return punched * PAGE + aux;
+}
+
+/* The heap memfd's real size beyond what the books count in it (pages in use
+ * or free and unreleased, committed slots and aux areas). */
+static uint64_t heap_gap(daemon_t *d, uint64_t real)
+{
+    const pagealloc_t *pa = &d->heap.pa;
+    uint64_t counted = (pa->grown - pa->scav_pages) * PAGE + d->seg.aux_committed;
+    return real > counted ? real - counted : 0;
 }
 
 void scav_resident_check(daemon_t *d, bool force)
 {
     scav_t *s = &d->scav;
-    uint64_t real = seg_resident_bytes(&d->seg), c = limits_committed(d);
-    uint64_t gap = real > c ? real - c : 0, punched = 0;
+    uint64_t real = seg_resident_bytes(&d->seg);
+    uint64_t gap = heap_gap(d, real), punched = 0;
     if (real && (force || gap > SCAV_GAP_SLACK)) {
         punched = scav_punch_dirty(d);
         if (punched) {
             uint64_t now = scav_now_ms();
             if (now - s->gap_logged_ms >= SCAV_GAP_LOG_MS) {
                 s->gap_logged_ms = now;
-                daemon_log(d, "scavenger: %llu bytes resident, %llu more than committed: released heap pages "
-                           "written or read by a client; punched %llu bytes back (%llu in all)",
+                daemon_log(d, "scavenger: the heap memfd holds %llu bytes, %llu more than committed: released "
+                           "pages or unused metadata written or read by a client; punched %llu bytes back "
+                           "(%llu in all)",
                            (unsigned long long)real, (unsigned long long)gap, (unsigned long long)punched,
                            (unsigned long long)s->dirty_punched);
             }
             real = seg_resident_bytes(&d->seg);
-            gap = real > c ? real - c : 0;
+            gap = heap_gap(d, real);
         }
     }
     if (real) {
-        s->resident_bytes = real;
+        s->resident_bytes = limits_committed(d) + gap;
         s->resident_gap = gap;
     }
 }

@@ -22,8 +22,9 @@
  * soft limit it does not sleep between slices.
  *
  * Dirtied pages. A client can write (or fault in) heap pages the daemon
- * never handed out or has released: they are resident while the books count
- * them released. Every slice compares committed with the memfds' st_blocks
+ * never handed out or has released, and the unused parts of the heap memfd's
+ * metadata area: they are resident while the books do not count them. Every
+ * slice compares what the books count in the heap memfd with its st_blocks
  * (resident_gap, a book and a log line) and, past SCAV_GAP_SLACK, finds the
  * dirtied released pages with SEEK_DATA and punches them back; scavenge_all
  * and forced passes always do. While the resident figure is over the hard
@@ -64,8 +65,10 @@ typedef struct scav {
     uint64_t retain_base;                /* smoothed pages in use */
     uint64_t last_decay_ms;              /* when retain_base last moved down */
     uint64_t scavenged_total, scavenge_runs;   /* books (mirrored into the segment header by memlimit.c) */
-    /* what the kernel really backs (both memfds' st_blocks), measured at every
-     * slice; gap: how far it exceeds committed (released pages a client wrote) */
+    /* gap: how far the heap memfd's st_blocks exceed what the books count in
+     * it (released pages or unused metadata a client wrote or faulted);
+     * resident_bytes: committed + gap, what the hard limit is held to.
+     * Measured at every slice. */
     uint64_t resident_bytes, resident_gap;
     uint64_t dirty_punched;              /* bytes of dirtied released pages punched back */
     uint64_t gap_logged_ms;
@@ -112,7 +115,9 @@ struct client;
 bool scav_force_request(daemon_t *d, struct client *c, uint64_t seq);   /* false: no loop, run it now */
 /* Punch every released page (free and scavenged, or never part of the heap)
  * that holds data anyway, found with SEEK_DATA: a client wrote or faulted it
- * after it was released. Returns the bytes punched. */
+ * after it was released; and the same in the heap memfd's metadata area
+ * (slots, aux areas, the old stats array) where the daemon committed nothing.
+ * Returns the bytes punched. */
 uint64_t scav_punch_dirty(daemon_t *d);
 /* Measure what the kernel backs (resident_bytes, resident_gap); past
  * SCAV_GAP_SLACK (or with force) punch dirtied released pages back and say

@@ -532,12 +532,20 @@ static void test_attack_scribbled_states(void)
 #define DIRTY_BYTES (128u << 20)
 
 /* Attached but allocating nothing, write 0xAB over the first DIRTY_BYTES of
- * heap pages (none handed out yet), then detach. */
+ * heap pages (none handed out yet), over the old stats-slot array and over
+ * the aux areas of the upper half of the pages (metadata the daemon never
+ * committed), then detach. */
 static int dirtier(void *arg)
 {
-    if (heapd_attach(arg) != 0)
+    const daemon_proc_t *d = arg;
+    if (heapd_attach(d->sock) != 0)
         return 11;
     memset(heapd_offset_to_ptr(0), 0xab, DIRTY_BYTES);
+    hd_seg_t seg;
+    hd_seg_view(&seg, (hd_header_t *)(uintptr_t)d->base);
+    memset(seg.cstats, 0xab, HD_STAT_SLOTS * sizeof(hd_cstats_t));
+    uint64_t half = seg.hdr->npages / 2;
+    memset(&seg.tiny[half], 0xab, (seg.hdr->npages - half) * sizeof(hd_tiny_t));
     heapd_detach();
     return 0;
 }
@@ -619,15 +627,16 @@ static int heapctl_run(const char *const *args)
     return wait_child(pid, 30);
 }
 
-/* A client writes 128 MiB into heap pages the daemon never handed out, under
- * a 64 MiB hard limit: another process's calloc is still all zero, heapctl
- * scavenge works, and what the memfds hold returns under the hard limit. */
+/* A client writes 128 MiB into heap pages the daemon never handed out and
+ * 72 MiB into metadata areas it never committed, under a 64 MiB hard limit:
+ * another process's calloc is still all zero, heapctl scavenge works, and
+ * what the memfds hold returns under the hard limit. */
 static void test_attack_dirty_free_pages(void)
 {
     daemon_proc_t d;
     const char *const extra[] = {"--hard-limit", "64MiB", NULL};
     CU_ASSERT_FATAL(daemon_start(&d, "512MiB", extra) == 0);
-    CU_ASSERT_EQUAL_FATAL(run_child(dirtier, d.sock, 30), 0);
+    CU_ASSERT_EQUAL_FATAL(run_child(dirtier, &d, 30), 0);
     fprintf(stderr, "resident after the writes: %llu KiB\n", (unsigned long long)memfds_resident(d.sock) >> 10);
     CU_ASSERT_EQUAL(run_child(calloc_checker, d.sock, 30), 0);
     char ctl[sizeof(d.sock) + 8];
