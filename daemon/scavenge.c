@@ -141,10 +141,13 @@ uint64_t scavenge_all(daemon_t *d)
 
 /* ---- forced passes (Scavenge messages) ----------------------------------------------------- */
 
-static void on_force(uv_timer_t *t);
+static void on_force(uv_idle_t *t);
 
 /* A pass sweeps the spans on the central lists now, then releases every free
- * page; its first slice runs on the next loop turn. */
+ * page. Its slices run on an idle handle: one per loop turn, with the turn's
+ * I/O (other clients' RPCs) in between. (Not a 0 ms timer: libuv runs a timer
+ * re-armed with 0 from its own callback again in the same turn, before any
+ * I/O.) */
 static void force_start(daemon_t *d)
 {
     scav_t *s = &d->scav;
@@ -152,12 +155,12 @@ static void force_start(daemon_t *d)
     s->force_next = false;
     s->force_pass++;
     s->force_sweep_left = d->seg.hdr->spans_central;
-    uv_timer_start(&s->force_timer, on_force, 0, 0);
+    uv_idle_start(&s->force_idle, on_force);   /* no-op when it runs already */
 }
 
 /* One slice of the pass: about SCAV_FORCE_SLICE_NS of work, then back to the
  * loop (RPCs run before the next slice). */
-static void on_force(uv_timer_t *t)
+static void on_force(uv_idle_t *t)
 {
     daemon_t *d = t->data;
     scav_t *s = &d->scav;
@@ -174,8 +177,7 @@ static void on_force(uv_timer_t *t)
     }
     if (!done) {
         limits_books_publish(d);
-        uv_timer_start(&s->force_timer, on_force, 0, 0);
-        return;
+        return;                     /* the next slice on the next turn */
     }
     scav_resident_check(d, false);  /* dirtied released pages, when there is a gap worth a walk */
     uint64_t pass = s->force_pass;
@@ -184,6 +186,8 @@ static void on_force(uv_timer_t *t)
     limits_books_publish(d);
     if (s->force_next)
         force_start(d);
+    else
+        uv_idle_stop(&s->force_idle);
     client_scavenge_done(d, pass);
 }
 
@@ -293,8 +297,8 @@ void scav_start(daemon_t *d)
     d->scav.timer.data = d;
     d->scav.timer_on = true;
     uv_timer_start(&d->scav.timer, on_tick, SCAV_IDLE_MS, 0);
-    uv_timer_init(d->loop, &d->scav.force_timer);
-    d->scav.force_timer.data = d;
+    uv_idle_init(d->loop, &d->scav.force_idle);
+    d->scav.force_idle.data = d;
 }
 
 void scav_stop(daemon_t *d)
@@ -304,8 +308,8 @@ void scav_stop(daemon_t *d)
     d->scav.timer_on = false;
     uv_timer_stop(&d->scav.timer);
     uv_close((uv_handle_t *)&d->scav.timer, NULL);
-    uv_timer_stop(&d->scav.force_timer);
-    uv_close((uv_handle_t *)&d->scav.force_timer, NULL);
+    uv_idle_stop(&d->scav.force_idle);
+    uv_close((uv_handle_t *)&d->scav.force_idle, NULL);
     d->scav.force_active = false;
 }
 

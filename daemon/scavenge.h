@@ -76,8 +76,9 @@ typedef struct scav {
     uv_timer_t timer;
     bool timer_on;
     /* forced passes (Scavenge messages): one at a time, in slices of about
-     * SCAV_FORCE_SLICE_NS on their own timer, so RPCs run between slices */
-    uv_timer_t force_timer;
+     * SCAV_FORCE_SLICE_NS, one per loop turn (an idle handle), so RPCs run
+     * between slices */
+    uv_idle_t force_idle;
     bool force_active;                   /* a pass is under way */
     bool force_next;                     /* someone waits for the pass after it */
     uint64_t force_pass;                 /* the pass under way (or the last one), from 1 */
