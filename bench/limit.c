@@ -267,15 +267,21 @@ static int open_segment(int fds[2], const hd_header_t **hdr)
     m.hello = &hello;
     uint8_t buf[4096];
     size_t n = heapd__client_msg__pack(&m, buf);
-    char cbuf[CMSG_SPACE(2 * sizeof(int))];
+    char cbuf[CMSG_SPACE(3 * sizeof(int))];    /* meta, heap, our stats slot (closed) */
     struct iovec iov = {.iov_base = buf, .iov_len = sizeof(buf)};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
     fds[0] = fds[1] = -1;
     if (send(fd, buf, n, MSG_NOSIGNAL) == (ssize_t)n && recvmsg(fd, &mh, MSG_CMSG_CLOEXEC) > 0)
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
             if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-                c->cmsg_len >= CMSG_LEN(2 * sizeof(int)))
+                c->cmsg_len >= CMSG_LEN(2 * sizeof(int))) {
                 memcpy(fds, CMSG_DATA(c), 2 * sizeof(int));
+                if (c->cmsg_len >= CMSG_LEN(3 * sizeof(int))) {
+                    int slot;
+                    memcpy(&slot, CMSG_DATA(c) + 2 * sizeof(int), sizeof(int));
+                    close(slot);
+                }
+            }
     close(fd);
     if (fds[0] < 0)
         return -1;

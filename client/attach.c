@@ -100,7 +100,7 @@ static bool hdc_header_ok(const hd_header_t *h, const tp_welcome_t *w)
 }
 
 /* Map the segment the Welcome describes; fills hdc_seg. tp_lock held. */
-static int hdc_map_locked(const tp_welcome_t *w, const int fds[2])
+static int hdc_map_locked(const tp_welcome_t *w, const int fds[3])
 {
     struct stat sm, sh;
     if (w->map_base % 4096 || w->meta_size < HD_HEADER_BYTES || w->meta_size % 4096 ||
@@ -258,7 +258,7 @@ int heapd_attach(const char *socket)
         return -1;
     }
     tp_welcome_t w;
-    int fds[2];
+    int fds[3];
     if (tp_connect_locked(path, &w, fds) < 0) {
         int e = errno;
         tp_unlock();
@@ -270,6 +270,8 @@ int heapd_attach(const char *socket)
     close(fds[0]);
     close(fds[1]);
     if (rc < 0) {
+        if (fds[2] >= 0)
+            close(fds[2]);
         tp_close_locked(false);
         tp_unlock();
         errno = e;
@@ -277,7 +279,9 @@ int heapd_attach(const char *socket)
     }
     memcpy(hdc_path, path, sizeof path);
     hdc_client_id = w.client_id;
-    st_set_slot(w.slot);
+    st_set_slot(fds[2]);
+    if (fds[2] >= 0)
+        close(fds[2]);
     atomic_fetch_add(&hdc_epoch, 1);
     atomic_store(&hdc_state, HDC_ATTACHED);
     if (hdc_pressure_wanted())
@@ -289,7 +293,7 @@ int heapd_attach(const char *socket)
 int hdc_reconnect_locked(void)
 {
     tp_welcome_t w;
-    int fds[2];
+    int fds[3];
     if (tp_connect_locked(hdc_path, &w, fds) < 0) {
         int e = errno;
         if (e == ENOENT || e == ECONNREFUSED || e == EPIPE || e == ECONNRESET) {
@@ -306,13 +310,17 @@ int hdc_reconnect_locked(void)
     close(fds[0]);
     close(fds[1]);
     if (!same) {                     /* a new daemon, with another segment */
+        if (fds[2] >= 0)
+            close(fds[2]);
         tp_close_locked(false);
         atomic_store(&hdc_state, HDC_DEAD);
         errno = EPIPE;
         return -1;
     }
     hdc_client_id = w.client_id;
-    st_set_slot(w.slot);
+    st_set_slot(fds[2]);
+    if (fds[2] >= 0)
+        close(fds[2]);
     atomic_store(&hdc_state, HDC_ATTACHED);
     if (hdc_pressure_wanted())
         (void)hdc_listener_start_locked();

@@ -1,8 +1,9 @@
 /* cstats.c: the process's memstats slot (shm/layout.h hd_cstats_t, written
  * through the seqlock of shm/cstats.h).
  *
- * Owns: which slot of the segment is ours (Welcome.slot; the daemon gives
- * one per connection), and the stats lock that serializes this process's
+ * Owns: our stats slot (the daemon gives one per connection: a one-page
+ * memfd of its own, passed with the Welcome to us alone and mapped here, so
+ * no other client can write it; Welcome.slot is its number), and the stats lock that serializes this process's
  * updates of it. The threads count in their caches (mcache.c, st_thread_t)
  * and add their counts here at refill, release, thread exit, every
  * ST_FREE_FLUSH frees, heapd_flush, detach and exit.
@@ -11,7 +12,8 @@
  * counters grow, seq becomes even again (release). The daemon reads the slot
  * without asking us: it retries while seq is odd or has changed, so it never
  * sees half an update. The lock keeps two threads of this process from
- * interleaving their updates; other processes never write our slot.
+ * interleaving their updates; other processes cannot write our slot (they
+ * have no mapping of it).
  *
  * The slot's lease (the rule that makes this writer safe without checking
  * the slot's owner field, which would race with the daemon reusing it): the
@@ -28,6 +30,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <string.h>
 
 #include "heapd.h"
@@ -36,6 +40,8 @@
 
 static pthread_mutex_t st_mu = PTHREAD_MUTEX_INITIALIZER;
 static hd_cstats_t *st_slot;            /* st_mu; ours until st_forget_slot (the lease, above) */
+static void *st_map;                    /* st_mu; our mapping of the slot's memfd, or NULL */
+#define ST_MAP_BYTES 4096u              /* the daemon sizes each slot memfd to one page */
 
 static void st_lock(void)
 {
@@ -50,21 +56,40 @@ static void st_unlock(void)
 
 void st_lock_reinit(void) { pthread_mutex_init(&st_mu, NULL); }
 
-void st_set_slot(uint32_t slot)
+/* st_mu held. */
+static void st_unmap(void)
+{
+    if (st_map)
+        munmap(st_map, ST_MAP_BYTES);
+    st_map = NULL;
+    st_slot = NULL;
+}
+
+void st_set_slot(int fd)
+{
+    struct stat sb;
+    void *m = MAP_FAILED;
+    if (fd >= 0 && fstat(fd, &sb) == 0 && sb.st_size >= (off_t)sizeof(hd_cstats_t))
+        m = mmap(NULL, ST_MAP_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    st_lock();
+    st_unmap();
+    if (m != MAP_FAILED)
+        st_map = st_slot = m;
+    st_unlock();
+}
+
+void st_use_slot(hd_cstats_t *slot)
 {
     st_lock();
-    if (slot && slot < HD_STAT_SLOTS && hdc_seg.cstats) {
-        st_slot = &hdc_seg.cstats[slot];
-    } else {
-        st_slot = NULL;
-    }
+    st_unmap();
+    st_slot = slot;
     st_unlock();
 }
 
 void st_forget_slot(void)
 {
     st_lock();
-    st_slot = NULL;
+    st_unmap();
     st_unlock();
 }
 

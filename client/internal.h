@@ -70,7 +70,7 @@ typedef struct tp_welcome {
  * process's connection (io_uring set up unless disabled). -1 with errno:
  * ENOENT/ECONNREFUSED (no daemon), EPROTONOSUPPORT (message printed), EPROTO
  * (a malformed answer), or what the daemon's Error said. */
-HD_HIDDEN int tp_connect_locked(const char *path, tp_welcome_t *w, int fds[2]);
+HD_HIDDEN int tp_connect_locked(const char *path, tp_welcome_t *w, int fds[3]);
 /* tp_lock held. graceful: send the pending async messages first. Otherwise
  * (fork child) close the inherited socket and io_uring without sending
  * anything and drop the pending batches: they are the parent's. */
@@ -196,8 +196,11 @@ static inline void st_bump(_Atomic uint64_t *x, uint64_t d)
 HD_HIDDEN void st_flush(st_thread_t *t, uint64_t mcache_bytes);
 /* Does t hold counts not yet flushed? */
 HD_HIDDEN bool st_pending(const st_thread_t *t);
-/* tp_lock held: use slot (from Welcome; 0 = none) of the mapped segment. */
-HD_HIDDEN void st_set_slot(uint32_t slot);
+/* tp_lock held: use the stats slot the Welcome gave: its memfd (fd, -1 =
+ * none; mapped here, the caller closes fd). st_use_slot points at a slot
+ * the unit tests' stand-in daemon maps itself. */
+HD_HIDDEN void st_set_slot(int fd);
+HD_HIDDEN void st_use_slot(hd_cstats_t *slot);
 /* Forget the slot (detach after the last flush, fork child). */
 HD_HIDDEN void st_forget_slot(void);
 HD_HIDDEN bool st_have_slot(void);

@@ -725,7 +725,7 @@ bool tp_large_queued(uint32_t id, uint32_t gen)
 /* ---- connect: Hello / Welcome ------------------------------------------------------ */
 
 /* Receive the Welcome (or an Error) and its fds. */
-static int tp_recv_welcome(int fd, tp_welcome_t *w, int fds[2])
+static int tp_recv_welcome(int fd, tp_welcome_t *w, int fds[3])
 {
     union {
         struct cmsghdr h;
@@ -763,7 +763,7 @@ static int tp_recv_welcome(int fd, tp_welcome_t *w, int fds[2])
             if (err == EPROTONOSUPPORT)
                 fprintf(stderr, "heapd: the daemon refused this client: %s\n",
                         m->error->message ? m->error->message : "(no message)");
-        } else if (m->body_case != HEAPD__DAEMON_MSG__BODY_WELCOME || ngot != 2) {
+        } else if (m->body_case != HEAPD__DAEMON_MSG__BODY_WELCOME || ngot < 2 || ngot > 3) {
             err = EPROTO;
         } else if (m->welcome->version != HD_PROTO_VERSION) {
             fprintf(stderr, "heapd: the daemon speaks protocol %u, this client %u\n",
@@ -781,10 +781,11 @@ static int tp_recv_welcome(int fd, tp_welcome_t *w, int fds[2])
                         m->welcome->heap_size, m->welcome->meta_size, m->welcome->slot};
     fds[0] = got[0];
     fds[1] = got[1];
+    fds[2] = ngot > 2 ? got[2] : -1;      /* our stats slot's memfd (none: no slot) */
     return 0;
 }
 
-int tp_connect_locked(const char *path, tp_welcome_t *w, int fds[2])
+int tp_connect_locked(const char *path, tp_welcome_t *w, int fds[3])
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path) {

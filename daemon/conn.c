@@ -589,11 +589,11 @@ int client_send(client_t *c, const uint8_t *buf, size_t len, const int *fds, uns
     struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
     union {
-        char buf[CMSG_SPACE(2 * sizeof(int))];
+        char buf[CMSG_SPACE(3 * sizeof(int))];
         struct cmsghdr align;
     } cm;
     if (nfds) {
-        if (nfds > 2)
+        if (nfds > 3)
             return -EINVAL;
         memset(&cm, 0, sizeof(cm));
         mh.msg_control = cm.buf;

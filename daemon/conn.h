@@ -95,7 +95,7 @@ typedef struct client {
     /* a reply waiting for room: the client is not read until it is out */
     uint8_t *reply;
     size_t reply_len;
-    int reply_fds[2];           /* the daemon's own memfds (Welcome): not ours to close */
+    int reply_fds[3];           /* the daemon's own memfds (Welcome): not ours to close */
     unsigned reply_nfds;
     /* the lease: a pidfd on the peer (SO_PEERCRED pid, opened at accept),
      * watched like the socket; either one ending ends the client */

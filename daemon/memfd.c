@@ -257,10 +257,39 @@ int64_t seg_next_data(seg_t *s, uint64_t page, uint64_t *end)
 
 uint64_t seg_resident_bytes(const seg_t *s)
 {
-    struct stat a, b;
-    if (fstat(s->heap_fd, &a) < 0 || fstat(s->meta_fd, &b) < 0)
+    struct stat a;
+    if (fstat(s->heap_fd, &a) < 0)
         return 0;
-    return ((uint64_t)a.st_blocks + (uint64_t)b.st_blocks) * 512u;
+    return (uint64_t)a.st_blocks * 512u;
+}
+
+static bool aux_done(const seg_t *s, uint64_t g) { return s->aux_done[g / 64] >> (g % 64) & 1; }
+
+uint64_t seg_punch_uncommitted_aux(seg_t *s)
+{
+    uint64_t lim = s->hdr->pages_off, off = 0, punched = 0;
+    while (off < lim) {
+        off_t d = lseek(s->heap_fd, (off_t)off, SEEK_DATA);
+        if (d < 0 || (uint64_t)d >= lim)
+            break;
+        off_t h = lseek(s->heap_fd, d, SEEK_HOLE);
+        uint64_t end = h < 0 || (uint64_t)h > lim ? lim : (uint64_t)h;
+        for (uint64_t g = (uint64_t)d / COMMIT_GRAIN; g * COMMIT_GRAIN < end;) {
+            if (aux_done(s, g)) {
+                g++;
+                continue;
+            }
+            uint64_t q = g;
+            while ((q + 1) * COMMIT_GRAIN < end && !aux_done(s, q + 1))
+                q++;
+            if (falloc(s->heap_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, g * COMMIT_GRAIN,
+                       (q - g + 1) * COMMIT_GRAIN) == 0)
+                punched += (q - g + 1) * COMMIT_GRAIN;
+            g = q + 1;
+        }
+        off = end;
+    }
+    return punched;
 }
 
 /* Commit [off, off+len) of fd once, remembering committed 4 KiB pages in done. */
@@ -306,5 +335,8 @@ int seg_commit_aux(seg_t *s, uint64_t off, uint64_t len)
     uint64_t lim = s->hdr->pages_off;
     if (off > lim || len > lim - off)
         return -EINVAL;
-    return commit_once(s->heap_fd, s->aux_done, &s->meta_committed, off, len);
+    uint64_t before = s->meta_committed;
+    int r = commit_once(s->heap_fd, s->aux_done, &s->meta_committed, off, len);
+    s->aux_committed += s->meta_committed - before;
+    return r;
 }

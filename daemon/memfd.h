@@ -52,6 +52,7 @@ typedef struct seg {
     uint64_t *aux_done;         /* bit per 4 KiB page of heap [0, pages_off): committed */
     size_t done_len;            /* bytes of the one reservation behind both bitmaps */
     uint64_t meta_committed;    /* bytes committed in both metadata regions (the bits set) */
+    uint64_t aux_committed;     /* the part of it in the heap memfd, [0, pages_off) */
     bool punch_grain_ok;        /* hole punches free single pages (st_blksize <= 8 KiB) */
 } seg_t;
 
@@ -75,8 +76,15 @@ bool seg_pages_hole(seg_t *s, uint64_t page, uint64_t npages);
 /* The next run of heap pages at or after `page` that holds data (SEEK_DATA,
  * SEEK_HOLE): its first page, and its end in *end (exclusive). -1: none. */
 int64_t seg_next_data(seg_t *s, uint64_t page, uint64_t *end);
-/* Bytes the kernel has backing for, both memfds (st_blocks), or 0 if fstat fails. */
+/* Bytes the kernel has backing for in the heap memfd (st_blocks), or 0 if
+ * fstat fails. (The meta memfd is left out: clients can only read it, a read
+ * fault there costs at most meta_size, and its FUTURE_WRITE seal forbids
+ * punching it.) */
 uint64_t seg_resident_bytes(const seg_t *s);
+/* Punch what holds data in the heap memfd's metadata area [0, pages_off)
+ * although the daemon never committed it (a client wrote or faulted it):
+ * it reads as zero again. Returns the bytes punched. */
+uint64_t seg_punch_uncommitted_aux(seg_t *s);
 /* Release the backing of heap pages (fallocate PUNCH_HOLE): they read as zero
  * afterwards in every process. Best effort; returns 0 or -errno. */
 int seg_decommit_pages(seg_t *s, uint64_t page, uint64_t npages);

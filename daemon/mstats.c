@@ -4,6 +4,7 @@
 #include "mstats.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,9 @@ const uint64_t mstats_rpc_bounds_ns[MSTATS_RPC_BUCKETS - 1] = {
     1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 10000000,
 };
 
+#define SLOT_MAP_BYTES 4096u        /* one page per slot memfd (hd_cstats_t is 2 KiB) */
+_Static_assert(sizeof(hd_cstats_t) <= SLOT_MAP_BYTES, "a stats slot fits its memfd");
+
 uint64_t mstats_now_ns(void)
 {
     struct timespec ts;
@@ -42,24 +46,44 @@ int mstats_init(daemon_t *d)
     memset(ms, 0, sizeof(*ms));
     ms->owner = calloc(HD_STAT_SLOTS, sizeof(*ms->owner));
     ms->stale = calloc(HD_STAT_SLOTS, 1);
+    ms->map = calloc(HD_STAT_SLOTS, sizeof(*ms->map));
+    ms->fd = malloc(HD_STAT_SLOTS * sizeof(*ms->fd));
     ms->last_len = HD_STAT_SLOTS * sizeof(mstats_counters_t);
     void *m = mmap(NULL, ms->last_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (!ms->owner || !ms->stale || m == MAP_FAILED) {
+    if (!ms->owner || !ms->stale || !ms->map || !ms->fd || m == MAP_FAILED) {
         free(ms->owner);
         free(ms->stale);
+        free(ms->map);
+        free(ms->fd);
         if (m != MAP_FAILED)
             munmap(m, ms->last_len);
         memset(ms, 0, sizeof(*ms));
         return -ENOMEM;
     }
     ms->last = m;
+    for (unsigned i = 0; i < HD_STAT_SLOTS; i++)
+        ms->fd[i] = -1;
     ms->start_ns = mstats_now_ns();
     return 0;
+}
+
+static void slot_unmap(mstats_state_t *ms, uint32_t i)
+{
+    if (ms->map[i])
+        munmap(ms->map[i], SLOT_MAP_BYTES);
+    if (ms->fd[i] >= 0)
+        close(ms->fd[i]);
+    ms->map[i] = NULL;
+    ms->fd[i] = -1;
 }
 
 void mstats_destroy(daemon_t *d)
 {
     mstats_state_t *ms = &d->ms;
+    for (uint32_t i = 0; ms->map && ms->fd && i < HD_STAT_SLOTS; i++)
+        slot_unmap(ms, i);
+    free(ms->map);
+    free(ms->fd);
     free(ms->owner);
     free(ms->stale);
     if (ms->last)
@@ -69,7 +93,38 @@ void mstats_destroy(daemon_t *d)
 
 /* ---- slots --------------------------------------------------------------------------- */
 
-static hd_cstats_t *slot_at(daemon_t *d, uint32_t slot) { return &d->seg.view.cstats[slot]; }
+
+static hd_cstats_t *slot_at(daemon_t *d, uint32_t slot) { return d->ms.map[slot]; }
+
+int mstats_slot_fd(const daemon_t *d, uint32_t slot)
+{
+    return slot && slot < HD_STAT_SLOTS && d->ms.fd ? d->ms.fd[slot] : -1;
+}
+
+hd_cstats_t *mstats_slot_map(const daemon_t *d, uint32_t slot)
+{
+    return slot && slot < HD_STAT_SLOTS && d->ms.map ? d->ms.map[slot] : NULL;
+}
+
+/* A slot's own memfd, sealed to its size, mapped here: only its client (who
+ * gets the fd in its Welcome) and the daemon can write it. */
+static int slot_map(mstats_state_t *ms, uint32_t i)
+{
+    int fd = memfd_create("heapd-stats", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return -errno;
+    void *m = MAP_FAILED;
+    if (ftruncate(fd, SLOT_MAP_BYTES) < 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0 ||
+        (m = mmap(NULL, SLOT_MAP_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    ms->map[i] = m;
+    ms->fd[i] = fd;
+    return 0;
+}
 
 uint32_t mstats_slot_assign(daemon_t *d, uint32_t client_id)
 {
@@ -81,9 +136,10 @@ uint32_t mstats_slot_assign(daemon_t *d, uint32_t client_id)
         uint32_t i = 1 + (ms->next_slot + k - 1) % n;   /* the one after next_slot first */
         if (ms->owner[i])
             continue;
-        hd_header_t *hdr = d->seg.hdr;
-        if (seg_commit_aux(&d->seg, hdr->cstats_off + (uint64_t)i * sizeof(hd_cstats_t), sizeof(hd_cstats_t)) < 0) {
-            daemon_log(d, "memstats: cannot commit a stats slot for client %u: its counts will not show", client_id);
+        int r = slot_map(ms, i);
+        if (r < 0) {
+            daemon_log(d, "memstats: cannot make a stats slot for client %u (%s): its counts will not show",
+                       client_id, strerror(-r));
             return 0;
         }
         hd_cstats_assign(slot_at(d, i), client_id);
@@ -194,6 +250,7 @@ void mstats_slot_retire(daemon_t *d, uint32_t slot)
     clamp_retired(d, &c);
     add_counters(&ms->retired, &c, false);
     hd_cstats_retire(slot_at(d, slot));
+    slot_unmap(ms, slot);
     ms->owner[slot] = 0;
     ms->slots_used--;
 }

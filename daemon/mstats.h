@@ -80,6 +80,8 @@ typedef hd_cstats_vals_t mstats_counters_t;
 typedef struct mstats_state {
     mstats_counters_t retired;          /* clients that are gone */
     uint32_t *owner;                    /* [HD_STAT_SLOTS] client id per slot, 0 = free */
+    hd_cstats_t **map;                  /* [HD_STAT_SLOTS] the daemon's mapping of each slot's memfd */
+    int *fd;                            /* [HD_STAT_SLOTS] that memfd (passed in the Welcome), -1 = none */
     mstats_counters_t *last;            /* [HD_STAT_SLOTS] last consistent copies, MAP_NORESERVE */
     uint8_t *stale;                     /* [HD_STAT_SLOTS] 1: the last read fell back to `last` */
     size_t last_len;
@@ -140,6 +142,10 @@ void mstats_destroy(daemon_t *d);
  * committed (the client then keeps its counts to itself). Slots are handed
  * out round-robin (a freed slot after every other free one). */
 uint32_t mstats_slot_assign(daemon_t *d, uint32_t client_id);
+/* The memfd behind a slot (the Welcome passes it to its client alone), or -1. */
+int mstats_slot_fd(const daemon_t *d, uint32_t slot);
+/* The daemon's mapping of a slot, or NULL (tests write through it). */
+hd_cstats_t *mstats_slot_map(const daemon_t *d, uint32_t slot);
 /* A client's lease ended (client_end only, see above): fold its slot's last
  * values into the retired totals and free the slot. No-op for slot 0. */
 void mstats_slot_retire(daemon_t *d, uint32_t slot);

@@ -126,6 +126,9 @@ static enum rpc_verdict on_hello(daemon_t *d, client_t *c, uint64_t seq, const H
     out->fds[0] = d->seg.meta_fd;
     out->fds[1] = d->seg.heap_fd;
     out->nfds = 2;
+    int sfd = mstats_slot_fd(d, c->stat_slot);     /* its stats slot: its own memfd, passed to it alone */
+    if (sfd >= 0)
+        out->fds[out->nfds++] = sfd;
     daemon_log(d, "client %u attached (pid %d%s%s)", c->id, (int)c->pid, c->name[0] ? ", " : "", c->name);
     return RPC_OK;
 }

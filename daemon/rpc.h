@@ -44,7 +44,7 @@ enum rpc_verdict {
 typedef struct rpc_out {
     uint8_t *buf;       /* reply bytes (caller's buffer of cap >= HD_MAX_MSG) */
     size_t cap, len;    /* len 0: no reply */
-    int fds[2];         /* fds to pass with the reply (Welcome: meta, heap) */
+    int fds[3];         /* fds to pass with the reply (Welcome: meta, heap, its stats slot) */
     unsigned nfds;
     const char *why;    /* for RPC_CLOSE/RPC_DISCONNECT: a reason for the log */
 } rpc_out_t;

@@ -87,32 +87,43 @@ uint64_t scav_punch_dirty(daemon_t *d)
         }
         p = end;
     }
-    d->scav.dirty_punched += punched * PAGE;
-    return punched * PAGE;
+    uint64_t aux = seg_punch_uncommitted_aux(&d->seg);
+    d->scav.dirty_punched += punched * PAGE + aux;
+    return punched * PAGE + aux;
+}
+
+/* The heap memfd's real size beyond what the books count in it (pages in use
+ * or free and unreleased, committed slots and aux areas). */
+static uint64_t heap_gap(daemon_t *d, uint64_t real)
+{
+    const pagealloc_t *pa = &d->heap.pa;
+    uint64_t counted = (pa->grown - pa->scav_pages) * PAGE + d->seg.aux_committed;
+    return real > counted ? real - counted : 0;
 }
 
 void scav_resident_check(daemon_t *d, bool force)
 {
     scav_t *s = &d->scav;
-    uint64_t real = seg_resident_bytes(&d->seg), c = limits_committed(d);
-    uint64_t gap = real > c ? real - c : 0, punched = 0;
+    uint64_t real = seg_resident_bytes(&d->seg);
+    uint64_t gap = heap_gap(d, real), punched = 0;
     if (real && (force || gap > SCAV_GAP_SLACK)) {
         punched = scav_punch_dirty(d);
         if (punched) {
             uint64_t now = scav_now_ms();
             if (now - s->gap_logged_ms >= SCAV_GAP_LOG_MS) {
                 s->gap_logged_ms = now;
-                daemon_log(d, "scavenger: %llu bytes resident, %llu more than committed: released heap pages "
-                           "written or read by a client; punched %llu bytes back (%llu in all)",
+                daemon_log(d, "scavenger: the heap memfd holds %llu bytes, %llu more than committed: released "
+                           "pages or unused metadata written or read by a client; punched %llu bytes back "
+                           "(%llu in all)",
                            (unsigned long long)real, (unsigned long long)gap, (unsigned long long)punched,
                            (unsigned long long)s->dirty_punched);
             }
             real = seg_resident_bytes(&d->seg);
-            gap = real > c ? real - c : 0;
+            gap = heap_gap(d, real);
         }
     }
     if (real) {
-        s->resident_bytes = real;
+        s->resident_bytes = limits_committed(d) + gap;
         s->resident_gap = gap;
     }
 }
@@ -130,10 +141,13 @@ uint64_t scavenge_all(daemon_t *d)
 
 /* ---- forced passes (Scavenge messages) ----------------------------------------------------- */
 
-static void on_force(uv_timer_t *t);
+static void on_force(uv_idle_t *t);
 
 /* A pass sweeps the spans on the central lists now, then releases every free
- * page; its first slice runs on the next loop turn. */
+ * page. Its slices run on an idle handle: one per loop turn, with the turn's
+ * I/O (other clients' RPCs) in between. (Not a 0 ms timer: libuv runs a timer
+ * re-armed with 0 from its own callback again in the same turn, before any
+ * I/O.) */
 static void force_start(daemon_t *d)
 {
     scav_t *s = &d->scav;
@@ -141,18 +155,18 @@ static void force_start(daemon_t *d)
     s->force_next = false;
     s->force_pass++;
     s->force_sweep_left = d->seg.hdr->spans_central;
-    uv_timer_start(&s->force_timer, on_force, 0, 0);
+    uv_idle_start(&s->force_idle, on_force);   /* no-op when it runs already */
 }
 
-/* One slice of the pass: about SCAV_SLICE_NS of work, then back to the loop
- * (RPCs run before the next slice). */
-static void on_force(uv_timer_t *t)
+/* One slice of the pass: about SCAV_FORCE_SLICE_NS of work, then back to the
+ * loop (RPCs run before the next slice). */
+static void on_force(uv_idle_t *t)
 {
     daemon_t *d = t->data;
     scav_t *s = &d->scav;
     uint64_t t0 = uv_hrtime();
     bool done = false;
-    while (!done && uv_hrtime() - t0 < SCAV_SLICE_NS) {
+    while (!done && uv_hrtime() - t0 < SCAV_FORCE_SLICE_NS) {
         if (s->force_sweep_left) {
             uint64_t left = s->force_sweep_left;
             unsigned n = mcentral_bg_sweep(&d->central, (unsigned)min64(SCAV_FORCE_SWEEP, left));
@@ -163,17 +177,17 @@ static void on_force(uv_timer_t *t)
     }
     if (!done) {
         limits_books_publish(d);
-        uv_timer_start(&s->force_timer, on_force, 0, 0);
-        return;
+        return;                     /* the next slice on the next turn */
     }
-    scav_punch_dirty(d);    /* pages a client dirtied after they were released */
-    scav_resident_check(d, false);
+    scav_resident_check(d, false);  /* dirtied released pages, when there is a gap worth a walk */
     uint64_t pass = s->force_pass;
     s->force_active = false;
     s->scavenge_runs++;
     limits_books_publish(d);
     if (s->force_next)
         force_start(d);
+    else
+        uv_idle_stop(&s->force_idle);
     client_scavenge_done(d, pass);
 }
 
@@ -283,8 +297,8 @@ void scav_start(daemon_t *d)
     d->scav.timer.data = d;
     d->scav.timer_on = true;
     uv_timer_start(&d->scav.timer, on_tick, SCAV_IDLE_MS, 0);
-    uv_timer_init(d->loop, &d->scav.force_timer);
-    d->scav.force_timer.data = d;
+    uv_idle_init(d->loop, &d->scav.force_idle);
+    d->scav.force_idle.data = d;
 }
 
 void scav_stop(daemon_t *d)
@@ -294,8 +308,8 @@ void scav_stop(daemon_t *d)
     d->scav.timer_on = false;
     uv_timer_stop(&d->scav.timer);
     uv_close((uv_handle_t *)&d->scav.timer, NULL);
-    uv_timer_stop(&d->scav.force_timer);
-    uv_close((uv_handle_t *)&d->scav.force_timer, NULL);
+    uv_idle_stop(&d->scav.force_idle);
+    uv_close((uv_handle_t *)&d->scav.force_idle, NULL);
     d->scav.force_active = false;
 }
 

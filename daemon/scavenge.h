@@ -22,8 +22,9 @@
  * soft limit it does not sleep between slices.
  *
  * Dirtied pages. A client can write (or fault in) heap pages the daemon
- * never handed out or has released: they are resident while the books count
- * them released. Every slice compares committed with the memfds' st_blocks
+ * never handed out or has released, and the unused parts of the heap memfd's
+ * metadata area: they are resident while the books do not count them. Every
+ * slice compares what the books count in the heap memfd with its st_blocks
  * (resident_gap, a book and a log line) and, past SCAV_GAP_SLACK, finds the
  * dirtied released pages with SEEK_DATA and punches them back; scavenge_all
  * and forced passes always do. While the resident figure is over the hard
@@ -53,7 +54,8 @@ typedef struct daemon daemon_t;
 
 #define SCAV_GAP_SLACK         (1u << 20) /* resident beyond committed tolerated before a dirty-page walk */
 #define SCAV_GAP_LOG_MS        1000u    /* at most one log line about dirtied pages per this */
-#define SCAV_FORCE_SWEEP       1024u    /* central spans a forced slice sweeps between clock reads */
+#define SCAV_FORCE_SLICE_NS    250000u  /* a forced slice (Scavenge message) works about 250 us */
+#define SCAV_FORCE_SWEEP       256u     /* central spans a forced slice sweeps between clock reads */
 #define SCAV_FORCE_PAGES       256u     /* pages a forced slice releases between clock reads */
 
 /* The state, one per daemon (daemon_t.scav). */
@@ -63,8 +65,10 @@ typedef struct scav {
     uint64_t retain_base;                /* smoothed pages in use */
     uint64_t last_decay_ms;              /* when retain_base last moved down */
     uint64_t scavenged_total, scavenge_runs;   /* books (mirrored into the segment header by memlimit.c) */
-    /* what the kernel really backs (both memfds' st_blocks), measured at every
-     * slice; gap: how far it exceeds committed (released pages a client wrote) */
+    /* gap: how far the heap memfd's st_blocks exceed what the books count in
+     * it (released pages or unused metadata a client wrote or faulted);
+     * resident_bytes: committed + gap, what the hard limit is held to.
+     * Measured at every slice. */
     uint64_t resident_bytes, resident_gap;
     uint64_t dirty_punched;              /* bytes of dirtied released pages punched back */
     uint64_t gap_logged_ms;
@@ -72,8 +76,9 @@ typedef struct scav {
     uv_timer_t timer;
     bool timer_on;
     /* forced passes (Scavenge messages): one at a time, in slices of about
-     * SCAV_SLICE_NS on their own timer, so RPCs run between slices */
-    uv_timer_t force_timer;
+     * SCAV_FORCE_SLICE_NS, one per loop turn (an idle handle), so RPCs run
+     * between slices */
+    uv_idle_t force_idle;
     bool force_active;                   /* a pass is under way */
     bool force_next;                     /* someone waits for the pass after it */
     uint64_t force_pass;                 /* the pass under way (or the last one), from 1 */
@@ -104,13 +109,16 @@ uint64_t scavenge_all(daemon_t *d);
  * forced pass that starts after now (the one under way started too early),
  * is not read meanwhile, and gets its Ack when that pass is done
  * (client_scavenge_done). Many requests share one pass, passes run one at a
- * time and in slices, so a flood of them delays other clients' RPCs by at
- * most one slice. Needs the loop (scav_start). */
+ * time and in slices of SCAV_FORCE_SLICE_NS, so a flood of them delays
+ * other clients' RPCs by at most one slice. A pass punches dirtied released
+ * pages only past SCAV_GAP_SLACK (scav_resident_check); scavenge_all always. Needs the loop (scav_start). */
 struct client;
 bool scav_force_request(daemon_t *d, struct client *c, uint64_t seq);   /* false: no loop, run it now */
 /* Punch every released page (free and scavenged, or never part of the heap)
  * that holds data anyway, found with SEEK_DATA: a client wrote or faulted it
- * after it was released. Returns the bytes punched. */
+ * after it was released; and the same in the heap memfd's metadata area
+ * (slots, aux areas, the old stats array) where the daemon committed nothing.
+ * Returns the bytes punched. */
 uint64_t scav_punch_dirty(daemon_t *d);
 /* Measure what the kernel backs (resident_bytes, resident_gap); past
  * SCAV_GAP_SLACK (or with force) punch dirtied released pages back and say

@@ -37,7 +37,8 @@
  * | aux tiny block words (cls 2)  | owner (new block),| anyone           | owner: release store of a new block word, | the word of a FREE object is the       |
  * |                               | anyone (CAS)      |                  | packing fetch_or (release); frees and     | owner's; of an ALLOCATED block anyone's|
  * |                               |                   |                  | closes CAS acq_rel                        | (CAS)                                  |
- * | cstats slot counters          | its client        | daemon           | relaxed, inside the slot's seq seqlock    | daemon gives the slot at Hello (owner) |
+ * | cstats slot counters (its own | its client        | daemon           | relaxed, inside the slot's seq seqlock    | daemon gives the slot at Hello (owner) |
+ * |  memfd, not in the heap)      |                   |                  |                                           |                                        |
  * | cstats.seq                    | its client        | daemon           | odd + release fence, even release; the    | -                                      |
  * |                               |                   |                  | daemon loads acquire, fence, reloads      |                                        |
  * | cstats.owner                  | daemon            | daemon, heapctl  | release store at assign/retire            | assign: to the client at Hello;        |
@@ -177,9 +178,14 @@ _Static_assert(sizeof(hd_tiny_t) == 2048, "aux area size");
 _Static_assert(HD_TINY_BLOCKS <= HD_SLOT_STATES, "class-2 states fit the slot");
 
 /* Client stats slots (memstats, Go's consistentHeapStats): one per connected
- * client, at cstats_off + slot * sizeof(hd_cstats_t) in the heap memfd. The
- * daemon assigns a slot at Hello (Welcome.slot; slot 0 is never used, so 0
- * means none), zeroes it and writes `owner`; the client adds its threads'
+ * client, each in a one-page memfd of its own (sealed SHRINK|GROW|SEAL) that
+ * the daemon maps and passes to that client alone, as the third fd of its
+ * Welcome: no other client has a mapping of it, so none can write it. (The
+ * array at cstats_off in the heap memfd is what they used to be: nothing
+ * reads or writes it any more; it stays until the next layout change so
+ * that the offsets after it do not move.) The daemon assigns a slot at Hello
+ * (Welcome.slot, its number; slot 0 is never used, so 0 means none), zeroes
+ * it and writes `owner`; the client adds its threads'
  * counters into it under `seq` (odd while an update is under way) on refill,
  * release, thread exit, heapd_flush and detach; the daemon reads it without
  * an RPC, retrying while seq is odd or changed, and folds it into retired
@@ -234,7 +240,7 @@ typedef struct hd_header {
     uint64_t slots_off;         /* heap-memfd offset of hd_slot_t[npages] */
     uint64_t tiny_off;          /* heap-memfd offset of hd_tiny_t[npages] (aux areas) */
     uint64_t pages_off;         /* heap-memfd offset of page 0 (2 MiB aligned) */
-    uint64_t cstats_off;        /* heap-memfd offset of hd_cstats_t[HD_STAT_SLOTS] */
+    uint64_t cstats_off;        /* heap-memfd offset of the old hd_cstats_t[HD_STAT_SLOTS]: unused */
     uint64_t roots_off;         /* meta offset of hd_root_t[HD_MAX_ROOTS] (roots.h) */
     uint64_t _layout_reserved[3];
 

@@ -43,7 +43,7 @@ static void up(void)
     CU_ASSERT_FATAL(slot != 0);
     hdc_test_install(&no_backend, &D->seg.view, C->id);
     tp_lock();
-    st_set_slot(slot);
+    st_use_slot(mstats_slot_map(D, slot));
     tp_unlock();
     CU_ASSERT_FATAL(st_have_slot());
 }
@@ -73,7 +73,7 @@ static void test_flush_arithmetic(void)
     memset(&t, 0, sizeof(t));
     memset((void *)frees, 0, sizeof(frees));
     t.frees = frees;
-    hd_cstats_t *s = &D->seg.view.cstats[slot];
+    hd_cstats_t *s = mstats_slot_map(D, slot);
     uint64_t seq0 = atomic_load(&s->seq);
     CU_ASSERT_FALSE(st_pending(&t));
 
@@ -151,7 +151,7 @@ static void on_segv(int sig, siginfo_t *si, void *uc_)
         return;
     }
     W.stops++;
-    W.odd_seen += (unsigned)(atomic_load(&D->seg.view.cstats[slot].seq) & 1);
+    W.odd_seen += (unsigned)(atomic_load(&mstats_slot_map(D, slot)->seq) & 1);
     mstats_counters_t c;
     mstats_slot_read(D, slot, &c);                /* consistent, or the last consistent copy */
     if (!same(&c, &W.before) && !same(&c, &W.after))
@@ -208,7 +208,7 @@ static void test_reader_never_torn(void)
     sigaction(SIGSEGV, &sa, &old_segv);
     sa.sa_sigaction = on_trap;
     sigaction(SIGTRAP, &sa, &old_trap);
-    W.page = (void *)((uintptr_t)&D->seg.view.cstats[slot] & ~(uintptr_t)4095);
+    W.page = (void *)((uintptr_t)mstats_slot_map(D, slot) & ~(uintptr_t)4095);
     W.stops = W.torn = W.odd_seen = 0;
     W.armed = true;
     CU_ASSERT_FATAL(mprotect(W.page, 4096, PROT_READ) == 0);

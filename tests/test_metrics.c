@@ -96,7 +96,7 @@ static void test_clients_bounded(void)
         CU_ASSERT_FATAL(c[i] != NULL);
         snprintf(c[i]->name, sizeof(c[i]->name), "app\"%02d", i);       /* a quote to escape */
         /* live bytes as the client would publish them: more for higher i */
-        atomic_store(&D->seg.view.cstats[slot[i]].large_alloc_bytes, (uint64_t)(i + 1) * 8192);
+        atomic_store(&mstats_slot_map(D, slot[i])->large_alloc_bytes, (uint64_t)(i + 1) * 8192);
     }
     /* two processes of one program are summed */
     snprintf(c[0]->name, sizeof(c[0]->name), "app\"%02d", N - 1);

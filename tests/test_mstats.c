@@ -23,7 +23,9 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -112,7 +114,7 @@ static int refill(tclient_t *t, unsigned cls, unsigned count)
 static void slot_add(uint32_t slot, unsigned cls, uint64_t mallocs, uint64_t frees, uint64_t tiny, uint64_t large,
                      uint64_t large_bytes)
 {
-    hd_cstats_t *s = &D->seg.view.cstats[slot];
+    hd_cstats_t *s = mstats_slot_map(D, slot);
     uint64_t q = hd_cstats_begin(s);
     hd_cstats_add(&s->small_allocs[cls], mallocs);
     hd_cstats_add(&s->small_frees[cls], frees);
@@ -157,12 +159,20 @@ static void test_slots(void)
     CU_ASSERT(a.slot >= 1 && a.slot < HD_STAT_SLOTS);
     CU_ASSERT(b.slot >= 1 && b.slot < HD_STAT_SLOTS && b.slot != a.slot);
     CU_ASSERT_EQUAL(a.c->stat_slot, a.slot);
-    CU_ASSERT_EQUAL(atomic_load(&D->seg.view.cstats[a.slot].owner), a.c->id);
-    CU_ASSERT_EQUAL(atomic_load(&D->seg.view.cstats[b.slot].owner), b.c->id);
+    CU_ASSERT_EQUAL(atomic_load(&mstats_slot_map(D, a.slot)->owner), a.c->id);
+    CU_ASSERT_EQUAL(atomic_load(&mstats_slot_map(D, b.slot)->owner), b.c->id);
     CU_ASSERT_EQUAL(D->ms.slots_used, 2);
+    /* each slot is a one-page memfd of its own, sealed */
+    int fa = mstats_slot_fd(D, a.slot), fb = mstats_slot_fd(D, b.slot);
+    struct stat sa_st, sb_st;
+    CU_ASSERT_FATAL(fa >= 0 && fb >= 0 && fa != fb && fstat(fa, &sa_st) == 0 && fstat(fb, &sb_st) == 0);
+    CU_ASSERT(sa_st.st_ino != sb_st.st_ino && sa_st.st_size >= (off_t)sizeof(hd_cstats_t));
+    CU_ASSERT_EQUAL(fcntl(fa, F_GET_SEALS) & (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW),
+                    F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW);
     uint32_t sa = a.slot;
     rmclient(&a);
-    CU_ASSERT_EQUAL(atomic_load(&D->seg.view.cstats[sa].owner), 0);
+    CU_ASSERT_PTR_NULL(mstats_slot_map(D, sa));            /* its memfd is unmapped and closed */
+    CU_ASSERT_EQUAL(mstats_slot_fd(D, sa), -1);
     CU_ASSERT_EQUAL(D->ms.slots_used, 1);
     tclient_t c = mkclient();                       /* round robin: not the slot just freed */
     CU_ASSERT(c.slot != sa && c.slot != b.slot && c.slot != 0);
@@ -187,7 +197,7 @@ typedef struct writer_arg {
 static void *writer(void *arg)
 {
     writer_arg_t *w = arg;
-    hd_cstats_t *s = &D->seg.view.cstats[w->slot];
+    hd_cstats_t *s = mstats_slot_map(D, w->slot);
     for (uint64_t k = 1; !atomic_load_explicit(&w->stop, memory_order_relaxed); k++) {
         uint64_t q = hd_cstats_begin(s);
         for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
@@ -235,7 +245,7 @@ static void test_consistent_read(void)
     /* a writer stuck mid-update: the reader gives the last consistent copy */
     mstats_counters_t good, c;
     CU_ASSERT_TRUE(mstats_slot_read(D, t.slot, &good));
-    hd_cstats_t *s = &D->seg.view.cstats[t.slot];
+    hd_cstats_t *s = mstats_slot_map(D, t.slot);
     atomic_fetch_add(&s->seq, 1);                   /* odd */
     atomic_store(&s->tiny_allocs, good.tiny_allocs + 1000);
     uint64_t stale = D->ms.slot_stale;
@@ -297,7 +307,7 @@ static void test_fold_and_totals(void)
     slot_add(c.slot, c5, 0, 3, 0, 0, 0);            /* c frees the rest of a's class-5 objects */
     slot_add(c.slot, c2, 0, 5, 0, 0, 0);
     slot_add(c.slot, 0, 0, 0, 0, 0, 0);
-    hd_cstats_t *s = &D->seg.view.cstats[c.slot];
+    hd_cstats_t *s = mstats_slot_map(D, c.slot);
     atomic_store(&s->large_frees, 2);
     atomic_store(&s->large_free_bytes, 5 * HD_PAGE_SIZE);
     mstats_read(D, &m2);
@@ -756,7 +766,7 @@ static void test_library_counting(void)
     LC = mkclient();
     CU_ASSERT_FATAL(LC.slot != 0);
     hdc_test_install(&lc_be, &D->seg.view, LC.c->id);
-    st_set_slot(LC.slot);
+    st_use_slot(mstats_slot_map(D, LC.slot));
     pthread_t th;
     CU_ASSERT_FATAL(pthread_create(&th, NULL, lc_body, NULL) == 0);
     pthread_join(th, NULL);

@@ -184,9 +184,11 @@ static void test_hello(void)
     CU_ASSERT_EQUAL(r->welcome->heap_size, D->seg.heap_size);
     CU_ASSERT_EQUAL(r->welcome->meta_size, D->seg.meta_size);
     reply_free(r);
-    CU_ASSERT_EQUAL(OUT.nfds, 2);
+    CU_ASSERT_EQUAL(OUT.nfds, 3);
     CU_ASSERT_EQUAL(OUT.fds[0], D->seg.meta_fd);
     CU_ASSERT_EQUAL(OUT.fds[1], D->seg.heap_fd);
+    CU_ASSERT_EQUAL(OUT.fds[2], mstats_slot_fd(D, c->stat_slot));  /* its stats slot, for it alone */
+    CU_ASSERT(OUT.fds[2] >= 0);
     CU_ASSERT_EQUAL(c->pid, 4242);
     CU_ASSERT_STRING_EQUAL(c->name, "unit?test");              /* printable only */
     /* a second Hello ends the connection, without a reply */

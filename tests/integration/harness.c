@@ -240,7 +240,7 @@ int raw_hello_fds(const char *sock, const char *name, int fds[2], int *nfds, int
     int ret = -1;
     if (rep->body_case == HEAPD__DAEMON_MSG__BODY_ERROR)
         ret = rep->error->err > 0 ? rep->error->err : -1;
-    else if (rep->body_case == HEAPD__DAEMON_MSG__BODY_WELCOME && *nfds == 2)
+    else if (rep->body_case == HEAPD__DAEMON_MSG__BODY_WELCOME && *nfds >= 2)
         ret = 0;
     heapd__daemon_msg__free_unpacked(rep, NULL);
     return ret;

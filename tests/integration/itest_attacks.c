@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -491,6 +492,13 @@ static int scribbler(const daemon_proc_t *d, int ready)
  * the daemon stays up and a new client still allocates. */
 static void test_attack_scribbled_states(void)
 {
+#if HEAPD_DEBUG
+    /* The protocol checks of a HEAPD_DEBUG build abort a process that finds a
+     * byte in a state it never wrote ("allocating object i in state s"): that
+     * is their job, and a scribbler makes the victim trip them. */
+    fprintf(stderr, "(HEAPD_DEBUG: the protocol checks abort the victim by design; skipped) ");
+    return;
+#endif
     daemon_proc_t d;
     CU_ASSERT_FATAL(daemon_start(&d, "256MiB", NULL) == 0);
     int ready[2];
@@ -524,12 +532,20 @@ static void test_attack_scribbled_states(void)
 #define DIRTY_BYTES (128u << 20)
 
 /* Attached but allocating nothing, write 0xAB over the first DIRTY_BYTES of
- * heap pages (none handed out yet), then detach. */
+ * heap pages (none handed out yet), over the old stats-slot array and over
+ * the aux areas of the upper half of the pages (metadata the daemon never
+ * committed), then detach. */
 static int dirtier(void *arg)
 {
-    if (heapd_attach(arg) != 0)
+    const daemon_proc_t *d = arg;
+    if (heapd_attach(d->sock) != 0)
         return 11;
     memset(heapd_offset_to_ptr(0), 0xab, DIRTY_BYTES);
+    hd_seg_t seg;
+    hd_seg_view(&seg, (hd_header_t *)(uintptr_t)d->base);
+    memset(seg.cstats, 0xab, HD_STAT_SLOTS * sizeof(hd_cstats_t));
+    uint64_t half = seg.hdr->npages / 2;
+    memset(&seg.tiny[half], 0xab, (seg.hdr->npages - half) * sizeof(hd_tiny_t));
     heapd_detach();
     return 0;
 }
@@ -611,15 +627,16 @@ static int heapctl_run(const char *const *args)
     return wait_child(pid, 30);
 }
 
-/* A client writes 128 MiB into heap pages the daemon never handed out, under
- * a 64 MiB hard limit: another process's calloc is still all zero, heapctl
- * scavenge works, and what the memfds hold returns under the hard limit. */
+/* A client writes 128 MiB into heap pages the daemon never handed out and
+ * 72 MiB into metadata areas it never committed, under a 64 MiB hard limit:
+ * another process's calloc is still all zero, heapctl scavenge works, and
+ * what the memfds hold returns under the hard limit. */
 static void test_attack_dirty_free_pages(void)
 {
     daemon_proc_t d;
     const char *const extra[] = {"--hard-limit", "64MiB", NULL};
     CU_ASSERT_FATAL(daemon_start(&d, "512MiB", extra) == 0);
-    CU_ASSERT_EQUAL_FATAL(run_child(dirtier, d.sock, 30), 0);
+    CU_ASSERT_EQUAL_FATAL(run_child(dirtier, &d, 30), 0);
     fprintf(stderr, "resident after the writes: %llu KiB\n", (unsigned long long)memfds_resident(d.sock) >> 10);
     CU_ASSERT_EQUAL(run_child(calloc_checker, d.sock, 30), 0);
     char ctl[sizeof(d.sock) + 8];
@@ -638,8 +655,6 @@ static void test_attack_dirty_free_pages(void)
     int st = daemon_stop(&d);
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
-
-static bool no_clients_but_me(const hd_header_t *h) { return h->clients == 1; }
 
 /* ---- 6. forged stats --------------------------------------------------------------------------- */
 
@@ -660,29 +675,86 @@ static uint64_t ctl_heap_alloc(const char *sock)
     return v;
 }
 
+/* The mallocs `heapctl clients` shows for the client with this pid, or UINT64_MAX. */
+static uint64_t ctl_client_mallocs(const char *sock, pid_t pid)
+{
+    int fd = ctl_open(sock);
+    uint64_t v = UINT64_MAX;
+    if (fd >= 0 && ctl_send(fd, 1, HEAPDCTL__CONTROL_REQUEST__BODY_CLIENTS) == 0) {
+        Heapdctl__ControlReply *r = ctl_recv(fd, 5000);
+        if (r && r->body_case == HEAPDCTL__CONTROL_REPLY__BODY_CLIENTS)
+            for (size_t i = 0; i < r->clients->n_clients; i++)
+                if (r->clients->clients[i]->pid == pid)
+                    v = r->clients->clients[i]->mallocs;
+        if (r)
+            heapdctl__control_reply__free_unpacked(r, NULL);
+    }
+    if (fd >= 0)
+        close(fd);
+    return v;
+}
+
+/* The stats slots this process has mapped (the memfds named heapd-stats in
+ * /proc/self/maps): how many, and the first one's address. */
+static int stats_mappings(hd_cstats_t **first)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    int n = 0;
+    while (f && fgets(line, sizeof(line), f)) {
+        if (!strstr(line, "memfd:heapd-stats"))
+            continue;
+        if (n++ == 0)
+            *first = (hd_cstats_t *)(uintptr_t)strtoull(line, NULL, 16);
+    }
+    if (f)
+        fclose(f);
+    return n;
+}
+
+#define VICTIM_OBJS 1000
+
 struct forge_arg { const daemon_proc_t *d; int ready, go; };
 
-/* Find its own stats slot (the owner of a large span it allocated is its
- * client id; the slot with that owner is its own), write absurd counts into
- * it (seq kept even, as a writer would), say so, wait, and exit without
- * detaching: the lease ends and the slot is folded into the retired totals. */
-static int forger(void *arg)
+/* The victim: VICTIM_OBJS allocations, flushed to its slot, then it waits. */
+static int stats_victim(const struct forge_arg *a)
 {
-    const struct forge_arg *a = arg;
     if (heapd_attach(a->d->sock) != 0)
         return 11;
-    void *big = heapd_malloc(1 << 20);
-    if (!big)
+    for (int i = 0; i < VICTIM_OBJS; i++)
+        if (!heapd_malloc(100))
+            return 12;
+    if (heapd_flush() != 0)
+        return 13;
+    char c = 'v';
+    if (write(a->ready, &c, 1) != 1 || read(a->go, &c, 1) != 1)
+        return 14;
+    heapd_detach();
+    return 0;
+}
+
+/* The forger: it can map one stats slot, its own; it writes absurd values
+ * over every slot of the old shared slot array in the heap memfd (where
+ * another client's slot used to be) and into its own slot (seq kept even, as
+ * a writer would), says so, waits, and exits without detaching: the lease
+ * ends and its slot is folded into the retired totals. */
+static int forger(const struct forge_arg *a)
+{
+    if (heapd_attach(a->d->sock) != 0)
+        return 11;
+    if (!heapd_malloc(1 << 20))
         return 12;
+    hd_cstats_t *mine = NULL;
+    int n = stats_mappings(&mine);
+    if (n != 1) {
+        fprintf(stderr, "forger: %d stats slots mapped, not 1 (its own)\n", n);
+        return 13;
+    }
     hd_seg_t seg;
     hd_seg_view(&seg, (hd_header_t *)(uintptr_t)a->d->base);
-    uint32_t me = seg.spans[heapd_ptr_to_offset(big) / HD_PAGE_SIZE].owner;
-    hd_cstats_t *mine = NULL;
-    for (unsigned i = 1; i < HD_STAT_SLOTS && !mine; i++)
-        if (atomic_load(&seg.cstats[i].owner) == me)
-            mine = &seg.cstats[i];
-    if (!mine)
-        return 13;
+    for (unsigned i = 0; i < HD_STAT_SLOTS; i++)
+        for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++)
+            atomic_store(&seg.cstats[i].small_allocs[c], 1ull << 40);
     uint64_t q = atomic_load(&mine->seq);
     atomic_store(&mine->seq, q + 1);
     for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++)
@@ -696,39 +768,212 @@ static int forger(void *arg)
     return 0;       /* no detach: the daemon retires the slot when the process is gone */
 }
 
-/* A client forges its own stats slot to absurd values: HeapAlloc never goes
- * past the heap's size, while it lives nor after its slot was folded into
- * the retired totals. */
+static pid_t forge_child(int (*fn)(const struct forge_arg *), const daemon_proc_t *d, int *ready, int *go)
+{
+    int r[2], g[2];
+    if (pipe2(r, O_CLOEXEC) != 0 || pipe2(g, O_CLOEXEC) != 0)
+        return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(60);
+        struct forge_arg a = {d, r[1], g[0]};
+        _exit(fn(&a));
+    }
+    close(r[1]);
+    close(g[0]);
+    *ready = r[0];
+    *go = g[1];
+    return pid;
+}
+
+static bool no_clients_but_me(const hd_header_t *h) { return h->clients == 1; }
+
+/* Forged stats. A client cannot write another client's slot (it has no
+ * mapping of it: each slot is a memfd passed only to its client, and what
+ * it writes into the heap memfd is read by nobody): the victim's counts stay
+ * its own. Forging its own slot to absurd values does not push HeapAlloc
+ * past the heap's size, while it lives nor after its slot was retired. */
 static void test_attack_forged_stats(void)
 {
     daemon_proc_t d;
     CU_ASSERT_FATAL(daemon_start(&d, "64MiB", NULL) == 0);
-    int ready[2], go[2];
-    CU_ASSERT_FATAL(pipe2(ready, O_CLOEXEC) == 0 && pipe2(go, O_CLOEXEC) == 0);
-    struct forge_arg a = {&d, ready[1], go[0]};
-    fflush(NULL);
-    pid_t f = fork();
-    CU_ASSERT_FATAL(f >= 0);
-    if (f == 0) {
-        alarm(60);
-        _exit(forger(&a));
-    }
-    close(ready[1]);
-    close(go[0]);
+    int vr, vg, fr, fg;
     char c;
-    CU_ASSERT_FATAL(read(ready[0], &c, 1) == 1);
-    uint64_t live = ctl_heap_alloc(d.sock);
-    fprintf(stderr, "HeapAlloc with a forged live slot: %llu bytes (heap 64 MiB)\n", (unsigned long long)live);
+    pid_t v = forge_child(stats_victim, &d, &vr, &vg);
+    CU_ASSERT_FATAL(v > 0);
+    CU_ASSERT_FATAL(read(vr, &c, 1) == 1);
+    CU_ASSERT_EQUAL(ctl_client_mallocs(d.sock, v), VICTIM_OBJS);
+    pid_t f = forge_child(forger, &d, &fr, &fg);
+    CU_ASSERT_FATAL(f > 0);
+    CU_ASSERT_FATAL(read(fr, &c, 1) == 1);
+    uint64_t victim = ctl_client_mallocs(d.sock, v), live = ctl_heap_alloc(d.sock);
+    fprintf(stderr, "victim's mallocs %llu; HeapAlloc with a forged live slot: %llu bytes (heap 64 MiB)\n",
+            (unsigned long long)victim, (unsigned long long)live);
+    CU_ASSERT_EQUAL(victim, VICTIM_OBJS);
     CU_ASSERT(live <= (64u << 20));
-    CU_ASSERT(write(go[1], "g", 1) == 1);
+    CU_ASSERT(write(fg, "g", 1) == 1);
     CU_ASSERT_EQUAL(wait_child(f, 30), 0);
-    close(ready[0]);
-    close(go[1]);
+    CU_ASSERT(write(vg, "g", 1) == 1);
+    CU_ASSERT_EQUAL(wait_child(v, 30), 0);
+    close(fr);
+    close(fg);
+    close(vr);
+    close(vg);
     hd_header_t h;
-    CU_ASSERT(books_wait(d.sock, &h, no_clients_but_me, 5000));    /* its lease ended: slot retired */
+    CU_ASSERT(books_wait(d.sock, &h, no_clients_but_me, 5000));    /* both leases ended: slots retired */
     uint64_t retired = ctl_heap_alloc(d.sock);
     fprintf(stderr, "HeapAlloc after the forger's slot was retired: %llu bytes\n", (unsigned long long)retired);
     CU_ASSERT(retired <= (64u << 20));
+    int st = daemon_stop(&d);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* ---- timing (make test-timing, never gating) ----------------------------------------------------- */
+
+/* Refill{class 5, count 1} then Release of what came back, on an attached raw
+ * connection: the Refill's round trip in ns, or 0 on failure. */
+static uint64_t refill_rtt_ns(int conn, uint64_t seq)
+{
+    Heapd__Refill rf = HEAPD__REFILL__INIT;
+    rf.sizeclass = 5;
+    rf.count = 1;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.seq = seq;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_REFILL;
+    m.refill = &rf;
+    uint8_t out[256], in[4096];
+    size_t n = heapd__client_msg__pack(&m, out);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ssize_t r = raw_call(conn, out, n, in, sizeof(in), 10000);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    Heapd__DaemonMsg *rep = r > 0 ? heapd__daemon_msg__unpack(NULL, (size_t)r, in) : NULL;
+    if (!rep || rep->body_case != HEAPD__DAEMON_MSG__BODY_SPANS || rep->spans->n_span_ids != 1) {
+        if (rep)
+            heapd__daemon_msg__free_unpacked(rep, NULL);
+        return 0;
+    }
+    uint32_t id = rep->spans->span_ids[0];
+    heapd__daemon_msg__free_unpacked(rep, NULL);
+    Heapd__Release rl = HEAPD__RELEASE__INIT;
+    rl.n_span_ids = 1;
+    rl.span_ids = &id;
+    Heapd__ClientMsg q = HEAPD__CLIENT_MSG__INIT;
+    q.seq = seq + 1;
+    q.body_case = HEAPD__CLIENT_MSG__BODY_RELEASE;
+    q.release = &rl;
+    if (raw_request(conn, &q, 10000) != 0)
+        return 0;
+    return (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000ull + (uint64_t)t1.tv_nsec - (uint64_t)t0.tv_nsec;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define RTT_SAMPLES 400
+#define MANY_SPANS 100000
+
+/* MANY_SPANS spans of 1 KiB objects left on the central lists, one live
+ * object in each (the rest freed), by a process that exits. */
+static int many_central_spans(void *arg)
+{
+    if (heapd_attach(arg) != 0)
+        return 11;
+    enum { PER = 8, N = MANY_SPANS * PER };     /* 1 KiB objects, 8 per 8 KiB span */
+    void **p = malloc(N * sizeof(*p));
+    if (!p)
+        return 12;
+    for (int i = 0; i < N; i++)
+        if (!(p[i] = heapd_malloc(1000)))
+            return 13;
+    for (int i = 0; i < N; i++)         /* consecutive objects share spans: keep one in each */
+        if (i % PER)
+            heapd_free(p[i]);
+    return 0;
+}
+
+/* RTT_SAMPLES Refill round trips: p50, p99 and max in *out (ns). */
+static bool refill_rtts(int conn, uint64_t out[3])
+{
+    static uint64_t ns[RTT_SAMPLES];
+    for (int i = 0; i < RTT_SAMPLES; i++)
+        if (!(ns[i] = refill_rtt_ns(conn, 10 + 2 * (uint64_t)i)))
+            return false;
+    qsort(ns, RTT_SAMPLES, sizeof(ns[0]), cmp_u64);
+    out[0] = ns[RTT_SAMPLES / 2];
+    out[1] = ns[RTT_SAMPLES * 99 / 100];
+    out[2] = ns[RTT_SAMPLES - 1];
+    return true;
+}
+
+/* Scavenge back to back on FLOODERS connections until the pipe closes. */
+static int scavenge_flooder(const char *sock, int stop)
+{
+    int conn[FLOODERS];
+    for (int f = 0; f < FLOODERS; f++) {
+        int fds[2], nfds;
+        if (raw_hello_fds(sock, "itest-attack-flood", fds, &nfds, &conn[f]) != 0)
+            return 11;
+        close(fds[0]);
+        close(fds[1]);
+    }
+    for (uint64_t seq = 2;; seq++) {
+        struct pollfd pf = {.fd = stop, .events = POLLIN};
+        if (poll(&pf, 1, 0) == 1)
+            return 0;
+        for (int f = 0; f < FLOODERS; f++)
+            if (raw_scavenge(conn[f], seq) != 0)
+                return 12;
+    }
+}
+
+/* A Scavenge flood over thousands of central spans against another client's
+ * Refill round trips: printed, and p99 bounded by a few forced slices. */
+static void test_attack_scavenge_flood_timing(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "2GiB", NULL) == 0);
+    CU_ASSERT_EQUAL_FATAL(run_child(many_central_spans, d.sock, 120), 0);
+    hd_header_t h;
+    CU_ASSERT_FATAL(books_read(d.sock, &h) == 0);
+    int fds[2], nfds, conn;
+    CU_ASSERT_FATAL(raw_hello_fds(d.sock, "itest-attack-refills", fds, &nfds, &conn) == 0);
+    close(fds[0]);
+    close(fds[1]);
+    uint64_t idle[3], flood[3];
+    CU_ASSERT_FATAL(refill_rtts(conn, idle));
+    int stop[2];
+    CU_ASSERT_FATAL(pipe2(stop, O_CLOEXEC) == 0);
+    fflush(NULL);
+    pid_t fl = fork();
+    CU_ASSERT_FATAL(fl >= 0);
+    if (fl == 0) {
+        alarm(120);
+        close(stop[1]);
+        _exit(scavenge_flooder(d.sock, stop[0]));
+    }
+    close(stop[0]);
+    const hd_header_t *live = books_map(d.sock);
+    uint64_t runs0 = live ? live->scavenge_runs : 0;
+    TEST_WAIT(!live || live->scavenge_runs >= runs0 + 10, 10000);    /* the flood is on */
+    bool ok = refill_rtts(conn, flood);
+    uint64_t runs1 = live ? live->scavenge_runs : 0;
+    close(stop[1]);
+    CU_ASSERT_EQUAL(wait_child(fl, 30), 0);
+    if (live)
+        books_unmap(live);
+    close(conn);
+    CU_ASSERT_FATAL(ok);
+    fprintf(stderr,
+            "Refill round trips, %llu central spans, %d connections flooding Scavenge (%llu passes meanwhile):\n"
+            "  idle  p50 %.1f us, p99 %.1f us, max %.1f us\n  flood p50 %.1f us, p99 %.1f us, max %.1f us\n",
+            (unsigned long long)h.spans_central, FLOODERS, (unsigned long long)(runs1 - runs0), idle[0] / 1e3,
+            idle[1] / 1e3, idle[2] / 1e3, flood[0] / 1e3, flood[1] / 1e3, flood[2] / 1e3);
+    CU_ASSERT(flood[1] <= 5000000);      /* a forced slice is about 1 ms */
     int st = daemon_stop(&d);
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
@@ -742,6 +987,10 @@ static void register_attacks_suite(void)
     CU_add_test(s, "a flood of Scavenge: answered, shared passes, refills served", test_attack_scavenge_flood);
     CU_add_test(s, "scribbled state bytes and tiny words: the victim keeps going", test_attack_scribbled_states);
     CU_add_test(s, "dirtied free pages: calloc zero, released, under the hard limit", test_attack_dirty_free_pages);
-    CU_add_test(s, "forged stats slot: HeapAlloc stays within the heap", test_attack_forged_stats);
+    CU_add_test(s, "forged stats: no slot of another client, HeapAlloc within the heap", test_attack_forged_stats);
+    CU_pSuite t = CU_get_suite("timing");   /* make test-timing: HEAPD_UNIT_SUITES=timing */
+    if (!t)
+        t = CU_add_suite("timing", NULL, NULL);
+    CU_add_test(t, "Scavenge flood: other clients' Refill round trips", test_attack_scavenge_flood_timing);
 }
 UNIT_SUITE(register_attacks_suite)
