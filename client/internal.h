@@ -103,6 +103,7 @@ HD_HIDDEN int tp_listen_fd_locked(void);
 HD_HIDDEN void tp_drain_locked(void);
 /* SetQuota{bytes}. 0 or -1 with errno. */
 HD_HIDDEN int tp_set_quota(uint64_t bytes);
+HD_HIDDEN int tp_set_quota_locked(uint64_t bytes);   /* tp_lock held */
 /* RootUpdate{name, offset, cas, expected} (roots.c). 0 or -1 with errno. */
 HD_HIDDEN int tp_root_update(const char *name, uint64_t offset, bool cas, uint64_t expected);
 

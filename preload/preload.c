@@ -38,13 +38,16 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "heapd.h"
@@ -59,9 +62,12 @@ extern void *__libc_realloc(void *, size_t);
 extern void *__libc_memalign(size_t, size_t);
 extern void __libc_free(void *);
 
-enum { PL_BOOT = 0, PL_HEAP, PL_LIBC };
+/* PL_COPY: a fork child with a private copy of the heap (fork, below): its
+ * new memory comes from libc, its frees of inherited objects do nothing. */
+enum { PL_BOOT = 0, PL_HEAP, PL_LIBC, PL_COPY };
 static _Atomic int pl_mode;
 static bool pl_abort;                       /* HEAPD_PRELOAD_FALLBACK=abort */
+static bool pl_fork_share;                  /* HEAPD_PRELOAD_FORK=share */
 static _Atomic int pl_said;                 /* the libc fallback was announced */
 static __thread int pl_busy __attribute__((tls_model("initial-exec")));
 
@@ -222,6 +228,109 @@ static void *pl_alloc_aligned(size_t align, size_t n)
     return pl_other_alloc(n, align, false);
 }
 
+/* ---- fork --------------------------------------------------------------------------- *
+ *
+ * The heap is MAP_SHARED, so a fork child would share every heap object with
+ * its parent: its writes (a refcount, a list link) would land in the
+ * parent's objects and its frees would free them. A program expects fork to
+ * copy its memory, so the child replaces both mappings with a private copy
+ * of every span in use (with its span-table, pagemap, state-byte and tiny
+ * entries; the rest reads as zero, as FREE), made while the parent waits in
+ * fork() (the parent handler blocks until the child says it is done), and
+ * leaves the heap: the connection is closed (client/attach.c), new memory
+ * comes from libc, frees of inherited objects do nothing. Threads of the
+ * parent other than the forking one keep running during the copy, so an
+ * object they write meanwhile may be copied half-written; a real fork
+ * snapshots at one instant (docs/preload.md). HEAPD_PRELOAD_FORK=share keeps
+ * libheapd's rule instead (the child shares the parent's objects and
+ * becomes a client of its own): for programs whose children only exec, or
+ * never write or free what they inherit.
+ */
+static int pl_fork_pipe[2] = {-1, -1};
+
+static void pl_fork_prepare(void)
+{
+    if (atomic_load(&pl_mode) == PL_HEAP && !pl_fork_share && pipe2(pl_fork_pipe, O_CLOEXEC) < 0)
+        pl_fork_pipe[0] = pl_fork_pipe[1] = -1;
+}
+
+static void pl_fork_parent(void)
+{
+    if (pl_fork_pipe[0] < 0)
+        return;
+    close(pl_fork_pipe[1]);
+    char c;
+    while (read(pl_fork_pipe[0], &c, 1) < 0 && errno == EINTR)
+        ;                                    /* EOF too: the child died */
+    close(pl_fork_pipe[0]);
+    pl_fork_pipe[0] = pl_fork_pipe[1] = -1;
+}
+
+/* An anonymous private region at a kernel-chosen address, to be moved over
+ * `at` once filled. */
+static unsigned char *pl_private(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* Copy n bytes at from (in the mapping at from_base) to the same offset of to. */
+static void pl_cp(unsigned char *to, uintptr_t from_base, const void *from, size_t n)
+{
+    memcpy(to + ((uintptr_t)from - from_base), from, n);
+}
+
+/* In the child: copy, then move the copies over the shared mappings. */
+static bool pl_privatize(void)
+{
+    const hd_header_t *h = hdc_seg.hdr;
+    uintptr_t mb = (uintptr_t)h, hb = mb + h->meta_size;
+    size_t msz = h->meta_size, hsz = h->heap_size;
+    unsigned char *m2 = pl_private(msz), *h2 = pl_private(hsz);
+    if (!m2 || !h2)
+        return false;
+    pl_cp(m2, mb, h, HD_HEADER_BYTES);
+    pl_cp(m2, mb, hdc_seg.roots, msz - h->roots_off);
+    for (uint64_t p = 0; p < hdc_seg.npages;) {
+        const hd_span_t *sp = &hdc_seg.spans[p];
+        uint32_t n = sp->npages;
+        if (atomic_load_explicit(&sp->state, memory_order_acquire) == HD_SPAN_FREE || n == 0 ||
+            n > hdc_seg.npages - p) {
+            p++;
+            continue;
+        }
+        pl_cp(m2, mb, sp, sizeof *sp);
+        pl_cp(m2, mb, (const void *)&hdc_seg.pagemap[p], (size_t)n * sizeof hdc_seg.pagemap[0]);
+        pl_cp(h2, hb, &hdc_seg.slots[p], sizeof hdc_seg.slots[p]);
+        if (sp->sizeclass == 1 || sp->sizeclass == HD_TINY_SIZE_CLASS)
+            pl_cp(h2, hb, &hdc_seg.tiny[p], sizeof hdc_seg.tiny[p]);
+        pl_cp(h2, hb, (const void *)hd_page_addr(&hdc_seg, p), (size_t)n * HD_PAGE_SIZE);
+        p += n;
+    }
+    if (mprotect(m2, msz, PROT_READ) < 0 ||
+        mremap(m2, msz, msz, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)mb) == MAP_FAILED ||
+        mremap(h2, hsz, hsz, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)hb) == MAP_FAILED)
+        return false;
+    return true;
+}
+
+static void pl_fork_child(void)
+{
+    if (pl_fork_pipe[1] < 0)
+        return;
+    close(pl_fork_pipe[0]);
+    if (!pl_privatize()) {
+        static const char m[] = "heapd: fork: cannot copy the heap into the child: aborting\n";
+        (void)!write(2, m, sizeof m - 1);
+        abort();
+    }
+    atomic_store(&hdc_state, HDC_DEAD);      /* the connection is the parent's; no reconnect */
+    atomic_store(&pl_mode, PL_COPY);
+    (void)!write(pl_fork_pipe[1], "", 1);
+    close(pl_fork_pipe[1]);
+    pl_fork_pipe[0] = pl_fork_pipe[1] = -1;
+}
+
 /* ---- start-up ------------------------------------------------------------------------ */
 
 /* Attach at load: libc is initialized by now (we depend on it), and no thread
@@ -238,11 +347,20 @@ __attribute__((constructor)) static void pl_init(void)
         abort();
     }
     pl_abort = f && strcmp(f, "abort") == 0;
+    const char *fk = getenv("HEAPD_PRELOAD_FORK");
+    if (fk && *fk && strcmp(fk, "copy") != 0 && strcmp(fk, "share") != 0) {
+        fprintf(stderr, "heapd: HEAPD_PRELOAD_FORK=%s: give copy or share\n", fk);
+        abort();
+    }
+    pl_fork_share = fk && strcmp(fk, "share") == 0;
     pl_busy++;
     int rc = heapd_attach(NULL);
     int e = errno;
     pl_busy--;
     if (rc == 0) {
+        /* after heapd_attach registered libheapd's handlers: our prepare runs
+         * before its, our child handler after its (the socket closed) */
+        pthread_atfork(pl_fork_prepare, pl_fork_parent, pl_fork_child);
         atomic_store(&pl_mode, PL_HEAP);
         return;
     }
@@ -267,6 +385,8 @@ PL_API void free(void *p)
     if (!p)
         return;
     if (hd_likely(pl_in_heap(p))) {
+        if (hd_unlikely(atomic_load_explicit(&pl_mode, memory_order_relaxed) == PL_COPY))
+            return;                          /* our private copy: it goes with the process */
         pl_busy++;
         heapd_free(p);
         pl_busy--;
