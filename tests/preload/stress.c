@@ -148,6 +148,7 @@ static void forks(const char *self)
             snprintf(c, 100, "%s", parents);
             int good = strcmp(c, "from the parent") == 0;
             strcpy(parents, "the child's own copy");    /* fork copies: the parent must not see it */
+            __asm__ volatile("" ::: "memory");           /* a store the compiler may not drop before free */
             free(c);
             free(parents);                               /* the child's copy */
             void *big = malloc(1 << 20);
@@ -190,6 +191,17 @@ static void dlopens(void)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "hold") == 0) {   /* fork; both allocate, wait for a byte each */
+        pid_t pid = fork();
+        char *volatile p = malloc(64), c;
+        snprintf(p, 64, "%d", (int)getpid());
+        ssize_t r = read(0, &c, 1);
+        free(p);
+        int st = 0;
+        if (pid > 0)
+            waitpid(pid, &st, 0);
+        return r == 1 && st == 0 ? 0 : 1;
+    }
     if (argc > 1 && strcmp(argv[1], "child") == 0) {
         char *p = strdup("exec'd child allocates");
         puts(p);
