@@ -204,6 +204,50 @@ else
     fail "daemon killed mid-run, fallback abort: exit $rc"; cat "$tmp/mid.err" | head -5
 fi
 
+# ---- a fleet of 8 under one hard limit -------------------------------------------------
+# 8 processes each want 64 MiB (512 MiB in all) under --hard-limit 256MiB and
+# --memory-limit 192MiB: some must get a MemoryError, none may crash, the
+# heap's committed bytes must never be seen above the hard limit, and the
+# daemon must have refused and asked for memory back (pressure, flushes).
+start_daemon fleet --hard-limit 256MiB --memory-limit 192MiB
+cat > "$tmp/fleet.py" <<'EOF'
+held = []
+try:
+    while len(held) < 64:
+        held.append(bytearray(1 << 20))
+except MemoryError:
+    pass
+print(len(held) < 64)
+EOF
+fleet=()
+for i in 1 2 3 4 5 6 7 8; do
+    under $python "$tmp/fleet.py" > "$tmp/fleet.$i" 2>&1 &
+    fleet+=($!)
+    pids+=($!)
+done
+maxc=0 hard=$((256 << 20))
+while :; do
+    c=$(stats | grep -o '"Committed":[0-9]*' | cut -d: -f2)
+    [ -n "$c" ] && [ "$c" -gt "$maxc" ] && maxc=$c
+    alive=0
+    for p in "${fleet[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+done
+bad=0
+for i in "${!fleet[@]}"; do
+    wait "${fleet[$i]}" || bad=$((bad + 1))
+done
+refused=$(stats | grep -o '"HardLimitRefusals":[0-9]*' | cut -d: -f2)
+pressed=$(stats | grep -o '"PressureSent":[0-9]*' | cut -d: -f2)
+refusedp=$(cat "$tmp"/fleet.? | grep -c '^True$')
+if [ $bad = 0 ] && [ "$refusedp" -gt 0 ] && [ "$maxc" -le $hard ] && [ "$maxc" -gt 0 ] &&
+   [ "${refused:-0}" -gt 0 ] && [ "${pressed:-0}" -gt 0 ]; then
+    pass "fleet of 8 under --hard-limit 256MiB: none crashed, $refusedp got a MemoryError, committed peaked at $maxc bytes (seen), $refused refusals, $pressed pressures sent"
+else
+    fail "fleet: $bad crashed, peak committed seen $maxc (hard limit $hard), refusals ${refused:-?}, pressures ${pressed:-?}"
+    head -3 "$tmp"/fleet.?
+fi
+
 echo
 if [ $fails -gt 0 ]; then
     echo "preload: $fails check(s) failed"
