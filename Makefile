@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test test-timing unit asan tsan debug fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit bench-peers bench-bufpool clean install deb test-deb
+.PHONY: all deps build run demo test test-timing unit asan tsan debug fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit bench-peers bench-bufpool bench-preload clean install deb test-deb
 
 all: build
 
@@ -33,6 +33,12 @@ test: build
 # depend on the machine, so `make test` and CI never gate on them.
 test-timing: build
 	HEAPD_UNIT_SUITES=timing $(BUILD)/heapd-itest
+
+# Preload mode's cost: the preload suite's programs under glibc, jemalloc,
+# mimalloc and libheapd-malloc.so, median wall times (docs/preload.md).
+bench-preload: build
+	scripts/install-deps.sh --bench
+	scripts/bench-preload.sh $(BUILD) $(or $(RUNS),5)
 
 # Installs into PREFIX (default /usr/local; DESTDIR honoured): heapd, heapctl,
 # libheapd (.so, .a), heapd.h, heapd.pc, the CMake package, man pages, units, docs.

@@ -234,8 +234,9 @@ static void *pl_alloc_aligned(size_t align, size_t n)
  * its parent: its writes (a refcount, a list link) would land in the
  * parent's objects and its frees would free them. A program expects fork to
  * copy its memory, so the child replaces both mappings with a private copy
- * of every span in use (with its span-table, pagemap, state-byte and tiny
- * entries; the rest reads as zero, as FREE), made while the parent waits in
+ * of every span in use but the large objects of other processes (with its
+ * span-table, pagemap, state-byte and tiny entries; the rest reads as zero,
+ * as FREE), made while the parent waits in
  * fork() (the parent handler blocks until the child says it is done), and
  * leaves the heap: the connection is closed (client/attach.c), new memory
  * comes from libc, frees of inherited objects do nothing. Threads of the
@@ -294,9 +295,13 @@ static bool pl_privatize(void)
     for (uint64_t p = 0; p < hdc_seg.npages;) {
         const hd_span_t *sp = &hdc_seg.spans[p];
         uint32_t n = sp->npages;
-        if (atomic_load_explicit(&sp->state, memory_order_acquire) == HD_SPAN_FREE || n == 0 ||
-            n > hdc_seg.npages - p) {
+        uint8_t st = atomic_load_explicit(&sp->state, memory_order_acquire);
+        if (st == HD_SPAN_FREE || n == 0 || n > hdc_seg.npages - p) {
             p++;
+            continue;
+        }
+        if (st == HD_SPAN_LARGE && sp->owner != hdc_client_id) {
+            p += n;                          /* another process's large object: not ours to copy */
             continue;
         }
         pl_cp(m2, mb, sp, sizeof *sp);
