@@ -51,7 +51,7 @@ install: build
 DEB ?= build-deb
 deb: deps
 	cmake -S . -B $(DEB) -DCMAKE_INSTALL_PREFIX=/usr -DCMAKE_SKIP_INSTALL_ALL_DEPENDENCY=ON $(CMAKE_FLAGS)
-	cmake --build $(DEB) -j $(JOBS) --target heapd heapctl heapd_client heapd_static
+	cmake --build $(DEB) -j $(JOBS) --target heapd heapctl heapd_client heapd_static heapd_malloc
 	cd $(DEB) && cpack -G DEB
 test-deb: deb
 	@scripts/test-deb.sh $(DEB)

@@ -53,6 +53,7 @@
 hd_seg_t hdc_seg;
 _Atomic int hdc_state;
 uint32_t hdc_client_id;
+bool hdc_reclaim_at_exit;
 _Atomic uint64_t hdc_epoch;
 
 static char hdc_path[sizeof(((struct sockaddr_un *)0)->sun_path)];

@@ -46,6 +46,10 @@ extern HD_HIDDEN _Atomic uint64_t hdc_epoch;
  * state becomes HDC_DEAD when the daemon is gone or serves another segment). */
 HD_HIDDEN int hdc_reconnect_locked(void);
 
+/* Set before heapd_attach by libheapd-malloc.so (preload/preload.c): Hello
+ * asks the daemon to free this process's large objects when it ends. */
+extern HD_HIDDEN bool hdc_reclaim_at_exit;
+
 /* Register the fork and exit hooks (once per process). */
 HD_HIDDEN void hdc_hooks_init(void);
 

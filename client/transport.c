@@ -742,6 +742,7 @@ int tp_connect_locked(const char *path, tp_welcome_t *w, int fds[2])
     hello.version = HD_PROTO_VERSION;
     hello.pid = (int32_t)getpid();
     hello.name = name;
+    hello.reclaim_at_exit = hdc_reclaim_at_exit;
     Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
     m.seq = 1;                       /* the Hello expects an answer */
     m.body_case = HEAPD__CLIENT_MSG__BODY_HELLO;

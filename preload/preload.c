@@ -358,6 +358,9 @@ __attribute__((constructor)) static void pl_init(void)
         abort();
     }
     pl_fork_share = fk && strcmp(fk, "share") == 0;
+    /* Nobody else holds our large objects (a fork child copies them), so the
+     * daemon may free them when we end; not when children share them. */
+    hdc_reclaim_at_exit = !pl_fork_share;
     pl_busy++;
     int rc = heapd_attach(NULL);
     int e = errno;

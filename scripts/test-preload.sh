@@ -204,6 +204,25 @@ else
     fail "daemon killed mid-run, fallback abort: exit $rc"; cat "$tmp/mid.err" | head -5
 fi
 
+# ---- reclaim at exit -------------------------------------------------------------------
+# A process that exits holding 8 large objects: the daemon frees them when it
+# ends (the large spans return to where they were); with
+# HEAPD_PRELOAD_FORK=share (children may hold them) they stay.
+start_daemon reclaim
+clients_are() { [ "$(field Clients)" = "$1" ]; }
+large0=$(field SpansLarge)
+under "$tmp/stress" leak
+wait_for "the leaking process's connection to end" clients_are 0
+large1=$(field SpansLarge)
+HEAPD_PRELOAD_FORK=share under "$tmp/stress" leak
+wait_for "the second leaking process's connection to end" clients_are 0
+large2=$(field SpansLarge)
+if [ "$large1" = "$large0" ] && [ "$large2" -ge $((large0 + 8)) ]; then
+    pass "reclaim at exit: the large spans went from $large0 back to $large1 (with share: $large2, kept)"
+else
+    fail "reclaim at exit: large spans $large0 before, $large1 after the process, $large2 after share"
+fi
+
 # ---- a fleet of 8 under one hard limit -------------------------------------------------
 # 8 processes each want 64 MiB (512 MiB in all) under --hard-limit 256MiB and
 # --memory-limit 192MiB: some must get a MemoryError, none may crash, the

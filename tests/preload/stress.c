@@ -202,6 +202,13 @@ int main(int argc, char **argv)
             waitpid(pid, &st, 0);
         return r == 1 && st == 0 ? 0 : 1;
     }
+    if (argc > 1 && strcmp(argv[1], "leak") == 0) {   /* exit holding 8 large objects */
+        for (int i = 0; i < 8; i++) {
+            char *volatile p = malloc(1 << 20);
+            memset(p, i, 1 << 20);
+        }
+        return 0;
+    }
     if (argc > 1 && strcmp(argv[1], "child") == 0) {
         char *p = strdup("exec'd child allocates");
         puts(p);
