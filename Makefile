@@ -5,7 +5,7 @@ ASAN    ?= build-asan
 CMAKE_FLAGS ?=
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build run demo test test-timing unit asan tsan debug fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit bench-peers bench-bufpool clean install deb test-deb
+.PHONY: all deps build run demo test test-timing unit asan tsan debug fuzz fuzz-build fuzz-corpus bench bench-pagealloc bench-alloc bench-limit bench-peers bench-bufpool bench-preload clean install deb test-deb
 
 all: build
 
@@ -34,6 +34,12 @@ test: build
 test-timing: build
 	HEAPD_UNIT_SUITES=timing $(BUILD)/heapd-itest
 
+# Preload mode's cost: the preload suite's programs under glibc, jemalloc,
+# mimalloc and libheapd-malloc.so, median wall times (docs/preload.md).
+bench-preload: build
+	scripts/install-deps.sh --bench
+	scripts/bench-preload.sh $(BUILD) $(or $(RUNS),5)
+
 # Installs into PREFIX (default /usr/local; DESTDIR honoured): heapd, heapctl,
 # libheapd (.so, .a), heapd.h, heapd.pc, the CMake package, man pages, units, docs.
 PREFIX ?= /usr/local
@@ -45,7 +51,7 @@ install: build
 DEB ?= build-deb
 deb: deps
 	cmake -S . -B $(DEB) -DCMAKE_INSTALL_PREFIX=/usr -DCMAKE_SKIP_INSTALL_ALL_DEPENDENCY=ON $(CMAKE_FLAGS)
-	cmake --build $(DEB) -j $(JOBS) --target heapd heapctl heapd_client heapd_static
+	cmake --build $(DEB) -j $(JOBS) --target heapd heapctl heapd_client heapd_static heapd_malloc
 	cd $(DEB) && cpack -G DEB
 test-deb: deb
 	@scripts/test-deb.sh $(DEB)

@@ -47,11 +47,13 @@
 #include "heapd.h"
 #include "internal.h"
 #include "paths.h"
+#include "size.h"
 #include "lockorder.h"
 
 hd_seg_t hdc_seg;
 _Atomic int hdc_state;
 uint32_t hdc_client_id;
+bool hdc_reclaim_at_exit;
 _Atomic uint64_t hdc_epoch;
 
 static char hdc_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -242,6 +244,36 @@ void hdc_crashpoint(const char *where)
 
 /* ---- attach, reconnect, detach ------------------------------------------------- */
 
+/* HEAPD_QUOTA (GOMEMLIMIT's size syntax, shm/size.h): the quota of every
+ * connection this process makes, so of a fork child's too (its reconnect
+ * sets it again) and of a program under libheapd-malloc.so. Unset or empty:
+ * none. 0, or -1 with errno EINVAL and a message for a malformed value. */
+static int hdc_env_quota(uint64_t *bytes)
+{
+    const char *q = getenv("HEAPD_QUOTA");
+    *bytes = 0;
+    if (!q || !*q)
+        return 0;
+    if (hd_parse_size(q, bytes) < 0) {
+        fprintf(stderr, "heapd: HEAPD_QUOTA=%s: %s\n", q, HD_SIZE_FORMS);
+        errno = EINVAL;
+        return -1;
+    }
+    return 0;
+}
+
+/* tp_lock held, just connected: set the environment's quota (a failure is
+ * reported, the connection stays). */
+static void hdc_env_quota_apply_locked(uint64_t bytes)
+{
+    if (!bytes)
+        return;
+    if (tp_set_quota_locked(bytes) == 0)
+        st_note_quota(bytes);
+    else
+        fprintf(stderr, "heapd: HEAPD_QUOTA: the daemon refused the quota: %s\n", strerror(errno));
+}
+
 int heapd_attach(const char *socket)
 {
     char path[sizeof hdc_path];
@@ -250,6 +282,9 @@ int heapd_attach(const char *socket)
         errno = ENAMETOOLONG;
         return -1;
     }
+    uint64_t quota;
+    if (hdc_env_quota(&quota) < 0)
+        return -1;
     hdc_hooks_init();
     tp_lock();
     if (atomic_load(&hdc_state) != HDC_DETACHED) {
@@ -284,6 +319,7 @@ int heapd_attach(const char *socket)
         close(fds[2]);
     atomic_fetch_add(&hdc_epoch, 1);
     atomic_store(&hdc_state, HDC_ATTACHED);
+    hdc_env_quota_apply_locked(quota);
     if (hdc_pressure_wanted())
         (void)hdc_listener_start_locked();  /* best effort: pressure then waits for a slow path */
     tp_unlock();
@@ -322,6 +358,9 @@ int hdc_reconnect_locked(void)
     if (fds[2] >= 0)
         close(fds[2]);
     atomic_store(&hdc_state, HDC_ATTACHED);
+    uint64_t quota;
+    if (hdc_env_quota(&quota) == 0)  /* checked at attach: the environment may have changed since */
+        hdc_env_quota_apply_locked(quota);
     if (hdc_pressure_wanted())
         (void)hdc_listener_start_locked();
     return 0;

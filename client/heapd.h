@@ -38,7 +38,11 @@
  * Environment: HEAPD_SOCKET (default socket path), HEAPD_NO_URING=1 (plain
  * sendmsg/recvmsg instead of io_uring), HEAPD_ABORT_ON_ERROR=1 (abort() on an
  * invalid or double free instead of reporting and going on),
- * HEAPD_PRESSURE_WAIT_MS (see heapd_on_pressure).
+ * HEAPD_PRESSURE_WAIT_MS (see heapd_on_pressure), HEAPD_QUOTA=SIZE (GOMEMLIMIT
+ * syntax: 512MiB) sets heapd_set_quota(SIZE) at every connection this
+ * process makes, a fork child's included (heapd_attach fails with EINVAL on
+ * a malformed value). libheapd-malloc.so (LD_PRELOAD) reads
+ * HEAPD_PRELOAD_FALLBACK too: docs/preload.md.
  */
 #ifndef HEAPD_H
 #define HEAPD_H
@@ -158,7 +162,8 @@ HEAPD_API uint64_t heapd_pressure_calls(void);
  * until their pages go back to the daemon, whoever frees them. An
  * allocation that would cross the quota fails with ENOMEM (after the
  * pressure steps above); other processes are not affected. It holds for
- * this connection: a fork child starts without one. 0 or -1/errno. */
+ * this connection: a fork child starts without one (unless HEAPD_QUOTA is
+ * set: see Environment above). 0 or -1/errno. */
 HEAPD_API int heapd_set_quota(uint64_t bytes);
 
 /* ---- named roots ---------------------------------------------------------------

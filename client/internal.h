@@ -46,6 +46,10 @@ extern HD_HIDDEN _Atomic uint64_t hdc_epoch;
  * state becomes HDC_DEAD when the daemon is gone or serves another segment). */
 HD_HIDDEN int hdc_reconnect_locked(void);
 
+/* Set before heapd_attach by libheapd-malloc.so (preload/preload.c): Hello
+ * asks the daemon to free this process's large objects when it ends. */
+extern HD_HIDDEN bool hdc_reclaim_at_exit;
+
 /* Register the fork and exit hooks (once per process). */
 HD_HIDDEN void hdc_hooks_init(void);
 
@@ -119,6 +123,7 @@ HD_HIDDEN int tp_listen_fd_locked(void);
 HD_HIDDEN void tp_drain_locked(void);
 /* SetQuota{bytes}. 0 or -1 with errno. */
 HD_HIDDEN int tp_set_quota(uint64_t bytes);
+HD_HIDDEN int tp_set_quota_locked(uint64_t bytes);   /* tp_lock held */
 /* RootUpdate{name, offset, cas, expected} (roots.c). 0 or -1 with errno. */
 HD_HIDDEN int tp_root_update(const char *name, uint64_t offset, bool cas, uint64_t expected);
 

@@ -619,28 +619,40 @@ int tp_alloc_large(uint64_t pages, uint64_t align_pages, bool zero, uint32_t *id
     return rc;
 }
 
-/* A call whose answer is Ack or Error: 0, or -1 with errno. */
-static int tp_call_ack(Heapd__ClientMsg *m)
+/* A call whose answer is Ack or Error: 0, or -1 with errno. tp_lock held. */
+static int tp_call_ack_locked(Heapd__ClientMsg *m)
 {
-    tp_lock();
-    int rc = -1;
     if (tp_be) {
         errno = EOPNOTSUPP;
-        tp_unlock();
         return -1;
     }
     Heapd__DaemonMsg *r = tp_call_locked(m);
-    if (!r) {
-        /* errno set */
-    } else if (r->body_case == HEAPD__DAEMON_MSG__BODY_ERROR) {
-        errno = tp_errno_from_daemon(r->error->err);
-    } else if (r->body_case == HEAPD__DAEMON_MSG__BODY_ACK) {
-        rc = 0;
-    } else {
-        errno = EPROTO;
-    }
+    if (!r)
+        return -1;                   /* errno set */
+    if (r->body_case == HEAPD__DAEMON_MSG__BODY_ACK)
+        return 0;
+    errno = r->body_case == HEAPD__DAEMON_MSG__BODY_ERROR ? tp_errno_from_daemon(r->error->err) : EPROTO;
+    return -1;
+}
+
+static int tp_call_ack(Heapd__ClientMsg *m)
+{
+    tp_lock();
+    int rc = tp_call_ack_locked(m);
+    int e = errno;
     tp_unlock();
+    errno = e;
     return rc;
+}
+
+int tp_set_quota_locked(uint64_t bytes)
+{
+    Heapd__SetQuota q = HEAPD__SET_QUOTA__INIT;
+    q.bytes = bytes;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_SET_QUOTA;
+    m.set_quota = &q;
+    return tp_call_ack_locked(&m);
 }
 
 int tp_set_quota(uint64_t bytes)
@@ -808,6 +820,7 @@ int tp_connect_locked(const char *path, tp_welcome_t *w, int fds[3])
     hello.version = HD_PROTO_VERSION;
     hello.pid = (int32_t)getpid();
     hello.name = name;
+    hello.reclaim_at_exit = hdc_reclaim_at_exit;
     Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
     m.seq = 1;                       /* the Hello expects an answer */
     m.body_case = HEAPD__CLIENT_MSG__BODY_HELLO;

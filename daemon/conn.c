@@ -473,6 +473,25 @@ void client_reclaim(daemon_t *d, client_t *c)
     }
 }
 
+/* A preload process (Hello's reclaim_at_exit) has ended: nobody else can hold
+ * the large objects it allocated (a fork child of it has its own copy, or
+ * is a client without the flag), so free them, as its FreeLarge would have.
+ * One pass over the span table. Returns how many. */
+unsigned client_reclaim_large(daemon_t *d, client_t *c)
+{
+    mheap_t *h = &d->heap;
+    unsigned n = 0;
+    for (uint64_t id = 0; id < h->v->npages;) {
+        uint8_t st = mheap_state(h, (uint32_t)id);
+        uint32_t np = mheap_span(h, (uint32_t)id)->npages;
+        if (st == HD_SPAN_LARGE && mheap_span(h, (uint32_t)id)->owner == c->id &&
+            mheap_free_span(h, (uint32_t)id) == 0)
+            n++;
+        id += st == HD_SPAN_FREE || np == 0 ? 1 : np;
+    }
+    return n;
+}
+
 static void on_client_closed(uv_handle_t *hd)
 {
     client_t *c = hd->data;
@@ -521,6 +540,7 @@ void client_end(daemon_t *d, client_t *c, const char *why)
     wait_unlink(d, c);
     uint32_t ncached = c->cached.n;
     client_reclaim(d, c);
+    unsigned nlarge = c->reclaim_at_exit ? client_reclaim_large(d, c) : 0;
     limits_client_gone(d, c->id);
     mstats_slot_retire(d, c->stat_slot);   /* fold its counters into the retired totals */
     c->stat_slot = 0;
@@ -535,9 +555,9 @@ void client_end(daemon_t *d, client_t *c, const char *why)
     if (c->evicted)
         ;   /* counted in silent_closed: one log line per sweep tick, not one per connection */
     else if (c->hello_done)
-        daemon_log(d, "client %u %s (pid %d%s%s): %s; %u cached spans reclaimed", c->id,
+        daemon_log(d, "client %u %s (pid %d%s%s): %s; %u cached spans reclaimed, %u large objects freed", c->id,
                    c->quarantined ? "released from quarantine" : "detached", (int)c->pid, c->name[0] ? ", " : "",
-                   c->name, why, ncached);
+                   c->name, why, ncached, nlarge);
     else
         daemon_log(d, "connection %u from pid %d closed: %s", c->id, (int)c->pid, why);
     if (c->pidpolling) {

@@ -67,6 +67,7 @@ typedef struct client {
     char name[CLIENT_NAME_MAX]; /* Hello's name, printable characters only */
     int fd;                     /* -1 for a record without a socket (tests) */
     bool hello_done;
+    bool reclaim_at_exit;       /* Hello's: free its large objects at client_end (preload) */
     bool closing;               /* client_end ran: the record goes once libuv lets go */
     bool quarantined;           /* the connection is gone, the process lives: memory kept */
     bool peer_closed;           /* the peer ended the connection (EOF, hang-up) */
@@ -124,6 +125,8 @@ client_t *client_new(daemon_t *d, int fd, pid_t pid, uid_t uid);
 /* Uncache every span the client has cached (Release semantics, after closing
  * the tiny blocks it left open). Idempotent. */
 void client_reclaim(daemon_t *d, client_t *c);
+/* Free the large objects c allocated and still holds (Hello's reclaim_at_exit). */
+unsigned client_reclaim_large(daemon_t *d, client_t *c);
 /* The connection ends (why: for the log). When the lease has ended too (the
  * process is dead, or it closed with nothing cached, or the record has no
  * process: tests) this is client_end; otherwise the socket is closed and the

@@ -108,6 +108,7 @@ static enum rpc_verdict on_hello(daemon_t *d, client_t *c, uint64_t seq, const H
     if (c->pid == 0)            /* no SO_PEERCRED (a test record): believe the Hello */
         c->pid = h->pid;
     c->hello_done = true;
+    c->reclaim_at_exit = h->reclaim_at_exit;
 
     Heapd__Welcome w = HEAPD__WELCOME__INIT;
     w.version = HD_PROTO_VERSION;

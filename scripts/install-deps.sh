@@ -5,7 +5,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler
       liburing-dev libcunit1-dev
-      systemd dpkg-dev file)     # systemd-analyze (the systemd suite); dpkg-shlibdeps, file (make deb)
+      systemd dpkg-dev file      # systemd-analyze (the systemd suite); dpkg-shlibdeps, file (make deb)
+      python3 sqlite3 g++)       # programs the preload suite runs under libheapd-malloc.so
 for a in "$@"; do
   case $a in
     --bench) pkgs+=(libjemalloc-dev libgoogle-perftools-dev libmimalloc-dev libboost-dev g++ gnuplot-nox) ;;

@@ -31,6 +31,9 @@ if [ "$which" = all ]; then
     else
         run_suite install 300 scripts/test-install.sh "$build"
     fi
+    # real programs (python3, sqlite3, sort, C, C++) under libheapd-malloc.so
+    # against glibc, on a daemon of its own (skipped in sanitizer builds)
+    run_suite preload 600 scripts/test-preload.sh "$build"
     # the systemd units: systemd-analyze verify and security (skipped without it)
     run_suite systemd 120 scripts/test-systemd.sh "$build"
 fi

@@ -14,7 +14,7 @@ list=$(dpkg -c "$deb" | awk '{print $6}' | sed 's|^\./|/|')
 arch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
 for f in /usr/sbin/heapd /usr/bin/heapctl /usr/include/heapd.h \
          "/usr/lib/$arch/libheapd.so.0.1.0" "/usr/lib/$arch/libheapd.so.0" "/usr/lib/$arch/libheapd.so" \
-         "/usr/lib/$arch/libheapd.a" "/usr/lib/$arch/pkgconfig/heapd.pc" \
+         "/usr/lib/$arch/libheapd.a" "/usr/lib/$arch/pkgconfig/heapd.pc" "/usr/lib/$arch/libheapd-malloc.so" \
          "/usr/lib/$arch/cmake/heapd/heapdConfig.cmake" "/usr/lib/$arch/cmake/heapd/heapdTargets.cmake" \
          /usr/share/man/man8/heapd.8 /usr/share/man/man8/heapctl.8 /usr/share/man/man3/libheapd.3 \
          /usr/lib/systemd/system/heapd.service /usr/lib/systemd/system/heapd.socket \

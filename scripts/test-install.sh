@@ -25,7 +25,7 @@ cmake --install "$build" --prefix "$prefix" >/dev/null
 libdir=$(dirname "$(find "$prefix" -name heapd.pc)")/..
 libdir=$(cd "$libdir" && pwd)
 for f in "$prefix/sbin/heapd" "$prefix/bin/heapctl" "$prefix/include/heapd.h" "$libdir/libheapd.a" \
-         "$libdir/libheapd.so" "$libdir/cmake/heapd/heapdConfig.cmake"; do
+         "$libdir/libheapd.so" "$libdir/cmake/heapd/heapdConfig.cmake" "$libdir/libheapd-malloc.so"; do
     [ -e "$f" ] || fail "not installed: ${f#$prefix/}"
 done
 echo "installed into $prefix"

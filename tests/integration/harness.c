@@ -107,12 +107,18 @@ int daemon_start(daemon_proc_t *d, const char *size, const char *const *extra)
         int fd = raw_connect(d->sock);
         if (fd >= 0) {
             close(fd);
-            /* the control socket (sock + .ctl) is bound just after the client
-             * socket listens: wait for it too, briefly (a test may pass --control) */
+            /* the control socket (sock + .ctl) listens just after the client
+             * socket: wait until it accepts too (its file exists from bind(),
+             * a moment before listen()), briefly: a test may pass --control */
             char ctl[sizeof(d->sock) + 8];
             struct stat cst;
             snprintf(ctl, sizeof(ctl), "%s.ctl", d->sock);
-            TEST_WAIT(stat(ctl, &cst) == 0, 1000);
+            if (TEST_WAIT(stat(ctl, &cst) == 0, 1000)) {
+                int cfd = -1;
+                TEST_WAIT((cfd = ctl_open(d->sock)) >= 0, 2000);
+                if (cfd >= 0)
+                    close(cfd);
+            }
             return 0;
         }
         if (waitpid(pid, NULL, WNOHANG) == pid) {
