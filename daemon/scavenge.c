@@ -281,11 +281,31 @@ uint64_t scav_slice(daemon_t *d)
     return ms < 1 ? 1 : ms;
 }
 
+static void on_tick(uv_timer_t *t);
+
+/* Eager slices (over 95% of the soft limit) run on an idle handle, one per
+ * loop turn, so RPCs run in between: a timer re-armed with 0 from its own
+ * callback would run again in the same turn, before any I/O (libuv). */
+static void on_eager(uv_idle_t *i)
+{
+    daemon_t *d = i->data;
+    uint64_t ms = scav_slice(d);
+    if (ms == 0)
+        return;                     /* still eager: the next slice on the next turn */
+    uv_idle_stop(i);
+    if (d->scav.timer_on)
+        uv_timer_start(&d->scav.timer, on_tick, ms, 0);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     daemon_t *d = t->data;
     uint64_t ms = scav_slice(d);
-    if (d->scav.timer_on)
+    if (!d->scav.timer_on)
+        return;
+    if (ms == 0)
+        uv_idle_start(&d->scav.eager_idle, on_eager);
+    else
         uv_timer_start(&d->scav.timer, on_tick, ms, 0);
 }
 
@@ -299,6 +319,8 @@ void scav_start(daemon_t *d)
     uv_timer_start(&d->scav.timer, on_tick, SCAV_IDLE_MS, 0);
     uv_idle_init(d->loop, &d->scav.force_idle);
     d->scav.force_idle.data = d;
+    uv_idle_init(d->loop, &d->scav.eager_idle);
+    d->scav.eager_idle.data = d;
 }
 
 void scav_stop(daemon_t *d)
@@ -310,6 +332,8 @@ void scav_stop(daemon_t *d)
     uv_close((uv_handle_t *)&d->scav.timer, NULL);
     uv_idle_stop(&d->scav.force_idle);
     uv_close((uv_handle_t *)&d->scav.force_idle, NULL);
+    uv_idle_stop(&d->scav.eager_idle);
+    uv_close((uv_handle_t *)&d->scav.eager_idle, NULL);
     d->scav.force_active = false;
 }
 
@@ -328,6 +352,6 @@ void scav_destroy(daemon_t *d) { memset(&d->scav, 0, sizeof(d->scav)); }
 
 void scav_kick(daemon_t *d)
 {
-    if (d->scav.timer_on)
+    if (d->scav.timer_on && !uv_is_active((uv_handle_t *)&d->scav.eager_idle))
         uv_timer_start(&d->scav.timer, on_tick, 0, 0);
 }

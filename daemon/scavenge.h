@@ -19,7 +19,8 @@
  * program that frees and allocates again does not pay for it), plus the
  * metadata. It works in slices of about 1 ms and then sleeps so that it uses
  * --scavenge-cpu percent of one CPU (default 1, like Go); over 95% of the
- * soft limit it does not sleep between slices.
+ * soft limit it does not sleep between slices (one slice per loop turn, on an
+ * idle handle, so RPCs still run in between).
  *
  * Dirtied pages. A client can write (or fault in) heap pages the daemon
  * never handed out or has released, and the unused parts of the heap memfd's
@@ -79,6 +80,7 @@ typedef struct scav {
      * SCAV_FORCE_SLICE_NS, one per loop turn (an idle handle), so RPCs run
      * between slices */
     uv_idle_t force_idle;
+    uv_idle_t eager_idle;                /* background slices while eager: one per loop turn */
     bool force_active;                   /* a pass is under way */
     bool force_next;                     /* someone waits for the pass after it */
     uint64_t force_pass;                 /* the pass under way (or the last one), from 1 */
