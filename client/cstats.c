@@ -65,6 +65,10 @@ static void st_unmap(void)
     st_slot = NULL;
 }
 
+/* heapd_bad_frees() when this slot was given: the slot reports the bad frees
+ * detected since (a fork child starts from its parent's count; st_mu). */
+static uint64_t st_bad_base;
+
 void st_set_slot(int fd)
 {
     struct stat sb;
@@ -75,6 +79,7 @@ void st_set_slot(int fd)
     st_unmap();
     if (m != MAP_FAILED)
         st_map = st_slot = m;
+    st_bad_base = heapd_bad_frees();
     st_unlock();
 }
 
@@ -83,6 +88,7 @@ void st_use_slot(hd_cstats_t *slot)
     st_lock();
     st_unmap();
     st_slot = slot;
+    st_bad_base = heapd_bad_frees();
     st_unlock();
 }
 
@@ -164,6 +170,7 @@ void st_flush(st_thread_t *t, uint64_t mcache_bytes)
         }
         st_move(&s->refill_waits, &t->cur.refill_waits, &t->done.refill_waits);
         st_move(&s->refill_wait_ns, &t->cur.refill_wait_ns, &t->done.refill_wait_ns);
+        hd_cstats_set(&s->bad_frees, heapd_bad_frees() - st_bad_base);   /* a process-wide count */
         st_move(&s->tiny_allocs, &t->cur.tiny_allocs, &t->done.tiny_allocs);
         st_move(&s->large_allocs, &t->cur.large_allocs, &t->done.large_allocs);
         st_move(&s->large_alloc_bytes, &t->cur.large_alloc_bytes, &t->done.large_alloc_bytes);

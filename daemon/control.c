@@ -173,6 +173,7 @@ static int do_stats(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
     s.large_by_size = lrowp;
     s.refill_waits = m->refill_waits;
     s.refill_wait_ns = m->refill_wait_ns;
+    s.bad_frees = m->bad_frees;
 
     s.tiny_allocs = m->tiny_allocs;
     s.large_allocs = m->large_allocs;
@@ -257,6 +258,7 @@ static int do_clients(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
         r->mcache_bytes = mc.mcache_bytes;
         r->refill_waits = mc.refill_waits;
         r->refill_wait_ns = mc.refill_wait_ns;
+        r->bad_frees = mc.bad_frees;
         r->state = c->quarantined ? "quarantined" : "live";
         rowp[i++] = r;
     }

@@ -173,6 +173,7 @@ static void add_counters(mstats_counters_t *a, const mstats_counters_t *b, bool 
     }
     a->refill_waits += b->refill_waits;
     a->refill_wait_ns += b->refill_wait_ns;
+    a->bad_frees += b->bad_frees;
     if (gauges)
         a->mcache_bytes += b->mcache_bytes;
 }
@@ -367,6 +368,7 @@ void mstats_read(daemon_t *d, mstats_t *m)
     }
     m->refill_waits = sum.refill_waits;
     m->refill_wait_ns = sum.refill_wait_ns;
+    m->bad_frees = sum.bad_frees;
 
     /* pages and spans, from the daemon */
     const hd_header_t *h = d->seg.hdr;
@@ -428,6 +430,7 @@ void mstats_client(daemon_t *d, const client_t *cl, mstats_client_t *out)
     out->mcache_bytes = c.mcache_bytes;
     out->refill_waits = c.refill_waits;
     out->refill_wait_ns = c.refill_wait_ns;
+    out->bad_frees = c.bad_frees;
     out->cached_spans = cl->cached.n;
     for (uint32_t id = cl->cached.head; id != HD_NO_SPAN; id = d->heap.priv[id].next)
         out->cached_bytes += (uint64_t)d->heap.v->spans[id].npages * HD_PAGE_SIZE;
@@ -585,6 +588,8 @@ char *mstats_prometheus(const mstats_t *m, size_t *len)
     family(&b, "heapd_refill_wait_seconds_total", "counter", "Time allocations blocked on the daemon, all clients.");
     pf(&b, "heapd_refill_wait_seconds_total %.9f\n", (double)m->refill_wait_ns / 1e9);
     one(&b, "heapd_bad_requests_total", "counter", "Client requests refused as invalid.", m->bad_requests);
+    one(&b, "heapd_bad_frees_total", "counter",
+        "Invalid and double frees the clients detected (reported or not), all clients.", m->bad_frees);
     family(&b, "heapd_rpc_requests_total", "counter", "Client RPCs handled, by type.");
     for (unsigned t = 0; t < MS_RPC_NTYPES; t++)
         pf(&b, "heapd_rpc_requests_total{type=\"%s\"} %llu\n", mstats_rpc_names[t], (unsigned long long)m->rpc_count[t]);

@@ -112,6 +112,7 @@ typedef struct mstats {
     mstats_class_t by_size[HD_NUM_SIZE_CLASSES];    /* [1..67]; [0] unused */
     mstats_class_t large_by_size[HD_NUM_LARGE_CLASSES];  /* classes 68..87 */
     uint64_t refill_waits, refill_wait_ns;          /* allocations that blocked on the daemon */
+    uint64_t bad_frees;                             /* invalid and double frees the clients detected */
     /* heapd's own */
     uint64_t tiny_allocs, large_allocs, large_alloc_bytes, large_frees, large_free_bytes;
     uint64_t free_bytes;                            /* bytes freed (TotalAlloc - HeapAlloc) */
@@ -131,6 +132,7 @@ typedef struct mstats_client {
     uint32_t cached_spans;
     uint64_t cached_bytes;
     uint64_t refill_waits, refill_wait_ns;
+    uint64_t bad_frees;
 } mstats_client_t;
 
 /* Set up / tear down d->ms (daemon_init / daemon_destroy). 0 or -ENOMEM. */

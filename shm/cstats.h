@@ -35,6 +35,7 @@ typedef struct hd_cstats_vals {
     uint64_t flushes;
     uint64_t lclass_allocs[HD_NUM_LARGE_CLASSES], lclass_frees[HD_NUM_LARGE_CLASSES];
     uint64_t refill_waits, refill_wait_ns;
+    uint64_t bad_frees;
 } hd_cstats_vals_t;
 
 static inline uint64_t hd_cstats_ld(const _Atomic uint64_t *x)
@@ -93,7 +94,7 @@ static inline void hd_cstats_assign(hd_cstats_t *s, uint32_t client_id)
     }
     _Atomic uint64_t *rest[] = {&s->tiny_allocs, &s->large_allocs, &s->large_alloc_bytes, &s->large_frees,
                                 &s->large_free_bytes, &s->mcache_bytes, &s->flushes, &s->refill_waits,
-                                &s->refill_wait_ns};
+                                &s->refill_wait_ns, &s->bad_frees};
     for (unsigned k = 0; k < sizeof rest / sizeof rest[0]; k++)
         hd_cstats_set(rest[k], 0);
     atomic_store_explicit(&s->owner, client_id, memory_order_release);
@@ -127,6 +128,7 @@ static inline void hd_cstats_copy(const hd_cstats_t *s, hd_cstats_vals_t *o)
     }
     o->refill_waits = hd_cstats_ld(&s->refill_waits);
     o->refill_wait_ns = hd_cstats_ld(&s->refill_wait_ns);
+    o->bad_frees = hd_cstats_ld(&s->bad_frees);
 }
 
 /* One try at a consistent copy: true when seq was even and unchanged around

@@ -203,7 +203,9 @@ _Static_assert(HD_TINY_BLOCKS <= HD_SLOT_STATES, "class-2 states fit the slot");
  *                     from the same class table)
  *  - refill_waits, refill_wait_ns: allocations that blocked on the daemon
  *                     (a Refill or AllocLarge they waited for, or a refill
- *                     submitted ahead whose reply had not come) and the time */
+ *                     submitted ahead whose reply had not come) and the time
+ *  - bad_frees:       invalid and double frees this process detected (all of
+ *                     them, including those its rate-limited reports left out) */
 #define HD_STAT_SLOTS       4096u
 typedef struct hd_cstats {
     _Atomic uint64_t seq;                /* odd while the client updates the counters */
@@ -219,7 +221,8 @@ typedef struct hd_cstats {
     _Atomic uint64_t lclass_allocs[HD_NUM_LARGE_CLASSES];
     _Atomic uint64_t lclass_frees[HD_NUM_LARGE_CLASSES];
     _Atomic uint64_t refill_waits, refill_wait_ns;
-    uint64_t _reserved[256 - 2 - 2 * HD_NUM_SIZE_CLASSES - 7 - 2 * HD_NUM_LARGE_CLASSES - 2];
+    _Atomic uint64_t bad_frees;
+    uint64_t _reserved[256 - 2 - 2 * HD_NUM_SIZE_CLASSES - 7 - 2 * HD_NUM_LARGE_CLASSES - 3];
 } hd_cstats_t;
 _Static_assert(sizeof(hd_cstats_t) == 2048, "client stats slot size");
 

@@ -316,6 +316,7 @@ static const field_t heapd_fields[] = {
     F("Refills", refills, K_U64, false),
     F("RefillWaits", refill_waits, K_U64, false),
     F("RefillWaitNs", refill_wait_ns, K_U64, false),
+    F("BadFrees", bad_frees, K_U64, false),
     F("BadRequests", bad_requests, K_U64, false),
     F("UptimeNs", uptime_ns, K_U64, false),
     F("SlotRetries", slot_retries, K_U64, false),
@@ -531,13 +532,14 @@ static int cmd_clients(bool json)
             json_string(c->name);
             printf(",\"Slot\":%u,\"LiveBytes\":%lld,\"AllocBytes\":%llu,\"FreeBytes\":%llu,\"Mallocs\":%llu,"
                    "\"Frees\":%llu,\"CachedSpans\":%u,\"CachedBytes\":%llu,\"Quota\":%llu,\"Charged\":%llu,"
-                   "\"Requests\":%llu,\"MCacheBytes\":%llu,\"RefillWaits\":%llu,\"RefillWaitNs\":%llu,\"State\":",
+                   "\"Requests\":%llu,\"MCacheBytes\":%llu,\"RefillWaits\":%llu,\"RefillWaitNs\":%llu,\"BadFrees\":%llu,"
+                   "\"State\":",
                    c->slot, (long long)c->live_bytes, (unsigned long long)c->alloc_bytes,
                    (unsigned long long)c->free_bytes, (unsigned long long)c->mallocs, (unsigned long long)c->frees,
                    c->cached_spans, (unsigned long long)c->cached_bytes, (unsigned long long)c->quota,
                    (unsigned long long)c->charged, (unsigned long long)c->requests,
                    (unsigned long long)c->mcache_bytes, (unsigned long long)c->refill_waits,
-                   (unsigned long long)c->refill_wait_ns);
+                   (unsigned long long)c->refill_wait_ns, (unsigned long long)c->bad_frees);
             json_string(c->state && *c->state ? c->state : "live");
             printf("}");
         }

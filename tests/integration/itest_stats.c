@@ -378,7 +378,7 @@ static const char *const go_keys[] = {
     "BuckHashSys", "GCSys", "OtherSys", "NextGC", "LastGC", "PauseTotalNs", "NumGC", "NumForcedGC", "GCCPUFraction",
     "EnableGC", "DebugGC", "BySize", "TinyAllocs", "LargeAllocs", "LargeAllocBytes", "LargeFrees", "LargeFreeBytes",
     "HeapFree", "HeapCapacity", "SpansInuse", "SpansCached", "SpansCentral", "SpansLarge", "ObjectsCentral",
-    "Clients", "ClientsTotal", "Refills", "BadRequests", "UptimeNs", "SlotRetries", "SlotStale", "ControlRequests",
+    "Clients", "ClientsTotal", "Refills", "BadRequests", "BadFrees", "UptimeNs", "SlotRetries", "SlotStale", "ControlRequests",
     "ControlThrottled", "Limits", "Scavenger", "RPC",
 };
 static const char *const limit_keys[] = {"SoftLimit", "HardLimit", "Committed", "Released", "OvershootMax",
@@ -866,6 +866,54 @@ static void test_metrics(void)
     jfree(&s);
     run_free(&r);
     CU_ASSERT_EQUAL(holder_finish(&h), 0);
+    stop_clean(&d);
+}
+
+/* A process that frees badly: a double free, an interior pointer and a
+ * pointer outside the heap, then a bad free past the reports' rate limit
+ * (issue 12: reports are rate-limited, the count is not). */
+#define BAD_FREES 12
+static int bad_freer(void *arg)
+{
+    if (heapd_attach(arg) != 0)
+        return 10;
+    char *p = heapd_malloc(64), *q = heapd_malloc(64);
+    if (!p || !q)
+        return 11;
+    heapd_free(p);
+    heapd_free(p);                                 /* double free */
+    heapd_free(q + 8);                             /* not an object start */
+    static char outside;
+    for (int i = 0; i < BAD_FREES - 2; i++)
+        heapd_free(&outside);                      /* not in the heap, 10 times */
+    if (heapd_bad_frees() != BAD_FREES)
+        return 12;
+    heapd_free(q);
+    heapd_detach();                                /* flushes the counts */
+    return 0;
+}
+
+/* The bad frees a client detected reach stats, clients and metrics, once
+ * each, and stay in the totals after the process is gone. */
+static void test_bad_free_count(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "256MiB", NULL) == 0);
+    char ctl[256];
+    snprintf(ctl, sizeof(ctl), "%s.ctl", d.sock);
+    jv_t s;
+    CU_ASSERT_FATAL(get_stats(ctl, &s));
+    CU_ASSERT_EQUAL(ju(&s, "BadFrees"), 0);
+    jfree(&s);
+    CU_ASSERT_EQUAL(run_child(bad_freer, d.sock, 30), 0);
+    CU_ASSERT_FATAL(get_stats(ctl, &s));
+    CU_ASSERT_EQUAL(ju(&s, "BadFrees"), BAD_FREES);
+    jfree(&s);
+    run_out_t r;
+    HEAPCTL(&r, "--control", ctl, "metrics");
+    CU_ASSERT_EQUAL(r.code, 0);
+    CU_ASSERT_EQUAL(prom_value(r.out, "heapd_bad_frees_total"), (double)BAD_FREES);
+    run_free(&r);
     stop_clean(&d);
 }
 
@@ -1566,6 +1614,7 @@ static void register_stats_suite(void)
     CU_add_test(s, "stats: cross-process large objects, bytes balance after every round", test_stats_large_balance);
     CU_add_test(s, "clients: rows appear and disappear", test_clients_rows);
     CU_add_test(s, "metrics: exposition format, agrees with stats", test_metrics);
+    CU_add_test(s, "bad frees: counted in stats and metrics, reports rate-limited", test_bad_free_count);
     CU_add_test(s, "limit takes effect; scavenge; flush", test_limit_scavenge_flush);
     CU_add_test(s, "top: N rounds", test_top);
     CU_add_test(s, "bad input: one line, non-zero exit", test_bad_input);
