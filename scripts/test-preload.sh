@@ -230,17 +230,25 @@ fi
 # daemon must have refused and asked for memory back (pressure, flushes).
 start_daemon fleet --hard-limit 256MiB --memory-limit 192MiB
 cat > "$tmp/fleet.py" <<'EOF'
+import os, sys, time
 held = []
 try:
     while len(held) < 64:
         held.append(bytearray(1 << 20))
 except MemoryError:
     pass
+# hold what we got until all 8 have tried (or 30 s), so that they overlap
+d = sys.argv[1]
+open(os.path.join(d, "done.%d" % os.getpid()), "w").close()
+deadline = time.time() + 30
+while len(os.listdir(d)) < 8 and time.time() < deadline:
+    time.sleep(0.01)
 print(len(held) < 64)
 EOF
+mkdir -p "$tmp/fleet.done"
 fleet=()
 for i in 1 2 3 4 5 6 7 8; do
-    under $python "$tmp/fleet.py" > "$tmp/fleet.$i" 2>&1 &
+    under $python "$tmp/fleet.py" "$tmp/fleet.done" > "$tmp/fleet.$i" 2>&1 &
     fleet+=($!)
     pids+=($!)
 done
