@@ -25,12 +25,12 @@
  * rounds are interleaved (round 1 of every allocator and pattern, then round
  * 2, ...) and the table shows medians.
  *
- * Daemon waits: heapd has no per-allocation wait counter yet, so around each
- * heapd worker the bench reads the daemon's RPC books (heapctl stats --json,
- * "RPC") and reports Refill + AllocLarge calls (the synchronous RPCs an
- * allocation can wait on) per allocation the worker made (setup included),
- * and the daemon's handling time for them. A daemon that exports RefillWaits /
- * RefillWaitNs gets those read too.
+ * Daemon waits: around each heapd worker the bench reads heapctl stats
+ * --json: the RPC books (Refill + AllocLarge calls per allocation the worker
+ * made, setup included, and the daemon's handling time for them; a Refill
+ * sent ahead counts here though nobody waited for it) and RefillWaits /
+ * RefillWaitNs, the allocations that did block on the daemon and for how
+ * long, as the clients count them (issue 9).
  *
  * Output: a markdown table on stdout; with --data FILE the medians as a
  * tab-separated file; with --plot FILE.png a bar chart (gnuplot).

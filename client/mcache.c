@@ -68,7 +68,7 @@
  * (their CAS to FREED, found by the sweep of its kept spans), and refills in
  * batches (up to 256 KiB of spans). A kept full span costs nothing while its
  * object lives and is the cache of that size once it is freed, so large
- * classes keep more of them: clamp(16 MiB / span bytes, 4, 64). A freed one
+ * classes keep more of them: clamp(128 MiB / span bytes, 4, 128). A freed one
  * is not free of cost (its pages stay committed), so every
  * MC_LARGE_GC_BYTES of large-class allocation the cache trims them
  * (jemalloc's tcache GC; the interval grows to the live large-class bytes
@@ -128,7 +128,8 @@
 #define MC_REFILL_BYTES (256u << 10)
 #define MC_KEEP_BYTES (2u << 20)       /* full spans a class may keep, in bytes... */
 #define MC_KEEP_CAP 64u                 /* ...and in spans */
-#define MC_KEEP_LARGE_BYTES (16u << 20) /* full spans a large class may keep, in bytes (4..64 spans) */
+#define MC_KEEP_LARGE_CAP 128u          /* spans a large class may keep (live buffers cost nothing) */
+#define MC_KEEP_LARGE_BYTES (128u << 20) /* full spans a large class may keep, in bytes (4..128 spans) */
 #define MC_MAX_REFILLS 4                /* refills per slow path before giving up */
 #define MC_MAX_REWINDS 2                /* sweeps of the current span per slow path that found room */
 #define MC_AHEAD_STREAK 2               /* refills in a row before the class refills ahead */
@@ -145,7 +146,8 @@ _Static_assert(MC_BATCH_CAP <= HD_MAX_BATCH, "a batch fits one message");
 typedef struct mc_class {
     mc_span_t cur;                      /* the span allocations come from */
     uint32_t stash[MC_BATCH_CAP];       /* refilled spans not used yet (a stack) */
-    uint32_t full[MC_KEEP_CAP];         /* spans full at their last sweep, oldest first */
+    uint32_t full[MC_KEEP_LARGE_CAP];   /* spans full at their last sweep, oldest first
+                                           (small classes use MC_KEEP_CAP of them) */
     uint8_t nstash, nfull;
     uint8_t streak;                     /* refills in a row since the last flush */
     uint64_t ahead;                     /* token of the refill submitted ahead, 0: none */
@@ -167,6 +169,7 @@ typedef struct hd_mcache {
     uint64_t lbytes;                    /* large-class bytes allocated since the last trim */
     uint64_t gc_every;                  /* the next trim after this many (0: MC_LARGE_GC_BYTES) */
     uint32_t rclock;                    /* refills this cache made (its classes' clock) */
+    uint32_t kept[HD_NUM_LARGE_CLASSES][MC_KEEP_LARGE_CAP];   /* mc_release_ex's scratch */
     uint64_t lfreed;                    /* large-class bytes this thread freed since the last trim */
     uint64_t tight;                     /* bytes left of tight trimming (after a Flush) */
     uint64_t epoch;                     /* hdc_epoch when the cache last checked */
@@ -218,7 +221,7 @@ unsigned mc_keep_full(unsigned c)
     size_t bytes = hd_span_bytes(c);
     if (hd_is_lclass(c)) {
         size_t n = MC_KEEP_LARGE_BYTES / bytes;
-        return n < 4 ? 4 : n > MC_KEEP_CAP ? MC_KEEP_CAP : (unsigned)n;
+        return n < 4 ? 4 : n > MC_KEEP_LARGE_CAP ? MC_KEEP_LARGE_CAP : (unsigned)n;
     }
     size_t n = MC_KEEP_BYTES / bytes;
     return n < 1 ? 1 : n > MC_KEEP_CAP ? MC_KEEP_CAP : (unsigned)n;
@@ -514,7 +517,7 @@ void mc_stats_reset_locked(void)
 static void mc_release_ex(hd_mcache_t *mc, void (*send)(const uint32_t *ids, unsigned n), bool keep_live)
 {
     mc_relbuf_t rb = {.n = 0, .send = send};
-    uint32_t kept[HD_NUM_LARGE_CLASSES][MC_KEEP_CAP];
+    uint32_t (*kept)[MC_KEEP_LARGE_CAP] = mc->kept;
     uint8_t nkept[HD_NUM_LARGE_CLASSES] = {0};
     mc_account(mc);                  /* the current spans' allocations, before they go */
     mc_tiny_close(mc);
@@ -534,7 +537,7 @@ static void mc_release_ex(hd_mcache_t *mc, void (*send)(const uint32_t *ids, uns
         for (unsigned i = 0; i < k->nstash; i++)
             mc_rel_add(mc, &rb, k->stash[i]);
         for (unsigned i = 0; i < k->nfull; i++) {
-            if (keep && nkept[c - HD_FIRST_LARGE_CLASS] < MC_KEEP_CAP &&
+            if (keep && nkept[c - HD_FIRST_LARGE_CLASS] < MC_KEEP_LARGE_CAP &&
                 hd_obj_state(hd_states_of(&hdc_seg, k->full[i], c), 0) == HD_OBJ_ALLOCATED)
                 kept[c - HD_FIRST_LARGE_CLASS][nkept[c - HD_FIRST_LARGE_CLASS]++] = k->full[i];
             else

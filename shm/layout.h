@@ -38,7 +38,8 @@
  * |                               | anyone (CAS)      |                  | packing fetch_or (release); frees and     | owner's; of an ALLOCATED block anyone's|
  * |                               |                   |                  | closes CAS acq_rel                        | (CAS)                                  |
  * | cstats slot counters (its own | its client        | daemon           | relaxed, inside the slot's seq seqlock    | daemon gives the slot at Hello (owner) |
- * |  memfd, not in the heap)      |                   |                  |                                           |                                        |
+ * |  memfd, not in the heap; incl.|                   |                  |                                           |                                        |
+ * |  lclass_*, refill_wait*)      |                   |                  |                                           |                                        |
  * | cstats.seq                    | its client        | daemon           | odd + release fence, even release; the    | -                                      |
  * |                               |                   |                  | daemon loads acquire, fence, reloads      |                                        |
  * | cstats.owner                  | daemon            | daemon, heapctl  | release store at assign/retire            | assign: to the client at Hello;        |
@@ -58,7 +59,14 @@
  *                               FREE (after the sweep) and writes nothing.
  *   FREED -> FREE:              owner only (its sweep), acquire load then
  *                               plain store. Nobody else writes a FREED byte.
- *   ALLOCATED -> FREE:          owner only, by CAS (a local free; unused yet).
+ *   ALLOCATED -> FREE:          owner only, by CAS (the owner-local free of a
+ *                               large-class object by the thread whose current
+ *                               span it is: a CAS because a remote free may race
+ *                               it on the same byte; span.h hd_free_by).
+ * Large classes (68..87, sizeclasses.h) are spans of one object with one
+ * state byte: the same rules; their CENTRAL spans are the daemon's to sweep,
+ * free or hand out (docs/design.md "Large classes"). A free of one is the
+ * CAS above, never a message, so none is lost when a process dies.
  * So a "stale free bit" cannot exist: a free either lands on the allocation
  * it was meant for, or on a later allocation of the same slot at the moment
  * it runs (a double free after reuse frees the new object then; no allocator

@@ -393,6 +393,18 @@ static void test_prometheus(void)
     CU_ASSERT_EQUAL(prom_value(text, key), 60.0);
     CU_ASSERT_EQUAL(prom_value(text, "heapd_spans{state=\"large\"}"), 1.0);
     CU_ASSERT_EQUAL(prom_value(text, "heapd_rpc_requests_total{type=\"refill\"}"), 1.0);
+    /* refill waits: what the slots say, the time in seconds */
+    hd_cstats_t *cs = &D->seg.view.cstats[t.slot];
+    uint64_t q = hd_cstats_begin(cs);
+    hd_cstats_add(&cs->refill_waits, 4);
+    hd_cstats_add(&cs->refill_wait_ns, 3000000000ull);
+    hd_cstats_end(cs, q);
+    mstats_read(D, &m);
+    free(text);
+    text = mstats_prometheus(&m, &len);
+    CU_ASSERT_FATAL(text != NULL);
+    CU_ASSERT_EQUAL(prom_value(text, "heapd_refill_waits_total"), 4.0);
+    CU_ASSERT_EQUAL(prom_value(text, "heapd_refill_wait_seconds_total"), 3.0);
     /* the memory classes add up to the total */
     double sum = prom_value(text, "heapd_memory_classes_heap_objects_bytes") +
                  prom_value(text, "heapd_memory_classes_heap_unused_bytes") +
