@@ -248,23 +248,27 @@ static void *pl_alloc_aligned(size_t align, size_t n)
  * never write or free what they inherit.
  */
 static int pl_fork_pipe[2] = {-1, -1};
+static bool pl_fork_copy;                   /* this fork copies (glibc runs one fork's handlers at a time) */
 
 static void pl_fork_prepare(void)
 {
-    if (atomic_load(&pl_mode) == PL_HEAP && !pl_fork_share && pipe2(pl_fork_pipe, O_CLOEXEC) < 0)
-        pl_fork_pipe[0] = pl_fork_pipe[1] = -1;
+    pl_fork_copy = atomic_load(&pl_mode) == PL_HEAP && !pl_fork_share;
+    if (pl_fork_copy && pipe2(pl_fork_pipe, O_CLOEXEC) < 0)
+        pl_fork_pipe[0] = pl_fork_pipe[1] = -1;   /* no fds: the child copies while the parent goes on */
 }
 
 static void pl_fork_parent(void)
 {
     if (pl_fork_pipe[0] < 0)
         return;
+    int e = errno;                           /* fork's, when it failed (then EOF at once) */
     close(pl_fork_pipe[1]);
     char c;
     while (read(pl_fork_pipe[0], &c, 1) < 0 && errno == EINTR)
         ;                                    /* EOF too: the child died */
     close(pl_fork_pipe[0]);
     pl_fork_pipe[0] = pl_fork_pipe[1] = -1;
+    errno = e;
 }
 
 /* An anonymous private region at a kernel-chosen address, to be moved over
@@ -321,9 +325,10 @@ static bool pl_privatize(void)
 
 static void pl_fork_child(void)
 {
-    if (pl_fork_pipe[1] < 0)
+    if (!pl_fork_copy)
         return;
-    close(pl_fork_pipe[0]);
+    if (pl_fork_pipe[0] >= 0)
+        close(pl_fork_pipe[0]);
     if (!pl_privatize()) {
         static const char m[] = "heapd: fork: cannot copy the heap into the child: aborting\n";
         (void)!write(2, m, sizeof m - 1);
@@ -331,8 +336,10 @@ static void pl_fork_child(void)
     }
     atomic_store(&hdc_state, HDC_DEAD);      /* the connection is the parent's; no reconnect */
     atomic_store(&pl_mode, PL_COPY);
-    (void)!write(pl_fork_pipe[1], "", 1);
-    close(pl_fork_pipe[1]);
+    if (pl_fork_pipe[1] >= 0) {
+        (void)!write(pl_fork_pipe[1], "", 1);
+        close(pl_fork_pipe[1]);
+    }
     pl_fork_pipe[0] = pl_fork_pipe[1] = -1;
 }
 
