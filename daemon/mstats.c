@@ -209,34 +209,62 @@ bool mstats_slot_read(daemon_t *d, uint32_t slot, mstats_counters_t *out)
 static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 static uint64_t sub0(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
 
-/* A slot is its client's word, and the heap memfd is writable by every
- * client: before a slot's counters go into the retired totals for good, cut
- * what it could not have reached. When its lease ends, the objects it
- * allocated and did not free are still live, in pages in use: its net live
- * bytes (allocations minus frees) cannot exceed the pages in use now, so
- * allocations beyond that are dropped, large bytes first, then the largest
- * classes. Frees beyond allocations are legitimate (it freed what others
- * allocated); the totals' own clamp (mstats_read) bounds those. */
-static void clamp_retired(const daemon_t *d, mstats_counters_t *c)
+static uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+static uint64_t sat_mul(uint64_t a, uint64_t b) { return b && a > UINT64_MAX / b ? UINT64_MAX : a * b; }
+
+/* Bytes a slot says were allocated and freed (saturating: a slot may say anything). */
+static void slot_bytes(const mstats_counters_t *c, uint64_t *ab, uint64_t *fb)
 {
-    uint64_t bound = hd_book(&d->seg.hdr->pages_inuse) * HD_PAGE_SIZE, live = 0;
-    live += sub0(c->large_alloc_bytes, c->large_free_bytes);
+    uint64_t a = c->large_alloc_bytes, f = c->large_free_bytes;
     for (unsigned k = 1; k < HD_NUM_SIZE_CLASSES; k++) {
-        uint64_t net = sub0(c->small_allocs[k], c->small_frees[k]);
-        live = net > (UINT64_MAX - live) / hd_class_to_size[k] ? UINT64_MAX : live + net * hd_class_to_size[k];
+        a = sat_add(a, sat_mul(c->small_allocs[k], hd_class_to_size[k]));
+        f = sat_add(f, sat_mul(c->small_frees[k], hd_class_to_size[k]));
     }
+    *ab = a;
+    *fb = f;
+}
+
+/* A slot is its client's word, and (before the per-client memfds, and still
+ * for its own slot) a client can write any value into it: before a slot's
+ * counters go into the retired totals for good, cut what the heap could not
+ * have reached. Objects are freed where the free happens, so one process's
+ * allocations may be freed by another (a producer's by its consumer): the
+ * bound is on everything counted, not on one slot. After the slot is added,
+ * the retired net live bytes (allocations minus frees of every retired
+ * client) can be at most what is still in pages in use, plus what live
+ * clients have freed so far (those frees are not retired yet). Allocations
+ * beyond that are dropped from this slot, large bytes first, then the
+ * largest classes. */
+static void clamp_retired(const daemon_t *d, uint32_t slot, mstats_counters_t *c)
+{
+    const mstats_state_t *ms = &d->ms;
+    uint64_t ra, rf, ca, cf;
+    slot_bytes(&ms->retired, &ra, &rf);
+    slot_bytes(c, &ca, &cf);
+    uint64_t bound = sat_mul(hd_book(&d->seg.hdr->pages_inuse), HD_PAGE_SIZE);
+    for (const client_t *cl = d->clients; cl; cl = cl->next) {
+        mstats_counters_t o;
+        uint64_t oa, of;
+        if (!cl->stat_slot || cl->stat_slot == slot)
+            continue;
+        hd_cstats_copy(slot_at((daemon_t *)d, cl->stat_slot), &o);
+        slot_bytes(&o, &oa, &of);
+        bound = sat_add(bound, of);
+    }
+    uint64_t a = sat_add(ra, ca), f = sat_add(rf, cf);
+    uint64_t live = sub0(a, f);
     if (live <= bound)
         return;
-    uint64_t excess = live - bound, cut = min64(excess, sub0(c->large_alloc_bytes, c->large_free_bytes));
+    uint64_t excess = live - bound, cut = min64(excess, c->large_alloc_bytes);
     c->large_alloc_bytes -= cut;
     excess -= cut;
     if (c->large_allocs > c->large_frees + c->large_alloc_bytes / HD_PAGE_SIZE)
         c->large_allocs = c->large_frees + c->large_alloc_bytes / HD_PAGE_SIZE;
     for (unsigned k = HD_NUM_SIZE_CLASSES - 1; k >= 1 && excess; k--) {
-        uint64_t sz = hd_class_to_size[k], net = sub0(c->small_allocs[k], c->small_frees[k]);
-        uint64_t n = min64(net, excess / sz + (excess % sz != 0));
+        uint64_t sz = hd_class_to_size[k];
+        uint64_t n = min64(c->small_allocs[k], excess / sz + (excess % sz != 0));
         c->small_allocs[k] -= n;
-        excess = sub0(excess, n * sz);
+        excess = sub0(excess, sat_mul(n, sz));
     }
 }
 
@@ -248,7 +276,7 @@ void mstats_slot_retire(daemon_t *d, uint32_t slot)
     mstats_counters_t c;
     if (!mstats_slot_read(d, slot, &c))
         hd_cstats_copy(slot_at(d, slot), &c);  /* it died mid-update: its latest values are the best */
-    clamp_retired(d, &c);
+    clamp_retired(d, slot, &c);
     add_counters(&ms->retired, &c, false);
     hd_cstats_retire(slot_at(d, slot));
     slot_unmap(ms, slot);

@@ -394,7 +394,7 @@ static void test_prometheus(void)
     CU_ASSERT_EQUAL(prom_value(text, "heapd_spans{state=\"large\"}"), 1.0);
     CU_ASSERT_EQUAL(prom_value(text, "heapd_rpc_requests_total{type=\"refill\"}"), 1.0);
     /* refill waits: what the slots say, the time in seconds */
-    hd_cstats_t *cs = &D->seg.view.cstats[t.slot];
+    hd_cstats_t *cs = mstats_slot_map(D, t.slot);
     uint64_t q = hd_cstats_begin(cs);
     hd_cstats_add(&cs->refill_waits, 4);
     hd_cstats_add(&cs->refill_wait_ns, 3000000000ull);
