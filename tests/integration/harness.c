@@ -363,3 +363,22 @@ int become_nobody(void)
         return -1;
     return getuid() == NOBODY && geteuid() == NOBODY ? 0 : -1;
 }
+
+/* One request on an attached raw connection: 0 for Ack, the daemon's errno
+ * for an Error, -1 for no reply or another reply. */
+int raw_request(int conn, Heapd__ClientMsg *m, unsigned timeout_ms)
+{
+    uint8_t out[512], in[4096];
+    size_t n = heapd__client_msg__pack(m, out);
+    ssize_t r = raw_call(conn, out, n, in, sizeof(in), timeout_ms);
+    if (r <= 0)
+        return -1;
+    Heapd__DaemonMsg *rep = heapd__daemon_msg__unpack(NULL, (size_t)r, in);
+    if (!rep)
+        return -1;
+    int ret = rep->body_case == HEAPD__DAEMON_MSG__BODY_ACK     ? 0
+              : rep->body_case == HEAPD__DAEMON_MSG__BODY_ERROR ? rep->error->err
+                                                                : -1;
+    heapd__daemon_msg__free_unpacked(rep, NULL);
+    return ret;
+}

@@ -73,6 +73,11 @@ struct Heapdctl__ControlReply *ctl_recv(int fd, unsigned timeout_ms);
 #define NOBODY 65534u
 int become_nobody(void);
 
+/* One request on an attached raw connection (a packed Heapd__ClientMsg):
+ * 0 for Ack, the daemon's errno for an Error, -1 for no reply or another. */
+struct Heapd__ClientMsg;
+int raw_request(int conn, struct Heapd__ClientMsg *m, unsigned timeout_ms);
+
 void harness_cleanup(void);
 
 #endif

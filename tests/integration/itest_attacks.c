@@ -37,25 +37,6 @@
 #define F_SEAL_EXEC 0x0020
 #endif
 
-/* One request on an attached raw connection: 0 for Ack, the daemon's errno
- * for an Error, -1 for no reply or another reply. */
-static int raw_request(int conn, Heapd__ClientMsg *m, unsigned timeout_ms)
-{
-    uint8_t out[512], in[4096];
-    size_t n = heapd__client_msg__pack(m, out);
-    ssize_t r = raw_call(conn, out, n, in, sizeof(in), timeout_ms);
-    if (r <= 0)
-        return -1;
-    Heapd__DaemonMsg *rep = heapd__daemon_msg__unpack(NULL, (size_t)r, in);
-    if (!rep)
-        return -1;
-    int ret = rep->body_case == HEAPD__DAEMON_MSG__BODY_ACK     ? 0
-              : rep->body_case == HEAPD__DAEMON_MSG__BODY_ERROR ? rep->error->err
-                                                                : -1;
-    heapd__daemon_msg__free_unpacked(rep, NULL);
-    return ret;
-}
-
 static int raw_scavenge(int conn, uint64_t seq)
 {
     Heapd__Scavenge sc = HEAPD__SCAVENGE__INIT;

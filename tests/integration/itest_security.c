@@ -55,19 +55,8 @@ static int raw_set_limit(const char *sock)
     m.seq = 2;
     m.body_case = HEAPD__CLIENT_MSG__BODY_SET_LIMIT;
     m.set_limit = &sl;
-    uint8_t out[256], in[4096];
-    size_t n = heapd__client_msg__pack(&m, out);
-    ssize_t r = raw_call(fd, out, n, in, sizeof(in), 5000);
+    int ret = raw_request(fd, &m, 5000);
     close(fd);
-    if (r <= 0)
-        return -1;
-    Heapd__DaemonMsg *rep = heapd__daemon_msg__unpack(NULL, (size_t)r, in);
-    if (!rep)
-        return -1;
-    int ret = rep->body_case == HEAPD__DAEMON_MSG__BODY_ACK     ? 0
-              : rep->body_case == HEAPD__DAEMON_MSG__BODY_ERROR ? rep->error->err
-                                                                : -1;
-    heapd__daemon_msg__free_unpacked(rep, NULL);
     return ret;
 }
 
