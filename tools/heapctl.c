@@ -430,6 +430,17 @@ static void json_string(const char *s)
 
 static const Heapdctl__LimitState no_limits = HEAPDCTL__LIMIT_STATE__INIT;
 
+/* One BySize row of `heapctl stats` (classes with nothing to show are left out). */
+static void print_class_row(const Heapdctl__SizeClassStats *c)
+{
+    if (!c->mallocs && !c->frees && !c->spans_central)
+        return;
+    uint64_t live = c->mallocs > c->frees ? c->mallocs - c->frees : 0;
+    printf("  %5u %6u %12llu %12llu %12llu %14llu %8llu\n", c->size_class, c->size,
+           (unsigned long long)c->mallocs, (unsigned long long)c->frees, (unsigned long long)live,
+           (unsigned long long)(live * c->size), (unsigned long long)c->spans_central);
+}
+
 static int cmd_stats(bool json)
 {
     Heapdctl__ControlReply *r = call_body(HEAPDCTL__CONTROL_REQUEST__BODY_STATS, HEAPDCTL__CONTROL_REPLY__BODY_STATS);
@@ -479,24 +490,10 @@ static int cmd_stats(bool json)
             print_field_text(s, &go_fields[i], "");
         printf("BySize:\n  %5s %6s %12s %12s %12s %14s %8s\n", "class", "size", "mallocs", "frees", "live",
                "live bytes", "central");
-        for (size_t i = 0; i < s->n_by_size; i++) {
-            const Heapdctl__SizeClassStats *c = s->by_size[i];
-            if (!c->mallocs && !c->frees && !c->spans_central)
-                continue;
-            uint64_t live = c->mallocs > c->frees ? c->mallocs - c->frees : 0;
-            printf("  %5u %6u %12llu %12llu %12llu %14llu %8llu\n", c->size_class, c->size,
-                   (unsigned long long)c->mallocs, (unsigned long long)c->frees, (unsigned long long)live,
-                   (unsigned long long)(live * c->size), (unsigned long long)c->spans_central);
-        }
-        for (size_t i = 0; i < s->n_large_by_size; i++) {
-            const Heapdctl__SizeClassStats *c = s->large_by_size[i];
-            if (!c->mallocs && !c->frees && !c->spans_central)
-                continue;
-            uint64_t live = c->mallocs > c->frees ? c->mallocs - c->frees : 0;
-            printf("  %5u %6u %12llu %12llu %12llu %14llu %8llu\n", c->size_class, c->size,
-                   (unsigned long long)c->mallocs, (unsigned long long)c->frees, (unsigned long long)live,
-                   (unsigned long long)(live * c->size), (unsigned long long)c->spans_central);
-        }
+        for (size_t i = 0; i < s->n_by_size; i++)
+            print_class_row(s->by_size[i]);
+        for (size_t i = 0; i < s->n_large_by_size; i++)      /* the large classes, same columns */
+            print_class_row(s->large_by_size[i]);
         printf("heapd:\n");
         for (size_t i = 0; i < NF(heapd_fields); i++)
             print_field_text(s, &heapd_fields[i], "  ");
