@@ -382,3 +382,17 @@ int raw_request(int conn, Heapd__ClientMsg *m, unsigned timeout_ms)
     heapd__daemon_msg__free_unpacked(rep, NULL);
     return ret;
 }
+
+const char *proc_stat_fields(pid_t pid, char *buf, size_t len)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t n = fread(buf, 1, len - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *e = strrchr(buf, ')');      /* the command name may hold anything */
+    return e && e[1] == ' ' ? e + 2 : NULL;
+}

@@ -78,6 +78,10 @@ int become_nobody(void);
 struct Heapd__ClientMsg;
 int raw_request(int conn, struct Heapd__ClientMsg *m, unsigned timeout_ms);
 
+/* The fields of /proc/pid/stat after the command name (from the state
+ * letter on), read into buf; NULL when the process is gone. */
+const char *proc_stat_fields(pid_t pid, char *buf, size_t len);
+
 void harness_cleanup(void);
 
 #endif

@@ -219,16 +219,9 @@ static pid_t start_proc(int (*body)(void *), lease_args_t *a, int *to, int *from
 /* The process's state letter in /proc/pid/stat ('T' when stopped). */
 static char proc_state(pid_t pid)
 {
-    char path[64], buf[512];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *e = strrchr(buf, ')');
-    return e && e[1] == ' ' ? e[2] : 0;
+    char buf[512];
+    const char *p = proc_stat_fields(pid, buf, sizeof(buf));
+    return p ? p[0] : 0;
 }
 
 /* The newest client row of pid in the daemon's Clients reply: its id and

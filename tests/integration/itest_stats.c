@@ -1243,18 +1243,11 @@ static uint64_t timed_rpcs(const char *sock)
 /* utime + stime of a process, in clock ticks. */
 static uint64_t cpu_ticks(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')');      /* fields after the command name */
+    char buf[1024];
+    const char *p = proc_stat_fields(pid, buf, sizeof(buf));
     unsigned long long ut = 0, st = 0;
     if (p)
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st);
+        sscanf(p, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st);
     return ut + st;
 }
 
