@@ -101,6 +101,7 @@ typedef struct wresult {
     uint64_t ops, allocs;
     double t0, t1;
     int failed;
+    _Atomic uint64_t live;          /* buffer-pool, heapd: bytes this worker holds, per batch */
 } wresult_t;
 
 /* Shared by the K workers (an anonymous shared mapping: threads and forked
@@ -110,6 +111,9 @@ typedef struct run {
     _Atomic int go;
     _Alignas(64) wresult_t res[MAX_K];
     _Atomic(void *) *ring;          /* prod/cons: RING_SLOTS slots, NULL = empty */
+    /* buffer-pool, heapd: the peaks, sampled after every batch of 256 ops
+     * (worker 0 samples; in_use0 is the heap's pages in spans before the setup) */
+    uint64_t in_use0, peak_live, peak_spans;
 } run_t;
 
 typedef struct wctx {
@@ -180,18 +184,53 @@ static double barrier(run_t *r)
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* larson, buffer-pool, pareto: free a random slot, allocate into it. */
-INLINE int run_slots(wctx_t *w, unsigned nslots, alloc_fn A, free_fn F)
+/* heapd's pages in spans, all processes (0: not attached). */
+static uint64_t heapd_in_use(void)
+{
+    struct heapd_stats st;
+    return heapd_stats(&st, sizeof st) == 0 ? st.in_use_bytes : 0;
+}
+
+/* Buffer-pool under heapd, after a batch: publish this worker's live bytes;
+ * worker 0 samples the heap's pages in spans (beyond what it had before the
+ * setup) and all workers' live bytes, and keeps the peaks. The page count
+ * moves only at refills and releases, so a sample per batch misses little. */
+static void pool_sample(wctx_t *w, uint64_t live)
+{
+    run_t *r = w->run;
+    atomic_store_explicit(&r->res[w->idx].live, live, memory_order_relaxed);
+    if (w->idx != 0)
+        return;
+    uint64_t all = 0, spans = heapd_in_use();
+    for (unsigned i = 0; i < w->c->k; i++)
+        all += atomic_load_explicit(&r->res[i].live, memory_order_relaxed);
+    spans = spans > r->in_use0 ? spans - r->in_use0 : 0;
+    r->peak_live = all > r->peak_live ? all : r->peak_live;
+    r->peak_spans = spans > r->peak_spans ? spans : r->peak_spans;
+}
+
+/* larson, buffer-pool, pareto: free a random slot, allocate into it. With
+ * sample (heapd's buffer-pool): the sizes of the slots are kept, and
+ * pool_sample runs after every batch. */
+INLINE int run_slots(wctx_t *w, unsigned nslots, alloc_fn A, free_fn F, bool sample)
 {
     wresult_t *res = &w->run->res[w->idx];
     uint64_t s = 0x2545f4914f6cdd1dull + w->idx;
+    uint32_t size_of[64];            /* sample: the size in each slot (buffer-pool: 64 slots) */
+    uint64_t live = 0;
+    sample = sample && nslots <= 64;
     for (unsigned i = 0; i < nslots; i++) {
-        char *o = A(w->sizes[xs_next(&s) % NSIZE_TABLE]);
+        uint32_t n = w->sizes[xs_next(&s) % NSIZE_TABLE];
+        char *o = A(n);
         if (!o)
             return -1;
         *(volatile char *)o = (char)i;
         w->slots[i] = o;
+        if (sample)
+            size_of[i] = n, live += n;
     }
+    if (sample)
+        pool_sample(w, live);
     res->allocs = nslots;
     double t0 = barrier(w->run), t1 = t0;
     uint64_t ops = 0;
@@ -200,12 +239,17 @@ INLINE int run_slots(wctx_t *w, unsigned nslots, alloc_fn A, free_fn F)
             uint64_t r = xs_next(&s);
             unsigned i = (unsigned)((r >> 32) % nslots);
             F(w->slots[i]);
-            char *o = A(w->sizes[r % NSIZE_TABLE]);
+            uint32_t n = w->sizes[r % NSIZE_TABLE];
+            char *o = A(n);
             if (__builtin_expect(!o, 0))
                 return -1;
             *(volatile char *)o = (char)k;
             w->slots[i] = o;
+            if (sample)
+                live += (uint64_t)n - size_of[i], size_of[i] = n;
         }
+        if (sample)
+            pool_sample(w, live);
         ops += 256;
         t1 = now_s();
     } while (t1 - t0 < w->max_s);
@@ -315,7 +359,7 @@ INLINE int run_consumer(wctx_t *w, free_fn F)
 }
 
 /* One body per allocator family: direct calls, as any program makes them. */
-#define DEFINE_BODY(NAME, ALLOC, FREE)                                                        \
+#define DEFINE_BODY(NAME, ALLOC, FREE, SAMPLE)                                                \
     static int NAME(wctx_t *w)                                                                \
     {                                                                                         \
         unsigned nslots = setup_sizes(w);                                                     \
@@ -325,14 +369,14 @@ INLINE int run_consumer(wctx_t *w, free_fn F)
         case P_FAST:                                                                          \
             return run_fast(w, ALLOC, FREE);                                                  \
         default:                                                                              \
-            return run_slots(w, nslots, ALLOC, FREE);                                         \
+            return run_slots(w, nslots, ALLOC, FREE, SAMPLE && w->c->pat == P_POOL);          \
         }                                                                                     \
     }
 
-DEFINE_BODY(body_malloc, malloc, free)
-DEFINE_BODY(body_heapd, heapd_malloc, heapd_free)
+DEFINE_BODY(body_malloc, malloc, free, false)
+DEFINE_BODY(body_heapd, heapd_malloc, heapd_free, true)
 #ifdef HEAPD_BENCH_BIP
-DEFINE_BODY(body_bip, bip_malloc, bip_free)
+DEFINE_BODY(body_bip, bip_malloc, bip_free, false)
 #endif
 
 static int (*body)(wctx_t *);
@@ -352,6 +396,8 @@ static int worker_run(const bcase_t *c, double max_s, bool procs, alloc_fn share
     run_t *r = mmap(NULL, sizeof(*r), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (r == MAP_FAILED)
         return 1;
+    if (body == body_heapd && c->pat == P_POOL)
+        r->in_use0 = heapd_in_use();
     if (c->pat == P_PC) {
         size_t bytes = RING_SLOTS * sizeof(void *);
         r->ring = shared_alloc ? shared_alloc(bytes) : malloc(bytes);
@@ -417,7 +463,8 @@ static int worker_run(const bcase_t *c, double max_s, bool procs, alloc_fn share
     }
     if (r->ring)
         (shared_free ? shared_free : free)((void *)r->ring);
-    printf("R %" PRIu64 " %.6f %" PRIu64 "\n", ops, t1 - t0, allocs);
+    printf("R %" PRIu64 " %.6f %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", ops, t1 - t0, allocs, r->peak_live,
+           r->peak_spans);
     fflush(stdout);
     return 0;
 }
@@ -502,10 +549,11 @@ static double mops[NCASES][NALLOC][BENCH_MAX_ROUNDS];      /* <= 0: not measured
 static double rpc_frac[NCASES][BENCH_MAX_ROUNDS], rpc_ms[NCASES][BENCH_MAX_ROUNDS];
 static double rpc_n[NCASES][BENCH_MAX_ROUNDS], allocs_n[NCASES][BENCH_MAX_ROUNDS];
 static double wait_frac[NCASES][BENCH_MAX_ROUNDS], wait_ms[NCASES][BENCH_MAX_ROUNDS];
+static double peak_live[NCASES][BENCH_MAX_ROUNDS], peak_spans[NCASES][BENCH_MAX_ROUNDS];   /* buffer-pool, MiB */
 static bool alloc_ok[NALLOC];
 
 typedef struct line_ctx {
-    uint64_t ops, allocs;
+    uint64_t ops, allocs, peak_live, peak_spans;
     double secs;
     bool got;
 } line_ctx_t;
@@ -513,7 +561,8 @@ typedef struct line_ctx {
 static void on_line(void *arg, const char *text)
 {
     line_ctx_t *l = arg;
-    if (sscanf(text, "R %" SCNu64 " %lf %" SCNu64, &l->ops, &l->secs, &l->allocs) == 3 && l->secs > 0)
+    if (sscanf(text, "R %" SCNu64 " %lf %" SCNu64 " %" SCNu64 " %" SCNu64, &l->ops, &l->secs, &l->allocs,
+               &l->peak_live, &l->peak_spans) == 5 && l->secs > 0)
         l->got = true;
 }
 
@@ -692,6 +741,10 @@ int main(int argc, char **argv)
                     continue;
                 }
                 mops[i][a][r] = (double)l.ops / l.secs / 1e6;
+                if (a == A_HEAPD && l.peak_live) {
+                    peak_live[i][r] = (double)l.peak_live / 1048576.0;
+                    peak_spans[i][r] = (double)l.peak_spans / 1048576.0 + 1e-9;
+                }
                 if (a == A_HEAPD) {
                     books_t b1 = books_read(ctl);
                     if (b0.ok && b1.ok && l.allocs) {
@@ -748,6 +801,25 @@ int main(int argc, char **argv)
         if (probe.has_waits)
             printf(" %s | %s |", wf, wm);
         printf("\n");
+    }
+
+    printf("\nheapd on the buffer-pool pattern: peak bytes the workers held (live, sampled after every batch\n"
+           "of 256 ops) and the heap's peak pages in spans beyond those before the worker started (spans\n"
+           "cached by the workers, live or free, and spans in the daemon's central lists); medians of %u rounds\n\n",
+           (unsigned)rounds);
+    printf("| pattern | K | peak live MiB | peak pages in spans MiB | spans / live |\n|---|---:|---:|---:|---:|\n");
+    for (unsigned i = 0; i < NCASES; i++) {
+        if (cases[i].pat != P_POOL)
+            continue;
+        char pl[32], ps[32], ra[32];
+        double l = median(peak_live[i], (unsigned)rounds), sp = median(peak_spans[i], (unsigned)rounds);
+        double ratio[BENCH_MAX_ROUNDS];
+        for (unsigned r = 0; r < rounds; r++)
+            ratio[r] = peak_live[i][r] > 0 ? peak_spans[i][r] / peak_live[i][r] : -1;
+        fmt_val(pl, sizeof(pl), l, "%.1f");
+        fmt_val(ps, sizeof(ps), sp, "%.1f");
+        fmt_val(ra, sizeof(ra), median(ratio, (unsigned)rounds), "%.2fx");
+        printf("| %s | %u | %s | %s | %s |\n", cases[i].name, cases[i].k, pl, ps, ra);
     }
 
     if (data)

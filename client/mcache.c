@@ -141,6 +141,8 @@
                                            bytes: a trim at every allocation, no free span kept,
                                            no refill ahead */
 #define MC_LARGE_FREE_BYTES (4u << 20)  /* free large-class spans a cache keeps past a trim, beyond idle classes */
+#define MC_LARGE_PERIOD 512u            /* trims per period: at its end a large class's allowance sheds
+                                           half of what stayed unused all period */
 _Static_assert(MC_BATCH_CAP <= HD_MAX_BATCH, "a batch fits one message");
 
 typedef struct mc_class {
@@ -155,6 +157,8 @@ typedef struct mc_class {
     uint32_t last_refill;               /* ...and at this class's last refill */
     uint32_t gc_allocs;                 /* large classes: allocations since the last trim */
     uint32_t gc_prev;                   /* ...and in the interval before */
+    uint16_t want;                      /* large classes: spans (live + free) the trim lets it hold */
+    uint16_t unused;                    /* ...the fewest of them a trim of this period found unused */
 } mc_class_t;
 
 typedef struct hd_mcache {
@@ -171,6 +175,9 @@ typedef struct hd_mcache {
     uint32_t rclock;                    /* refills this cache made (its classes' clock) */
     uint32_t kept[HD_NUM_LARGE_CLASSES][MC_KEEP_LARGE_CAP];   /* mc_release_ex's scratch */
     uint64_t lfreed;                    /* large-class bytes this thread freed since the last trim */
+    uint64_t lpeak;                     /* live large-class bytes, high-water (decays each period) */
+    uint64_t lhigh;                     /* ...and in this period */
+    uint32_t period;                    /* trims in this period (MC_LARGE_PERIOD) */
     uint64_t tight;                     /* bytes left of tight trimming (after a Flush) */
     uint64_t epoch;                     /* hdc_epoch when the cache last checked */
     uint64_t flush_gen;                 /* tp_flush_gen when the cache last checked */
@@ -331,8 +338,11 @@ static void mc_reset(hd_mcache_t *mc)
         k->nstash = k->nfull = k->streak = 0;
         k->ahead = 0;
         k->gc_allocs = k->gc_prev = 0;
+        k->want = 0;
+        k->unused = UINT16_MAX;
     }
-    mc->lbytes = mc->tight = mc->gc_every = mc->lfreed = 0;
+    mc->lbytes = mc->tight = mc->gc_every = mc->lfreed = mc->lpeak = mc->lhigh = 0;
+    mc->period = 0;
     mc->tiny = 0;
     mc->tiny_off = 0;
     mc->tiny_words = NULL;
@@ -976,7 +986,9 @@ void *mc_alloc_tiny(size_t size, size_t align, bool zero)
 /* ---- large ----------------------------------------------------------------------------- */
 
 /* Release the free spans of large class c beyond the first `keep` (the
- * stash first: never used); returns the bytes of free spans it kept. */
+ * stash first: never used; then cur, whose object the program may have
+ * freed since it was allocated; then the kept full spans); returns the
+ * bytes of free spans it kept. */
 static uint64_t mc_trim_class(hd_mcache_t *mc, mc_relbuf_t *rb, unsigned c, unsigned keep)
 {
     if (!hd_is_lclass(c))
@@ -985,6 +997,14 @@ static uint64_t mc_trim_class(hd_mcache_t *mc, mc_relbuf_t *rb, unsigned c, unsi
     while (k->nstash > keep)
         mc_rel_add(mc, rb, k->stash[--k->nstash]);
     unsigned kept = k->nstash;
+    uint32_t cur = k->cur.id;
+    if (cur != HD_NO_SPAN && !mc_still_ours(cur)) {
+        mc_span_clear(&k->cur);      /* not ours any more: forget it */
+    } else if (cur != HD_NO_SPAN && mc_lspan_free(&hdc_seg, cur, c) && kept++ >= keep) {
+        mc_rel_add(mc, rb, cur);
+        mc_span_clear(&k->cur);
+        kept--;
+    }
     for (unsigned i = 0; i < k->nfull; i++) {
         uint32_t id = k->full[i];
         bool drop = !mc_still_ours(id);
@@ -1003,37 +1023,74 @@ static uint64_t mc_trim_class(hd_mcache_t *mc, mc_relbuf_t *rb, unsigned c, unsi
 }
 
 /* The trim (see the top): a class idle for two intervals gives back every
- * free span (and what is on its way); when the free spans kept still pass
- * MC_LARGE_FREE_BYTES, each class keeps only twice its recent demand. Kept
+ * free span (and what is on its way); an active class keeps free spans up
+ * to its allowance `want` (live + free spans), which grows to what the class
+ * held (it held no more than it needed: free spans are reused before a
+ * refill) and, at the end of each period of MC_LARGE_PERIOD trims, sheds
+ * half of the fewest spans of it that a trim of the period found unused
+ * (jemalloc's low-water GC: what the period never needed). Then the budget:
+ * the large classes hold at most twice their recent live high-water (live +
+ * free), and at least MC_LARGE_FREE_BYTES free; what passes it goes back,
+ * the biggest spans first. After a Flush (tight) nothing free is kept. Kept
  * spans whose object lives stay: they cost nothing. */
 static void mc_large_trim(hd_mcache_t *mc)
 {
     mc_relbuf_t rb = {.n = 0};
-    uint64_t free_bytes = 0, held = 0;
+    uint64_t free_bytes = 0, live = 0;
+    bool period_end = ++mc->period >= MC_LARGE_PERIOD;
     for (unsigned c = HD_FIRST_LARGE_CLASS; c < HD_NUM_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
-        if (k->gc_allocs || k->gc_prev) {
-            free_bytes += mc_trim_class(mc, &rb, c, UINT32_MAX);   /* count only */
-            held += (uint64_t)(k->nfull + k->nstash) * hd_span_bytes(c);
+        if (mc->tight || !(k->gc_allocs || k->gc_prev)) {
+            mc_trim_class(mc, &rb, c, 0);
+            k->want = 0;
+            k->unused = UINT16_MAX;
+            if (!(k->gc_allocs || k->gc_prev)) {
+                k->streak = 0;       /* it starts slow again */
+                if (k->ahead)
+                    tp_refill_cancel(k->ahead);
+                k->ahead = 0;
+            }
             continue;
         }
-        mc_trim_class(mc, &rb, c, 0);
-        k->streak = 0;               /* it starts slow again */
-        if (k->ahead)
-            tp_refill_cancel(k->ahead);
-        k->ahead = 0;
+        uint64_t size = hd_cls_size(c);
+        unsigned nfree = (unsigned)(mc_trim_class(mc, &rb, c, UINT32_MAX) / size);   /* count only */
+        unsigned held = (k->cur.id != HD_NO_SPAN) + k->nstash + k->nfull;
+        unsigned inuse = held - nfree;
+        unsigned want = held > k->want ? held : k->want;
+        if (want - inuse < k->unused)
+            k->unused = (uint16_t)(want - inuse);
+        if (period_end) {
+            want -= k->unused / 2u;
+            k->unused = UINT16_MAX;
+        }
+        k->want = (uint16_t)(want > UINT16_MAX ? UINT16_MAX : want);
+        unsigned keep = k->want > inuse ? k->want - inuse : 0;
+        free_bytes += nfree > keep ? mc_trim_class(mc, &rb, c, keep) : (uint64_t)nfree * size;
+        live += (uint64_t)inuse * size;
     }
-    /* the budget: MC_LARGE_FREE_BYTES, or as much as the live large-class
-     * objects of active classes (a pool's count per size wanders) */
-    uint64_t live = held > free_bytes ? held - free_bytes : 0;
-    uint64_t budget = mc->tight ? 0 : live > MC_LARGE_FREE_BYTES ? live : MC_LARGE_FREE_BYTES;
+    /* the budget: MC_LARGE_FREE_BYTES, or the live large-class bytes of
+     * active classes at their recent high-water (a pool's live bytes wander:
+     * its low moments must not cut what its high ones need), which sheds
+     * half its excess over the period's high-water at the end of a period */
+    mc->lhigh = live > mc->lhigh ? live : mc->lhigh;
+    mc->lpeak = live > mc->lpeak ? live : mc->lpeak;
+    if (period_end) {
+        mc->lpeak -= (mc->lpeak - mc->lhigh) / 2;
+        mc->lhigh = 0;
+        mc->period = 0;
+    }
+    uint64_t budget = mc->lpeak > live ? 2 * mc->lpeak - live : mc->lpeak;
+    budget = budget > MC_LARGE_FREE_BYTES ? budget : MC_LARGE_FREE_BYTES;
     mc->gc_every = live > MC_LARGE_GC_BYTES ? live : MC_LARGE_GC_BYTES;
-    for (unsigned c = HD_FIRST_LARGE_CLASS; c < HD_NUM_CLASSES; c++) {
+    for (unsigned c = HD_NUM_CLASSES; c-- > HD_FIRST_LARGE_CLASS;) {   /* the biggest spans first */
         mc_class_t *k = &mc->cls[c];
         if (free_bytes > budget && (k->gc_allocs || k->gc_prev)) {
-            unsigned keep = mc->tight ? 0 : 2 * (k->gc_allocs > k->gc_prev ? k->gc_allocs : k->gc_prev);
-            uint64_t before = mc_trim_class(mc, &rb, c, UINT32_MAX);
-            free_bytes -= before - mc_trim_class(mc, &rb, c, keep);
+            uint64_t size = hd_cls_size(c), have = mc_trim_class(mc, &rb, c, UINT32_MAX);
+            uint64_t cut = (free_bytes - budget + size - 1) / size;
+            unsigned keep = have / size > cut ? (unsigned)(have / size - cut) : 0;
+            free_bytes -= have - mc_trim_class(mc, &rb, c, keep);
+            unsigned held = (k->cur.id != HD_NO_SPAN) + k->nstash + k->nfull;
+            k->want = (uint16_t)(held < k->want ? held : k->want);
         }
         k->gc_prev = k->gc_allocs;
         k->gc_allocs = 0;

@@ -901,6 +901,101 @@ static void test_daemon_flush_and_errors(void)
     CU_ASSERT_EQUAL(errno, ENOTCONN);
 }
 
+/* Large-class spans this process caches (CACHED at the stand-in), in bytes;
+ * free_only: those whose object is free. */
+static uint64_t cached_large_bytes(bool free_only)
+{
+    uint64_t bytes = 0;
+    for (uint32_t id = 0; id < FNP; id++) {
+        const hd_span_t *sp = &fk.s.spans[id];
+        if (atomic_load(&sp->state) != HD_SPAN_CACHED || !hd_is_lclass(sp->sizeclass))
+            continue;
+        uint8_t v = hd_obj_state(hd_states_of(&fk.s, id, sp->sizeclass), 0);
+        if (!free_only || v == HD_OBJ_FREE || v == HD_OBJ_FREED)
+            bytes += hd_cls_size(sp->sizeclass);
+    }
+    return bytes;
+}
+
+/* A pool of large buffers (issue 9's buffer-pool pattern, 64 KiB .. 1 MiB):
+ * once warm, its allocations stop reaching the daemon; a class the program
+ * stops using gives its free spans back. */
+static void test_large_pool(void)
+{
+    fk_up();
+    enum { SLOTS = 32, WARM = 20000, OPS = 100000 };
+    static void *slot[SLOTS];
+    uint64_t seed = test_seed(0xb0f1), st = seed;
+    for (unsigned op = 0; op < WARM + OPS; op++) {
+        unsigned i = (unsigned)(test_rand(&st) % SLOTS);
+        heapd_free(slot[i]);
+        slot[i] = heapd_malloc((size_t)65536 << (test_rand(&st) % 5));
+        CU_ASSERT_FATAL(slot[i] != NULL);
+        if (op + 1 == WARM)
+            fk.f->refills = 0;
+    }
+    /* the old trim (give back, then refill) made 0.6% of them refill */
+    if (fk.f->refills * 1000 > OPS)
+        fprintf(stderr, "\n  seed %#llx: %u refills in %u steady-state allocations\n",
+                (unsigned long long)seed, fk.f->refills, OPS);
+    CU_ASSERT(fk.f->refills * 1000 <= OPS);                  /* at most 0.1% */
+
+    /* only the 40 KiB class from now on: the others are idle and give back
+     * every free span; the pool's buffers stay valid */
+    for (unsigned i = 0; i < SLOTS; i++) {
+        heapd_free(slot[i]);
+        slot[i] = NULL;
+    }
+    CU_ASSERT(cached_large_bytes(true) > 0);                  /* cached, free */
+    for (unsigned op = 0; op < 2000; op++) {
+        void *p = heapd_malloc(40000);
+        CU_ASSERT_FATAL(p != NULL);
+        heapd_free(p);
+    }
+    CU_ASSERT_EQUAL(tp_flush(), 0);
+    CU_ASSERT(cached_large_bytes(false) <= 2 * 40960);        /* the 40 KiB class's, at most */
+    CU_ASSERT_EQUAL(fk.f->bad_releases, 0);
+    fk_down();
+}
+
+/* After a Flush from the daemon (a limit is near) the cache keeps no free
+ * large-class span: the free ones go back at once, live ones stay kept, and
+ * frees that follow give their spans back too. */
+static void test_large_flush_tight(void)
+{
+    fk_up();
+    enum { N = 30 };
+    static void *o[N];
+    for (unsigned i = 0; i < N; i++) {
+        o[i] = heapd_malloc((size_t)65536 << (i % 5));
+        CU_ASSERT_FATAL(o[i] != NULL);
+    }
+    for (unsigned i = 0; i < N; i += 2) {
+        heapd_free(o[i]);
+        o[i] = NULL;
+    }
+    CU_ASSERT_EQUAL(tp_flush(), 0);
+    CU_ASSERT(cached_large_bytes(true) > 0);                  /* the pool keeps its free buffers */
+    atomic_fetch_add(&tp_flush_gen, 1);                       /* what a Flush message does */
+    void *p = heapd_malloc(300000);                           /* a slow path acts on it */
+    CU_ASSERT_FATAL(p != NULL);
+    CU_ASSERT_EQUAL(tp_flush(), 0);
+    CU_ASSERT_EQUAL(cached_large_bytes(true), 0);
+    for (unsigned i = 1; i < N; i += 2) {                     /* frees after the Flush */
+        heapd_free(o[i]);
+        CU_ASSERT_EQUAL(tp_flush(), 0);
+        CU_ASSERT_EQUAL(cached_large_bytes(true), 0);
+    }
+    void *q = heapd_malloc(65536);                            /* and allocations */
+    CU_ASSERT_FATAL(q != NULL);
+    heapd_free(q);
+    CU_ASSERT_EQUAL(tp_flush(), 0);
+    CU_ASSERT_EQUAL(cached_large_bytes(true), 0);
+    heapd_free(p);
+    CU_ASSERT_EQUAL(fk.f->bad_releases, 0);
+    fk_down();
+}
+
 static void *exiter(void *arg)
 {
     void **out = arg;
@@ -986,6 +1081,9 @@ static void register_mcache_suite(void)
     CU_add_test(s, "realloc", test_realloc);
     CU_add_test(s, "invalid and double frees", test_bad_frees);
     CU_add_test(s, "daemon Flush, ENOMEM, detached", test_daemon_flush_and_errors);
+    CU_add_test(s, "large classes: a warm pool of buffers stops refilling, idle classes give back",
+                test_large_pool);
+    CU_add_test(s, "large classes: no free span cached after a Flush", test_large_flush_tight);
     CU_add_test(s, "thread exit gives the cache back", test_thread_exit);
     CU_add_test(s, "fork child never uses the parent's spans", test_fork_child);
 }
