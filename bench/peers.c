@@ -32,6 +32,12 @@
  * RefillWaitNs, the allocations that did block on the daemon and for how
  * long, as the clients count them (issue 9).
  *
+ * Memory (buffer-pool, heapd): worker 0 samples after every batch of 256 ops
+ * the bytes the workers hold (live) and the heap's pages in spans beyond
+ * those before the worker started (heapd_stats in_use_bytes: spans the
+ * workers cache, live or free, and spans in the daemon's central lists); the
+ * table shows the peaks and their ratio (issue 9's target: <= 1.3x).
+ *
  * Output: a markdown table on stdout; with --data FILE the medians as a
  * tab-separated file; with --plot FILE.png a bar chart (gnuplot).
  *

@@ -70,16 +70,31 @@
  * object lives and is the cache of that size once it is freed, so large
  * classes keep more of them: clamp(128 MiB / span bytes, 4, 128). A freed one
  * is not free of cost (its pages stay committed), so every
- * MC_LARGE_GC_BYTES of large-class allocation the cache trims them
- * (jemalloc's tcache GC; the interval grows to the live large-class bytes
- * the cache holds, so a pool of big buffers is not trimmed at every turn of
- * its working set): a class that allocated nothing in the last two
- * intervals gives back all its free spans; when the free spans left pass
- * max(MC_LARGE_FREE_BYTES, the live large-class bytes the cache holds),
- * each class keeps only twice what it allocated in those intervals. After a
+ * MC_LARGE_GC_BYTES of large-class allocation, or of this thread's large
+ * frees, the cache trims them (jemalloc's tcache GC; the interval grows to
+ * the live large-class bytes the cache holds, so a pool of big buffers is
+ * not trimmed at every turn of its working set), by demand with hysteresis:
+ *   - a class that allocated nothing in the last two intervals gives back
+ *     all its free spans (cur's too);
+ *   - an active class may hold `want` spans, live and free: want grows to
+ *     what the class holds (no more than its demand needed: free spans are
+ *     reused before a refill) and, at the end of each period of
+ *     MC_LARGE_PERIOD trims, sheds half of the fewest spans of it that a
+ *     trim of the period found unused (jemalloc's low-water GC). A pool's
+ *     count per size is a random walk: a cache that gives back what the
+ *     walk did not need lately refills when it comes back (the trim by
+ *     recent allocations this replaces made 0.64% of bench/peers'
+ *     buffer-pool allocations wait, more than half of its run time);
+ *   - the budget: the large classes hold at most twice their live
+ *     high-water lpeak (live + free; lpeak sheds half its excess over the
+ *     period's high-water at the end of a period), and at least
+ *     MC_LARGE_FREE_BYTES free; the excess goes back, biggest spans first.
+ * The price is memory: each class keeps its own high-water, and a free
+ * 1 MiB span cannot serve two 512 KiB requests without the daemon
+ * (docs/performance.md: buffer-pool pages in spans / live). After a
  * Flush from the daemon (a limit is near) the next MC_LARGE_TIGHT_FOR bytes
- * trim at every allocation, keep no free span at all, and no class refills
- * ahead.
+ * trim at every allocation and free, keep no free span at all (want 0),
+ * and no class refills ahead.
  * Everything a cache holds goes back on Flush, pressure and release like
  * small spans.
  * Objects are counted one by one (st_counts small_allocs[c] at allocation,
@@ -96,10 +111,11 @@
  * it within the cache's next MC_AHEAD_STALE refills (it went cold); a class
  * refills ahead only while it is among the cache's last MC_AHEAD_RECENT
  * refills, so classes a program visits in turn do not each hold a batch. Large classes do not refill ahead: their
- * next span is one buffer of up to 1 MiB that a class whose buffers come
- * round rarely needs (bench/peers buffer-pool: no slower without it), and
- * that under a limit is memory held for nothing (itest "soft limit respected
- * by a workload that frees as it goes": 20-22 MiB with, 16-18 without). An allocation that blocks on the daemon (a
+ * next span is one buffer of up to 1 MiB that under a limit is memory held
+ * for nothing (itest "soft limit respected by a workload that frees as it
+ * goes": 20-22 MiB with, 16-18 without), and the trim by demand keeps the
+ * spans a pool comes back to (bench/peers buffer-pool: 0.01% of allocations
+ * wait, when a class's count passes its high-water). An allocation that blocks on the daemon (a
  * synchronous Refill, a collect whose reply has not come, an AllocLarge) is
  * counted with its time in refill_waits / refill_wait_ns.
  *
@@ -140,7 +156,7 @@
 #define MC_LARGE_TIGHT_FOR (64u << 20)  /* after a Flush (a limit is near), for this many large-class
                                            bytes: a trim at every allocation, no free span kept,
                                            no refill ahead */
-#define MC_LARGE_FREE_BYTES (4u << 20)  /* free large-class spans a cache keeps past a trim, beyond idle classes */
+#define MC_LARGE_FREE_BYTES (4u << 20)  /* the budget of free large-class spans is at least this */
 #define MC_LARGE_PERIOD 512u            /* trims per period: at its end a large class's allowance sheds
                                            half of what stayed unused all period */
 _Static_assert(MC_BATCH_CAP <= HD_MAX_BATCH, "a batch fits one message");
