@@ -77,8 +77,9 @@
  *   - a class that allocated nothing in the last two intervals gives back
  *     all its free spans (cur's too);
  *   - an active class may hold `want` spans, live and free: want grows to
- *     what the class holds (no more than its demand needed: free spans are
- *     reused before a refill) and, at the end of each period of
+ *     the spans the class has used (all it holds but the stash, the rest of
+ *     a batch: no more than its demand needed, since free spans are reused
+ *     before a refill) and, at the end of each period of
  *     MC_LARGE_PERIOD trims, sheds half of the fewest spans of it that a
  *     trim of the period found unused (jemalloc's low-water GC). A pool's
  *     count per size is a random walk: a cache that gives back what the
@@ -1040,11 +1041,12 @@ static uint64_t mc_trim_class(hd_mcache_t *mc, mc_relbuf_t *rb, unsigned c, unsi
 
 /* The trim (see the top): a class idle for two intervals gives back every
  * free span (and what is on its way); an active class keeps free spans up
- * to its allowance `want` (live + free spans), which grows to what the class
- * held (it held no more than it needed: free spans are reused before a
- * refill) and, at the end of each period of MC_LARGE_PERIOD trims, sheds
- * half of the fewest spans of it that a trim of the period found unused
- * (jemalloc's low-water GC: what the period never needed). Then the budget:
+ * to its allowance `want` (live + free spans), which grows to the spans it
+ * has used (no more than it needed: free spans are reused before a refill;
+ * the stash, a batch's rest, not) and, at the end of each period of
+ * MC_LARGE_PERIOD trims, sheds half of the fewest spans of it that a trim
+ * of the period found unused (jemalloc's low-water GC: what the period
+ * never needed; one spare span stays). Then the budget:
  * the large classes hold at most twice their recent live high-water (live +
  * free), and at least MC_LARGE_FREE_BYTES free; what passes it goes back,
  * the biggest spans first. After a Flush (tight) nothing free is kept. Kept
@@ -1072,7 +1074,8 @@ static void mc_large_trim(hd_mcache_t *mc)
         unsigned nfree = (unsigned)(mc_trim_class(mc, &rb, c, UINT32_MAX) / size);   /* count only */
         unsigned held = (k->cur.id != HD_NO_SPAN) + k->nstash + k->nfull;
         unsigned inuse = held - nfree;
-        unsigned want = held > k->want ? held : k->want;
+        unsigned used = held - k->nstash;   /* the stash was never needed (a batch's rest) */
+        unsigned want = used > k->want ? used : k->want;
         if (want - inuse < k->unused)
             k->unused = (uint16_t)(want - inuse);
         if (period_end) {
