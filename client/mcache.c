@@ -94,8 +94,11 @@
  * 1 MiB span cannot serve two 512 KiB requests without the daemon
  * (docs/performance.md: buffer-pool pages in spans / live). After a
  * Flush from the daemon (a limit is near) the next MC_LARGE_TIGHT_FOR bytes
- * trim at every allocation and free, keep no free span at all (want 0),
- * and no class refills ahead.
+ * trim at every allocation and free and keep no free span (want 0) but
+ * the current span of a class (the one its next allocation takes: given
+ * back under a hard limit, that allocation could fail: the fleet of
+ * scripts/test-preload.sh), and no class refills ahead. Only an idle class gives back its
+ * current span.
  * Everything a cache holds goes back on Flush, pressure and release like
  * small spans.
  * Objects are counted one by one (st_counts small_allocs[c] at allocation,
@@ -155,7 +158,8 @@
 #define MC_LARGE_GC_BYTES (4u << 20)    /* large-class bytes allocated between two trims of the free
                                            ones, at least (or the live large-class bytes held) */
 #define MC_LARGE_TIGHT_FOR (64u << 20)  /* after a Flush (a limit is near), for this many large-class
-                                           bytes: a trim at every allocation, no free span kept,
+                                           bytes: a trim at every allocation, no free span kept
+                                           (but a class's cur),
                                            no refill ahead */
 #define MC_LARGE_FREE_BYTES (4u << 20)  /* the budget of free large-class spans is at least this */
 #define MC_LARGE_PERIOD 512u            /* trims per period: at its end a large class's allowance sheds
@@ -1003,25 +1007,31 @@ void *mc_alloc_tiny(size_t size, size_t align, bool zero)
 /* ---- large ----------------------------------------------------------------------------- */
 
 /* Release the free spans of large class c beyond the first `keep` (the
- * stash first: never used; then cur, whose object the program may have
- * freed since it was allocated; then the kept full spans); returns the
- * bytes of free spans it kept. */
-static uint64_t mc_trim_class(hd_mcache_t *mc, mc_relbuf_t *rb, unsigned c, unsigned keep)
+ * stash first: never used; then the kept full spans); returns the bytes of
+ * free spans it kept. A free cur (its object freed since) is kept, the span
+ * the class's next allocation takes without a round trip (under a hard limit
+ * giving it back could make that allocation fail), unless the class is idle:
+ * then it goes back too. */
+static uint64_t mc_trim_class(hd_mcache_t *mc, mc_relbuf_t *rb, unsigned c, unsigned keep, bool idle)
 {
     if (!hd_is_lclass(c))
         return 0;
     mc_class_t *k = &mc->cls[c];
-    while (k->nstash > keep)
-        mc_rel_add(mc, rb, k->stash[--k->nstash]);
-    unsigned kept = k->nstash;
+    unsigned kept = 0;
     uint32_t cur = k->cur.id;
     if (cur != HD_NO_SPAN && !mc_still_ours(cur)) {
         mc_span_clear(&k->cur);      /* not ours any more: forget it */
-    } else if (cur != HD_NO_SPAN && mc_lspan_free(&hdc_seg, cur, c) && kept++ >= keep) {
-        mc_rel_add(mc, rb, cur);
-        mc_span_clear(&k->cur);
-        kept--;
+    } else if (cur != HD_NO_SPAN && mc_lspan_free(&hdc_seg, cur, c)) {
+        if (idle) {
+            mc_rel_add(mc, rb, cur);
+            mc_span_clear(&k->cur);
+        } else {
+            kept = 1;                /* one of the `keep`, or kept beyond a keep of 0 */
+        }
     }
+    while (k->nstash && kept + k->nstash > keep)
+        mc_rel_add(mc, rb, k->stash[--k->nstash]);
+    kept += k->nstash;
     for (unsigned i = 0; i < k->nfull; i++) {
         uint32_t id = k->full[i];
         bool drop = !mc_still_ours(id);
@@ -1049,7 +1059,8 @@ static uint64_t mc_trim_class(hd_mcache_t *mc, mc_relbuf_t *rb, unsigned c, unsi
  * never needed; one spare span stays). Then the budget:
  * the large classes hold at most twice their recent live high-water (live +
  * free), and at least MC_LARGE_FREE_BYTES free; what passes it goes back,
- * the biggest spans first. After a Flush (tight) nothing free is kept. Kept
+ * the biggest spans first. After a Flush (tight) nothing free is kept but
+ * each class's cur. Kept
  * spans whose object lives stay: they cost nothing. */
 static void mc_large_trim(hd_mcache_t *mc)
 {
@@ -1058,11 +1069,12 @@ static void mc_large_trim(hd_mcache_t *mc)
     bool period_end = ++mc->period >= MC_LARGE_PERIOD;
     for (unsigned c = HD_FIRST_LARGE_CLASS; c < HD_NUM_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
-        if (mc->tight || !(k->gc_allocs || k->gc_prev)) {
-            mc_trim_class(mc, &rb, c, 0);
+        bool idle = !(k->gc_allocs || k->gc_prev);
+        if (mc->tight || idle) {
+            mc_trim_class(mc, &rb, c, 0, idle);
             k->want = 0;
             k->unused = UINT16_MAX;
-            if (!(k->gc_allocs || k->gc_prev)) {
+            if (idle) {
                 k->streak = 0;       /* it starts slow again */
                 if (k->ahead)
                     tp_refill_cancel(k->ahead);
@@ -1071,7 +1083,7 @@ static void mc_large_trim(hd_mcache_t *mc)
             continue;
         }
         uint64_t size = hd_cls_size(c);
-        unsigned nfree = (unsigned)(mc_trim_class(mc, &rb, c, UINT32_MAX) / size);   /* count only */
+        unsigned nfree = (unsigned)(mc_trim_class(mc, &rb, c, UINT32_MAX, false) / size);   /* count only */
         unsigned held = (k->cur.id != HD_NO_SPAN) + k->nstash + k->nfull;
         unsigned inuse = held - nfree;
         unsigned used = held - k->nstash;   /* the stash was never needed (a batch's rest) */
@@ -1084,7 +1096,7 @@ static void mc_large_trim(hd_mcache_t *mc)
         }
         k->want = (uint16_t)(want > UINT16_MAX ? UINT16_MAX : want);
         unsigned keep = k->want > inuse ? k->want - inuse : 0;
-        free_bytes += nfree > keep ? mc_trim_class(mc, &rb, c, keep) : (uint64_t)nfree * size;
+        free_bytes += nfree > keep ? mc_trim_class(mc, &rb, c, keep, false) : (uint64_t)nfree * size;
         live += (uint64_t)inuse * size;
     }
     /* the budget: MC_LARGE_FREE_BYTES, or the live large-class bytes of
@@ -1104,10 +1116,10 @@ static void mc_large_trim(hd_mcache_t *mc)
     for (unsigned c = HD_NUM_CLASSES; c-- > HD_FIRST_LARGE_CLASS;) {   /* the biggest spans first */
         mc_class_t *k = &mc->cls[c];
         if (free_bytes > budget && (k->gc_allocs || k->gc_prev)) {
-            uint64_t size = hd_cls_size(c), have = mc_trim_class(mc, &rb, c, UINT32_MAX);
+            uint64_t size = hd_cls_size(c), have = mc_trim_class(mc, &rb, c, UINT32_MAX, false);
             uint64_t cut = (free_bytes - budget + size - 1) / size;
             unsigned keep = have / size > cut ? (unsigned)(have / size - cut) : 0;
-            free_bytes -= have - mc_trim_class(mc, &rb, c, keep);
+            free_bytes -= have - mc_trim_class(mc, &rb, c, keep, false);
             unsigned held = (k->cur.id != HD_NO_SPAN) + k->nstash + k->nfull;
             k->want = (uint16_t)(held < k->want ? held : k->want);
         }
