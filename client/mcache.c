@@ -97,8 +97,8 @@
  * trim at every allocation and free and keep no free span (want 0) but
  * the current span of a class (the one its next allocation takes: given
  * back under a hard limit, that allocation could fail: the fleet of
- * scripts/test-preload.sh), and no class refills ahead. Only an idle class gives back its
- * current span.
+ * scripts/test-preload.sh), and no class refills ahead. Only an idle class
+ * gives back its current span.
  * Everything a cache holds goes back on Flush, pressure and release like
  * small spans.
  * Objects are counted one by one (st_counts small_allocs[c] at allocation,
