@@ -467,28 +467,34 @@ void client_reclaim(daemon_t *d, client_t *c)
 {
     mheap_t *h = &d->heap;
     uint32_t id;
+    mcentral_freed_t closed;
+    memset(&closed, 0, sizeof closed);
     while ((id = spanlist_pop(h, &c->cached)) != HD_NO_SPAN) {
+        unsigned n = 0;
         if (mheap_state(h, id) == HD_SPAN_CACHED && mheap_span(h, id)->owner == c->id)
-            mcentral_reclaim_span(&d->central, id);
+            mcentral_reclaim_span(&d->central, id, &n);
+        closed.objects[HD_TINY_SIZE_CLASS] += n;
     }
+    if (closed.objects[HD_TINY_SIZE_CLASS])
+        mstats_retire_frees(d, &closed);
 }
 
-/* A preload process (Hello's reclaim_at_exit) has ended: nobody else can hold
- * the large objects it allocated (a fork child of it has its own copy, or
- * is a client without the flag), so free them, as its FreeLarge would have.
- * One pass over the span table. Returns how many. */
-unsigned client_reclaim_large(daemon_t *d, client_t *c)
+uint64_t client_leave_family(daemon_t *d, client_t *c)
 {
-    mheap_t *h = &d->heap;
-    unsigned n = 0;
-    for (uint64_t id = 0; id < h->v->npages;) {
-        uint8_t st = mheap_state(h, (uint32_t)id);
-        uint32_t np = mheap_span(h, (uint32_t)id)->npages;
-        if (st == HD_SPAN_LARGE && mheap_span(h, (uint32_t)id)->owner == c->id &&
-            mheap_free_span(h, (uint32_t)id) == 0)
-            n++;
-        id += st == HD_SPAN_FREE || np == 0 ? 1 : np;
-    }
+    unsigned pool = c->pool;
+    if (!pool)
+        return 0;
+    c->pool = 0;
+    mcentral_pool_t *p = d->central.pools[pool];
+    if (--p->members)
+        return 0;
+    mcentral_freed_t f;
+    memset(&f, 0, sizeof f);
+    mcentral_pool_end(&d->central, pool, &f);
+    mstats_retire_frees(d, &f);
+    uint64_t n = f.large;
+    for (unsigned k = 1; k < HD_NUM_CLASSES; k++)
+        n += f.objects[k];
     return n;
 }
 
@@ -540,10 +546,10 @@ void client_end(daemon_t *d, client_t *c, const char *why)
     wait_unlink(d, c);
     uint32_t ncached = c->cached.n;
     client_reclaim(d, c);
-    unsigned nlarge = c->reclaim_at_exit ? client_reclaim_large(d, c) : 0;
-    limits_client_gone(d, c->id);
     mstats_slot_retire(d, c->stat_slot);   /* fold its counters into the retired totals */
     c->stat_slot = 0;
+    uint64_t nfreed = client_leave_family(d, c);   /* after the slot: its allocations first */
+    limits_client_gone(d, c->id);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -555,9 +561,9 @@ void client_end(daemon_t *d, client_t *c, const char *why)
     if (c->evicted)
         ;   /* counted in silent_closed: one log line per sweep tick, not one per connection */
     else if (c->hello_done)
-        daemon_log(d, "client %u %s (pid %d%s%s): %s; %u cached spans reclaimed, %u large objects freed", c->id,
+        daemon_log(d, "client %u %s (pid %d%s%s): %s; %u cached spans reclaimed, %llu objects it held freed", c->id,
                    c->quarantined ? "released from quarantine" : "detached", (int)c->pid, c->name[0] ? ", " : "",
-                   c->name, why, ncached, nlarge);
+                   c->name, why, ncached, (unsigned long long)nfreed);
     else
         daemon_log(d, "connection %u from pid %d closed: %s", c->id, (int)c->pid, why);
     if (c->pidpolling) {

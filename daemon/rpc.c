@@ -109,6 +109,17 @@ static enum rpc_verdict on_hello(daemon_t *d, client_t *c, uint64_t seq, const H
         c->pid = h->pid;
     c->hello_done = true;
     c->reclaim_at_exit = h->reclaim_at_exit;
+    if (c->reclaim_at_exit && !c->pool) {
+        /* a family of its own (mcentral.h): spans nobody else caches, all
+         * freed when it has gone (conn.c client_end) */
+        c->pool = mcentral_pool_new(&d->central);
+        if (!c->pool) {
+            reply_error(out, seq, ENOMEM, "out of memory for the client's span pool");
+            out->why = "out of memory";
+            return RPC_CLOSE;
+        }
+        d->central.pools[c->pool]->members = 1;
+    }
 
     Heapd__Welcome w = HEAPD__WELCOME__INIT;
     w.version = HD_PROTO_VERSION;
@@ -145,7 +156,7 @@ static enum rpc_verdict on_refill(daemon_t *d, client_t *c, uint64_t seq, const 
     uint32_t ids[HD_MAX_BATCH];
     size_t n = 0;
     while (n < r->count) {
-        int64_t id = mcentral_cache_span(&d->central, r->sizeclass, c->id);
+        int64_t id = mcentral_cache_span(&d->central, r->sizeclass, c->id, c->pool);
         if (id < 0)
             break;
         spanlist_push(&d->heap, &c->cached, (uint32_t)id, SL_CACHED);
@@ -208,7 +219,7 @@ static enum rpc_verdict on_alloc_large(daemon_t *d, client_t *c, uint64_t seq, c
     }
     int64_t id = -ENOMEM;
     if (a->pages <= d->seg.npages && a->align_pages <= d->seg.npages)
-        id = mcentral_alloc_span(&d->central, a->pages, 0, c->id, a->align_pages);
+        id = mcentral_alloc_span(&d->central, a->pages, 0, c->id, a->align_pages, c->pool);
     if (id < 0) {
         reply_error(out, seq, ENOMEM, "no room for %llu pages (align %llu) in a heap of %llu pages",
                     (unsigned long long)a->pages, (unsigned long long)a->align_pages,

@@ -205,45 +205,96 @@ else
 fi
 
 # ---- reclaim at exit -------------------------------------------------------------------
-# A process that exits holding 8 large objects: the daemon frees them when it
-# ends (the large spans return to where they were); with
-# HEAPD_PRELOAD_FORK=share (children may hold them) they stay.
+# A preload process is a family of its own: its spans are never shared, so
+# when it ends (exit, or SIGKILL) the daemon frees everything it still held:
+# small, large-class and large objects. The heap's pages in use, live bytes
+# and live objects return to what they were before it ran (exactly, after a
+# normal exit: its counts were flushed; after a SIGKILL, pages and spans).
+# With HEAPD_PRELOAD_FORK=share (children may hold its objects) they stay.
 start_daemon reclaim
 clients_are() { [ "$(field Clients)" = "$1" ]; }
-large0=$(field SpansLarge)
+snap() { echo "HeapInuse=$(field HeapInuse) HeapAlloc=$(field HeapAlloc) HeapObjects=$(field HeapObjects) SpansLarge=$(field SpansLarge)"; }
+heap_inuse() { field HeapInuse; }
+s0=$(snap)
+m0=$(field Mallocs)
 under "$tmp/stress" leak
 wait_for "the leaking process's connection to end" clients_are 0
-large1=$(field SpansLarge)
-HEAPD_PRELOAD_FORK=share under "$tmp/stress" leak
-wait_for "the second leaking process's connection to end" clients_are 0
-large2=$(field SpansLarge)
-if [ "$large1" = "$large0" ] && [ "$large2" -ge $((large0 + 8)) ]; then
-    pass "reclaim at exit: the large spans went from $large0 back to $large1 (with share: $large2, kept)"
+s1=$(snap)
+m1=$(field Mallocs)
+if [ "$s1" = "$s0" ] && [ $((m1 - m0)) -ge 25000 ]; then
+    pass "reclaim at exit: $((m1 - m0)) allocations, and back to $s1"
 else
-    fail "reclaim at exit: large spans $large0 before, $large1 after the process, $large2 after share"
+    fail "reclaim at exit: $s0 before, $s1 after the process exited ($((m1 - m0)) allocations counted)"
+fi
+(under "$tmp/stress" leak kill) 2>/dev/null   # (the shell's "Killed" line too)
+wait_for "the killed process's connection to end" clients_are 0
+if [ "$(heap_inuse)" = "$(echo "$s0" | sed 's/^HeapInuse=\([0-9]*\).*/\1/')" ]; then
+    pass "reclaim after SIGKILL: pages in use back to $(heap_inuse) B"
+else
+    fail "reclaim after SIGKILL: HeapInuse $(heap_inuse), was $s0"
+fi
+under $python -c 'd = {i: str(i) * 3 for i in range(200000)}; print(len(d))' > /dev/null
+wait_for "python's connection to end" clients_are 0
+s2=$(snap)
+if [ "$s2" = "$s0" ]; then
+    pass "reclaim at exit: python3 with a 200k-entry dict left nothing ($s2)"
+else
+    fail "reclaim at exit, python3: $s0 before, $s2 after"
+fi
+large0=$(field SpansLarge)
+HEAPD_PRELOAD_FORK=share under "$tmp/stress" leak
+wait_for "the sharing leaking process's connection to end" clients_are 0
+large2=$(field SpansLarge)
+if [ "$large2" -ge $((large0 + 8)) ]; then
+    pass "no reclaim with HEAPD_PRELOAD_FORK=share: large spans $large0 -> $large2, kept"
+else
+    fail "HEAPD_PRELOAD_FORK=share: large spans $large0 before, $large2 after (expected kept)"
 fi
 
 # ---- a fleet of 8 under one hard limit -------------------------------------------------
 # 8 processes each want 64 MiB (512 MiB in all) under --hard-limit 256MiB and
-# --memory-limit 192MiB: some must get a MemoryError, none may crash, the
+# --memory-limit 192MiB: some must get a MemoryError, none may crash (their
+# interpreters start before any fills the heap; the waits after the fill
+# retry an allocation the limit refuses), the
 # heap's committed bytes must never be seen above the hard limit, and the
 # daemon must have refused and asked for memory back (pressure, flushes).
 start_daemon fleet --hard-limit 256MiB --memory-limit 192MiB
 cat > "$tmp/fleet.py" <<'EOF'
 import os, sys, time
+d = sys.argv[1]
+def count(prefix):
+    try:
+        return sum(n.startswith(prefix) for n in os.listdir(d))
+    except (MemoryError, OSError):     # the heap is at its hard limit: ask again
+        return -1
+def mark(prefix):
+    while True:
+        try:
+            open(os.path.join(d, "%s.%d" % (prefix, os.getpid())), "w").close()
+            return
+        except (MemoryError, OSError):
+            time.sleep(0.01)
+def wait_all(prefix):
+    deadline = time.time() + 30
+    while count(prefix) < 8 and time.time() < deadline:
+        time.sleep(0.01)
+# all 8 interpreters are up before any of them fills the heap (an
+# interpreter that cannot start aborts, under any allocator)
+mark("up")
+wait_all("up")
 held = []
 try:
     while len(held) < 64:
         held.append(bytearray(1 << 20))
 except MemoryError:
     pass
-# hold what we got until all 8 have tried (or 30 s), so that they overlap
-d = sys.argv[1]
-open(os.path.join(d, "done.%d" % os.getpid()), "w").close()
-deadline = time.time() + 30
-while len(os.listdir(d)) < 8 and time.time() < deadline:
-    time.sleep(0.01)
-print(len(held) < 64)
+refused = len(held) < 64
+if refused:
+    del held[len(held) // 2:]          # give half back, as a program that caught it would
+# hold the rest until all 8 have tried (or 30 s), so that they overlap
+mark("done")
+wait_all("done")
+print(refused)
 EOF
 mkdir -p "$tmp/fleet.done"
 fleet=()

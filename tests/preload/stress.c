@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,11 +203,23 @@ int main(int argc, char **argv)
             waitpid(pid, &st, 0);
         return r == 1 && st == 0 ? 0 : 1;
     }
-    if (argc > 1 && strcmp(argv[1], "leak") == 0) {   /* exit holding 8 large objects */
+    if (argc > 1 && strcmp(argv[1], "leak") == 0) {   /* exit (or die: leak kill) holding objects */
         for (int i = 0; i < 8; i++) {               /* 2 MiB: above the large classes, a LARGE span each */
             char *volatile p = malloc(2 << 20);
             memset(p, i, 2 << 20);
         }
+        for (int i = 0; i < 8; i++) {               /* large classes (40 KiB..1 MiB) */
+            char *volatile p = malloc((size_t)(48 + 100 * i) << 10);
+            p[0] = (char)i;
+        }
+        for (int i = 0; i < 50000; i++) {           /* small objects of every size up to 4 KiB, half freed */
+            char *volatile p = malloc(1 + (size_t)(i * 7919) % 4096);
+            p[0] = (char)i;
+            if (i % 2)
+                free(p);
+        }
+        if (argc > 2 && strcmp(argv[2], "kill") == 0)
+            raise(SIGKILL);
         return 0;
     }
     if (argc > 1 && strcmp(argv[1], "child") == 0) {
