@@ -109,9 +109,10 @@ static enum rpc_verdict on_hello(daemon_t *d, client_t *c, uint64_t seq, const H
         c->pid = h->pid;
     c->hello_done = true;
     c->reclaim_at_exit = h->reclaim_at_exit;
-    if (c->reclaim_at_exit && !c->pool) {
+    if (c->reclaim_at_exit && !c->pool && (c->pool = client_fork_claim(d, c)) == 0) {
         /* a family of its own (mcentral.h): spans nobody else caches, all
-         * freed when it has gone (conn.c client_end) */
+         * freed when it has gone (conn.c client_end); or the family of the
+         * parent whose ForkDone named this process */
         c->pool = mcentral_pool_new(&d->central);
         if (!c->pool) {
             reply_error(out, seq, ENOMEM, "out of memory for the client's span pool");
@@ -318,6 +319,22 @@ static enum rpc_verdict on_root_update(daemon_t *d, client_t *c, uint64_t seq, c
     return RPC_OK;
 }
 
+static enum rpc_verdict on_fork(daemon_t *d, client_t *c, uint64_t seq, const Heapd__ForkDone *f, rpc_out_t *out)
+{
+    int r = f ? client_fork_done(d, c, (pid_t)f->pid) : client_fork_begin(d, c);
+    if (r == 0)
+        reply_ack(out, seq);
+    else if (r == -ENOMEM)
+        reply_error(out, seq, ENOMEM, "ForkDone{pid %d}: out of memory (the family is kept)", (int)f->pid);
+    else if (!c->pool)
+        reply_error(out, seq, EINVAL, "%s: this client is in no family (Hello without reclaim_at_exit)",
+                    f ? "ForkDone" : "ForkBegin");
+    else if (f)
+        reply_error(out, seq, EINVAL, "ForkDone{pid %d}: no ForkBegin before it, or not a child of pid %d",
+                    (int)f->pid, (int)c->pid);
+    return RPC_OK;
+}
+
 /* ---- dispatch ------------------------------------------------------------------- */
 
 enum rpc_verdict rpc_handle(daemon_t *d, client_t *c, const uint8_t *pkt, size_t len, rpc_out_t *out)
@@ -377,6 +394,12 @@ enum rpc_verdict rpc_handle(daemon_t *d, client_t *c, const uint8_t *pkt, size_t
             break;
         case HEAPD__CLIENT_MSG__BODY_ROOT_UPDATE:
             v = on_root_update(d, c, m->seq, m->root_update, out);
+            break;
+        case HEAPD__CLIENT_MSG__BODY_FORK_BEGIN:
+            v = on_fork(d, c, m->seq, NULL, out);
+            break;
+        case HEAPD__CLIENT_MSG__BODY_FORK_DONE:
+            v = on_fork(d, c, m->seq, m->fork_done, out);
             break;
         default:
             out->why = "unknown message";
