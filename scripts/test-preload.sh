@@ -123,7 +123,13 @@ pids+=("$holder")
 has_two() { [ "$("$heapctl" --control "$sock.ctl" clients --json | grep -o '"Name":"stress","Slot":[0-9]*,[^}]*"Quota":67108864' | wc -l)" -ge 2 ]; }
 # the child appears once it allocates (its first Refill)
 if wait_for "stress and its child in heapctl clients with quota 64 MiB" has_two; then
-    pass "heapctl clients: stress (parent and fork child) with HEAPD_QUOTA=64MiB's quota"
+    fams=$("$heapctl" --control "$sock.ctl" clients --json | grep -o '"Name":"stress",[^}]*"Family":[0-9]*' |
+           sed 's/.*"Family"://' | sort -u)
+    if [ "$(echo "$fams" | wc -l)" = 1 ] && [ "${fams:-0}" -gt 0 ]; then
+        pass "heapctl clients: stress (parent and fork child) with HEAPD_QUOTA=64MiB's quota, one family ($fams)"
+    else
+        fail "heapctl clients: the parent and its share-mode child should show one family, got: $fams"
+    fi
 fi
 echo xx >&7
 wait "$holder" || fail "the held process and its child: exit $?"
