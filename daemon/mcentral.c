@@ -19,8 +19,6 @@ static void pool_init(mcentral_pool_t *p)
         spanlist_init(&p->full[i]);
     }
     p->bg_class = 1;
-    p->bg_list = 0;
-    p->bg_active = false;
 }
 
 int mcentral_init(mcentral_t *c, mheap_t *h)
@@ -139,8 +137,8 @@ int64_t mcentral_alloc_span(mcentral_t *c, uint64_t npages, unsigned sizeclass, 
         /* Frees from any process may have emptied CENTRAL spans (a large-class
          * span whose one object was freed is the common case): sweep them all,
          * give the empty ones back, and try once more. */
-        uint64_t freed = c->bg_freed, n = hd_book(&c->h->hdr->spans_central);
-        mcentral_bg_sweep(c, n < UINT32_MAX ? (unsigned)n : UINT32_MAX);
+        uint64_t freed = c->bg_freed;
+        mcentral_sweep_all(c);
         if (c->bg_freed != freed)
             id = mheap_alloc_span(c->h, npages, sizeclass, owner, align_pages);
     }
@@ -235,72 +233,95 @@ int mcentral_reclaim_span(mcentral_t *c, uint32_t id, unsigned *closed)
     return mcentral_uncache_span(c, id);
 }
 
-/* Sweep up to budget spans of pool p from its cursor (class, list, spans
- * left of that list's pass); *whole says whether its round over all classes
- * ended in this call. A list's pass covers the spans it had when the pass
- * began (swept spans go to the tail, or to the partial list, which was done
- * first), so a class with more spans than a tick's budget is finished over
- * several ticks instead of being started again at each (which starved every
- * other class of the sweep). Each call looks at each list at most once, so
- * empty pools cost a bounded walk. */
-static unsigned bg_sweep_pool(mcentral_t *c, mcentral_pool_t *p, unsigned budget, bool *whole)
+/* One list's pass for the background sweep: the spans list l of pool p had
+ * when the pass began (swept spans go to its tail, or to the partial list,
+ * which comes first). Sweeps until the pass ends (true: the cursor moves to
+ * the next list) or *done reaches budget (false: it resumes here). */
+static bool bg_list_pass(mcentral_t *c, mcentral_pool_t *p, unsigned budget, unsigned *done)
 {
     mheap_t *h = c->h;
-    unsigned done = 0;
-    *whole = false;
-    for (unsigned steps = 0; steps < 2 * (HD_NUM_CLASSES - 1) && done < budget; steps++) {
-        spanlist_t *l = p->bg_list ? &p->full[p->bg_class] : &p->partial[p->bg_class];
-        if (!p->bg_active) {
-            p->bg_left = l->n;       /* the pass covers what the list holds now */
-            p->bg_active = true;
-        }
-        while (p->bg_left && done < budget) {
-            uint32_t id = spanlist_pop(h, l);
-            if (id == HD_NO_SPAN) {
-                p->bg_left = 0;      /* shorter than when the pass began: it is over */
-                break;
-            }
-            p->bg_left--;
-            done++;
-            unsigned live = sweep(c, id);
-            set_live(c, id, live);
-            if (file_span(c, id, live) == MC_FREED)
-                c->bg_freed++;
-        }
-        if (p->bg_left)
-            break;                   /* the budget ran out inside this list */
-        p->bg_active = false;
-        if (p->bg_list == 0) {
-            p->bg_list = 1;
-            continue;
-        }
-        p->bg_list = 0;
-        p->bg_class = 1 + p->bg_class % (HD_NUM_CLASSES - 1);
-        if (p->bg_class == 1) {
-            *whole = true;           /* a round over every class ended */
+    spanlist_t *l = p->bg_list ? &p->full[p->bg_class] : &p->partial[p->bg_class];
+    if (!p->bg_active) {
+        p->bg_left = l->n;
+        p->bg_active = true;
+    }
+    while (p->bg_left && *done < budget) {
+        uint32_t id = spanlist_pop(h, l);
+        if (id == HD_NO_SPAN) {
+            p->bg_left = 0;          /* shorter than when the pass began: it is over */
             break;
         }
+        p->bg_left--;
+        (*done)++;
+        unsigned live = sweep(c, id);
+        set_live(c, id, live);
+        if (file_span(c, id, live) == MC_FREED)
+            c->bg_freed++;
     }
-    return done;
+    if (p->bg_left)
+        return false;
+    p->bg_active = false;
+    if (p->bg_list == 0) {
+        p->bg_list = 1;
+    } else {
+        p->bg_list = 0;
+        p->bg_class = 1 + p->bg_class % (HD_NUM_CLASSES - 1);
+    }
+    return true;
 }
+
+#define BG_LISTS (2u * (HD_NUM_CLASSES - 1))   /* lists in one pool: a cycle of its cursor */
 
 unsigned mcentral_bg_sweep(mcentral_t *c, unsigned budget)
 {
-    unsigned done = 0;
-    /* pool after pool from where the last call stopped, each pool at most
-     * once per call, so families are swept too however busy the shared
-     * pool is */
-    for (unsigned k = 0; k < c->npools && done < budget; k++) {
+    unsigned done = 0, live = 0;
+    for (unsigned i = 0; i < c->npools; i++)
+        live += c->pools[i] != NULL;
+    /* From the cursor: list after list of the pool it is in, and once the
+     * pool's cursor went round all its lists, the next pool. A call looks at
+     * each list at most once, so empty pools cost a bounded walk. */
+    for (unsigned v = 0; v < BG_LISTS * live && done < budget;) {
         mcentral_pool_t *p = pool_at(c, c->bg_pool);
-        bool whole = true;
-        if (p)
-            done += bg_sweep_pool(c, p, budget - done, &whole);
-        if (whole)
+        if (!p) {
+            c->bg_pool = (c->bg_pool + 1) % c->npools;   /* pool 0 always exists: this ends */
+            continue;
+        }
+        if (!bg_list_pass(c, p, budget, &done))
+            break;                   /* the budget ran out inside a list */
+        v++;
+        if (++p->bg_visits == BG_LISTS) {
+            p->bg_visits = 0;
             c->bg_pool = (c->bg_pool + 1) % c->npools;
+        }
     }
     c->bg_swept += done;
     if (done)
         mheap_publish(c->h);
+    return done;
+}
+
+unsigned mcentral_sweep_all(mcentral_t *c)
+{
+    mheap_t *h = c->h;
+    unsigned done = 0;
+    for (unsigned pn = 0; pn < c->npools; pn++) {
+        mcentral_pool_t *p = c->pools[pn];
+        for (unsigned cls = 1; p && cls < HD_NUM_CLASSES; cls++) {
+            spanlist_t *lists[2] = {&p->partial[cls], &p->full[cls]};
+            for (int li = 0; li < 2; li++) {
+                for (uint32_t n = lists[li]->n; n; n--, done++) {
+                    uint32_t id = spanlist_pop(h, lists[li]);
+                    unsigned live = sweep(c, id);
+                    set_live(c, id, live);
+                    if (file_span(c, id, live) == MC_FREED)
+                        c->bg_freed++;
+                }
+            }
+        }
+    }
+    c->bg_swept += done;
+    if (done)
+        mheap_publish(h);
     return done;
 }
 

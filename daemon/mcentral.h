@@ -68,6 +68,7 @@ typedef struct mcentral_pool {
     unsigned bg_class, bg_list;
     uint32_t bg_left;
     bool bg_active;
+    unsigned bg_visits;              /* lists whose pass ended in the cursor's current cycle */
     unsigned members;                /* family pools: clients in the family (conn.c counts) */
 } mcentral_pool_t;
 
@@ -137,10 +138,16 @@ int mcentral_uncache_span(mcentral_t *c, uint32_t id);
  * closing them), then uncache as above. Same results. */
 int mcentral_reclaim_span(mcentral_t *c, uint32_t id, unsigned *closed);
 
-/* Background sweep: re-sweep up to budget CENTRAL spans, pool after pool,
- * round-robin over the classes of each, partial lists first. Returns the
- * spans swept. */
+/* Background sweep: re-sweep up to budget CENTRAL spans from a cursor that
+ * goes round the classes of a pool (partial list, then full) and then on to
+ * the next pool; a list's pass covers the spans it had when the pass began,
+ * and resumes where the budget stopped it, so neither a long class nor the
+ * shared pool starves the others. Returns the spans swept. */
 unsigned mcentral_bg_sweep(mcentral_t *c, unsigned budget);
+
+/* Sweep every CENTRAL span of every pool once, now (empty ones go back to the
+ * page allocator). Returns the spans swept. */
+unsigned mcentral_sweep_all(mcentral_t *c);
 
 /* Verify the invariants above (slow; tests). */
 bool mcentral_check(mcentral_t *c, char *err, size_t errlen);

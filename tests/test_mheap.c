@@ -696,6 +696,25 @@ static void test_family_pool_bg_sweep(void)
     CU_ASSERT_EQUAL(mheap_state(&H, later), HD_SPAN_FREE);  /* the long class did not starve it */
     CU_ASSERT_EQUAL(mheap_state(&H, id), HD_SPAN_FREE);     /* nor the family's */
     check_all();
+    /* wherever the cursor is, a sweep of everything reaches every list: the
+     * long class's spans emptied, a class before it, and a family's */
+    mcentral_bg_sweep(&C, 5);                               /* stop the cursor inside a list */
+    uint32_t early = (uint32_t)mcentral_cache_span(&C, 3, 1, 0), fam2 = (uint32_t)mcentral_cache_span(&C, 3, 2, fam);
+    alloc_objs(early, 0, 1);
+    alloc_objs(fam2, 0, 1);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, early), MC_PARTIAL);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, fam2), MC_PARTIAL);
+    free_objs(early, 0, 1);
+    free_objs(fam2, 0, 1);
+    uint64_t central = S.hdr->spans_central;
+    for (uint32_t s = 0; s < S.view.npages; s++)            /* and free every object of the long class */
+        if (mheap_state(&H, s) == HD_SPAN_CENTRAL && mheap_span(&H, s)->sizeclass == 20)
+            free_objs(s, 0, hd_class_to_nobjs[20]);
+    CU_ASSERT_EQUAL(mcentral_sweep_all(&C), central);       /* each central span once */
+    CU_ASSERT_EQUAL(S.hdr->spans_central, 0);
+    CU_ASSERT_EQUAL(mheap_state(&H, early), HD_SPAN_FREE);
+    CU_ASSERT_EQUAL(mheap_state(&H, fam2), HD_SPAN_FREE);
+    check_all();
     teardown();
 }
 
