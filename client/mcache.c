@@ -255,7 +255,9 @@ static void mc_span_clear(mc_span_t *s)
     *s = (mc_span_t){.id = HD_NO_SPAN};
 }
 
-void mc_span_load(mc_span_t *s, const hd_seg_t *seg, uint32_t id)
+/* Point s at span id whose sweep just found `live` objects not FREE and
+ * folded nfreed frees (the caller swept it). */
+static void mc_span_load_swept(mc_span_t *s, const hd_seg_t *seg, uint32_t id, unsigned live, unsigned nfreed)
 {
     const hd_span_t *sp = &seg->spans[id];
     s->id = id;
@@ -263,10 +265,16 @@ void mc_span_load(mc_span_t *s, const hd_seg_t *seg, uint32_t id)
     s->nelems = sp->nelems;
     s->elemsize = sp->elemsize;
     s->states = hd_states_of(seg, id, sp->sizeclass);
-    unsigned nfreed;
-    s->live0 = (int32_t)hd_span_sweep(s->states, s->nelems, &nfreed);   /* allocations are counted from here */
+    s->live0 = (int32_t)live;        /* allocations are counted from here */
     s->fresh = sp->needzero == 0 && nfreed == 0;
     mc_span_rewind(s);
+}
+
+void mc_span_load(mc_span_t *s, const hd_seg_t *seg, uint32_t id)
+{
+    const hd_span_t *sp = &seg->spans[id];
+    unsigned nfreed, live = hd_span_sweep(hd_states_of(seg, id, sp->sizeclass), sp->nelems, &nfreed);
+    mc_span_load_swept(s, seg, id, live, nfreed);
 }
 
 unsigned mc_span_next(mc_span_t *s)
@@ -419,6 +427,19 @@ static void mc_span_account(st_thread_t *st, unsigned c, mc_span_t *s)
     if (pop > s->live0)
         st_bump(&st->cur.small_allocs[c], (uint64_t)(pop - s->live0));
     s->live0 = pop;
+}
+
+/* The slow path's sweep of the current span s, with its count: the objects
+ * not FREE before the sweep are those it leaves live plus those it folded
+ * (a remote free meanwhile turns ALLOCATED to FREED: not FREE either way),
+ * so one pass both counts (as mc_span_account would) and sweeps. */
+static void mc_span_sweep_account(st_thread_t *st, unsigned c, mc_span_t *s)
+{
+    unsigned nfreed;
+    int32_t live = (int32_t)hd_span_sweep(s->states, s->nelems, &nfreed), pop = live + (int32_t)nfreed;
+    if (pop > s->live0 && !hd_is_lclass(c))
+        st_bump(&st->cur.small_allocs[c], (uint64_t)(pop - s->live0));
+    s->live0 = live;
 }
 
 /* The current spans of every class (the cache's own thread, or a thread
@@ -741,7 +762,7 @@ static inline bool mc_lspan_free(const hd_seg_t *seg, uint32_t id, unsigned c)
 
 static bool mc_reuse_full(mc_class_t *k)
 {
-    unsigned best = UINT32_MAX;
+    unsigned best = UINT32_MAX, live = 0, nfreed = 0;
     for (unsigned i = 0; i < k->nfull; i++) {
         uint32_t id = k->full[i];
         if (!mc_still_ours(id)) {    /* forget it: not ours to touch */
@@ -752,9 +773,13 @@ static bool mc_reuse_full(mc_class_t *k)
         }
         const hd_span_t *sp = &hdc_seg.spans[id];
         unsigned nelems = sp->nelems;
-        if (nelems == 1 ? mc_lspan_free(&hdc_seg, id, sp->sizeclass)
-                                        : nelems - hd_span_sweep(hd_states_of(&hdc_seg, id, sp->sizeclass), nelems, NULL) >=
-                                              mc_min_room(nelems)) {
+        if (nelems == 1) {
+            live = !mc_lspan_free(&hdc_seg, id, sp->sizeclass);
+            nfreed = 1;              /* not fresh: its object was used */
+        } else {
+            live = hd_span_sweep(hd_states_of(&hdc_seg, id, sp->sizeclass), nelems, &nfreed);
+        }
+        if (nelems - live >= mc_min_room(nelems)) {
             best = i;
             break;
         }
@@ -764,7 +789,7 @@ static bool mc_reuse_full(mc_class_t *k)
     uint32_t id = k->full[best];
     memmove(&k->full[best], &k->full[best + 1], (k->nfull - best - 1u) * sizeof k->full[0]);
     k->nfull--;
-    mc_span_load(&k->cur, &hdc_seg, id);
+    mc_span_load_swept(&k->cur, &hdc_seg, id, live, nfreed);   /* just swept: not again */
     k->cur.fresh = false;            /* it had room again: slots were freed */
     return true;
 }
@@ -838,8 +863,7 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             unsigned i = mc_span_next(s);
             if (i < s->nelems)
                 return mc_take(s, i);
-            mc_span_account(&mc->st, c, s);     /* memstats: before the sweep recounts */
-            s->live0 = (int32_t)hd_span_sweep(s->states, s->nelems, NULL);
+            mc_span_sweep_account(&mc->st, c, s);
             if (s->nelems - (unsigned)s->live0 >= mc_min_room(s->nelems) && rewinds++ < MC_MAX_REWINDS) {  /* step 1 */
                 s->fresh = false;    /* room means frees: used slots come round again */
                 mc_span_rewind(s);
@@ -906,7 +930,9 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
     }
 }
 
-void *mc_alloc_class(unsigned c, size_t size, bool zero)
+/* Everything an allocation of class c may need: the cache made, the slow
+ * path, a whole tiny block's word, calloc's clearing. */
+static __attribute__((noinline)) void *mc_alloc_full(unsigned c, size_t size, bool zero)
 {
     hd_mcache_t *mc = mc_get();
     if (hd_unlikely(!mc))
@@ -926,10 +952,23 @@ void *mc_alloc_class(unsigned c, size_t size, bool zero)
     return p;
 }
 
-void *mc_alloc_small(size_t size, bool zero)
+/* The common case inline and without a call: a malloc of a small size is a
+ * class lookup, the TLS load and nextFreeFast (heapd_malloc tail-calls
+ * mc_alloc_small, which is a leaf unless it needs mc_alloc_full). */
+static inline __attribute__((always_inline)) void *mc_alloc_in(unsigned c, size_t size, bool zero)
 {
-    return mc_alloc_class(hd_size_to_class(size), size, zero);
+    hd_mcache_t *mc = mc_tls;
+    if (hd_likely(mc != NULL) && !zero && c != HD_TINY_SIZE_CLASS) {
+        void *p = mc_fast(&mc->cls[c].cur);
+        if (hd_likely(p != NULL))
+            return p;
+    }
+    return mc_alloc_full(c, size, zero);
 }
+
+void *mc_alloc_class(unsigned c, size_t size, bool zero) { return mc_alloc_in(c, size, zero); }
+
+void *mc_alloc_small(size_t size, bool zero) { return mc_alloc_in(hd_size_to_class(size), size, zero); }
 
 /* ---- tiny ------------------------------------------------------------------------------ */
 

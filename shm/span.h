@@ -206,17 +206,47 @@ static inline unsigned hd_span_inuse(const hd_ostate_t *st, unsigned nelems)
 
 /* Owner only: sweep: every FREED object of the first nelems becomes FREE.
  * Returns the objects still not FREE (live); *nfreed (if not NULL) gets how
- * many frees were swept. Bounded by nelems whatever the bytes hold. */
+ * many frees were swept. Bounded by nelems whatever the bytes hold.
+ * A 16-byte chunk whose bytes all read FREED or FREE is swept with one
+ * vector store: nobody but the owner writes a FREED or a FREE byte (a free
+ * CASes only ALLOCATED ones), so no write of another thread can fall between
+ * the mask and the store. The acquire fence after the masks orders the
+ * freers' writes to the objects (their CAS released them) before we hand the
+ * objects out, as the byte-wise acquire load does. Other chunks go byte by
+ * byte (hd_obj_sweep). A chunk may reach past nelems (the state bytes of a
+ * span are whole 64-byte windows): those bytes must read FREE or FREED too,
+ * and become FREE (no object lives there). The live count is what was neither FREE nor swept:
+ * a byte that turns FREED meanwhile was ALLOCATED, not FREE, either way. */
 static inline unsigned hd_span_sweep(hd_ostate_t *st, unsigned nelems, unsigned *nfreed)
 {
     unsigned live = 0, freed = 0;
     for (unsigned w = 0; w * 64 < nelems; w++) {
         uint64_t win = hd_window_mask(nelems, w);
         unsigned n = nelems - 64 * w;
-        uint64_t f = hd_states_mask(st + 64 * w, HD_OBJ_FREED, n) & win;
-        for (uint64_t m = f; m; m &= m - 1)
-            freed += hd_obj_sweep(st, 64 * w + (unsigned)__builtin_ctzll(m));
-        live += (unsigned)__builtin_popcountll(~hd_states_mask(st + 64 * w, HD_OBJ_FREE, n) & win);
+        hd_ostate_t *ws = st + 64 * w;
+        uint64_t fa = hd_states_mask(ws, HD_OBJ_FREED, n), f = fa & win;
+        uint64_t ea = hd_states_mask(ws, HD_OBJ_FREE, n), e = ea & win;
+        uint64_t swept = 0;
+#if HD_STATES_SIMD
+        if (f) {
+            atomic_thread_fence(memory_order_acquire);
+            uint64_t quiet = fa | ea;        /* whole chunks read, the tail past nelems too */
+            for (unsigned k = 0; k < 4 && 16 * k < n; k++) {
+                uint64_t ck = 0xffffull << (16 * k);
+                if ((f & ck) && (quiet & ck) == ck) {
+                    _mm_store_si128((__m128i *)(void *)(ws + 16 * k), _mm_set1_epi8((char)HD_OBJ_FREE));
+                    swept |= f & ck;
+                }
+            }
+        }
+#endif
+        for (uint64_t m = f & ~swept; m; m &= m - 1) {
+            unsigned i = (unsigned)__builtin_ctzll(m);
+            if (hd_obj_sweep(ws, i))
+                swept |= 1ull << i;
+        }
+        live += (unsigned)__builtin_popcountll(win & ~(e | swept));
+        freed += (unsigned)__builtin_popcountll(swept);
     }
     if (nfreed)
         *nfreed = freed;
@@ -348,8 +378,8 @@ typedef enum hd_free_result (*hd_free_local_fn)(uint32_t id, unsigned cls, hd_os
  * became FREED or FREE (for memstats), or 0 when none was freed: a tiny
  * object whose block still holds others. local (may be NULL) is the
  * owner-local hook above, for spans CACHED by client me. */
-static inline enum hd_free_result hd_free_by(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t me,
-                                             hd_free_local_fn local)
+static inline __attribute__((always_inline)) enum hd_free_result
+hd_free_impl(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t me, hd_free_local_fn local, bool defer)
 {
     *cls = 0;
     uint32_t id = hd_span_of(s, p);
@@ -377,12 +407,30 @@ static inline enum hd_free_result hd_free_by(const hd_seg_t *s, void *p, uint32_
         return HD_FREE_NOT_START;
     *cls = sp->sizeclass;
     hd_ostate_t *states = hd_states_of(s, id, sp->sizeclass);
-    if (local && hd_is_lclass(sp->sizeclass) && st == HD_SPAN_CACHED && sp->owner == me) {
+    if ((local || defer) && hd_is_lclass(sp->sizeclass) && st == HD_SPAN_CACHED && sp->owner == me) {
+        if (defer)
+            return HD_FREE_REMOTE;   /* nothing written: the caller calls hd_free_by with its hook */
         enum hd_free_result r = local(id, sp->sizeclass, states, i);
         if (r != HD_FREE_REMOTE)
             return r;
     }
     return hd_obj_free(states, i);
+}
+
+static inline enum hd_free_result hd_free_by(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t me,
+                                             hd_free_local_fn local)
+{
+    return hd_free_impl(s, p, idp, cls, me, local, false);
+}
+
+/* hd_free_by for a caller that wants its common path free of calls (the
+ * client's heapd_free): an object the owner-local hook would take (a
+ * large-class object of a span CACHED by me) is left alone and reported as
+ * HD_FREE_REMOTE, and the caller frees it with hd_free_by and its hook. */
+static inline enum hd_free_result hd_free_by_deferred(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls,
+                                                      uint32_t me)
+{
+    return hd_free_impl(s, p, idp, cls, me, NULL, true);
 }
 
 static inline enum hd_free_result hd_free_ex(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls)

@@ -124,6 +124,46 @@ static void test_sweep_folds(void)
     drop_span(0);
 }
 
+/* The sweep's whole-chunk path (shm/span.h: a 16-byte chunk of FREED and
+ * FREE bytes becomes FREE with one store) next to chunks it must leave to
+ * the byte-wise path: one with a live object, one with a scribble. The 48 B
+ * class (170 objects) also ends in a chunk that reaches past nelems. */
+static void test_sweep_chunks(void)
+{
+    unsigned c = hd_size_to_class(48);
+    make_span(2, c, 0, HD_SPAN_CACHED);
+    hd_ostate_t *sl = states(2);
+    unsigned n = fs.s.spans[2].nelems;
+    CU_ASSERT_EQUAL(n, 170);
+    for (unsigned i = 0; i < n; i++)
+        hd_obj_alloc(sl, i);
+    uint32_t id;
+    unsigned freed = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (i == 50 || i == 100)
+            continue;                                       /* live: chunks 3 and 6 go byte by byte */
+        CU_ASSERT_EQUAL(hd_free(&fs.s, obj(2, i), &id), HD_FREE_OK);
+        if (i >= 16 && i < 32 && i % 2)
+            hd_obj_sweep(sl, i);                            /* chunk 1: FREED and FREE bytes */
+        else
+            freed++;
+    }
+    atomic_store(&sl[101], 9);                              /* a scribble where a FREED byte was */
+    freed--;
+    unsigned nf;
+    CU_ASSERT_EQUAL(hd_span_sweep(sl, n, &nf), 3);          /* 50, 100 and the scribble */
+    CU_ASSERT_EQUAL(nf, freed);
+    for (unsigned i = 0; i < n; i++)
+        CU_ASSERT_EQUAL(hd_obj_state(sl, i), i == 50 || i == 100 ? HD_OBJ_ALLOCATED : i == 101 ? 9 : HD_OBJ_FREE);
+    for (unsigned i = n; i < hd_states_len(n); i++)         /* past nelems: FREE, as made */
+        CU_ASSERT_EQUAL(hd_obj_state(sl, i), HD_OBJ_FREE);
+    CU_ASSERT_EQUAL(hd_span_inuse(sl, n), 3);
+    CU_ASSERT_EQUAL(hd_span_sweep(sl, n, &nf), 3);          /* nothing new */
+    CU_ASSERT_EQUAL(nf, 0);
+    atomic_store(&sl[101], HD_OBJ_FREE);
+    drop_span(2);
+}
+
 /* A byte that is no state (a hostile process wrote it) is never handed out,
  * never freed, never swept, and counts as live; counts stay <= nelems. */
 static void test_scribbled_states(void)
@@ -675,6 +715,7 @@ static void register_span_suite(void)
     CU_pSuite s = CU_add_suite("span", span_setup, span_teardown);
     CU_add_test(s, "every class's states fit their area", test_states_fit);
     CU_add_test(s, "sweep makes FREED objects FREE and counts", test_sweep_folds);
+    CU_add_test(s, "sweep of whole chunks beside live and scribbled bytes", test_sweep_chunks);
     CU_add_test(s, "scribbled states: never handed out, freed or swept", test_scribbled_states);
     CU_add_test(s, "double frees and frees after the sweep", test_double_and_late_frees);
     CU_add_test(s, "interior, tail, outside and large pointers", test_bad_pointers);
