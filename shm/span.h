@@ -207,16 +207,18 @@ static inline unsigned hd_span_inuse(const hd_ostate_t *st, unsigned nelems)
 /* Owner only: sweep: every FREED object of the first nelems becomes FREE.
  * Returns the objects still not FREE (live); *nfreed (if not NULL) gets how
  * many frees were swept. Bounded by nelems whatever the bytes hold.
- * A 16-byte chunk whose bytes all read FREED or FREE is swept with one
- * vector store: nobody but the owner writes a FREED or a FREE byte (a free
- * CASes only ALLOCATED ones), so no write of another thread can fall between
- * the mask and the store. The acquire fence after the masks orders the
- * freers' writes to the objects (their CAS released them) before we hand the
- * objects out, as the byte-wise acquire load does. Other chunks go byte by
- * byte (hd_obj_sweep). A chunk may reach past nelems (the state bytes of a
- * span are whole 64-byte windows): those bytes must read FREE or FREED too,
- * and become FREE (no object lives there). The live count is what was neither FREE nor swept:
- * a byte that turns FREED meanwhile was ALLOCATED, not FREE, either way. */
+ * With the vector masks (HD_STATES_SIMD): nobody but the owner writes a
+ * FREED or a FREE byte (a free CASes only ALLOCATED ones), so what the mask
+ * read FREED is still FREED at the store, and one acquire fence after the
+ * masks orders the freers' writes to the objects (their CAS released them)
+ * before we hand the objects out. Each FREED byte then gets a plain store of
+ * FREE, and a 16-byte chunk whose bytes all read FREED or FREE one vector
+ * store (a chunk may reach past nelems, the state bytes of a span being
+ * whole 64-byte windows: those bytes must read FREE or FREED too, and become
+ * FREE; no object lives there). Without them (TSan) each object goes through
+ * hd_obj_sweep (an acquire load, then the store). The live count is what was
+ * neither FREE nor swept: a byte that turns FREED meanwhile was ALLOCATED,
+ * not FREE, either way. */
 static inline unsigned hd_span_sweep(hd_ostate_t *st, unsigned nelems, unsigned *nfreed)
 {
     unsigned live = 0, freed = 0;
@@ -238,13 +240,17 @@ static inline unsigned hd_span_sweep(hd_ostate_t *st, unsigned nelems, unsigned 
                     swept |= f & ck;
                 }
             }
+            for (uint64_t m = f & ~swept; m; m &= m - 1)
+                hd_obj_unfree(ws, (unsigned)__builtin_ctzll(m));
+            swept = f;
         }
-#endif
-        for (uint64_t m = f & ~swept; m; m &= m - 1) {
+#else
+        for (uint64_t m = f; m; m &= m - 1) {
             unsigned i = (unsigned)__builtin_ctzll(m);
             if (hd_obj_sweep(ws, i))
                 swept |= 1ull << i;
         }
+#endif
         live += (unsigned)__builtin_popcountll(win & ~(e | swept));
         freed += (unsigned)__builtin_popcountll(swept);
     }
