@@ -250,6 +250,13 @@ void mc_span_rewind(mc_span_t *s)
     s->alloc_cache = s->nelems ? mc_cache_word(s, 0) : 0;
 }
 
+/* mc_span_rewind with window 0's FREE mask already known (hd_span_sweep_ex). */
+static void mc_span_rewind_to(mc_span_t *s, uint64_t free0)
+{
+    s->freeindex = 0;
+    s->alloc_cache = free0;
+}
+
 static void mc_span_clear(mc_span_t *s)
 {
     *s = (mc_span_t){.id = HD_NO_SPAN};
@@ -257,7 +264,8 @@ static void mc_span_clear(mc_span_t *s)
 
 /* Point s at span id whose sweep just found `live` objects not FREE and
  * folded nfreed frees (the caller swept it). */
-static void mc_span_load_swept(mc_span_t *s, const hd_seg_t *seg, uint32_t id, unsigned live, unsigned nfreed)
+static void mc_span_load_swept(mc_span_t *s, const hd_seg_t *seg, uint32_t id, unsigned live, unsigned nfreed,
+                               uint64_t free0)
 {
     const hd_span_t *sp = &seg->spans[id];
     s->id = id;
@@ -267,14 +275,16 @@ static void mc_span_load_swept(mc_span_t *s, const hd_seg_t *seg, uint32_t id, u
     s->states = hd_states_of(seg, id, sp->sizeclass);
     s->live0 = (int32_t)live;        /* allocations are counted from here */
     s->fresh = sp->needzero == 0 && nfreed == 0;
-    mc_span_rewind(s);
+    mc_span_rewind_to(s, free0);
 }
 
 void mc_span_load(mc_span_t *s, const hd_seg_t *seg, uint32_t id)
 {
     const hd_span_t *sp = &seg->spans[id];
-    unsigned nfreed, live = hd_span_sweep(hd_states_of(seg, id, sp->sizeclass), sp->nelems, &nfreed);
-    mc_span_load_swept(s, seg, id, live, nfreed);
+    unsigned nfreed;
+    uint64_t free0 = 0;
+    unsigned live = hd_span_sweep_ex(hd_states_of(seg, id, sp->sizeclass), sp->nelems, &nfreed, &free0);
+    mc_span_load_swept(s, seg, id, live, nfreed, free0);
 }
 
 unsigned mc_span_next(mc_span_t *s)
@@ -433,13 +443,15 @@ static void mc_span_account(st_thread_t *st, unsigned c, mc_span_t *s)
  * not FREE before the sweep are those it leaves live plus those it folded
  * (a remote free meanwhile turns ALLOCATED to FREED: not FREE either way),
  * so one pass both counts (as mc_span_account would) and sweeps. */
-static void mc_span_sweep_account(st_thread_t *st, unsigned c, mc_span_t *s)
+static uint64_t mc_span_sweep_account(st_thread_t *st, unsigned c, mc_span_t *s)
 {
     unsigned nfreed;
-    int32_t live = (int32_t)hd_span_sweep(s->states, s->nelems, &nfreed), pop = live + (int32_t)nfreed;
+    uint64_t free0 = 0;
+    int32_t live = (int32_t)hd_span_sweep_ex(s->states, s->nelems, &nfreed, &free0), pop = live + (int32_t)nfreed;
     if (pop > s->live0 && !hd_is_lclass(c))
         st_bump(&st->cur.small_allocs[c], (uint64_t)(pop - s->live0));
     s->live0 = live;
+    return free0;                    /* window 0's FREE mask after the sweep */
 }
 
 /* The current spans of every class (the cache's own thread, or a thread
@@ -760,10 +772,11 @@ static inline bool mc_lspan_free(const hd_seg_t *seg, uint32_t id, unsigned c)
     return v == HD_OBJ_FREE || (v == HD_OBJ_FREED && hd_obj_sweep(st, 0));
 }
 
-static bool mc_reuse_full(mc_class_t *k)
+static bool mc_reuse_full_n(mc_class_t *k, unsigned scan)
 {
     unsigned best = UINT32_MAX, live = 0, nfreed = 0;
-    for (unsigned i = 0; i < k->nfull; i++) {
+    uint64_t free0 = 0;
+    for (unsigned i = 0; i < k->nfull && i < scan; i++) {
         uint32_t id = k->full[i];
         if (!mc_still_ours(id)) {    /* forget it: not ours to touch */
             memmove(&k->full[i], &k->full[i + 1], (k->nfull - i - 1u) * sizeof k->full[0]);
@@ -776,8 +789,9 @@ static bool mc_reuse_full(mc_class_t *k)
         if (nelems == 1) {
             live = !mc_lspan_free(&hdc_seg, id, sp->sizeclass);
             nfreed = 1;              /* not fresh: its object was used */
+            free0 = !live;
         } else {
-            live = hd_span_sweep(hd_states_of(&hdc_seg, id, sp->sizeclass), nelems, &nfreed);
+            live = hd_span_sweep_ex(hd_states_of(&hdc_seg, id, sp->sizeclass), nelems, &nfreed, &free0);
         }
         if (nelems - live >= mc_min_room(nelems)) {
             best = i;
@@ -789,8 +803,30 @@ static bool mc_reuse_full(mc_class_t *k)
     uint32_t id = k->full[best];
     memmove(&k->full[best], &k->full[best + 1], (k->nfull - best - 1u) * sizeof k->full[0]);
     k->nfull--;
-    mc_span_load_swept(&k->cur, &hdc_seg, id, live, nfreed);   /* just swept: not again */
+    mc_span_load_swept(&k->cur, &hdc_seg, id, live, nfreed, free0);   /* just swept: not again */
     k->cur.fresh = false;            /* it had room again: slots were freed */
+    return true;
+}
+
+static bool mc_reuse_full(mc_class_t *k) { return mc_reuse_full_n(k, UINT32_MAX); }
+
+/* Step 0: cur (a small class) is exhausted: every object that was FREE when
+ * its windows were read is allocated now (only this cache makes objects of
+ * its spans FREE), so its count needs no read. Its state bytes were written a
+ * moment ago, and a vector load over bytes still in the store buffer waits
+ * for them (and for the program's stores ahead of them), while the oldest
+ * kept span has had longest to gather frees: try that one first; with room,
+ * it becomes cur and cur goes to the back of the list, unswept. */
+static bool mc_rotate(hd_mcache_t *mc, mc_class_t *k, unsigned c)
+{
+    mc_span_t *s = &k->cur;
+    if (s->live0 < (int32_t)s->nelems)
+        st_bump(&mc->st.cur.small_allocs[c], (uint64_t)((int32_t)s->nelems - s->live0));
+    s->live0 = (int32_t)s->nelems;
+    uint32_t id = s->id;
+    if (!mc_reuse_full_n(k, 1))
+        return false;
+    mc_push_full(mc, c, id);
     return true;
 }
 
@@ -863,10 +899,12 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             unsigned i = mc_span_next(s);
             if (i < s->nelems)
                 return mc_take(s, i);
-            mc_span_sweep_account(&mc->st, c, s);
+            if (k->nfull && !rewinds && !hd_is_lclass(c) && mc_rotate(mc, k, c))     /* step 0 */
+                continue;
+            uint64_t free0 = mc_span_sweep_account(&mc->st, c, s);
             if (s->nelems - (unsigned)s->live0 >= mc_min_room(s->nelems) && rewinds++ < MC_MAX_REWINDS) {  /* step 1 */
                 s->fresh = false;    /* room means frees: used slots come round again */
-                mc_span_rewind(s);
+                mc_span_rewind_to(s, free0);
                 continue;
             }
             mc_push_full(mc, c, s->id);                                   /* step 2 */

@@ -219,7 +219,7 @@ static inline unsigned hd_span_inuse(const hd_ostate_t *st, unsigned nelems)
  * hd_obj_sweep (an acquire load, then the store). The live count is what was
  * neither FREE nor swept: a byte that turns FREED meanwhile was ALLOCATED,
  * not FREE, either way. */
-static inline unsigned hd_span_sweep(hd_ostate_t *st, unsigned nelems, unsigned *nfreed)
+static inline unsigned hd_span_sweep_ex(hd_ostate_t *st, unsigned nelems, unsigned *nfreed, uint64_t *free0)
 {
     unsigned live = 0, freed = 0;
     for (unsigned w = 0; w * 64 < nelems; w++) {
@@ -253,10 +253,21 @@ static inline unsigned hd_span_sweep(hd_ostate_t *st, unsigned nelems, unsigned 
 #endif
         live += (unsigned)__builtin_popcountll(win & ~(e | swept));
         freed += (unsigned)__builtin_popcountll(swept);
+        if (w == 0 && free0)
+            *free0 = (e | swept) & win;
     }
     if (nfreed)
         *nfreed = freed;
     return live;
+}
+
+/* hd_span_sweep_ex without free0. With free0 (not NULL), it also gets the
+ * FREE mask of window 0 after the sweep (what hd_states_free_mask would
+ * read), so that an owner starting over at object 0 need not read back, with
+ * a vector load, bytes it just stored (a load that waits for those stores). */
+static inline unsigned hd_span_sweep(hd_ostate_t *st, unsigned nelems, unsigned *nfreed)
+{
+    return hd_span_sweep_ex(st, nelems, nfreed, NULL);
 }
 
 static inline hd_tiny_t *hd_tiny_of(const hd_seg_t *s, uint32_t id) { return &s->tiny[id]; }
