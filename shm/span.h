@@ -219,42 +219,64 @@ static inline unsigned hd_span_inuse(const hd_ostate_t *st, unsigned nelems)
  * hd_obj_sweep (an acquire load, then the store). The live count is what was
  * neither FREE nor swept: a byte that turns FREED meanwhile was ALLOCATED,
  * not FREE, either way. */
+typedef struct hd_sweep_look {
+    uint64_t freed, free;            /* FREED and FREE objects among the window's first n */
+    uint64_t quiet;                  /* SIMD: bytes of the chunks read (past n too) that were FREED or FREE */
+} hd_sweep_look_t;
+
+/* The sweep of one 64-object window (n objects of it in the span), in its
+ * two steps: look reads the masks, apply stores FREE; frees of other
+ * threads may fall between them (tests/test_span.c runs that gap in every
+ * order). apply returns the objects it made FREE. */
+static inline hd_sweep_look_t hd_sweep_look(const hd_ostate_t *ws, unsigned n)
+{
+    uint64_t win = n >= 64 ? ~0ull : (1ull << n) - 1;
+    uint64_t fa = hd_states_mask(ws, HD_OBJ_FREED, n), ea = hd_states_mask(ws, HD_OBJ_FREE, n);
+    hd_sweep_look_t v = {fa & win, ea & win, fa | ea};
+#if HD_STATES_SIMD
+    if (v.freed)
+        atomic_thread_fence(memory_order_acquire);
+#endif
+    return v;
+}
+
+static inline uint64_t hd_sweep_apply(hd_ostate_t *ws, unsigned n, const hd_sweep_look_t *v)
+{
+    uint64_t swept = 0;
+#if HD_STATES_SIMD
+    for (unsigned k = 0; k < 4 && 16 * k < n; k++) {
+        uint64_t ck = 0xffffull << (16 * k);
+        if ((v->freed & ck) && (v->quiet & ck) == ck) {
+            _mm_store_si128((__m128i *)(void *)(ws + 16 * k), _mm_set1_epi8((char)HD_OBJ_FREE));
+            swept |= v->freed & ck;
+        }
+    }
+    for (uint64_t m = v->freed & ~swept; m; m &= m - 1)
+        hd_obj_unfree(ws, (unsigned)__builtin_ctzll(m));
+    return v->freed;
+#else
+    (void)n;
+    for (uint64_t m = v->freed; m; m &= m - 1) {
+        unsigned i = (unsigned)__builtin_ctzll(m);
+        if (hd_obj_sweep(ws, i))
+            swept |= 1ull << i;
+    }
+    return swept;
+#endif
+}
+
 static inline unsigned hd_span_sweep_ex(hd_ostate_t *st, unsigned nelems, unsigned *nfreed, uint64_t *free0)
 {
     unsigned live = 0, freed = 0;
     for (unsigned w = 0; w * 64 < nelems; w++) {
-        uint64_t win = hd_window_mask(nelems, w);
         unsigned n = nelems - 64 * w;
         hd_ostate_t *ws = st + 64 * w;
-        uint64_t fa = hd_states_mask(ws, HD_OBJ_FREED, n), f = fa & win;
-        uint64_t ea = hd_states_mask(ws, HD_OBJ_FREE, n), e = ea & win;
-        uint64_t swept = 0;
-#if HD_STATES_SIMD
-        if (f) {
-            atomic_thread_fence(memory_order_acquire);
-            uint64_t quiet = fa | ea;        /* whole chunks read, the tail past nelems too */
-            for (unsigned k = 0; k < 4 && 16 * k < n; k++) {
-                uint64_t ck = 0xffffull << (16 * k);
-                if ((f & ck) && (quiet & ck) == ck) {
-                    _mm_store_si128((__m128i *)(void *)(ws + 16 * k), _mm_set1_epi8((char)HD_OBJ_FREE));
-                    swept |= f & ck;
-                }
-            }
-            for (uint64_t m = f & ~swept; m; m &= m - 1)
-                hd_obj_unfree(ws, (unsigned)__builtin_ctzll(m));
-            swept = f;
-        }
-#else
-        for (uint64_t m = f; m; m &= m - 1) {
-            unsigned i = (unsigned)__builtin_ctzll(m);
-            if (hd_obj_sweep(ws, i))
-                swept |= 1ull << i;
-        }
-#endif
-        live += (unsigned)__builtin_popcountll(win & ~(e | swept));
+        hd_sweep_look_t v = hd_sweep_look(ws, n);
+        uint64_t swept = v.freed ? hd_sweep_apply(ws, n, &v) : 0;
+        live += (unsigned)__builtin_popcountll(hd_window_mask(nelems, w) & ~(v.free | swept));
         freed += (unsigned)__builtin_popcountll(swept);
         if (w == 0 && free0)
-            *free0 = (e | swept) & win;
+            *free0 = v.free | swept;
     }
     if (nfreed)
         *nfreed = freed;
