@@ -12,7 +12,9 @@
  * FreeLarge carrying the span's gen, so a late free of a reused span is
  * refused by the daemon. Nothing on this path writes anything but the one
  * state byte (or block word) of the object being freed: an invalid free is
- * reported and changes nothing.
+ * reported and changes nothing. heapd_free's common path (a small object
+ * freed, counted in mc_tls_frees) is inline and makes no call; the rest is
+ * free_rest.
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -7,12 +7,23 @@
  * reach every cache, and flushed by a pthread key destructor at thread exit).
  * Only its thread touches a cache, so nothing in it is locked.
  *
+ * The common path of a small malloc is inline in mc_alloc_small and makes no
+ * call (the TLS load, the class lookup, nextFreeFast); everything else is
+ * mc_alloc_full.
+ *
  * Small allocation, per size class (Go's mallocgc small path):
  *   cur span: freeindex + allocCache (a 64-bit mask of the FREE object
  *   states of the window at freeindex); nextFreeFast is a ctz; the owner
  *   then stores the object's state ALLOCATED (shm/span.h: a byte store, no
  *   atomic RMW), so the segment always knows what is live.
  *   When cur is exhausted:
+ *     0. (small classes with kept full spans) cur's count needs no read:
+ *        every object that was FREE when its windows were read is allocated
+ *        now. If the oldest kept span, swept, has an eighth free, it becomes
+ *        cur and cur joins the back of the kept spans unswept: its state
+ *        bytes were just stored, and sweeping them at once reads them back
+ *        with vector loads that wait for those stores (bench/peers larson:
+ *        +7%, docs/performance.md). Else:
  *     1. sweep it (FREED states, from local and remote frees, become FREE);
  *        at least an eighth of it free again → rewind and go on (less is
  *        not worth it: a program that frees one object per allocation would
