@@ -17,9 +17,10 @@
  *   then stores the object's state ALLOCATED (shm/span.h: a byte store, no
  *   atomic RMW), so the segment always knows what is live.
  *   When cur is exhausted:
- *     0. (small classes with kept full spans) cur's count needs no read:
+ *     0. (small classes of >= 8 objects per span, with kept full spans)
+ *        cur's count needs no read:
  *        every object that was FREE when its windows were read is allocated
- *        now. If the oldest kept span, swept, has an eighth free, it becomes
+ *        now. If the oldest kept span, swept, has half of it free, it becomes
  *        cur and cur joins the back of the kept spans unswept: its state
  *        bytes were just stored, and sweeping them at once reads them back
  *        with vector loads that wait for those stores (bench/peers larson:
@@ -143,6 +144,7 @@
 #define MC_KEEP_LARGE_BYTES (128u << 20) /* full spans a large class may keep, in bytes (4..128 spans) */
 #define MC_MAX_REFILLS 4                /* refills per slow path before giving up */
 #define MC_MAX_REWINDS 2                /* sweeps of the current span per slow path that found room */
+#define MC_ROTATE_MIN_OBJS 8u           /* step 0 for spans of at least this many objects */
 #define MC_AHEAD_STREAK 2               /* refills in a row before the class refills ahead */
 #define MC_AHEAD_RECENT 4               /* ...the last of them among the cache's last 4 refills */
 #define MC_AHEAD_STALE 32               /* a refill ahead not collected within 32 refills goes back */
@@ -831,7 +833,10 @@ static bool mc_reuse_full(mc_class_t *k) { return mc_reuse_full_n(k, UINT32_MAX,
  * Half, not the eighth of step 3: rotating for less can settle a FIFO
  * program on exactly the spans its live objects fill, one slot freed per
  * allocation, and a slow path for every allocation (bench/alloc 1024 B:
- * 10.4 -> 25 ns with an eighth). */
+ * 10.4 -> 25 ns with an eighth). Spans of fewer than MC_ROTATE_MIN_OBJS
+ * objects skip it: they reach the slow path every few allocations anyway,
+ * and a failed try is one sweep more (bench/alloc 12 KiB, 2 per span:
+ * 21.0 -> 23.3 ns with it). */
 static bool mc_rotate(hd_mcache_t *mc, mc_class_t *k, unsigned c)
 {
     mc_span_t *s = &k->cur;
@@ -914,7 +919,8 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             unsigned i = mc_span_next(s);
             if (i < s->nelems)
                 return mc_take(s, i);
-            if (k->nfull && !rewinds && !hd_is_lclass(c) && mc_rotate(mc, k, c))     /* step 0 */
+            if (k->nfull && !rewinds && s->nelems >= MC_ROTATE_MIN_OBJS && !hd_is_lclass(c) &&
+                mc_rotate(mc, k, c))                                              /* step 0 */
                 continue;
             uint64_t free0 = mc_span_sweep_account(&mc->st, c, s);
             if (s->nelems - (unsigned)s->live0 >= mc_min_room(s->nelems) && rewinds++ < MC_MAX_REWINDS) {  /* step 1 */
