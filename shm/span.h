@@ -325,12 +325,28 @@ static inline void hd_tiny_pack(hd_tiny_t *t, unsigned b, uint32_t bits)
     atomic_fetch_or_explicit(&t->block[b], bits, memory_order_release);
 }
 
-/* Free the tiny object starting at byte j of block b. *block_freed says
- * whether this free also freed the block (it was the last one out). */
-static inline enum hd_free_result hd_tiny_free_ex(hd_ostate_t *st, hd_tiny_t *t, unsigned b, unsigned j,
-                                                  bool *block_freed)
+/* A tiny free or close is two steps: the word step (one CAS on the block
+ * word; the retries of its loop change nothing), then, for the one whose
+ * CAS took the word to 0 (the last one out), the block's state byte
+ * ALLOCATED -> FREED with a plain release store, not a CAS: a class-2 block
+ * is ALLOCATED before its word is ever non-zero (the owner stores the state,
+ * then the word with release, which our acq_rel CAS acquires), nobody but the
+ * last one out moves an ALLOCATED block byte (a class-2 free always goes
+ * through the word), and only one CAS takes the word to 0. So the byte is
+ * ALLOCATED and ours alone at the store (tests/test_span.c runs both steps
+ * against the owner's in every order). Release, as in hd_obj_free: the
+ * owner's sweep acquires it before handing the block out again. */
+static inline enum hd_free_result hd_tiny_block_freed(hd_ostate_t *st, unsigned b)
 {
-    *block_freed = false;
+    atomic_store_explicit(&st[b], HD_OBJ_FREED, memory_order_release);
+    return HD_FREE_OK;
+}
+
+/* The word step of freeing the tiny object starting at byte j of block b:
+ * clear its start bit; *last: this CAS took the word to 0. */
+static inline enum hd_free_result hd_tiny_clear(hd_tiny_t *t, unsigned b, unsigned j, bool *last)
+{
+    *last = false;
     uint32_t w = atomic_load_explicit(&t->block[b], memory_order_relaxed), nw;
     do {
         if (!(w & (1u << j)))
@@ -343,8 +359,17 @@ static inline enum hd_free_result hd_tiny_free_ex(hd_ostate_t *st, hd_tiny_t *t,
          * owner that reuses a reset block sees the frees before it */
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
-    *block_freed = nw == 0;
-    return nw == 0 ? hd_obj_free(st, b) : HD_FREE_OK;
+    *last = nw == 0;
+    return HD_FREE_OK;
+}
+
+/* Free the tiny object starting at byte j of block b. *block_freed says
+ * whether this free also freed the block (it was the last one out). */
+static inline enum hd_free_result hd_tiny_free_ex(hd_ostate_t *st, hd_tiny_t *t, unsigned b, unsigned j,
+                                                  bool *block_freed)
+{
+    enum hd_free_result r = hd_tiny_clear(t, b, j, block_freed);
+    return *block_freed ? hd_tiny_block_freed(st, b) : r;
 }
 
 static inline enum hd_free_result hd_tiny_free(hd_ostate_t *st, hd_tiny_t *t, unsigned b, unsigned j)
@@ -359,21 +384,26 @@ static inline enum hd_free_result hd_tiny_free(hd_ostate_t *st, hd_tiny_t *t, un
  * another block or gives the span back; an open block always lies in a span
  * its client caches, so the daemon closes every block still open in the
  * class-2 spans it reclaims from a client that is gone. */
-static inline enum hd_free_result hd_tiny_close_ex(hd_ostate_t *st, hd_tiny_t *t, unsigned b, bool *block_freed)
+static inline void hd_tiny_unopen(hd_tiny_t *t, unsigned b, bool *last)
 {
-    *block_freed = false;
+    *last = false;
     uint32_t w = atomic_load_explicit(&t->block[b], memory_order_relaxed), nw;
     do {
         if (!(w & HD_TINY_OPEN))
-            return HD_FREE_OK;                       /* not open: nothing to do */
+            return;                                  /* not open: nothing to do */
         nw = w & ~HD_TINY_OPEN;
         if ((nw & 0xffffu) == 0)
             nw = 0;
-        /* acq_rel: as in hd_tiny_free_ex; pairs with the frees' CAS */
+        /* acq_rel: as in hd_tiny_clear; pairs with the frees' CAS */
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
-    *block_freed = nw == 0;
-    return nw == 0 ? hd_obj_free(st, b) : HD_FREE_OK;
+    *last = nw == 0;
+}
+
+static inline enum hd_free_result hd_tiny_close_ex(hd_ostate_t *st, hd_tiny_t *t, unsigned b, bool *block_freed)
+{
+    hd_tiny_unopen(t, b, block_freed);
+    return *block_freed ? hd_tiny_block_freed(st, b) : HD_FREE_OK;
 }
 
 static inline enum hd_free_result hd_tiny_close(hd_ostate_t *st, hd_tiny_t *t, unsigned b)

@@ -683,6 +683,178 @@ static void test_every_interleaving(void)
     CU_ASSERT(p.failed > 0);
 }
 
+/* ---- every interleaving of a tiny block's owner and its frees --------------------------
+ *
+ * The tiny free's block step (shm/span.h, hd_tiny_block_freed: the last one
+ * out stores FREED into the block's state byte with a plain store, no CAS)
+ * is sound if, whenever a free or close takes the word to 0, the state byte
+ * is ALLOCATED and nobody else writes it before that store. The owner:
+ * take block 0 (hd_obj_alloc), start it open with object A at byte 0
+ * (hd_tiny_start), pack object B at byte 4 (hd_tiny_pack), close it (word
+ * step hd_tiny_unopen, then the state step if it was the last one out),
+ * sweep it (hd_sweep_look, hd_sweep_apply), and, if the block is FREE,
+ * take it again for a whole-block object C (hd_obj_alloc, hd_tiny_start).
+ * Frees of A, B (and C), and a second free of A issued after the first
+ * returned, each a word step (hd_tiny_clear) and a state step, run in every
+ * order with the owner's steps (a free starts after its object's start).
+ * Rules: T1 the state is ALLOCATED at every state step, one per life of
+ * the block; T2 the block is taken again only once A and B were freed and
+ * it was closed; T3 at the end, after a final sweep, the state is FREE iff
+ * the word is 0 (every object of the block's last life freed, not open). */
+
+enum { TL_OWNER_STEPS = 9, TL_MAX_FREES = 3 };
+
+typedef struct tl_world {
+    uint32_t word;                  /* block 0's word and state byte, copied in and out of tl_st/tl_t */
+    uint8_t state;
+    uint8_t step[1 + TL_MAX_FREES]; /* next step of the owner and of each free */
+    bool last[1 + TL_MAX_FREES];    /* the word step took the word to 0 */
+    bool took_c;                    /* the owner took the block again */
+    bool freed_obj[3];              /* A, B, C: a free's word step succeeded */
+    bool closed;
+    unsigned block_frees[2];        /* state steps in life 1 and 2 */
+    hd_sweep_look_t look;
+    char why[160];
+} tl_world_t;
+
+typedef struct tl_scen {
+    unsigned nfree;
+    int obj[TL_MAX_FREES];          /* 0: A, 1: B, 2: C */
+    int after[TL_MAX_FREES];        /* a free that must have returned first, -1: none */
+} tl_scen_t;
+
+static _Alignas(64) hd_ostate_t tl_st[64];
+static hd_tiny_t tl_t;
+
+#define TL_FAIL(w, ...) do { if (!(w)->why[0]) snprintf((w)->why, sizeof (w)->why, __VA_ARGS__); } while (0)
+
+static void tl_state_step(tl_world_t *w)
+{
+    if (w->state != HD_OBJ_ALLOCATED)
+        TL_FAIL(w, "T1: last one out found the block in state %u", w->state);
+    w->block_frees[w->took_c]++;
+    if (w->block_frees[w->took_c] > 1)
+        TL_FAIL(w, "T1: two state steps in one life of the block");
+    atomic_store(&tl_st[0], w->state);
+    hd_tiny_block_freed(tl_st, 0);
+    w->state = hd_obj_state(tl_st, 0);
+}
+
+/* One step of the owner (t == 0) or of free t-1; false when it cannot run. */
+static bool tl_step(tl_world_t *w, const tl_scen_t *sc, unsigned t)
+{
+    atomic_store(&tl_t.block[0], w->word);
+    atomic_store(&tl_st[0], w->state);
+    unsigned k = w->step[t];
+    if (t == 0) {
+        switch (k) {
+        case 0: hd_obj_alloc(tl_st, 0); break;
+        case 1: hd_tiny_start(&tl_t, 0, 1u | 1u << (16 + 3) | HD_TINY_OPEN); break;       /* A: bytes 0..3 */
+        case 2: hd_tiny_pack(&tl_t, 0, 1u << 4 | 1u << (16 + 7)); break;                  /* B: bytes 4..7 */
+        case 3: hd_tiny_unopen(&tl_t, 0, &w->last[0]); w->closed = true; break;
+        case 4:
+            if (w->last[0]) {
+                w->state = hd_obj_state(tl_st, 0);
+                tl_state_step(w);
+            }
+            break;
+        case 5: w->look = hd_sweep_look(tl_st, 1); break;
+        case 6:
+            if (w->look.freed)
+                hd_sweep_apply(tl_st, 1, &w->look);
+            break;
+        case 7:
+            if (hd_obj_state(tl_st, 0) == HD_OBJ_FREE) {
+                if (!w->freed_obj[0] || !w->freed_obj[1] || !w->closed)
+                    TL_FAIL(w, "T2: block taken again with A %d, B %d, closed %d", w->freed_obj[0], w->freed_obj[1],
+                            w->closed);
+                hd_obj_alloc(tl_st, 0);
+                w->took_c = true;
+            }
+            break;
+        case 8:
+            if (w->took_c)
+                hd_tiny_start(&tl_t, 0, 1u);                  /* C: the whole block */
+            break;
+        }
+    } else {
+        unsigned j = t - 1;
+        int o = sc->obj[j];
+        if (k == 0) {
+            unsigned started = o == 0 ? 2 : o == 1 ? 3 : 9;  /* owner steps done before the object exists */
+            if (w->step[0] < started || (o == 2 && !w->took_c))
+                return false;
+            if (sc->after[j] >= 0 && w->step[1 + sc->after[j]] < 2)
+                return false;
+            if (hd_tiny_clear(&tl_t, 0, o == 1 ? 4 : 0, &w->last[t]) == HD_FREE_OK) {
+                int hit = o == 1 ? 1 : w->took_c ? 2 : 0; /* byte 0 holds A, or C once it was taken */
+                if (w->freed_obj[hit] && hit != 2)
+                    TL_FAIL(w, "object %d freed twice", hit);
+                w->freed_obj[hit] = true;
+            }
+        } else if (w->last[t]) {
+            w->state = hd_obj_state(tl_st, 0);
+            tl_state_step(w);
+        }
+    }
+    w->word = atomic_load(&tl_t.block[0]);
+    if (!(t == 0 && k == 4) && !(t > 0 && k == 1))
+        w->state = hd_obj_state(tl_st, 0);
+    w->step[t]++;
+    return true;
+}
+
+static void tl_explore(tl_world_t *w, const tl_scen_t *sc, unsigned long *n, unsigned long *bad, char *first)
+{
+    bool ran = false;
+    for (unsigned t = 0; t <= sc->nfree; t++) {
+        if (w->step[t] == (t == 0 ? TL_OWNER_STEPS : 2))
+            continue;
+        tl_world_t save = *w;
+        if (!tl_step(w, sc, t)) {
+            *w = save;
+            continue;
+        }
+        ran = true;
+        tl_explore(w, sc, n, bad, first);
+        *w = save;
+    }
+    if (ran)
+        return;
+    for (unsigned t = 1; t <= sc->nfree; t++)
+        if (w->step[t] < 2)
+            return;                                  /* a free whose object never existed (C not taken) */
+    atomic_store(&tl_st[0], w->state);               /* the final sweep */
+    hd_sweep_look_t v = hd_sweep_look(tl_st, 1);
+    if (v.freed)
+        hd_sweep_apply(tl_st, 1, &v);
+    if ((hd_obj_state(tl_st, 0) == HD_OBJ_FREE) != (w->word == 0))
+        TL_FAIL(w, "T3: word %#x with the block in state %u after the final sweep", w->word, hd_obj_state(tl_st, 0));
+    (*n)++;
+    if (w->why[0] && !(*bad)++)
+        snprintf(first, 200, "%s", w->why);
+}
+
+static void test_tiny_interleavings(void)
+{
+    static const tl_scen_t scen[] = {
+        {2, {0, 1}, {-1, -1}},                       /* A and B */
+        {3, {0, 1, 0}, {-1, -1, 0}},                 /* ... and A again (C's, if C took the block) */
+        {3, {0, 1, 2}, {-1, -1, -1}},                /* ... and C */
+    };
+    unsigned long n = 0, bad = 0;
+    char first[200] = "";
+    for (unsigned i = 0; i < sizeof scen / sizeof scen[0]; i++) {
+        tl_world_t w;
+        memset(&w, 0, sizeof w);
+        w.state = HD_OBJ_FREE;
+        tl_explore(&w, &scen[i], &n, &bad, first);
+    }
+    printf("\n    tiny block: %lu schedules explored, %lu broke a rule%s%s ", n, bad, bad ? ": " : "", first);
+    CU_ASSERT(n > 1000);
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
 #if HEAPD_DEBUG
 /* HEAPD_DEBUG builds stop at a broken rule: run the breach in a child and
  * expect SIGABRT. */
@@ -751,6 +923,7 @@ static void register_span_suite(void)
     CU_add_test(s, "tiny blocks: start, end and open bits", test_tiny);
     CU_add_test(s, "concurrent frees from two threads", test_concurrent_frees);
     CU_add_test(s, "every interleaving of owner and two frees (one may be owner-local)", test_every_interleaving);
+    CU_add_test(s, "every interleaving of a tiny block's owner and its frees", test_tiny_interleavings);
 #if HEAPD_DEBUG
     CU_add_test(s, "HEAPD_DEBUG: illegal moves and allocations abort", test_debug_checks);
 #endif
