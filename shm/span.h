@@ -19,7 +19,8 @@
  * objects under 16 B, and its word in the span's aux area (layout.h) records
  * where live objects start and where objects end. The block's state stays
  * ALLOCATED until the last object is freed and no cache holds it open; only
- * then is it FREED. A 16-byte request is a block holding one object. Tiny
+ * then is it FREED (by whoever took the word to 0, with a plain store: see
+ * hd_tiny_block_freed). A 16-byte request is a block holding one object. Tiny
  * frees are validated exactly (the start bit must be set) and their usable
  * size is known (the next end bit).
  */
@@ -216,7 +217,10 @@ static inline unsigned hd_span_inuse(const hd_ostate_t *st, unsigned nelems)
  * store (a chunk may reach past nelems, the state bytes of a span being
  * whole 64-byte windows: those bytes must read FREE or FREED too, and become
  * FREE; no object lives there). Without them (TSan) each object goes through
- * hd_obj_sweep (an acquire load, then the store). The live count is what was
+ * hd_obj_sweep (an acquire load, then the store). (A hostile process that
+ * scribbles a byte between the look and the store has it overwritten with
+ * FREE, as if it had written FREE: still only state values, counts still
+ * bounded by nelems.) The live count is what was
  * neither FREE nor swept: a byte that turns FREED meanwhile was ALLOCATED,
  * not FREE, either way. */
 typedef struct hd_sweep_look {
