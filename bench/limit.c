@@ -379,11 +379,13 @@ int main(int argc, char **argv)
         sample_t *s = &samples[ns++];
         s->t = (double)(now_us() - t0) / 1e6;
         s->resident = fd_bytes(fds[0]) + fd_bytes(fds[1]);
-        s->committed = atomic_load_explicit(&hdr->committed_bytes, memory_order_relaxed);
+        hd_header_t bk;                  /* the books of one instant (a batch never half seen) */
+        hd_books_snapshot(hdr, &bk, 64);
+        s->committed = hd_book(&bk.committed_bytes);
         s->live = atomic_load(&sh->live);
-        s->inuse = atomic_load_explicit(&hdr->pages_inuse, memory_order_relaxed) * HD_PAGE_SIZE;
-        s->cached = atomic_load_explicit(&hdr->spans_cached, memory_order_relaxed);
-        s->central = atomic_load_explicit(&hdr->spans_central, memory_order_relaxed);
+        s->inuse = hd_book(&bk.pages_inuse) * HD_PAGE_SIZE;
+        s->cached = hd_book(&bk.spans_cached);
+        s->central = hd_book(&bk.spans_central);
         s->phase = atomic_load(&sh->phase);
         if (s->phase == PH_DONE)
             break;

@@ -47,7 +47,8 @@ extern HD_HIDDEN _Atomic uint64_t hdc_epoch;
 HD_HIDDEN int hdc_reconnect_locked(void);
 
 /* Set before heapd_attach by libheapd-malloc.so (preload/preload.c): Hello
- * asks the daemon to free this process's large objects when it ends. */
+ * says nobody else holds this process's objects, so the daemon gives it a
+ * family of its own and frees what it held when the family has gone. */
 extern HD_HIDDEN bool hdc_reclaim_at_exit;
 
 /* Register the fork and exit hooks (once per process). */
@@ -126,6 +127,11 @@ HD_HIDDEN int tp_set_quota(uint64_t bytes);
 HD_HIDDEN int tp_set_quota_locked(uint64_t bytes);   /* tp_lock held */
 /* RootUpdate{name, offset, cas, expected} (roots.c). 0 or -1 with errno. */
 HD_HIDDEN int tp_root_update(const char *name, uint64_t offset, bool cas, uint64_t expected);
+/* ForkBegin before a fork whose child keeps the heap, ForkDone{pid} after it
+ * (pid 0: the fork failed): the child joins this process's family (preload
+ * mode, HEAPD_PRELOAD_FORK=share). 0 or -1 with errno. */
+HD_HIDDEN int tp_fork_begin(void);
+HD_HIDDEN int tp_fork_done(pid_t pid);
 
 /* Bumped for every Flush the daemon sends: caches compare it with the value
  * they saw last and give back their spans at their next slow path. */

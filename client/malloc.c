@@ -12,7 +12,9 @@
  * FreeLarge carrying the span's gen, so a late free of a reused span is
  * refused by the daemon. Nothing on this path writes anything but the one
  * state byte (or block word) of the object being freed: an invalid free is
- * reported and changes nothing.
+ * reported and changes nothing. heapd_free's common path (a small object
+ * freed, counted in mc_tls_frees) is inline and makes no call; the rest is
+ * free_rest.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -117,26 +119,23 @@ void *heapd_aligned_alloc(size_t align, size_t size)
     return mc_alloc_large(size, align, false);
 }
 
-void heapd_free(void *p)
+/* Everything but a counted small free: large objects, large-class objects,
+ * tiny objects whose block stays live, and bad frees. Out of line, so that
+ * heapd_free's common path saves no registers and makes no call. */
+static __attribute__((noinline, cold)) void free_rest(void *p, enum hd_free_result r, uint32_t id, unsigned cls)
 {
-    if (!p)
-        return;
-    uint32_t id;
-    unsigned cls;
-    enum hd_free_result r = hd_free_by(&hdc_seg, p, &id, &cls, hdc_client_id, mc_free_local);
-    if (hd_likely(r == HD_FREE_OK)) {
-        if (hd_likely(cls)) {        /* memstats: frees count where they happen (internal.h);
-                                        large classes too (cstats.c adds their bytes) */
+    if (r == HD_FREE_REMOTE)         /* a large-class object of a span we cache: the owner-local hook */
+        r = hd_free_by(&hdc_seg, p, &id, &cls, hdc_client_id, mc_free_local);
+    switch (r) {
+    case HD_FREE_OK:
+        if (cls) {                   /* a large class: counted per object too (cstats.c adds its bytes) */
             uint64_t v = atomic_load_explicit(&mc_tls_frees[cls], memory_order_relaxed) + 1;
             atomic_store_explicit(&mc_tls_frees[cls], v, memory_order_relaxed);
-            if (hd_unlikely(v % ST_FREE_FLUSH == 1))
+            if (v % ST_FREE_FLUSH == 1)
                 mc_stats_free_tick();
-            if (hd_unlikely(cls >= HD_FIRST_LARGE_CLASS))
-                mc_large_freed(cls);
+            mc_large_freed(cls);
         }
         return;
-    }
-    switch (r) {
     case HD_FREE_LARGE: {
         /* Read the span once, before the free is queued: tp_free_large may
          * send the batch at once, the daemon may free the span and give its
@@ -165,6 +164,24 @@ void heapd_free(void *p)
     default:
         return;
     }
+}
+
+void heapd_free(void *p)
+{
+    if (!p)
+        return;
+    uint32_t id = HD_NO_SPAN;
+    unsigned cls;
+    enum hd_free_result r = hd_free_by_deferred(&hdc_seg, p, &id, &cls, hdc_client_id);
+    if (hd_likely(r == HD_FREE_OK) && hd_likely(cls - 1u < HD_FIRST_LARGE_CLASS - 1u)) {
+        /* memstats: a small free counts where it happens (internal.h) */
+        uint64_t v = atomic_load_explicit(&mc_tls_frees[cls], memory_order_relaxed) + 1;
+        atomic_store_explicit(&mc_tls_frees[cls], v, memory_order_relaxed);
+        if (hd_unlikely(v % ST_FREE_FLUSH == 1))
+            mc_stats_free_tick();
+        return;
+    }
+    free_rest(p, r, id, cls);
 }
 
 size_t heapd_usable_size(const void *p)

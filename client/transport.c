@@ -678,6 +678,25 @@ int tp_root_update(const char *name, uint64_t offset, bool cas, uint64_t expecte
     return tp_call_ack(&m);
 }
 
+int tp_fork_begin(void)
+{
+    Heapd__ForkBegin b = HEAPD__FORK_BEGIN__INIT;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_FORK_BEGIN;
+    m.fork_begin = &b;
+    return tp_call_ack(&m);
+}
+
+int tp_fork_done(pid_t pid)
+{
+    Heapd__ForkDone f = HEAPD__FORK_DONE__INIT;
+    f.pid = (int32_t)pid;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_FORK_DONE;
+    m.fork_done = &f;
+    return tp_call_ack(&m);
+}
+
 /* Async batches are kept only while there is someone to send them to. */
 static bool tp_may_queue(void)
 {

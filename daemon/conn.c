@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -417,6 +418,7 @@ void client_shutdown(daemon_t *d)
             st.st_ino == d->sock_ino)
             unlink(d->sock_path);
     }
+    client_fork_children_free(d);
     while (d->clients)
         client_end(d, d->clients, "daemon shutting down");
 }
@@ -467,28 +469,203 @@ void client_reclaim(daemon_t *d, client_t *c)
 {
     mheap_t *h = &d->heap;
     uint32_t id;
+    mcentral_freed_t closed;
+    memset(&closed, 0, sizeof closed);
     while ((id = spanlist_pop(h, &c->cached)) != HD_NO_SPAN) {
+        unsigned n = 0;
         if (mheap_state(h, id) == HD_SPAN_CACHED && mheap_span(h, id)->owner == c->id)
-            mcentral_reclaim_span(&d->central, id);
+            mcentral_reclaim_span(&d->central, id, &n);
+        closed.objects[HD_TINY_SIZE_CLASS] += n;
+    }
+    if (closed.objects[HD_TINY_SIZE_CLASS])
+        mstats_retire_frees(d, &closed);
+}
+
+/* ---- families: fork children ------------------------------------------------------------- */
+
+/* A process a ForkDone named, a member of its parent's family until it
+ * connects (client_fork_claim) or exits (its pidfd). */
+typedef struct fork_child {
+    pid_t pid;
+    unsigned pool;
+    int pidfd;
+    bool polling;
+    uv_poll_t poll;
+    daemon_t *d;
+    struct fork_child *next, *prev;
+} fork_child_t;
+
+static void pool_release(daemon_t *d, unsigned pool, const char *who, pid_t pid)
+{
+    mcentral_pool_t *p = d->central.pools[pool];
+    if (--p->members)
+        return;
+    mcentral_freed_t f;
+    memset(&f, 0, sizeof f);
+    mcentral_pool_end(&d->central, pool, &f);
+    mstats_retire_frees(d, &f);
+    uint64_t n = f.large;
+    for (unsigned k = 1; k < HD_NUM_CLASSES; k++)
+        n += f.objects[k];
+    if (who)
+        daemon_log(d, "family of %s %d has gone: %llu objects it held freed", who, (int)pid, (unsigned long long)n);
+}
+
+static void fork_child_closed(uv_handle_t *h)
+{
+    fork_child_t *k = h->data;
+    close(k->pidfd);                 /* libuv has let go of it */
+    free(k);
+}
+
+static void fork_child_unlink(daemon_t *d, fork_child_t *k)
+{
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        d->fork_children = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    if (k->polling) {
+        uv_poll_stop(&k->poll);
+        uv_close((uv_handle_t *)&k->poll, fork_child_closed);
+        return;
+    }
+    if (k->pidfd >= 0)
+        close(k->pidfd);
+    free(k);
+}
+
+static void on_fork_child_exit(uv_poll_t *h, int status, int events)
+{
+    fork_child_t *k = h->data;
+    daemon_t *d = k->d;
+    (void)status;
+    (void)events;
+    unsigned pool = k->pool;
+    pid_t pid = k->pid;
+    fork_child_unlink(d, k);
+    pool_release(d, pool, "fork child", pid);
+}
+
+/* The parent pid of process pid (/proc/pid/stat's 4th field), or -1. */
+static pid_t parent_of(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');   /* the name may hold spaces and parentheses */
+    int ppid;
+    char st;
+    if (!p || sscanf(p + 1, " %c %d", &st, &ppid) != 2)
+        return -1;
+    return ppid;
+}
+
+int client_fork_begin(daemon_t *d, client_t *c)
+{
+    if (!c->pool)
+        return -EINVAL;
+    d->central.pools[c->pool]->members++;
+    c->fork_holds++;
+    return 0;
+}
+
+int client_fork_done(daemon_t *d, client_t *c, pid_t pid)
+{
+    if (!c->fork_holds || !c->pool)
+        return -EINVAL;
+    c->fork_holds--;
+    /* From here the hold is the child's membership, or it goes. c is a
+     * member, so a hold going never ends the family. */
+    if (pid <= 0) {
+        pool_release(d, c->pool, NULL, 0);
+        return 0;
+    }
+    if (parent_of(pid) != c->pid) {
+        bool gone = kill(pid, 0) < 0 && errno == ESRCH;
+        pool_release(d, c->pool, NULL, 0);
+        return gone ? 0 : -EINVAL;   /* gone: auto-reaped (SIGCHLD ignored); else not its child */
+    }
+    int pfd = sys_pidfd_open(pid, 0);
+    /* The child cannot have been reaped and its pid reused in between unless
+     * its parent reaps (it is in ForkDone) or ignores SIGCHLD: check again. */
+    if (pfd < 0 || parent_of(pid) != c->pid) {
+        if (pfd >= 0)
+            close(pfd);
+        pool_release(d, c->pool, NULL, 0);
+        return 0;                    /* it has exited: nothing of the family's with it */
+    }
+    fork_child_t *k = calloc(1, sizeof *k);
+    if (!k) {
+        close(pfd);
+        return -ENOMEM;              /* the hold stays: the family is kept, never freed under the child */
+    }
+    (void)fcntl(pfd, F_SETFD, FD_CLOEXEC);
+    *k = (fork_child_t){.pid = pid, .pool = c->pool, .pidfd = pfd, .d = d};
+    k->next = d->fork_children;
+    if (k->next)
+        k->next->prev = k;
+    d->fork_children = k;
+    if (d->loop && uv_poll_init(d->loop, &k->poll, pfd) == 0) {
+        k->poll.data = k;
+        k->polling = true;
+        uv_poll_start(&k->poll, UV_READABLE, on_fork_child_exit);
+    }
+    return 0;
+}
+
+unsigned client_fork_claim(daemon_t *d, client_t *c)
+{
+    for (fork_child_t *k = d->fork_children; k; k = k->next) {
+        if (k->pid != c->pid || client_pid_exited(k->pidfd))
+            continue;                /* exited: its pid may be a stranger's now */
+        unsigned pool = k->pool;
+        fork_child_unlink(d, k);     /* its membership is c's now */
+        return pool;
+    }
+    return 0;
+}
+
+void client_fork_children_free(daemon_t *d)
+{
+    while (d->fork_children) {
+        fork_child_t *k = d->fork_children;
+        unsigned pool = k->pool;
+        fork_child_unlink(d, k);
+        pool_release(d, pool, NULL, 0);
     }
 }
 
-/* A preload process (Hello's reclaim_at_exit) has ended: nobody else can hold
- * the large objects it allocated (a fork child of it has its own copy, or
- * is a client without the flag), so free them, as its FreeLarge would have.
- * One pass over the span table. Returns how many. */
-unsigned client_reclaim_large(daemon_t *d, client_t *c)
+uint64_t client_leave_family(daemon_t *d, client_t *c)
 {
-    mheap_t *h = &d->heap;
-    unsigned n = 0;
-    for (uint64_t id = 0; id < h->v->npages;) {
-        uint8_t st = mheap_state(h, (uint32_t)id);
-        uint32_t np = mheap_span(h, (uint32_t)id)->npages;
-        if (st == HD_SPAN_LARGE && mheap_span(h, (uint32_t)id)->owner == c->id &&
-            mheap_free_span(h, (uint32_t)id) == 0)
-            n++;
-        id += st == HD_SPAN_FREE || np == 0 ? 1 : np;
+    unsigned pool = c->pool;
+    if (!pool)
+        return 0;
+    c->pool = 0;
+    if (c->fork_holds)
+        daemon_log(d, "client %u (pid %d) ended between ForkBegin and ForkDone: its family's memory stays "
+                   "allocated until the daemon restarts (the child may hold it)", c->id, (int)c->pid);
+    mcentral_pool_t *p = d->central.pools[pool];
+    if (p->members > 1) {
+        p->members--;
+        return 0;
     }
+    mcentral_freed_t f;
+    memset(&f, 0, sizeof f);
+    p->members = 0;
+    mcentral_pool_end(&d->central, pool, &f);
+    mstats_retire_frees(d, &f);
+    uint64_t n = f.large;
+    for (unsigned k = 1; k < HD_NUM_CLASSES; k++)
+        n += f.objects[k];
     return n;
 }
 
@@ -540,10 +717,10 @@ void client_end(daemon_t *d, client_t *c, const char *why)
     wait_unlink(d, c);
     uint32_t ncached = c->cached.n;
     client_reclaim(d, c);
-    unsigned nlarge = c->reclaim_at_exit ? client_reclaim_large(d, c) : 0;
-    limits_client_gone(d, c->id);
     mstats_slot_retire(d, c->stat_slot);   /* fold its counters into the retired totals */
     c->stat_slot = 0;
+    uint64_t nfreed = client_leave_family(d, c);   /* after the slot: its allocations first */
+    limits_client_gone(d, c->id);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -555,9 +732,9 @@ void client_end(daemon_t *d, client_t *c, const char *why)
     if (c->evicted)
         ;   /* counted in silent_closed: one log line per sweep tick, not one per connection */
     else if (c->hello_done)
-        daemon_log(d, "client %u %s (pid %d%s%s): %s; %u cached spans reclaimed, %u large objects freed", c->id,
+        daemon_log(d, "client %u %s (pid %d%s%s): %s; %u cached spans reclaimed, %llu objects it held freed", c->id,
                    c->quarantined ? "released from quarantine" : "detached", (int)c->pid, c->name[0] ? ", " : "",
-                   c->name, why, ncached, nlarge);
+                   c->name, why, ncached, (unsigned long long)nfreed);
     else
         daemon_log(d, "connection %u from pid %d closed: %s", c->id, (int)c->pid, why);
     if (c->pidpolling) {

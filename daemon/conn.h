@@ -19,8 +19,11 @@
  *    one is closed to make room (and on EMFILE), so silent connections can
  *    neither exhaust the daemon's descriptors nor stall accept;
  *  - a client's record lists the spans it has CACHED (span_priv_t links).
- *    Large spans it allocated stay allocated when it goes: other processes may
- *    hold the objects;
+ *    Objects it allocated stay allocated when it goes: other processes may
+ *    hold them. Except for a family (Hello's reclaim_at_exit: a preload
+ *    process): its spans are its own pool's (mcentral.h), so when its last
+ *    member has gone every object in them and every large object it
+ *    allocated is freed;
  *  - the lease: a client's cached spans (and the tiny blocks in them) and its
  *    stats slot are its own until its process is dead (the pidfd opened at
  *    accept, pidfd_open of the SO_PEERCRED pid, is readable) or it gave them
@@ -67,7 +70,9 @@ typedef struct client {
     char name[CLIENT_NAME_MAX]; /* Hello's name, printable characters only */
     int fd;                     /* -1 for a record without a socket (tests) */
     bool hello_done;
-    bool reclaim_at_exit;       /* Hello's: free its large objects at client_end (preload) */
+    bool reclaim_at_exit;       /* Hello's: nobody else holds its objects (preload) */
+    unsigned pool;              /* its family's span pool (mcentral.h), 0: the shared one */
+    unsigned fork_holds;        /* ForkBegins not yet matched by a ForkDone */
     bool closing;               /* client_end ran: the record goes once libuv lets go */
     bool quarantined;           /* the connection is gone, the process lives: memory kept */
     bool peer_closed;           /* the peer ended the connection (EOF, hang-up) */
@@ -123,10 +128,33 @@ void client_shutdown(daemon_t *d);
 /* A new client record (fd may be -1), id assigned, books updated. NULL if out of memory. */
 client_t *client_new(daemon_t *d, int fd, pid_t pid, uid_t uid);
 /* Uncache every span the client has cached (Release semantics, after closing
- * the tiny blocks it left open). Idempotent. */
+ * the tiny blocks it left open: those are counted as frees). Idempotent. */
 void client_reclaim(daemon_t *d, client_t *c);
-/* Free the large objects c allocated and still holds (Hello's reclaim_at_exit). */
-unsigned client_reclaim_large(daemon_t *d, client_t *c);
+/* c leaves its family (a client with pool != 0): when it was the last
+ * member, everything the family still held is freed (mcentral_pool_end) and
+ * counted as retired frees. Call after client_reclaim. Returns the objects
+ * freed. Idempotent. */
+uint64_t client_leave_family(daemon_t *d, client_t *c);
+/* Families (Hello's reclaim_at_exit, issue 10). A family is a pool with a
+ * count of members: the clients in it, the processes a ForkDone named that
+ * have not connected (fork_child_t, known by a pidfd), and ForkBegins not yet
+ * matched. When the count reaches 0, everything in the pool is freed
+ * (client_leave_family). A ForkBegin counts before fork() so that a parent
+ * that dies before its ForkDone can never end the family under its child;
+ * the price is that such a family is never freed (logged). */
+/* ForkBegin: 0, or -EINVAL when c is in no family. */
+int client_fork_begin(daemon_t *d, client_t *c);
+/* ForkDone{pid}: the hold becomes the child's membership (pid 0: fork failed,
+ * the hold goes). 0; -EINVAL without a ForkBegin or when pid is not a child
+ * of c's process (the hold goes). A child that has exited already costs
+ * nothing. */
+int client_fork_done(daemon_t *d, client_t *c, pid_t pid);
+/* At Hello: the pool of the family whose ForkDone named c's pid, taking over
+ * that membership, or 0. */
+unsigned client_fork_claim(daemon_t *d, client_t *c);
+/* Forget every fork child record (daemon shutdown). */
+void client_fork_children_free(daemon_t *d);
+
 /* The connection ends (why: for the log). When the lease has ended too (the
  * process is dead, or it closed with nothing cached, or the record has no
  * process: tests) this is client_end; otherwise the socket is closed and the

@@ -260,6 +260,7 @@ static int do_clients(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
         r->refill_wait_ns = mc.refill_wait_ns;
         r->bad_frees = mc.bad_frees;
         r->state = c->quarantined ? "quarantined" : "live";
+        r->family = c->pool;
         rowp[i++] = r;
     }
     Heapdctl__Clients cl = HEAPDCTL__CLIENTS__INIT;

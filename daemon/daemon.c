@@ -52,11 +52,17 @@ int daemon_init(daemon_t *d, const daemon_opts_t *o, char *err, size_t errlen)
         seg_destroy(&d->seg);
         return r;
     }
-    mcentral_init(&d->central, &d->heap);
+    if ((r = mcentral_init(&d->central, &d->heap)) < 0) {
+        snprintf(err, errlen, "cannot set up the central lists: %s", strerror(-r));
+        mheap_destroy(&d->heap);
+        seg_destroy(&d->seg);
+        return r;
+    }
     unsigned pct = o->scavenge_cpu == 0 ? SCAV_DEFAULT_CPU_PCT : o->scavenge_cpu == SCAV_CPU_OFF ? 0 : o->scavenge_cpu;
     if ((r = limits_init(d, o->soft_limit, o->hard_limit)) < 0 || (r = scav_init(d, pct)) < 0) {
         snprintf(err, errlen, "cannot set up the limits and the scavenger: %s", strerror(-r));
         limits_destroy(d);
+        mcentral_destroy(&d->central);
         mheap_destroy(&d->heap);
         seg_destroy(&d->seg);
         return r;
@@ -65,6 +71,7 @@ int daemon_init(daemon_t *d, const daemon_opts_t *o, char *err, size_t errlen)
         snprintf(err, errlen, "cannot set up memstats: %s", strerror(-r));
         scav_destroy(d);
         limits_destroy(d);
+        mcentral_destroy(&d->central);
         mheap_destroy(&d->heap);
         seg_destroy(&d->seg);
         return r;
@@ -79,6 +86,7 @@ void daemon_destroy(daemon_t *d)
     mstats_destroy(d);
     scav_destroy(d);
     limits_destroy(d);
+    mcentral_destroy(&d->central);
     mheap_destroy(&d->heap);
     seg_destroy(&d->seg);
 }

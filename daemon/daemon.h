@@ -71,6 +71,7 @@ typedef struct daemon {
     struct client *wait_head, *wait_tail;  /* connections waiting for Hello, oldest first */
     unsigned nwaiting;
     uint64_t silent_closed;     /* silent connections closed (deadline or cap), logged in batches */
+    struct fork_child *fork_children;   /* family members known by pid only (conn.c ForkDone) */
 
     /* listening socket (client.c) */
     int listen_fd;

@@ -6,19 +6,80 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "span.h"
 
-void mcentral_init(mcentral_t *c, mheap_t *h)
+static void pool_init(mcentral_pool_t *p)
+{
+    memset(p, 0, sizeof(*p));
+    for (unsigned i = 0; i < HD_NUM_CLASSES; i++) {
+        spanlist_init(&p->partial[i]);
+        spanlist_init(&p->full[i]);
+    }
+    p->bg_class = 1;
+}
+
+int mcentral_init(mcentral_t *c, mheap_t *h)
 {
     memset(c, 0, sizeof(*c));
     c->h = h;
-    for (unsigned i = 0; i < HD_NUM_CLASSES; i++) {
-        spanlist_init(&c->partial[i]);
-        spanlist_init(&c->full[i]);
+    pool_init(&c->shared);
+    c->pools = calloc(1, sizeof(*c->pools));
+    if (!c->pools)
+        return -ENOMEM;
+    c->pools[0] = &c->shared;
+    c->npools = 1;
+    return 0;
+}
+
+void mcentral_destroy(mcentral_t *c)
+{
+    for (unsigned i = 1; i < c->npools; i++)
+        free(c->pools[i]);
+    free(c->pools);
+    c->pools = NULL;
+    c->npools = 0;
+}
+
+/* Pool number n, or NULL when no pool has it. */
+static mcentral_pool_t *pool_at(const mcentral_t *c, unsigned n)
+{
+    return n < c->npools ? c->pools[n] : NULL;
+}
+
+unsigned mcentral_pool_new(mcentral_t *c)
+{
+    unsigned n = 1;
+    while (n < c->npools && c->pools[n])
+        n++;
+    if (n == c->npools) {
+        if (n >= UINT32_MAX / 2)
+            return 0;
+        unsigned cap = c->npools * 2;
+        mcentral_pool_t **np = realloc(c->pools, cap * sizeof(*np));
+        if (!np)
+            return 0;
+        memset(np + c->npools, 0, (cap - c->npools) * sizeof(*np));
+        c->pools = np;
+        c->npools = cap;
     }
-    c->bg_class = 1;
+    mcentral_pool_t *p = malloc(sizeof(*p));
+    if (!p)
+        return 0;
+    pool_init(p);
+    c->pools[n] = p;
+    return n;
+}
+
+uint64_t mcentral_class_spans(const mcentral_t *c, unsigned cls)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; cls < HD_NUM_CLASSES && i < c->npools; i++)
+        if (c->pools[i])
+            n += c->pools[i]->partial[cls].n + c->pools[i]->full[cls].n;
+    return n;
 }
 
 /* Sweep a span the daemon owns (CENTRAL). The count covers the span's nelems
@@ -38,7 +99,8 @@ static void set_live(mcentral_t *c, uint32_t id, unsigned live)
     p->live = (uint16_t)live;
 }
 
-/* File a swept CENTRAL span by its live count: free, partial or full. */
+/* File a swept CENTRAL span by its live count: free, or partial or full in
+ * the pool its tag names. */
 static int file_span(mcentral_t *c, uint32_t id, unsigned live)
 {
     hd_span_t *sp = mheap_span(c->h, id);
@@ -47,11 +109,12 @@ static int file_span(mcentral_t *c, uint32_t id, unsigned live)
         mheap_free_span(c->h, id);
         return MC_FREED;
     }
+    mcentral_pool_t *p = pool_at(c, c->h->priv[id].pool);   /* live: its family has not ended */
     if (live < sp->nelems) {
-        spanlist_push(c->h, &c->partial[sp->sizeclass], id, SL_PARTIAL);
+        spanlist_push(c->h, &p->partial[sp->sizeclass], id, SL_PARTIAL);
         return MC_PARTIAL;
     }
-    spanlist_push(c->h, &c->full[sp->sizeclass], id, SL_FULL);
+    spanlist_push(c->h, &p->full[sp->sizeclass], id, SL_FULL);
     return MC_FULL;
 }
 
@@ -64,18 +127,23 @@ static int64_t hand_out(mcentral_t *c, uint32_t id, uint32_t client_id)
     return id;
 }
 
-int64_t mcentral_alloc_span(mcentral_t *c, uint64_t npages, unsigned sizeclass, uint32_t owner, uint64_t align_pages)
+int64_t mcentral_alloc_span(mcentral_t *c, uint64_t npages, unsigned sizeclass, uint32_t owner, uint64_t align_pages,
+                            unsigned pool)
 {
+    if (!pool_at(c, pool))
+        return -EINVAL;
     int64_t id = mheap_alloc_span(c->h, npages, sizeclass, owner, align_pages);
-    if (id != -ENOMEM || c->h->hdr->spans_central == 0)
-        return id;
-    /* Frees from any process may have emptied CENTRAL spans (a large-class
-     * span whose one object was freed is the common case): sweep them all,
-     * give the empty ones back, and try once more. */
-    uint64_t freed = c->bg_freed, n = hd_book(&c->h->hdr->spans_central);
-    mcentral_bg_sweep(c, n < UINT32_MAX ? (unsigned)n : UINT32_MAX);
-    if (c->bg_freed != freed)
-        id = mheap_alloc_span(c->h, npages, sizeclass, owner, align_pages);
+    if (id == -ENOMEM && c->h->hdr->spans_central != 0) {
+        /* Frees from any process may have emptied CENTRAL spans (a large-class
+         * span whose one object was freed is the common case): sweep them all,
+         * give the empty ones back, and try once more. */
+        uint64_t freed = c->bg_freed;
+        mcentral_sweep_all(c);
+        if (c->bg_freed != freed)
+            id = mheap_alloc_span(c->h, npages, sizeclass, owner, align_pages);
+    }
+    if (id >= 0)
+        c->h->priv[id].pool = pool;  /* before anyone can see it: the reply is not sent yet */
     return id;
 }
 
@@ -91,9 +159,10 @@ static bool can_hand_out(mcentral_t *c, uint32_t id, unsigned live, uint32_t cli
            c->h->on_reuse(c->h->limits_ctx, id, sp->npages, client_id) == 0;
 }
 
-int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_id)
+int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_id, unsigned pool)
 {
-    if (sizeclass == 0 || sizeclass >= HD_NUM_CLASSES)
+    mcentral_pool_t *p = pool_at(c, pool);
+    if (sizeclass == 0 || sizeclass >= HD_NUM_CLASSES || !p)
         return -EINVAL;
     mheap_t *h = c->h;
     /* Large-class spans on the full list are live buffers (one object
@@ -103,19 +172,19 @@ int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_i
 
     /* Partial spans first: they have room unless a client scribbled on
      * their object states while the daemon owned them. */
-    while (budget && (id = spanlist_pop(h, &c->partial[sizeclass])) != HD_NO_SPAN) {
+    while (budget && (id = spanlist_pop(h, &p->partial[sizeclass])) != HD_NO_SPAN) {
         budget--;
         unsigned live = sweep(c, id);
         set_live(c, id, live);
         if (can_hand_out(c, id, live, client_id))
             return hand_out(c, id, client_id);
-        spanlist_push(h, &c->full[sizeclass], id, SL_FULL);
+        spanlist_push(h, &p->full[sizeclass], id, SL_FULL);
     }
 
     /* Full spans: frees from other processes may have made room. Each one
      * looked at goes to the tail, so the next search starts elsewhere. */
-    for (uint32_t n = c->full[sizeclass].n; budget && n; n--, budget--) {
-        id = spanlist_pop(h, &c->full[sizeclass]);
+    for (uint32_t n = p->full[sizeclass].n; budget && n; n--, budget--) {
+        id = spanlist_pop(h, &p->full[sizeclass]);
         unsigned live = sweep(c, id);
         set_live(c, id, live);
         if (can_hand_out(c, id, live, client_id))
@@ -124,11 +193,11 @@ int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_i
             mheap_free_span(h, id);
             continue;
         }
-        spanlist_push(h, &c->full[sizeclass], id, SL_FULL);
+        spanlist_push(h, &p->full[sizeclass], id, SL_FULL);
     }
 
     mheap_publish(h);
-    return mcentral_alloc_span(c, hd_cls_npages(sizeclass), sizeclass, client_id, 0);
+    return mcentral_alloc_span(c, hd_cls_npages(sizeclass), sizeclass, client_id, 0, pool);
 }
 
 int mcentral_uncache_span(mcentral_t *c, uint32_t id)
@@ -146,7 +215,7 @@ int mcentral_uncache_span(mcentral_t *c, uint32_t id)
     return r;
 }
 
-int mcentral_reclaim_span(mcentral_t *c, uint32_t id)
+int mcentral_reclaim_span(mcentral_t *c, uint32_t id, unsigned *closed)
 {
     mheap_t *h = c->h;
     if (id >= h->v->npages || mheap_state(h, id) != HD_SPAN_CACHED)
@@ -154,39 +223,152 @@ int mcentral_reclaim_span(mcentral_t *c, uint32_t id)
     if (mheap_span(h, id)->sizeclass == HD_TINY_SIZE_CLASS) {
         hd_ostate_t *st = hd_states_of(h->v, id, HD_TINY_SIZE_CLASS);
         hd_tiny_t *t = hd_tiny_of(h->v, id);
-        for (unsigned b = 0; b < HD_TINY_BLOCKS; b++)
-            if (hd_tiny_word(t, b) & HD_TINY_OPEN)
-                hd_tiny_close(st, t, b);
+        for (unsigned b = 0; b < HD_TINY_BLOCKS; b++) {
+            bool freed = false;
+            if ((hd_tiny_word(t, b) & HD_TINY_OPEN) && hd_tiny_close_ex(st, t, b, &freed) == HD_FREE_OK &&
+                freed && closed)
+                (*closed)++;
+        }
     }
     return mcentral_uncache_span(c, id);
 }
 
-unsigned mcentral_bg_sweep(mcentral_t *c, unsigned budget)
+/* One list's pass for the background sweep: the spans list l of pool p had
+ * when the pass began (swept spans go to its tail, or to the partial list,
+ * which comes first). Sweeps until the pass ends (true: the cursor moves to
+ * the next list) or *done reaches budget (false: it resumes here). */
+static bool bg_list_pass(mcentral_t *c, mcentral_pool_t *p, unsigned budget, unsigned *done)
 {
     mheap_t *h = c->h;
-    unsigned done = 0, k;
-    unsigned cls = c->bg_class;
-    for (k = 0; k < HD_NUM_CLASSES - 1 && done < budget; k++) {
-        cls = 1 + (c->bg_class - 1 + k) % (HD_NUM_CLASSES - 1);
-        /* Partial first, then full: snapshots of the lengths, so a span moved
-         * from full to partial is not swept twice in one pass. */
-        spanlist_t *lists[2] = {&c->partial[cls], &c->full[cls]};
-        for (int li = 0; li < 2; li++) {
-            for (uint32_t n = lists[li]->n; n && done < budget; n--, done++) {
-                uint32_t id = spanlist_pop(h, lists[li]);
-                unsigned live = sweep(c, id);
-                set_live(c, id, live);
-                if (file_span(c, id, live) == MC_FREED)
-                    c->bg_freed++;
+    spanlist_t *l = p->bg_list ? &p->full[p->bg_class] : &p->partial[p->bg_class];
+    if (!p->bg_active) {
+        p->bg_left = l->n;
+        p->bg_active = true;
+    }
+    while (p->bg_left && *done < budget) {
+        uint32_t id = spanlist_pop(h, l);
+        if (id == HD_NO_SPAN) {
+            p->bg_left = 0;          /* shorter than when the pass began: it is over */
+            break;
+        }
+        p->bg_left--;
+        (*done)++;
+        unsigned live = sweep(c, id);
+        set_live(c, id, live);
+        if (file_span(c, id, live) == MC_FREED)
+            c->bg_freed++;
+    }
+    if (p->bg_left)
+        return false;
+    p->bg_active = false;
+    if (p->bg_list == 0) {
+        p->bg_list = 1;
+    } else {
+        p->bg_list = 0;
+        p->bg_class = 1 + p->bg_class % (HD_NUM_CLASSES - 1);
+    }
+    return true;
+}
+
+#define BG_LISTS (2u * (HD_NUM_CLASSES - 1))   /* lists in one pool: a cycle of its cursor */
+
+unsigned mcentral_bg_sweep(mcentral_t *c, unsigned budget)
+{
+    unsigned done = 0, live = 0;
+    for (unsigned i = 0; i < c->npools; i++)
+        live += c->pools[i] != NULL;
+    /* From the cursor: list after list of the pool it is in, and once the
+     * pool's cursor went round all its lists, the next pool. A call looks at
+     * each list at most once, so empty pools cost a bounded walk. */
+    for (unsigned v = 0; v < BG_LISTS * live && done < budget;) {
+        mcentral_pool_t *p = pool_at(c, c->bg_pool);
+        if (!p) {
+            c->bg_pool = (c->bg_pool + 1) % c->npools;   /* pool 0 always exists: this ends */
+            continue;
+        }
+        if (!bg_list_pass(c, p, budget, &done))
+            break;                   /* the budget ran out inside a list */
+        v++;
+        if (++p->bg_visits == BG_LISTS) {
+            p->bg_visits = 0;
+            c->bg_pool = (c->bg_pool + 1) % c->npools;
+        }
+    }
+    c->bg_swept += done;
+    if (done)
+        mheap_publish(c->h);
+    return done;
+}
+
+unsigned mcentral_sweep_all(mcentral_t *c)
+{
+    mheap_t *h = c->h;
+    unsigned done = 0;
+    for (unsigned pn = 0; pn < c->npools; pn++) {
+        mcentral_pool_t *p = c->pools[pn];
+        for (unsigned cls = 1; p && cls < HD_NUM_CLASSES; cls++) {
+            spanlist_t *lists[2] = {&p->partial[cls], &p->full[cls]};
+            for (int li = 0; li < 2; li++) {
+                for (uint32_t n = lists[li]->n; n; n--, done++) {
+                    uint32_t id = spanlist_pop(h, lists[li]);
+                    unsigned live = sweep(c, id);
+                    set_live(c, id, live);
+                    if (file_span(c, id, live) == MC_FREED)
+                        c->bg_freed++;
+                }
             }
         }
     }
-    /* Resume at the class we stopped in if the budget ran out there, else after it. */
-    c->bg_class = done >= budget ? cls : 1 + cls % (HD_NUM_CLASSES - 1);
     c->bg_swept += done;
     if (done)
         mheap_publish(h);
     return done;
+}
+
+/* Count what a span of the ended pool still held, and free it. */
+static void end_span(mcentral_t *c, uint32_t id, mcentral_freed_t *out)
+{
+    mheap_t *h = c->h;
+    hd_span_t *sp = mheap_span(h, id);
+    uint8_t st = mheap_state(h, id);
+    if (st == HD_SPAN_LARGE) {
+        out->large++;
+        out->large_bytes += (uint64_t)sp->npages * HD_PAGE_SIZE;
+    } else {
+        hd_ostate_t *states = hd_states_of(h->v, id, sp->sizeclass);
+        for (unsigned i = 0; i < sp->nelems; i++)
+            out->objects[sp->sizeclass] += hd_obj_state(states, i) == HD_OBJ_ALLOCATED;
+        if (st == HD_SPAN_CENTRAL)
+            set_live(c, id, 0);
+        else
+            mheap_set_state(h, id, HD_SPAN_CENTRAL, 0);
+    }
+    if (mheap_free_span(h, id) == 0)
+        out->spans++;
+}
+
+void mcentral_pool_end(mcentral_t *c, unsigned pool, mcentral_freed_t *out)
+{
+    mcentral_pool_t *p = pool_at(c, pool);
+    if (pool == 0 || !p)
+        return;
+    mheap_t *h = c->h;
+    for (unsigned cls = 1; cls < HD_NUM_CLASSES; cls++)
+        while (spanlist_pop(h, &p->partial[cls]) != HD_NO_SPAN || spanlist_pop(h, &p->full[cls]) != HD_NO_SPAN)
+            ;                        /* off the lists; the pass below frees them */
+    /* One pass: the CENTRAL spans just unlinked and the LARGE spans the
+     * family allocated (a CACHED one cannot be: every member's cached spans
+     * were reclaimed, but the tag is the rule, so it goes too). */
+    for (uint64_t id = 0; id < h->v->npages;) {
+        uint8_t st = mheap_state(h, (uint32_t)id);
+        uint32_t np = mheap_span(h, (uint32_t)id)->npages;
+        if (st != HD_SPAN_FREE && h->priv[id].pool == pool && h->priv[id].list != SL_CACHED)
+            end_span(c, (uint32_t)id, out);
+        id += st == HD_SPAN_FREE || np == 0 ? 1 : np;
+    }
+    free(p);
+    c->pools[pool] = NULL;
+    mheap_publish(h);
 }
 
 #define bad(err, errlen, ...) (hd_errf(err, errlen, __VA_ARGS__), false)
@@ -195,30 +377,48 @@ bool mcentral_check(mcentral_t *c, char *err, size_t errlen)
 {
     mheap_t *h = c->h;
     uint64_t listed = 0, objects = 0;
-    for (unsigned cls = 1; cls < HD_NUM_CLASSES; cls++) {
-        spanlist_t *lists[2] = {&c->partial[cls], &c->full[cls]};
-        for (int li = 0; li < 2; li++) {
-            uint32_t n = 0, prev = HD_NO_SPAN;
-            for (uint32_t id = lists[li]->head; id != HD_NO_SPAN; prev = id, id = h->priv[id].next) {
-                if (++n > lists[li]->n)
-                    return bad(err, errlen, "class %u list %d: longer than its count %u", cls, li, lists[li]->n);
-                span_priv_t *p = &h->priv[id];
-                hd_span_t *sp = mheap_span(h, id);
-                if (p->prev != prev)
-                    return bad(err, errlen, "span %u: broken prev link", id);
-                if (mheap_state(h, id) != HD_SPAN_CENTRAL || sp->sizeclass != cls)
-                    return bad(err, errlen, "span %u on class %u list: state %u class %u", id, cls,
-                               mheap_state(h, id), sp->sizeclass);
-                if (p->list != (li ? SL_FULL : SL_PARTIAL))
-                    return bad(err, errlen, "span %u: list tag %u on list %d", id, p->list, li);
-                if (p->live == 0 || (li == 0) != (p->live < sp->nelems))
-                    return bad(err, errlen, "span %u: live %u of %u on list %d", id, p->live, sp->nelems, li);
-                objects += p->live;
+    if (c->npools == 0 || c->pools[0] != &c->shared)
+        return bad(err, errlen, "pool 0 is not the shared pool");
+    for (unsigned pn = 0; pn < c->npools; pn++) {
+        mcentral_pool_t *pool = c->pools[pn];
+        for (unsigned cls = 1; pool && cls < HD_NUM_CLASSES; cls++) {
+            spanlist_t *lists[2] = {&pool->partial[cls], &pool->full[cls]};
+            for (int li = 0; li < 2; li++) {
+                uint32_t n = 0, prev = HD_NO_SPAN;
+                for (uint32_t id = lists[li]->head; id != HD_NO_SPAN; prev = id, id = h->priv[id].next) {
+                    if (++n > lists[li]->n)
+                        return bad(err, errlen, "pool %u class %u list %d: longer than its count %u", pn, cls, li,
+                                   lists[li]->n);
+                    span_priv_t *p = &h->priv[id];
+                    hd_span_t *sp = mheap_span(h, id);
+                    if (p->prev != prev)
+                        return bad(err, errlen, "span %u: broken prev link", id);
+                    if (mheap_state(h, id) != HD_SPAN_CENTRAL || sp->sizeclass != cls)
+                        return bad(err, errlen, "span %u on class %u list: state %u class %u", id, cls,
+                                   mheap_state(h, id), sp->sizeclass);
+                    if (p->pool != pn)
+                        return bad(err, errlen, "span %u of pool %u on pool %u's list", id, p->pool, pn);
+                    if (p->list != (li ? SL_FULL : SL_PARTIAL))
+                        return bad(err, errlen, "span %u: list tag %u on list %d", id, p->list, li);
+                    if (p->live == 0 || (li == 0) != (p->live < sp->nelems))
+                        return bad(err, errlen, "span %u: live %u of %u on list %d", id, p->live, sp->nelems, li);
+                    objects += p->live;
+                }
+                if (n != lists[li]->n || prev != lists[li]->tail)
+                    return bad(err, errlen, "pool %u class %u list %d: count %u, walked %u", pn, cls, li,
+                               lists[li]->n, n);
+                listed += n;
             }
-            if (n != lists[li]->n || prev != lists[li]->tail)
-                return bad(err, errlen, "class %u list %d: count %u, walked %u", cls, li, lists[li]->n, n);
-            listed += n;
         }
+    }
+    /* every span in use carries a live pool's number */
+    for (uint64_t id = 0; id < h->v->npages;) {
+        uint8_t st = mheap_state(h, (uint32_t)id);
+        uint32_t np = mheap_span(h, (uint32_t)id)->npages;
+        if (st != HD_SPAN_FREE && !pool_at(c, h->priv[id].pool))
+            return bad(err, errlen, "span %llu (state %u) tagged with pool %u, which does not exist",
+                       (unsigned long long)id, st, h->priv[id].pool);
+        id += st == HD_SPAN_FREE || np == 0 ? 1 : np;
     }
     if (listed != h->hdr->spans_central)
         return bad(err, errlen, "%llu spans on lists, spans_central %llu", (unsigned long long)listed,

@@ -156,6 +156,7 @@ int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32
     pv->next = pv->prev = HD_NO_SPAN;
     pv->live = 0;
     pv->list = SL_NONE;
+    pv->pool = 0;                                  /* mcentral tags a family's spans */
     for (uint64_t p = id; p < id + npages; p++)
         hd_pagemap_set(h->v, p, (uint32_t)id + 1);
     uint8_t st = sizeclass ? HD_SPAN_CACHED : HD_SPAN_LARGE;

@@ -52,6 +52,8 @@ typedef struct span_priv {
     uint16_t live;              /* objects live as of the daemon's last sweep (CENTRAL) */
     uint8_t list;               /* enum span_list */
     uint8_t _pad;
+    uint32_t pool;              /* mcentral's pool (0: the shared one; else a family's,
+                                   whose spans only its members cache: mcentral.h) */
 } span_priv_t;
 
 /* A doubly-linked list of spans through span_priv_t links. */

@@ -284,6 +284,29 @@ void mstats_slot_retire(daemon_t *d, uint32_t slot)
     ms->slots_used--;
 }
 
+/* The daemon freed objects nobody else could free (a family that has gone,
+ * open tiny blocks of a client that has gone): they count as frees, retired,
+ * with the same bytes the allocations were counted with (the class's size;
+ * a LARGE span's pages). */
+void mstats_retire_frees(daemon_t *d, const mcentral_freed_t *f)
+{
+    mstats_counters_t *r = &d->ms.retired;
+    for (unsigned c = 1; c < HD_NUM_CLASSES; c++) {
+        uint64_t n = f->objects[c];
+        if (!n)
+            continue;
+        if (!hd_is_lclass(c)) {
+            r->small_frees[c] += n;
+            continue;
+        }
+        r->lclass_frees[c - HD_FIRST_LARGE_CLASS] += n;
+        r->large_frees += n;
+        r->large_free_bytes += n * hd_cls_size(c);
+    }
+    r->large_frees += f->large;
+    r->large_free_bytes += f->large_bytes;
+}
+
 /* ---- RPC books ---------------------------------------------------------------------------- */
 
 void mstats_rpc(daemon_t *d, unsigned body, uint64_t ns)
@@ -384,7 +407,7 @@ void mstats_read(daemon_t *d, mstats_t *m)
         r->span_bytes = (uint32_t)hd_class_to_npages[k] * HD_PAGE_SIZE;
         r->mallocs = sum.small_allocs[k];
         r->frees = sum.small_frees[k];
-        r->spans_central = d->central.partial[k].n + d->central.full[k].n;
+        r->spans_central = mcentral_class_spans(&d->central, k);
     }
     for (unsigned k = 0; k < HD_NUM_LARGE_CLASSES; k++) {
         unsigned cls = HD_FIRST_LARGE_CLASS + k;
@@ -392,7 +415,7 @@ void mstats_read(daemon_t *d, mstats_t *m)
         r->size = r->span_bytes = hd_cls_size(cls);
         r->mallocs = sum.lclass_allocs[k];
         r->frees = sum.lclass_frees[k];
-        r->spans_central = d->central.partial[cls].n + d->central.full[cls].n;
+        r->spans_central = mcentral_class_spans(&d->central, cls);
     }
     m->refill_waits = sum.refill_waits;
     m->refill_wait_ns = sum.refill_wait_ns;

@@ -49,6 +49,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mcentral.h"
 #include "memlimit.h"
 #include "memfd.h"
 #include "../shm/cstats.h"
@@ -155,6 +156,10 @@ void mstats_slot_retire(daemon_t *d, uint32_t slot);
  * false if it fell back to the last consistent copy (a writer was mid-update
  * for MSTATS_READ_TRIES attempts). */
 bool mstats_slot_read(daemon_t *d, uint32_t slot, mstats_counters_t *out);
+
+/* Objects the daemon freed for clients that have gone (mcentral_pool_end,
+ * open tiny blocks closed at reclaim): into the retired frees. */
+void mstats_retire_frees(daemon_t *d, const mcentral_freed_t *f);
 
 /* The books of one handled RPC: body is the ClientMsg body case. */
 void mstats_rpc(daemon_t *d, unsigned body, uint64_t ns);

@@ -109,6 +109,18 @@ static enum rpc_verdict on_hello(daemon_t *d, client_t *c, uint64_t seq, const H
         c->pid = h->pid;
     c->hello_done = true;
     c->reclaim_at_exit = h->reclaim_at_exit;
+    if (c->reclaim_at_exit && !c->pool && (c->pool = client_fork_claim(d, c)) == 0) {
+        /* a family of its own (mcentral.h): spans nobody else caches, all
+         * freed when it has gone (conn.c client_end); or the family of the
+         * parent whose ForkDone named this process */
+        c->pool = mcentral_pool_new(&d->central);
+        if (!c->pool) {
+            reply_error(out, seq, ENOMEM, "out of memory for the client's span pool");
+            out->why = "out of memory";
+            return RPC_CLOSE;
+        }
+        d->central.pools[c->pool]->members = 1;
+    }
 
     Heapd__Welcome w = HEAPD__WELCOME__INIT;
     w.version = HD_PROTO_VERSION;
@@ -145,7 +157,7 @@ static enum rpc_verdict on_refill(daemon_t *d, client_t *c, uint64_t seq, const 
     uint32_t ids[HD_MAX_BATCH];
     size_t n = 0;
     while (n < r->count) {
-        int64_t id = mcentral_cache_span(&d->central, r->sizeclass, c->id);
+        int64_t id = mcentral_cache_span(&d->central, r->sizeclass, c->id, c->pool);
         if (id < 0)
             break;
         spanlist_push(&d->heap, &c->cached, (uint32_t)id, SL_CACHED);
@@ -208,7 +220,7 @@ static enum rpc_verdict on_alloc_large(daemon_t *d, client_t *c, uint64_t seq, c
     }
     int64_t id = -ENOMEM;
     if (a->pages <= d->seg.npages && a->align_pages <= d->seg.npages)
-        id = mcentral_alloc_span(&d->central, a->pages, 0, c->id, a->align_pages);
+        id = mcentral_alloc_span(&d->central, a->pages, 0, c->id, a->align_pages, c->pool);
     if (id < 0) {
         reply_error(out, seq, ENOMEM, "no room for %llu pages (align %llu) in a heap of %llu pages",
                     (unsigned long long)a->pages, (unsigned long long)a->align_pages,
@@ -307,6 +319,22 @@ static enum rpc_verdict on_root_update(daemon_t *d, client_t *c, uint64_t seq, c
     return RPC_OK;
 }
 
+static enum rpc_verdict on_fork(daemon_t *d, client_t *c, uint64_t seq, const Heapd__ForkDone *f, rpc_out_t *out)
+{
+    int r = f ? client_fork_done(d, c, (pid_t)f->pid) : client_fork_begin(d, c);
+    if (r == 0)
+        reply_ack(out, seq);
+    else if (r == -ENOMEM)
+        reply_error(out, seq, ENOMEM, "ForkDone{pid %d}: out of memory (the family is kept)", (int)f->pid);
+    else if (!c->pool)
+        reply_error(out, seq, EINVAL, "%s: this client is in no family (Hello without reclaim_at_exit)",
+                    f ? "ForkDone" : "ForkBegin");
+    else if (f)
+        reply_error(out, seq, EINVAL, "ForkDone{pid %d}: no ForkBegin before it, or not a child of pid %d",
+                    (int)f->pid, (int)c->pid);
+    return RPC_OK;
+}
+
 /* ---- dispatch ------------------------------------------------------------------- */
 
 enum rpc_verdict rpc_handle(daemon_t *d, client_t *c, const uint8_t *pkt, size_t len, rpc_out_t *out)
@@ -366,6 +394,12 @@ enum rpc_verdict rpc_handle(daemon_t *d, client_t *c, const uint8_t *pkt, size_t
             break;
         case HEAPD__CLIENT_MSG__BODY_ROOT_UPDATE:
             v = on_root_update(d, c, m->seq, m->root_update, out);
+            break;
+        case HEAPD__CLIENT_MSG__BODY_FORK_BEGIN:
+            v = on_fork(d, c, m->seq, NULL, out);
+            break;
+        case HEAPD__CLIENT_MSG__BODY_FORK_DONE:
+            v = on_fork(d, c, m->seq, m->fork_done, out);
             break;
         default:
             out->why = "unknown message";

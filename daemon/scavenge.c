@@ -13,7 +13,6 @@
 #include "mcentral.h"
 
 #define PAGE HD_PAGE_SIZE
-#define SWEEP_ALL_BUDGET (1u << 20)     /* spans: a full pass over the central lists */
 #define RETAIN_DECAY_MS 100u            /* retain_base moves half way down per this */
 
 uint64_t scav_now_ms(void)
@@ -63,7 +62,7 @@ uint64_t scavenge_bytes(daemon_t *d, uint64_t nbytes)
 }
 
 /* Sweep every CENTRAL span once: empty ones go back to the page allocator. */
-void scav_sweep_all(daemon_t *d) { mcentral_bg_sweep(&d->central, SWEEP_ALL_BUDGET); }
+void scav_sweep_all(daemon_t *d) { mcentral_sweep_all(&d->central); }
 
 uint64_t scav_punch_dirty(daemon_t *d)
 {

@@ -243,10 +243,40 @@ static void *pl_alloc_aligned(size_t align, size_t n)
  * parent other than the forking one keep running during the copy, so an
  * object they write meanwhile may be copied half-written; a real fork
  * snapshots at one instant (docs/preload.md). HEAPD_PRELOAD_FORK=share keeps
- * libheapd's rule instead (the child shares the parent's objects and
- * becomes a client of its own): for programs whose children only exec, or
- * never write or free what they inherit.
+ * libheapd's rule instead (the child shares the parent's objects, joins its
+ * family and becomes a client of its own when it allocates): for programs
+ * whose children only exec, or never write or free what they inherit.
  */
+static pid_t (*pl_real_fork)(void);
+
+/* fork() itself, for the share policy: the child keeps our objects, so it
+ * must be in our family before the family could end (we could be killed
+ * the moment fork returns). ForkBegin holds the family open across the
+ * fork; ForkDone names the child, a member until its process exits. Under
+ * the copy policy the child leaves the heap, and nothing is sent. */
+PL_API pid_t fork(void)
+{
+    if (!pl_real_fork) {
+        errno = ENOSYS;
+        return -1;
+    }
+    bool hold = false;
+    if (pl_fork_share && atomic_load(&pl_mode) == PL_HEAP) {
+        pl_busy++;
+        hold = tp_fork_begin() == 0;     /* a daemon gone: nothing to hold */
+        pl_busy--;
+    }
+    pid_t pid = pl_real_fork();
+    if (hold && pid != 0) {
+        int e = errno;
+        pl_busy++;
+        (void)tp_fork_done(pid > 0 ? pid : 0);
+        pl_busy--;
+        errno = e;
+    }
+    return pid;
+}
+
 static int pl_fork_pipe[2] = {-1, -1};
 static bool pl_fork_copy;                   /* this fork copies (glibc runs one fork's handlers at a time) */
 
@@ -365,9 +395,10 @@ __attribute__((constructor)) static void pl_init(void)
         abort();
     }
     pl_fork_share = fk && strcmp(fk, "share") == 0;
-    /* Nobody else holds our large objects (a fork child copies them), so the
-     * daemon may free them when we end; not when children share them. */
-    hdc_reclaim_at_exit = !pl_fork_share;
+    pl_real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
+    /* Nobody else holds our objects (a fork child copies them, or joins our
+     * family: fork below), so the daemon may free them when we have gone. */
+    hdc_reclaim_at_exit = true;
     pl_busy++;
     int rc = heapd_attach(NULL);
     int e = errno;

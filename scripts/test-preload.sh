@@ -123,7 +123,13 @@ pids+=("$holder")
 has_two() { [ "$("$heapctl" --control "$sock.ctl" clients --json | grep -o '"Name":"stress","Slot":[0-9]*,[^}]*"Quota":67108864' | wc -l)" -ge 2 ]; }
 # the child appears once it allocates (its first Refill)
 if wait_for "stress and its child in heapctl clients with quota 64 MiB" has_two; then
-    pass "heapctl clients: stress (parent and fork child) with HEAPD_QUOTA=64MiB's quota"
+    fams=$("$heapctl" --control "$sock.ctl" clients --json | grep -o '"Name":"stress",[^}]*"Family":[0-9]*' |
+           sed 's/.*"Family"://' | sort -u)
+    if [ "$(echo "$fams" | wc -l)" = 1 ] && [ "${fams:-0}" -gt 0 ]; then
+        pass "heapctl clients: stress (parent and fork child) with HEAPD_QUOTA=64MiB's quota, one family ($fams)"
+    else
+        fail "heapctl clients: the parent and its share-mode child should show one family, got: $fams"
+    fi
 fi
 echo xx >&7
 wait "$holder" || fail "the held process and its child: exit $?"
@@ -205,45 +211,106 @@ else
 fi
 
 # ---- reclaim at exit -------------------------------------------------------------------
-# A process that exits holding 8 large objects: the daemon frees them when it
-# ends (the large spans return to where they were); with
-# HEAPD_PRELOAD_FORK=share (children may hold them) they stay.
+# A preload process is a family of its own: its spans are never shared, so
+# when it ends (exit, or SIGKILL) the daemon frees everything it still held:
+# small, large-class and large objects. The heap's pages in use, live bytes
+# and live objects return to what they were before it ran (exactly, after a
+# normal exit: its counts were flushed; after a SIGKILL, pages and spans).
 start_daemon reclaim
 clients_are() { [ "$(field Clients)" = "$1" ]; }
-large0=$(field SpansLarge)
+snap() { echo "HeapInuse=$(field HeapInuse) HeapAlloc=$(field HeapAlloc) HeapObjects=$(field HeapObjects) SpansLarge=$(field SpansLarge)"; }
+heap_inuse() { field HeapInuse; }
+s0=$(snap)
+m0=$(field Mallocs)
 under "$tmp/stress" leak
 wait_for "the leaking process's connection to end" clients_are 0
-large1=$(field SpansLarge)
-HEAPD_PRELOAD_FORK=share under "$tmp/stress" leak
-wait_for "the second leaking process's connection to end" clients_are 0
-large2=$(field SpansLarge)
-if [ "$large1" = "$large0" ] && [ "$large2" -ge $((large0 + 8)) ]; then
-    pass "reclaim at exit: the large spans went from $large0 back to $large1 (with share: $large2, kept)"
+s1=$(snap)
+m1=$(field Mallocs)
+if [ "$s1" = "$s0" ] && [ $((m1 - m0)) -ge 25000 ]; then
+    pass "reclaim at exit: $((m1 - m0)) allocations, and back to $s1"
 else
-    fail "reclaim at exit: large spans $large0 before, $large1 after the process, $large2 after share"
+    fail "reclaim at exit: $s0 before, $s1 after the process exited ($((m1 - m0)) allocations counted)"
 fi
+(under "$tmp/stress" leak kill) 2>/dev/null   # (the shell's "Killed" line too)
+wait_for "the killed process's connection to end" clients_are 0
+if [ "$(heap_inuse)" = "$(echo "$s0" | sed 's/^HeapInuse=\([0-9]*\).*/\1/')" ]; then
+    pass "reclaim after SIGKILL: pages in use back to $(heap_inuse) B"
+else
+    fail "reclaim after SIGKILL: HeapInuse $(heap_inuse), was $s0"
+fi
+under $python -c 'd = {i: str(i) * 3 for i in range(200000)}; print(len(d))' > /dev/null
+wait_for "python's connection to end" clients_are 0
+s2=$(snap)
+if [ "$s2" = "$s0" ]; then
+    pass "reclaim at exit: python3 with a 200k-entry dict left nothing ($s2)"
+else
+    fail "reclaim at exit, python3: $s0 before, $s2 after"
+fi
+# HEAPD_PRELOAD_FORK=share: parent and child are one family. The parent
+# exits holding everything while its child, which shares its objects, lives
+# on: nothing may be freed under the child (it checks its inherited objects
+# once the parent's connection has ended, before and after allocating); once
+# the child has exited too, everything is back.
+mkfifo "$tmp/go"
+exec 8<>"$tmp/go"
+HEAPD_PRELOAD_FORK=share under "$tmp/stress" family <&8 > "$tmp/family.out" 2>&1
+wait_for "the family's parent's connection to end" clients_are 0
+echo x >&8
+family_done() { grep -q '^family:' "$tmp/family.out"; }
+wait_for "the family's child to check its objects" family_done
+wait_for "the family's child's connection to end" clients_are 0
+s3=$(snap)
+if grep -q '^family: ok' "$tmp/family.out" && [ "$s3" = "$s0" ]; then
+    pass "HEAPD_PRELOAD_FORK=share: the child's inherited objects outlived its parent; back to $s3 once both exited"
+else
+    fail "HEAPD_PRELOAD_FORK=share family: $(cat "$tmp/family.out"); $s0 before, $s3 after both"
+fi
+exec 8>&-
 
 # ---- a fleet of 8 under one hard limit -------------------------------------------------
 # 8 processes each want 64 MiB (512 MiB in all) under --hard-limit 256MiB and
-# --memory-limit 192MiB: some must get a MemoryError, none may crash, the
+# --memory-limit 192MiB: some must get a MemoryError, none may crash (their
+# interpreters start before any fills the heap; the waits after the fill
+# retry an allocation the limit refuses), the
 # heap's committed bytes must never be seen above the hard limit, and the
 # daemon must have refused and asked for memory back (pressure, flushes).
 start_daemon fleet --hard-limit 256MiB --memory-limit 192MiB
 cat > "$tmp/fleet.py" <<'EOF'
 import os, sys, time
+d = sys.argv[1]
+def count(prefix):
+    try:
+        return sum(n.startswith(prefix) for n in os.listdir(d))
+    except (MemoryError, OSError):     # the heap is at its hard limit: ask again
+        return -1
+def mark(prefix):
+    while True:
+        try:
+            open(os.path.join(d, "%s.%d" % (prefix, os.getpid())), "w").close()
+            return
+        except (MemoryError, OSError):
+            time.sleep(0.01)
+def wait_all(prefix):
+    deadline = time.time() + 30
+    while count(prefix) < 8 and time.time() < deadline:
+        time.sleep(0.01)
+# all 8 interpreters are up before any of them fills the heap (an
+# interpreter that cannot start aborts, under any allocator)
+mark("up")
+wait_all("up")
 held = []
 try:
     while len(held) < 64:
         held.append(bytearray(1 << 20))
 except MemoryError:
     pass
-# hold what we got until all 8 have tried (or 30 s), so that they overlap
-d = sys.argv[1]
-open(os.path.join(d, "done.%d" % os.getpid()), "w").close()
-deadline = time.time() + 30
-while len(os.listdir(d)) < 8 and time.time() < deadline:
-    time.sleep(0.01)
-print(len(held) < 64)
+refused = len(held) < 64
+if refused:
+    del held[len(held) // 2:]          # give half back, as a program that caught it would
+# hold the rest until all 8 have tried (or 30 s), so that they overlap
+mark("done")
+wait_all("done")
+print(refused)
 EOF
 mkdir -p "$tmp/fleet.done"
 fleet=()

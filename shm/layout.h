@@ -99,7 +99,8 @@
 #define HD_LAYOUT_VERSION   5u                      /* 2: client stats slots; 3: object state bytes;
                                                        4: roots directory; 5: large classes, refill
                                                        waits in the stats slot */
-#define HD_PROTO_VERSION    3u                      /* 2: RootUpdate; 3: Refill of large classes 68..87 */
+#define HD_PROTO_VERSION    4u                      /* 2: RootUpdate; 3: Refill of large classes 68..87;
+                                                       4: families (ForkBegin/ForkDone, full reclaim) */
 #define HD_DEFAULT_BASE     0x200000000000ull       /* 32 TiB: far above brk, below mmap_base */
 #define HD_SEG_ALIGN        (2u << 20)              /* region alignment: 2 MiB huge pages */
 #define HD_HEADER_BYTES     4096u

@@ -19,7 +19,8 @@
  * objects under 16 B, and its word in the span's aux area (layout.h) records
  * where live objects start and where objects end. The block's state stays
  * ALLOCATED until the last object is freed and no cache holds it open; only
- * then is it FREED. A 16-byte request is a block holding one object. Tiny
+ * then is it FREED (by whoever took the word to 0, with a plain store: see
+ * hd_tiny_block_freed). A 16-byte request is a block holding one object. Tiny
  * frees are validated exactly (the start bit must be set) and their usable
  * size is known (the next end bit).
  */
@@ -206,21 +207,93 @@ static inline unsigned hd_span_inuse(const hd_ostate_t *st, unsigned nelems)
 
 /* Owner only: sweep: every FREED object of the first nelems becomes FREE.
  * Returns the objects still not FREE (live); *nfreed (if not NULL) gets how
- * many frees were swept. Bounded by nelems whatever the bytes hold. */
-static inline unsigned hd_span_sweep(hd_ostate_t *st, unsigned nelems, unsigned *nfreed)
+ * many frees were swept. Bounded by nelems whatever the bytes hold.
+ * With the vector masks (HD_STATES_SIMD): nobody but the owner writes a
+ * FREED or a FREE byte (a free CASes only ALLOCATED ones), so what the mask
+ * read FREED is still FREED at the store, and one acquire fence after the
+ * masks orders the freers' writes to the objects (their CAS released them)
+ * before we hand the objects out. Each FREED byte then gets a plain store of
+ * FREE, and a 16-byte chunk whose bytes all read FREED or FREE one vector
+ * store (a chunk may reach past nelems, the state bytes of a span being
+ * whole 64-byte windows: those bytes must read FREE or FREED too, and become
+ * FREE; no object lives there). Without them (TSan) each object goes through
+ * hd_obj_sweep (an acquire load, then the store). (A hostile process that
+ * scribbles a byte between the look and the store has it overwritten with
+ * FREE, as if it had written FREE: still only state values, counts still
+ * bounded by nelems.) The live count is what was
+ * neither FREE nor swept: a byte that turns FREED meanwhile was ALLOCATED,
+ * not FREE, either way. */
+typedef struct hd_sweep_look {
+    uint64_t freed, free;            /* FREED and FREE objects among the window's first n */
+    uint64_t quiet;                  /* SIMD: bytes of the chunks read (past n too) that were FREED or FREE */
+} hd_sweep_look_t;
+
+/* The sweep of one 64-object window (n objects of it in the span), in its
+ * two steps: look reads the masks, apply stores FREE; frees of other
+ * threads may fall between them (tests/test_span.c runs that gap in every
+ * order). apply returns the objects it made FREE. */
+static inline hd_sweep_look_t hd_sweep_look(const hd_ostate_t *ws, unsigned n)
+{
+    uint64_t win = n >= 64 ? ~0ull : (1ull << n) - 1;
+    uint64_t fa = hd_states_mask(ws, HD_OBJ_FREED, n), ea = hd_states_mask(ws, HD_OBJ_FREE, n);
+    hd_sweep_look_t v = {fa & win, ea & win, fa | ea};
+#if HD_STATES_SIMD
+    if (v.freed)
+        atomic_thread_fence(memory_order_acquire);
+#endif
+    return v;
+}
+
+static inline uint64_t hd_sweep_apply(hd_ostate_t *ws, unsigned n, const hd_sweep_look_t *v)
+{
+    uint64_t swept = 0;
+#if HD_STATES_SIMD
+    for (unsigned k = 0; k < 4 && 16 * k < n; k++) {
+        uint64_t ck = 0xffffull << (16 * k);
+        if ((v->freed & ck) && (v->quiet & ck) == ck) {
+            _mm_store_si128((__m128i *)(void *)(ws + 16 * k), _mm_set1_epi8((char)HD_OBJ_FREE));
+            swept |= v->freed & ck;
+        }
+    }
+    for (uint64_t m = v->freed & ~swept; m; m &= m - 1)
+        hd_obj_unfree(ws, (unsigned)__builtin_ctzll(m));
+    return v->freed;
+#else
+    (void)n;
+    for (uint64_t m = v->freed; m; m &= m - 1) {
+        unsigned i = (unsigned)__builtin_ctzll(m);
+        if (hd_obj_sweep(ws, i))
+            swept |= 1ull << i;
+    }
+    return swept;
+#endif
+}
+
+static inline unsigned hd_span_sweep_ex(hd_ostate_t *st, unsigned nelems, unsigned *nfreed, uint64_t *free0)
 {
     unsigned live = 0, freed = 0;
     for (unsigned w = 0; w * 64 < nelems; w++) {
-        uint64_t win = hd_window_mask(nelems, w);
         unsigned n = nelems - 64 * w;
-        uint64_t f = hd_states_mask(st + 64 * w, HD_OBJ_FREED, n) & win;
-        for (uint64_t m = f; m; m &= m - 1)
-            freed += hd_obj_sweep(st, 64 * w + (unsigned)__builtin_ctzll(m));
-        live += (unsigned)__builtin_popcountll(~hd_states_mask(st + 64 * w, HD_OBJ_FREE, n) & win);
+        hd_ostate_t *ws = st + 64 * w;
+        hd_sweep_look_t v = hd_sweep_look(ws, n);
+        uint64_t swept = v.freed ? hd_sweep_apply(ws, n, &v) : 0;
+        live += (unsigned)__builtin_popcountll(hd_window_mask(nelems, w) & ~(v.free | swept));
+        freed += (unsigned)__builtin_popcountll(swept);
+        if (w == 0 && free0)
+            *free0 = v.free | swept;
     }
     if (nfreed)
         *nfreed = freed;
     return live;
+}
+
+/* hd_span_sweep_ex without free0. With free0 (not NULL), it also gets the
+ * FREE mask of window 0 after the sweep (what hd_states_free_mask would
+ * read), so that an owner starting over at object 0 need not read back, with
+ * a vector load, bytes it just stored (a load that waits for those stores). */
+static inline unsigned hd_span_sweep(hd_ostate_t *st, unsigned nelems, unsigned *nfreed)
+{
+    return hd_span_sweep_ex(st, nelems, nfreed, NULL);
 }
 
 static inline hd_tiny_t *hd_tiny_of(const hd_seg_t *s, uint32_t id) { return &s->tiny[id]; }
@@ -256,12 +329,28 @@ static inline void hd_tiny_pack(hd_tiny_t *t, unsigned b, uint32_t bits)
     atomic_fetch_or_explicit(&t->block[b], bits, memory_order_release);
 }
 
-/* Free the tiny object starting at byte j of block b. *block_freed says
- * whether this free also freed the block (it was the last one out). */
-static inline enum hd_free_result hd_tiny_free_ex(hd_ostate_t *st, hd_tiny_t *t, unsigned b, unsigned j,
-                                                  bool *block_freed)
+/* A tiny free or close is two steps: the word step (one CAS on the block
+ * word; the retries of its loop change nothing), then, for the one whose
+ * CAS took the word to 0 (the last one out), the block's state byte
+ * ALLOCATED -> FREED with a plain release store, not a CAS: a class-2 block
+ * is ALLOCATED before its word is ever non-zero (the owner stores the state,
+ * then the word with release, which our acq_rel CAS acquires), nobody but the
+ * last one out moves an ALLOCATED block byte (a class-2 free always goes
+ * through the word), and only one CAS takes the word to 0. So the byte is
+ * ALLOCATED and ours alone at the store (tests/test_span.c runs both steps
+ * against the owner's in every order). Release, as in hd_obj_free: the
+ * owner's sweep acquires it before handing the block out again. */
+static inline enum hd_free_result hd_tiny_block_freed(hd_ostate_t *st, unsigned b)
 {
-    *block_freed = false;
+    atomic_store_explicit(&st[b], HD_OBJ_FREED, memory_order_release);
+    return HD_FREE_OK;
+}
+
+/* The word step of freeing the tiny object starting at byte j of block b:
+ * clear its start bit; *last: this CAS took the word to 0. */
+static inline enum hd_free_result hd_tiny_clear(hd_tiny_t *t, unsigned b, unsigned j, bool *last)
+{
+    *last = false;
     uint32_t w = atomic_load_explicit(&t->block[b], memory_order_relaxed), nw;
     do {
         if (!(w & (1u << j)))
@@ -274,8 +363,17 @@ static inline enum hd_free_result hd_tiny_free_ex(hd_ostate_t *st, hd_tiny_t *t,
          * owner that reuses a reset block sees the frees before it */
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
-    *block_freed = nw == 0;
-    return nw == 0 ? hd_obj_free(st, b) : HD_FREE_OK;
+    *last = nw == 0;
+    return HD_FREE_OK;
+}
+
+/* Free the tiny object starting at byte j of block b. *block_freed says
+ * whether this free also freed the block (it was the last one out). */
+static inline enum hd_free_result hd_tiny_free_ex(hd_ostate_t *st, hd_tiny_t *t, unsigned b, unsigned j,
+                                                  bool *block_freed)
+{
+    enum hd_free_result r = hd_tiny_clear(t, b, j, block_freed);
+    return *block_freed ? hd_tiny_block_freed(st, b) : r;
 }
 
 static inline enum hd_free_result hd_tiny_free(hd_ostate_t *st, hd_tiny_t *t, unsigned b, unsigned j)
@@ -290,21 +388,26 @@ static inline enum hd_free_result hd_tiny_free(hd_ostate_t *st, hd_tiny_t *t, un
  * another block or gives the span back; an open block always lies in a span
  * its client caches, so the daemon closes every block still open in the
  * class-2 spans it reclaims from a client that is gone. */
-static inline enum hd_free_result hd_tiny_close_ex(hd_ostate_t *st, hd_tiny_t *t, unsigned b, bool *block_freed)
+static inline void hd_tiny_unopen(hd_tiny_t *t, unsigned b, bool *last)
 {
-    *block_freed = false;
+    *last = false;
     uint32_t w = atomic_load_explicit(&t->block[b], memory_order_relaxed), nw;
     do {
         if (!(w & HD_TINY_OPEN))
-            return HD_FREE_OK;                       /* not open: nothing to do */
+            return;                                  /* not open: nothing to do */
         nw = w & ~HD_TINY_OPEN;
         if ((nw & 0xffffu) == 0)
             nw = 0;
-        /* acq_rel: as in hd_tiny_free_ex; pairs with the frees' CAS */
+        /* acq_rel: as in hd_tiny_clear; pairs with the frees' CAS */
     } while (!atomic_compare_exchange_weak_explicit(&t->block[b], &w, nw, memory_order_acq_rel,
                                                     memory_order_relaxed));
-    *block_freed = nw == 0;
-    return nw == 0 ? hd_obj_free(st, b) : HD_FREE_OK;
+    *last = nw == 0;
+}
+
+static inline enum hd_free_result hd_tiny_close_ex(hd_ostate_t *st, hd_tiny_t *t, unsigned b, bool *block_freed)
+{
+    hd_tiny_unopen(t, b, block_freed);
+    return *block_freed ? hd_tiny_block_freed(st, b) : HD_FREE_OK;
 }
 
 static inline enum hd_free_result hd_tiny_close(hd_ostate_t *st, hd_tiny_t *t, unsigned b)
@@ -348,8 +451,8 @@ typedef enum hd_free_result (*hd_free_local_fn)(uint32_t id, unsigned cls, hd_os
  * became FREED or FREE (for memstats), or 0 when none was freed: a tiny
  * object whose block still holds others. local (may be NULL) is the
  * owner-local hook above, for spans CACHED by client me. */
-static inline enum hd_free_result hd_free_by(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t me,
-                                             hd_free_local_fn local)
+static inline __attribute__((always_inline)) enum hd_free_result
+hd_free_impl(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t me, hd_free_local_fn local, bool defer)
 {
     *cls = 0;
     uint32_t id = hd_span_of(s, p);
@@ -377,12 +480,30 @@ static inline enum hd_free_result hd_free_by(const hd_seg_t *s, void *p, uint32_
         return HD_FREE_NOT_START;
     *cls = sp->sizeclass;
     hd_ostate_t *states = hd_states_of(s, id, sp->sizeclass);
-    if (local && hd_is_lclass(sp->sizeclass) && st == HD_SPAN_CACHED && sp->owner == me) {
+    if ((local || defer) && hd_is_lclass(sp->sizeclass) && st == HD_SPAN_CACHED && sp->owner == me) {
+        if (defer)
+            return HD_FREE_REMOTE;   /* nothing written: the caller calls hd_free_by with its hook */
         enum hd_free_result r = local(id, sp->sizeclass, states, i);
         if (r != HD_FREE_REMOTE)
             return r;
     }
     return hd_obj_free(states, i);
+}
+
+static inline enum hd_free_result hd_free_by(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t me,
+                                             hd_free_local_fn local)
+{
+    return hd_free_impl(s, p, idp, cls, me, local, false);
+}
+
+/* hd_free_by for a caller that wants its common path free of calls (the
+ * client's heapd_free): an object the owner-local hook would take (a
+ * large-class object of a span CACHED by me) is left alone and reported as
+ * HD_FREE_REMOTE, and the caller frees it with hd_free_by and its hook. */
+static inline enum hd_free_result hd_free_by_deferred(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls,
+                                                      uint32_t me)
+{
+    return hd_free_impl(s, p, idp, cls, me, NULL, true);
 }
 
 static inline enum hd_free_result hd_free_ex(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls)

@@ -49,6 +49,7 @@ void fx_check(daemon_t *d)
 
 void fx_daemon_free(daemon_t *d)
 {
+    client_fork_children_free(d);
     while (d->clients)
         client_close(d, d->clients, "test over");
     fx_check(d);

@@ -43,13 +43,14 @@ static int setup_opts(bool hugetlb)
         return r;
     }
     CU_ASSERT_FATAL(mheap_init(&H, &S) == 0);
-    mcentral_init(&C, &H);
+    CU_ASSERT_FATAL(mcentral_init(&C, &H) == 0);
     return 0;
 }
 static void setup(void) { CU_ASSERT_FATAL(setup_opts(false) == 0); }
 
 static void teardown(void)
 {
+    mcentral_destroy(&C);
     mheap_destroy(&H);
     seg_destroy(&S);
 }
@@ -164,7 +165,7 @@ static void test_segment_backing_file(void)
 static void test_cache_span(void)
 {
     setup();
-    int64_t r = mcentral_cache_span(&C, 5, 7);
+    int64_t r = mcentral_cache_span(&C, 5, 7, 0);
     CU_ASSERT_FATAL(r >= 0);
     uint32_t id = (uint32_t)r;
     hd_span_t *sp = mheap_span(&H, id);
@@ -192,13 +193,13 @@ static void test_cache_span(void)
     memset(obj(id, 0), 0xab, sp->elemsize);                /* the page is committed and writable */
 
     /* a multi-page class */
-    r = mcentral_cache_span(&C, 67, 7);
+    r = mcentral_cache_span(&C, 67, 7, 0);
     CU_ASSERT_FATAL(r >= 0);
     CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)r)->npages, hd_class_to_npages[67]);
     for (uint32_t p = (uint32_t)r; p < r + hd_class_to_npages[67]; p++)
         CU_ASSERT_EQUAL(hd_pagemap_get(&S.view, p), (uint32_t)r + 1);
-    CU_ASSERT_EQUAL(mcentral_cache_span(&C, 0, 7), -EINVAL);
-    CU_ASSERT_EQUAL(mcentral_cache_span(&C, HD_NUM_CLASSES, 7), -EINVAL);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, 0, 7, 0), -EINVAL);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, HD_NUM_CLASSES, 7, 0), -EINVAL);
     check_all();
     teardown();
 }
@@ -208,7 +209,7 @@ static void test_uncache_transitions(void)
     setup();
     const unsigned cls = 10;                               /* 128 B, 64 per span */
     unsigned n = hd_class_to_nobjs[cls];
-    uint32_t id = (uint32_t)mcentral_cache_span(&C, cls, 1);
+    uint32_t id = (uint32_t)mcentral_cache_span(&C, cls, 1, 0);
     alloc_objs(id, 0, 10);
     /* partial: CENTRAL, owner 0, 10 objects in the books, needzero from now on */
     CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_PARTIAL);
@@ -222,7 +223,7 @@ static void test_uncache_transitions(void)
     check_all();
 
     /* the partial span is reused, by another client */
-    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 2), id);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 2, 0), id);
     CU_ASSERT_EQUAL(mheap_span(&H, id)->owner, 2);
     CU_ASSERT_EQUAL(S.hdr->objects_central, 0);
     alloc_objs(id, 10, n);
@@ -231,7 +232,7 @@ static void test_uncache_transitions(void)
     check_all();
 
     /* a full span and no partial one: the next cache gets a new span */
-    int64_t id2 = mcentral_cache_span(&C, cls, 3);
+    int64_t id2 = mcentral_cache_span(&C, cls, 3, 0);
     CU_ASSERT(id2 >= 0 && (uint32_t)id2 != id);
     CU_ASSERT_EQUAL(mcentral_uncache_span(&C, (uint32_t)id2), MC_FREED);   /* nothing live: freed */
 
@@ -240,7 +241,7 @@ static void test_uncache_transitions(void)
     uint32_t got;
     CU_ASSERT_EQUAL(hd_free(&S.view, obj(id, 3), &got), HD_FREE_DOUBLE);
     CU_ASSERT_EQUAL(hd_free(&S.view, (char *)obj(id, 3) + 1, &got), HD_FREE_NOT_START);
-    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 4), id);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 4, 0), id);
     CU_ASSERT_EQUAL(S.hdr->objects_central, 0);
     CU_ASSERT_EQUAL(hd_obj_state(states(id), 0), HD_OBJ_FREE);   /* swept */
     CU_ASSERT_EQUAL(hd_free(&S.view, obj(id, 3), &got), HD_FREE_NOT_LIVE);
@@ -256,7 +257,7 @@ static void test_uncache_transitions(void)
 static void test_sweep_folds(void)
 {
     setup();
-    uint32_t id = (uint32_t)mcentral_cache_span(&C, 4, 1);   /* 32 B, 256 per span: 4 words */
+    uint32_t id = (uint32_t)mcentral_cache_span(&C, 4, 1, 0);   /* 32 B, 256 per span: 4 words */
     hd_ostate_t *sl = states(id);
     alloc_objs(id, 0, 5);
     alloc_objs(id, 100, 200);
@@ -283,9 +284,9 @@ static void test_background_sweep(void)
     setup();
     const unsigned cls = 20;
     unsigned n = hd_class_to_nobjs[cls];
-    uint32_t a = (uint32_t)mcentral_cache_span(&C, cls, 1);
-    uint32_t b = (uint32_t)mcentral_cache_span(&C, cls, 1);
-    uint32_t c = (uint32_t)mcentral_cache_span(&C, cls, 1);
+    uint32_t a = (uint32_t)mcentral_cache_span(&C, cls, 1, 0);
+    uint32_t b = (uint32_t)mcentral_cache_span(&C, cls, 1, 0);
+    uint32_t c = (uint32_t)mcentral_cache_span(&C, cls, 1, 0);
     alloc_objs(a, 0, n);
     alloc_objs(b, 0, n);
     alloc_objs(c, 0, 3);
@@ -326,7 +327,7 @@ static void test_hostile_bitmaps(void)
     setup();
     const unsigned cls = 5;                                  /* 170 objects: window 2 has 42 */
     unsigned n = hd_class_to_nobjs[cls], scribbled = 0;
-    uint32_t id = (uint32_t)mcentral_cache_span(&C, cls, 1);
+    uint32_t id = (uint32_t)mcentral_cache_span(&C, cls, 1, 0);
     hd_ostate_t *sl = states(id);
     for (unsigned i = 0; i < HD_SLOT_STATES; i++) {          /* past nelems too */
         bool junk = i >= n || i % 3 == 0;
@@ -346,7 +347,7 @@ static void test_hostile_bitmaps(void)
     CU_ASSERT_EQUAL(hd_obj_state(sl, 0), 7);                 /* nobody repairs or frees a scribble */
     check_all();
     /* allocating from it never hands out a scribbled object */
-    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 2), id);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 2, 0), id);
     uint64_t m = hd_states_free_mask(sl, 0);
     CU_ASSERT_EQUAL(m & 0x49, 0);                             /* objects 0, 3, 6: not FREE */
     CU_ASSERT_EQUAL(m & 0x36, 0x36);                          /* 1, 2, 4, 5: FREE */
@@ -356,13 +357,13 @@ static void test_hostile_bitmaps(void)
 static void test_tiny_span(void)
 {
     setup();
-    uint32_t id = (uint32_t)mcentral_cache_span(&C, HD_TINY_SIZE_CLASS, 1);
+    uint32_t id = (uint32_t)mcentral_cache_span(&C, HD_TINY_SIZE_CLASS, 1, 0);
     hd_tiny_t *t = hd_tiny_of(&S.view, id);
     for (unsigned b = 0; b < HD_TINY_BLOCKS; b++)
         CU_ASSERT_EQUAL(t->block[b], 0);
     memset(t, 0xff, sizeof(*t));                            /* leave garbage behind */
     CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_FREED);
-    uint32_t id2 = (uint32_t)mcentral_cache_span(&C, HD_TINY_SIZE_CLASS, 1);
+    uint32_t id2 = (uint32_t)mcentral_cache_span(&C, HD_TINY_SIZE_CLASS, 1, 0);
     CU_ASSERT_EQUAL(id2, id);
     CU_ASSERT_EQUAL(mheap_span(&H, id)->gen, 2);
     CU_ASSERT_EQUAL(mheap_span(&H, id)->needzero, 1);       /* the page was used before */
@@ -454,7 +455,7 @@ static void test_gen_and_needzero(void)
     CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)b)->needzero, 1);
     /* a small span starting inside the old one gets its own gen count */
     CU_ASSERT_EQUAL(mheap_free_span(&H, (uint32_t)b), 0);
-    int64_t s1 = mcentral_cache_span(&C, 1, 1), s2 = mcentral_cache_span(&C, 1, 1);
+    int64_t s1 = mcentral_cache_span(&C, 1, 1, 0), s2 = mcentral_cache_span(&C, 1, 1, 0);
     CU_ASSERT_EQUAL(s1, a);
     CU_ASSERT_EQUAL(s2, a + 1);
     CU_ASSERT_EQUAL(mheap_span(&H, (uint32_t)s1)->gen, 3);
@@ -472,11 +473,11 @@ static void test_exhaustion(void)
         n++;
     CU_ASSERT_EQUAL(n, TEST_PAGES / 1024);
     CU_ASSERT_EQUAL(ids[n], -ENOMEM);
-    CU_ASSERT_EQUAL(mcentral_cache_span(&C, 3, 1), -ENOMEM);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, 3, 1, 0), -ENOMEM);
     CU_ASSERT_EQUAL(S.hdr->pages_inuse, TEST_PAGES);
     check_all();
     CU_ASSERT_EQUAL(mheap_free_span(&H, (uint32_t)ids[3]), 0);
-    CU_ASSERT(mcentral_cache_span(&C, 3, 1) >= 0);             /* recovers */
+    CU_ASSERT(mcentral_cache_span(&C, 3, 1, 0) >= 0);             /* recovers */
     for (int i = 0; i < n; i++)
         if (i != 3)
             CU_ASSERT_EQUAL(mheap_free_span(&H, (uint32_t)ids[i]), 0);
@@ -492,7 +493,7 @@ static void test_commit_failure(void)
         fprintf(stderr, "(no hugetlb memfd here: commit-failure test skipped) ");
         return;
     }
-    int64_t r = mcentral_cache_span(&C, 5, 1);
+    int64_t r = mcentral_cache_span(&C, 5, 1, 0);
     if (r >= 0) {
         fprintf(stderr, "(huge pages available: commit-failure test skipped) ");
         teardown();
@@ -560,7 +561,7 @@ static void test_books_snapshot(void)
         clock_gettime(CLOCK_MONOTONIC, &now);
         if (now.tv_sec - t0.tv_sec > 10)
             break;
-        int64_t id = mcentral_cache_span(&C, 1 + k % 20, 1);
+        int64_t id = mcentral_cache_span(&C, 1 + k % 20, 1, 0);
         CU_ASSERT_FATAL(id >= 0);
         CU_ASSERT_EQUAL(hd_book(&S.hdr->books_seq) % 2, 0);      /* closed after each call */
         mcentral_uncache_span(&C, (uint32_t)id);
@@ -570,6 +571,149 @@ static void test_books_snapshot(void)
     printf("\n    %lu consistent snapshots, %lu retried out ", atomic_load(&r.ok), r.busy);
     CU_ASSERT(atomic_load(&r.ok) >= 20000);
     CU_ASSERT_EQUAL(r.torn, 0);
+    check_all();
+    teardown();
+}
+
+/* ---- family pools (preload mode's reclaim at exit) ----------------------------------- */
+
+/* A family's spans and the shared pool's never meet: a partial span of one
+ * is never handed to the other, whichever asks first. */
+static void test_family_pool_apart(void)
+{
+    setup();
+    const unsigned cls = 10;                               /* 128 B, 64 per span */
+    unsigned fam = mcentral_pool_new(&C);
+    CU_ASSERT_FATAL(fam != 0);
+    uint32_t shared = (uint32_t)mcentral_cache_span(&C, cls, 1, 0);
+    alloc_objs(shared, 0, 5);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, shared), MC_PARTIAL);      /* partial, shared */
+    int64_t f = mcentral_cache_span(&C, cls, 2, fam);
+    CU_ASSERT_FATAL(f >= 0);
+    CU_ASSERT_NOT_EQUAL((uint32_t)f, shared);             /* not the shared partial span */
+    alloc_objs((uint32_t)f, 0, 7);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, (uint32_t)f), MC_PARTIAL); /* partial, the family's */
+    check_all();
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 3, 0), shared);         /* shared gets shared */
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, shared), MC_PARTIAL);
+    int64_t again = mcentral_cache_span(&C, cls, 2, fam);
+    CU_ASSERT_EQUAL(again, f);                                          /* the family gets its own */
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, (uint32_t)f), MC_PARTIAL);
+    /* a shared client with the family's span its only partial one gets a new span */
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 3, 0), shared);
+    int64_t other = mcentral_cache_span(&C, cls, 3, 0);
+    CU_ASSERT(other >= 0 && other != f && (uint32_t)other != shared);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, cls, 1, 12345), -EINVAL);   /* no such pool */
+    CU_ASSERT_EQUAL(mcentral_class_spans(&C, cls), 1);                   /* the family's */
+    check_all();
+    teardown();
+}
+
+/* When the family has gone, everything tagged with it is freed, whatever
+ * its objects' states, and counted once: live objects per class, LARGE
+ * spans with their bytes. The shared pool's spans are not touched, and the
+ * pool's number is free again. */
+static void test_family_pool_end(void)
+{
+    setup();
+    unsigned fam = mcentral_pool_new(&C);
+    CU_ASSERT_FATAL(fam != 0);
+    const unsigned small = 5, big = HD_FIRST_LARGE_CLASS;
+    unsigned n = hd_class_to_nobjs[small];
+    /* the shared pool: one span with live objects, one large object */
+    uint32_t shared = (uint32_t)mcentral_cache_span(&C, small, 1, 0);
+    alloc_objs(shared, 0, 3);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, shared), MC_PARTIAL);
+    int64_t slarge = mcentral_alloc_span(&C, 3, 0, 1, 0, 0);
+    CU_ASSERT_FATAL(slarge >= 0);
+    uint64_t pages_shared = S.hdr->pages_inuse;
+    /* the family: a full span, a partial one with frees, a large-class
+     * object, a LARGE object */
+    uint32_t a = (uint32_t)mcentral_cache_span(&C, small, 2, fam);
+    uint32_t b = (uint32_t)mcentral_cache_span(&C, small, 2, fam);
+    CU_ASSERT_NOT_EQUAL(a, shared);
+    CU_ASSERT_NOT_EQUAL(b, shared);
+    alloc_objs(a, 0, n);
+    alloc_objs(b, 0, 10);
+    free_objs(b, 0, 4);                                    /* FREED, not swept: not live */
+    uint32_t l = (uint32_t)mcentral_cache_span(&C, big, 2, fam);
+    alloc_objs(l, 0, 1);
+    int64_t large = mcentral_alloc_span(&C, 5, 0, 2, 0, fam);
+    CU_ASSERT_FATAL(large >= 0);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, a), MC_FULL);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, b), MC_PARTIAL);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, l), MC_FULL);
+    check_all();
+
+    mcentral_freed_t f;
+    memset(&f, 0, sizeof f);
+    mcentral_pool_end(&C, fam, &f);
+    CU_ASSERT_EQUAL(f.objects[small], n + 6);
+    CU_ASSERT_EQUAL(f.objects[big], 1);
+    CU_ASSERT_EQUAL(f.large, 1);
+    CU_ASSERT_EQUAL(f.large_bytes, 5 * HD_PAGE_SIZE);
+    CU_ASSERT_EQUAL(f.spans, 4);
+    for (unsigned k = 1; k < HD_NUM_CLASSES; k++)
+        if (k != small && k != big)
+            CU_ASSERT_EQUAL(f.objects[k], 0);
+    CU_ASSERT_EQUAL(S.hdr->pages_inuse, pages_shared);     /* only the shared pool's pages */
+    CU_ASSERT_EQUAL(mheap_state(&H, shared), HD_SPAN_CENTRAL);
+    CU_ASSERT_EQUAL(mheap_state(&H, (uint32_t)slarge), HD_SPAN_LARGE);
+    CU_ASSERT_EQUAL(mheap_state(&H, a), HD_SPAN_FREE);
+    CU_ASSERT_EQUAL(mheap_state(&H, (uint32_t)large), HD_SPAN_FREE);
+    CU_ASSERT_EQUAL(S.hdr->objects_central, 3);
+    uint32_t got;
+    CU_ASSERT_EQUAL(hd_free(&S.view, obj(a, 0), &got), HD_FREE_NOT_HEAP);   /* a late free stops */
+    check_all();
+    CU_ASSERT_EQUAL(mcentral_pool_new(&C), fam);           /* the number is free again */
+    check_all();
+    teardown();
+}
+
+/* A family's span emptied by frees goes back to the page allocator through
+ * the background sweep, like a shared one, however many shared spans there
+ * are to sweep. */
+static void test_family_pool_bg_sweep(void)
+{
+    setup();
+    unsigned fam = mcentral_pool_new(&C);
+    CU_ASSERT_FATAL(fam != 0);
+    for (unsigned k = 0; k < 40; k++) {                     /* shared spans that stay full */
+        uint32_t id = (uint32_t)mcentral_cache_span(&C, 20, 1, 0);
+        alloc_objs(id, 0, hd_class_to_nobjs[20]);
+        mcentral_uncache_span(&C, id);
+    }
+    uint32_t id = (uint32_t)mcentral_cache_span(&C, 7, 2, fam);
+    alloc_objs(id, 0, 2);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, id), MC_PARTIAL);
+    free_objs(id, 0, 2);
+    uint32_t later = (uint32_t)mcentral_cache_span(&C, 30, 1, 0);   /* a class after the long one */
+    alloc_objs(later, 0, 1);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, later), MC_PARTIAL);
+    free_objs(later, 0, 1);
+    for (int i = 0; i < 30 && (mheap_state(&H, id) != HD_SPAN_FREE || mheap_state(&H, later) != HD_SPAN_FREE); i++)
+        mcentral_bg_sweep(&C, 8);                           /* budgets smaller than the long list */
+    CU_ASSERT_EQUAL(mheap_state(&H, later), HD_SPAN_FREE);  /* the long class did not starve it */
+    CU_ASSERT_EQUAL(mheap_state(&H, id), HD_SPAN_FREE);     /* nor the family's */
+    check_all();
+    /* wherever the cursor is, a sweep of everything reaches every list: the
+     * long class's spans emptied, a class before it, and a family's */
+    mcentral_bg_sweep(&C, 5);                               /* stop the cursor inside a list */
+    uint32_t early = (uint32_t)mcentral_cache_span(&C, 3, 1, 0), fam2 = (uint32_t)mcentral_cache_span(&C, 3, 2, fam);
+    alloc_objs(early, 0, 1);
+    alloc_objs(fam2, 0, 1);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, early), MC_PARTIAL);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, fam2), MC_PARTIAL);
+    free_objs(early, 0, 1);
+    free_objs(fam2, 0, 1);
+    uint64_t central = S.hdr->spans_central;
+    for (uint32_t s = 0; s < S.view.npages; s++)            /* and free every object of the long class */
+        if (mheap_state(&H, s) == HD_SPAN_CENTRAL && mheap_span(&H, s)->sizeclass == 20)
+            free_objs(s, 0, hd_class_to_nobjs[20]);
+    CU_ASSERT_EQUAL(mcentral_sweep_all(&C), central);       /* each central span once */
+    CU_ASSERT_EQUAL(S.hdr->spans_central, 0);
+    CU_ASSERT_EQUAL(mheap_state(&H, early), HD_SPAN_FREE);
+    CU_ASSERT_EQUAL(mheap_state(&H, fam2), HD_SPAN_FREE);
     check_all();
     teardown();
 }
@@ -591,5 +735,8 @@ static void register_mheap_suite(void)
     CU_add_test(s, "needzero: released pages someone wrote are not fresh", test_needzero_dirty_released);
     CU_add_test(s, "exhaustion and recovery", test_exhaustion);
     CU_add_test(s, "commit failure is ENOMEM", test_commit_failure);
+    CU_add_test(s, "family pools: spans never shared with other clients", test_family_pool_apart);
+    CU_add_test(s, "family pools: the end frees and counts what the family held", test_family_pool_end);
+    CU_add_test(s, "background sweep: a long class or pool starves no other", test_family_pool_bg_sweep);
 }
 UNIT_SUITE(register_mheap_suite)

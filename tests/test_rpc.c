@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <linux/sockios.h>
 #include <unistd.h>
 
@@ -777,6 +778,111 @@ static void test_pidfd_probe(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(err, strerror(EPERM)));
 }
 
+/* ---- families (issue 10): ForkBegin / ForkDone ------------------------------------------ */
+
+static enum rpc_verdict hello_family(client_t *c)
+{
+    Heapd__Hello h = HEAPD__HELLO__INIT;
+    h.version = HD_PROTO_VERSION;
+    h.name = "family";
+    h.reclaim_at_exit = true;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.seq = 1;
+    m.body_case = HEAPD__CLIENT_MSG__BODY_HELLO;
+    m.hello = &h;
+    return send_msg(c, &m);
+}
+
+static void fork_msg(client_t *c, uint64_t seq, bool done, int32_t pid)
+{
+    Heapd__ForkBegin b = HEAPD__FORK_BEGIN__INIT;
+    Heapd__ForkDone f = HEAPD__FORK_DONE__INIT;
+    f.pid = pid;
+    Heapd__ClientMsg m = HEAPD__CLIENT_MSG__INIT;
+    m.seq = seq;
+    if (done) {
+        m.body_case = HEAPD__CLIENT_MSG__BODY_FORK_DONE;
+        m.fork_done = &f;
+    } else {
+        m.body_case = HEAPD__CLIENT_MSG__BODY_FORK_BEGIN;
+        m.fork_begin = &b;
+    }
+    CU_ASSERT_EQUAL(send_msg(c, &m), RPC_OK);
+}
+
+static unsigned members(const client_t *c) { return D->central.pools[c->pool]->members; }
+
+/* A family member's fork: the hold, the child named, the child joining the
+ * family when it connects, and the family's memory freed only when the
+ * last of them has gone. Refusals change nothing. */
+static void test_family_fork(void)
+{
+    setup();
+    client_t *plain = attached();
+    fork_msg(plain, 2, false, 0);
+    expect_error(2, EINVAL);                                /* in no family */
+    CU_ASSERT_EQUAL(plain->pool, 0);
+
+    client_t *p = client_new(D, -1, getpid(), getuid());   /* this process is the parent */
+    CU_ASSERT_FATAL(p != NULL);
+    CU_ASSERT_FATAL(hello_family(p) == RPC_OK);
+    CU_ASSERT_FATAL(p->pool != 0);
+    CU_ASSERT_EQUAL(members(p), 1);
+    fork_msg(p, 3, true, 1);
+    expect_error(3, EINVAL);                                /* ForkDone without ForkBegin */
+    fork_msg(p, 4, false, 0);
+    expect_ack(4);
+    CU_ASSERT_EQUAL(members(p), 2);                         /* held across the fork */
+    fork_msg(p, 5, true, 1);
+    expect_error(5, EINVAL);                                /* pid 1 is not our child: the hold goes */
+    CU_ASSERT_EQUAL(members(p), 1);
+    fork_msg(p, 6, false, 0);
+    fork_msg(p, 7, true, 0);                                /* the fork failed */
+    expect_ack(7);
+    CU_ASSERT_EQUAL(members(p), 1);
+
+    /* a real child that waits on a pipe */
+    int fds[2];
+    CU_ASSERT_FATAL(pipe(fds) == 0);
+    fork_msg(p, 8, false, 0);
+    pid_t kid = fork();
+    if (kid == 0) {
+        char ch;
+        close(fds[1]);
+        _exit(read(fds[0], &ch, 1) < 0);
+    }
+    close(fds[0]);
+    CU_ASSERT_FATAL(kid > 0);
+    fork_msg(p, 9, true, kid);
+    expect_ack(9);
+    CU_ASSERT_EQUAL(members(p), 2);                         /* the child, by its pidfd */
+    CU_ASSERT_FATAL(refill(p, 10, 7, 1) == RPC_OK);
+    Heapd__DaemonMsg *r = reply();
+    CU_ASSERT_FATAL(r && r->body_case == HEAPD__DAEMON_MSG__BODY_SPANS);
+    uint32_t span = r->spans->span_ids[0];
+    reply_free(r);
+    hd_obj_alloc(hd_states_of(&D->seg.view, span, 7), 0);  /* the parent holds an object */
+
+    client_t *k = client_new(D, -1, kid, getuid());        /* the child connects */
+    CU_ASSERT_FATAL(k != NULL);
+    CU_ASSERT_FATAL(hello_family(k) == RPC_OK);
+    CU_ASSERT_EQUAL(k->pool, p->pool);                      /* it joined, taking over its membership */
+    CU_ASSERT_EQUAL(members(p), 2);
+    unsigned pool = p->pool;
+    client_close(D, p, "parent exits");                     /* the parent goes first */
+    CU_ASSERT_EQUAL(D->central.pools[pool]->members, 1);
+    CU_ASSERT_NOT_EQUAL(mheap_state(&D->heap, span), HD_SPAN_FREE);   /* kept for the child */
+    check_all();
+    client_close(D, k, "child exits");
+    CU_ASSERT(pool >= D->central.npools || D->central.pools[pool] == NULL);  /* the family has gone */
+    CU_ASSERT_EQUAL(mheap_state(&D->heap, span), HD_SPAN_FREE);
+    check_all();
+    close(fds[1]);
+    int st;
+    waitpid(kid, &st, 0);
+    teardown();
+}
+
 static void register_rpc_suite(void)
 {
     CU_pSuite s = CU_add_suite("rpc", NULL, NULL);
@@ -799,5 +905,6 @@ static void register_rpc_suite(void)
     CU_add_test(s, "Flush encoding", test_flush_encoding);
     CU_add_test(s, "Flush and Pressure to a client that does not read", test_send_flush);
     CU_add_test(s, "no pidfd_open: the daemon refuses to start", test_pidfd_probe);
+    CU_add_test(s, "families: ForkBegin, ForkDone, the child joins, the last frees", test_family_fork);
 }
 UNIT_SUITE(register_rpc_suite)

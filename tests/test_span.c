@@ -124,6 +124,46 @@ static void test_sweep_folds(void)
     drop_span(0);
 }
 
+/* The sweep's whole-chunk path (shm/span.h: a 16-byte chunk of FREED and
+ * FREE bytes becomes FREE with one store) next to chunks it must leave to
+ * the byte-wise path: one with a live object, one with a scribble. The 48 B
+ * class (170 objects) also ends in a chunk that reaches past nelems. */
+static void test_sweep_chunks(void)
+{
+    unsigned c = hd_size_to_class(48);
+    make_span(2, c, 0, HD_SPAN_CACHED);
+    hd_ostate_t *sl = states(2);
+    unsigned n = fs.s.spans[2].nelems;
+    CU_ASSERT_EQUAL(n, 170);
+    for (unsigned i = 0; i < n; i++)
+        hd_obj_alloc(sl, i);
+    uint32_t id;
+    unsigned freed = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (i == 50 || i == 100)
+            continue;                                       /* live: chunks 3 and 6 go byte by byte */
+        CU_ASSERT_EQUAL(hd_free(&fs.s, obj(2, i), &id), HD_FREE_OK);
+        if (i >= 16 && i < 32 && i % 2)
+            hd_obj_sweep(sl, i);                            /* chunk 1: FREED and FREE bytes */
+        else
+            freed++;
+    }
+    atomic_store(&sl[101], 9);                              /* a scribble where a FREED byte was */
+    freed--;
+    unsigned nf;
+    CU_ASSERT_EQUAL(hd_span_sweep(sl, n, &nf), 3);          /* 50, 100 and the scribble */
+    CU_ASSERT_EQUAL(nf, freed);
+    for (unsigned i = 0; i < n; i++)
+        CU_ASSERT_EQUAL(hd_obj_state(sl, i), i == 50 || i == 100 ? HD_OBJ_ALLOCATED : i == 101 ? 9 : HD_OBJ_FREE);
+    for (unsigned i = n; i < hd_states_len(n); i++)         /* past nelems: FREE, as made */
+        CU_ASSERT_EQUAL(hd_obj_state(sl, i), HD_OBJ_FREE);
+    CU_ASSERT_EQUAL(hd_span_inuse(sl, n), 3);
+    CU_ASSERT_EQUAL(hd_span_sweep(sl, n, &nf), 3);          /* nothing new */
+    CU_ASSERT_EQUAL(nf, 0);
+    atomic_store(&sl[101], HD_OBJ_FREE);
+    drop_span(2);
+}
+
 /* A byte that is no state (a hostile process wrote it) is never handed out,
  * never freed, never swept, and counts as live; counts stay <= nelems. */
 static void test_scribbled_states(void)
@@ -375,6 +415,8 @@ typedef struct il_world {
     int obj_of[2];                  /* free j: the object it frees */
     uint8_t trace[IL_MAX_STEPS + 1];    /* who ran each step: 0 owner, 1/2 free 1/2 */
     uint8_t peek;                   /* the plain owner-local free: the state it loaded */
+    bool vsweep;                    /* the owner sweeps the window (hd_sweep_look, then hd_sweep_apply) */
+    hd_sweep_look_t look;           /* ...and what its look read */
     char why[200];                  /* the first broken rule, "" when none */
 } il_world_t;
 
@@ -426,10 +468,28 @@ static void il_owner(il_world_t *w, unsigned k)
         w->live[i] = a;
         break;
     }
-    case 4: case 6: case 10: case 12:                         /* sweep: look */
-        w->seen[sweep_obj[k]] = hd_obj_freed(w->st, sweep_obj[k]);
+    case 4: case 10:
+        if (w->vsweep) {                                      /* the window sweep's look: both objects */
+            w->look = hd_sweep_look(w->st, IL_OBJS);
+            break;
+        }
+        /* fall through */
+    case 6: case 12:                                          /* sweep: look */
+        if (!w->vsweep)
+            w->seen[sweep_obj[k]] = hd_obj_freed(w->st, sweep_obj[k]);
         break;
+    case 5: case 11:
+        if (w->vsweep) {                                      /* ...and its stores, frees maybe between */
+            uint64_t swept = w->look.freed ? hd_sweep_apply(w->st, IL_OBJS, &w->look) : 0;
+            for (unsigned i = 0; i < IL_OBJS; i++)
+                if (swept >> i & 1)
+                    il_swept(w, i);
+            break;
+        }
+        /* fall through */
     default: {                                                /* sweep: FREED -> FREE */
+        if (w->vsweep)
+            break;
         unsigned i = sweep_obj[k];
         if (w->seen[i]) {
             hd_obj_unfree(w->st, i);
@@ -575,7 +635,7 @@ static void il_explore(il_world_t *w, const il_scen_t *sc, unsigned pc[3], il_st
         il_finish(w, sc, out);
 }
 
-static il_stats_t il_run_all(bool plain)
+static il_stats_t il_run_all(bool plain, bool vsweep)
 {
     il_stats_t out = {0};
     for (int local = plain; local < 2; local++)
@@ -586,6 +646,7 @@ static il_stats_t il_run_all(bool plain)
             il_scen_t sc = {{t0, t1}, t1 ? 2 : 1, local != 0, plain};
             il_world_t w;
             memset(&w, 0, sizeof w);
+            w.vsweep = vsweep;
             hd_states_reset(w.st, 64);
             for (int a = 0; a <= IL_ALLOCS; a++)
                 w.alloc_obj[a] = -2;
@@ -601,17 +662,197 @@ static il_stats_t il_run_all(bool plain)
 
 static void test_every_interleaving(void)
 {
-    il_stats_t r = il_run_all(false);
+    il_stats_t r = il_run_all(false, false);
     printf("\n    %lu schedules explored, %lu broke a rule%s%s ", r.schedules, r.failed, r.failed ? ": " : "",
            r.first);
     CU_ASSERT(r.schedules > 100);                /* the enumeration ran: dozens of orders per scenario */
     CU_ASSERT_EQUAL(r.failed, 0);
+    /* The same with the sweep the client runs (hd_span_sweep: the window's
+     * masks, then its stores, whole-chunk or byte by byte), frees anywhere
+     * in between. */
+    il_stats_t v = il_run_all(false, true);
+    printf("\n    window sweep: %lu schedules explored, %lu broke a rule%s%s ", v.schedules, v.failed,
+           v.failed ? ": " : "", v.first);
+    CU_ASSERT(v.schedules > 100);
+    CU_ASSERT_EQUAL(v.failed, 0);
     /* Why the owner-local free is a CAS (shm/span.h): as a load and a
      * plain store, a remote free of the same allocation between the two
      * makes both succeed (P3), and the explorer finds that order. */
-    il_stats_t p = il_run_all(true);
+    il_stats_t p = il_run_all(true, false);
     printf("\n    plain-store owner free: %lu of %lu schedules broke a rule, e.g. %s ", p.failed, p.schedules, p.first);
     CU_ASSERT(p.failed > 0);
+}
+
+/* ---- every interleaving of a tiny block's owner and its frees --------------------------
+ *
+ * The tiny free's block step (shm/span.h, hd_tiny_block_freed: the last one
+ * out stores FREED into the block's state byte with a plain store, no CAS)
+ * is sound if, whenever a free or close takes the word to 0, the state byte
+ * is ALLOCATED and nobody else writes it before that store. The owner:
+ * take block 0 (hd_obj_alloc), start it open with object A at byte 0
+ * (hd_tiny_start), pack object B at byte 4 (hd_tiny_pack), close it (word
+ * step hd_tiny_unopen, then the state step if it was the last one out),
+ * sweep it (hd_sweep_look, hd_sweep_apply), and, if the block is FREE,
+ * take it again for a whole-block object C (hd_obj_alloc, hd_tiny_start).
+ * Frees of A, B (and C), and a second free of A issued after the first
+ * returned, each a word step (hd_tiny_clear) and a state step, run in every
+ * order with the owner's steps (a free starts after its object's start).
+ * Rules: T1 the state is ALLOCATED at every state step, one per life of
+ * the block; T2 the block is taken again only once A and B were freed and
+ * it was closed; T3 at the end, after a final sweep, the state is FREE iff
+ * the word is 0 (every object of the block's last life freed, not open). */
+
+enum { TL_OWNER_STEPS = 9, TL_MAX_FREES = 3 };
+
+typedef struct tl_world {
+    uint32_t word;                  /* block 0's word and state byte, copied in and out of tl_st/tl_t */
+    uint8_t state;
+    uint8_t step[1 + TL_MAX_FREES]; /* next step of the owner and of each free */
+    bool last[1 + TL_MAX_FREES];    /* the word step took the word to 0 */
+    bool took_c;                    /* the owner took the block again */
+    bool freed_obj[3];              /* A, B, C: a free's word step succeeded */
+    bool closed;
+    unsigned block_frees[2];        /* state steps in life 1 and 2 */
+    hd_sweep_look_t look;
+    char why[160];
+} tl_world_t;
+
+typedef struct tl_scen {
+    unsigned nfree;
+    int obj[TL_MAX_FREES];          /* 0: A, 1: B, 2: C */
+    int after[TL_MAX_FREES];        /* a free that must have returned first, -1: none */
+} tl_scen_t;
+
+static _Alignas(64) hd_ostate_t tl_st[64];
+static hd_tiny_t tl_t;
+
+#define TL_FAIL(w, ...) do { if (!(w)->why[0]) snprintf((w)->why, sizeof (w)->why, __VA_ARGS__); } while (0)
+
+static void tl_state_step(tl_world_t *w)
+{
+    if (w->state != HD_OBJ_ALLOCATED)
+        TL_FAIL(w, "T1: last one out found the block in state %u", w->state);
+    w->block_frees[w->took_c]++;
+    if (w->block_frees[w->took_c] > 1)
+        TL_FAIL(w, "T1: two state steps in one life of the block");
+    atomic_store(&tl_st[0], w->state);
+    hd_tiny_block_freed(tl_st, 0);
+    w->state = hd_obj_state(tl_st, 0);
+}
+
+/* One step of the owner (t == 0) or of free t-1; false when it cannot run. */
+static bool tl_step(tl_world_t *w, const tl_scen_t *sc, unsigned t)
+{
+    atomic_store(&tl_t.block[0], w->word);
+    atomic_store(&tl_st[0], w->state);
+    unsigned k = w->step[t];
+    if (t == 0) {
+        switch (k) {
+        case 0: hd_obj_alloc(tl_st, 0); break;
+        case 1: hd_tiny_start(&tl_t, 0, 1u | 1u << (16 + 3) | HD_TINY_OPEN); break;       /* A: bytes 0..3 */
+        case 2: hd_tiny_pack(&tl_t, 0, 1u << 4 | 1u << (16 + 7)); break;                  /* B: bytes 4..7 */
+        case 3: hd_tiny_unopen(&tl_t, 0, &w->last[0]); w->closed = true; break;
+        case 4:
+            if (w->last[0]) {
+                w->state = hd_obj_state(tl_st, 0);
+                tl_state_step(w);
+            }
+            break;
+        case 5: w->look = hd_sweep_look(tl_st, 1); break;
+        case 6:
+            if (w->look.freed)
+                hd_sweep_apply(tl_st, 1, &w->look);
+            break;
+        case 7:
+            if (hd_obj_state(tl_st, 0) == HD_OBJ_FREE) {
+                if (!w->freed_obj[0] || !w->freed_obj[1] || !w->closed)
+                    TL_FAIL(w, "T2: block taken again with A %d, B %d, closed %d", w->freed_obj[0], w->freed_obj[1],
+                            w->closed);
+                hd_obj_alloc(tl_st, 0);
+                w->took_c = true;
+            }
+            break;
+        case 8:
+            if (w->took_c)
+                hd_tiny_start(&tl_t, 0, 1u);                  /* C: the whole block */
+            break;
+        }
+    } else {
+        unsigned j = t - 1;
+        int o = sc->obj[j];
+        if (k == 0) {
+            unsigned started = o == 0 ? 2 : o == 1 ? 3 : 9;  /* owner steps done before the object exists */
+            if (w->step[0] < started || (o == 2 && !w->took_c))
+                return false;
+            if (sc->after[j] >= 0 && w->step[1 + sc->after[j]] < 2)
+                return false;
+            if (hd_tiny_clear(&tl_t, 0, o == 1 ? 4 : 0, &w->last[t]) == HD_FREE_OK) {
+                int hit = o == 1 ? 1 : w->took_c ? 2 : 0; /* byte 0 holds A, or C once it was taken */
+                if (w->freed_obj[hit] && hit != 2)
+                    TL_FAIL(w, "object %d freed twice", hit);
+                w->freed_obj[hit] = true;
+            }
+        } else if (w->last[t]) {
+            w->state = hd_obj_state(tl_st, 0);
+            tl_state_step(w);
+        }
+    }
+    w->word = atomic_load(&tl_t.block[0]);
+    if (!(t == 0 && k == 4) && !(t > 0 && k == 1))
+        w->state = hd_obj_state(tl_st, 0);
+    w->step[t]++;
+    return true;
+}
+
+static void tl_explore(tl_world_t *w, const tl_scen_t *sc, unsigned long *n, unsigned long *bad, char *first)
+{
+    bool ran = false;
+    for (unsigned t = 0; t <= sc->nfree; t++) {
+        if (w->step[t] == (t == 0 ? TL_OWNER_STEPS : 2))
+            continue;
+        tl_world_t save = *w;
+        if (!tl_step(w, sc, t)) {
+            *w = save;
+            continue;
+        }
+        ran = true;
+        tl_explore(w, sc, n, bad, first);
+        *w = save;
+    }
+    if (ran)
+        return;
+    for (unsigned t = 1; t <= sc->nfree; t++)
+        if (w->step[t] < 2)
+            return;                                  /* a free whose object never existed (C not taken) */
+    atomic_store(&tl_st[0], w->state);               /* the final sweep */
+    hd_sweep_look_t v = hd_sweep_look(tl_st, 1);
+    if (v.freed)
+        hd_sweep_apply(tl_st, 1, &v);
+    if ((hd_obj_state(tl_st, 0) == HD_OBJ_FREE) != (w->word == 0))
+        TL_FAIL(w, "T3: word %#x with the block in state %u after the final sweep", w->word, hd_obj_state(tl_st, 0));
+    (*n)++;
+    if (w->why[0] && !(*bad)++)
+        snprintf(first, 200, "%s", w->why);
+}
+
+static void test_tiny_interleavings(void)
+{
+    static const tl_scen_t scen[] = {
+        {2, {0, 1}, {-1, -1}},                       /* A and B */
+        {3, {0, 1, 0}, {-1, -1, 0}},                 /* ... and A again (C's, if C took the block) */
+        {3, {0, 1, 2}, {-1, -1, -1}},                /* ... and C */
+    };
+    unsigned long n = 0, bad = 0;
+    char first[200] = "";
+    for (unsigned i = 0; i < sizeof scen / sizeof scen[0]; i++) {
+        tl_world_t w;
+        memset(&w, 0, sizeof w);
+        w.state = HD_OBJ_FREE;
+        tl_explore(&w, &scen[i], &n, &bad, first);
+    }
+    printf("\n    tiny block: %lu schedules explored, %lu broke a rule%s%s ", n, bad, bad ? ": " : "", first);
+    CU_ASSERT(n > 1000);
+    CU_ASSERT_EQUAL(bad, 0);
 }
 
 #if HEAPD_DEBUG
@@ -675,12 +916,14 @@ static void register_span_suite(void)
     CU_pSuite s = CU_add_suite("span", span_setup, span_teardown);
     CU_add_test(s, "every class's states fit their area", test_states_fit);
     CU_add_test(s, "sweep makes FREED objects FREE and counts", test_sweep_folds);
+    CU_add_test(s, "sweep of whole chunks beside live and scribbled bytes", test_sweep_chunks);
     CU_add_test(s, "scribbled states: never handed out, freed or swept", test_scribbled_states);
     CU_add_test(s, "double frees and frees after the sweep", test_double_and_late_frees);
     CU_add_test(s, "interior, tail, outside and large pointers", test_bad_pointers);
     CU_add_test(s, "tiny blocks: start, end and open bits", test_tiny);
     CU_add_test(s, "concurrent frees from two threads", test_concurrent_frees);
     CU_add_test(s, "every interleaving of owner and two frees (one may be owner-local)", test_every_interleaving);
+    CU_add_test(s, "every interleaving of a tiny block's owner and its frees", test_tiny_interleavings);
 #if HEAPD_DEBUG
     CU_add_test(s, "HEAPD_DEBUG: illegal moves and allocations abort", test_debug_checks);
 #endif

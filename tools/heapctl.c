@@ -530,20 +530,20 @@ static int cmd_clients(bool json)
             printf(",\"Slot\":%u,\"LiveBytes\":%lld,\"AllocBytes\":%llu,\"FreeBytes\":%llu,\"Mallocs\":%llu,"
                    "\"Frees\":%llu,\"CachedSpans\":%u,\"CachedBytes\":%llu,\"Quota\":%llu,\"Charged\":%llu,"
                    "\"Requests\":%llu,\"MCacheBytes\":%llu,\"RefillWaits\":%llu,\"RefillWaitNs\":%llu,\"BadFrees\":%llu,"
-                   "\"State\":",
+                   "\"Family\":%u,\"State\":",
                    c->slot, (long long)c->live_bytes, (unsigned long long)c->alloc_bytes,
                    (unsigned long long)c->free_bytes, (unsigned long long)c->mallocs, (unsigned long long)c->frees,
                    c->cached_spans, (unsigned long long)c->cached_bytes, (unsigned long long)c->quota,
                    (unsigned long long)c->charged, (unsigned long long)c->requests,
                    (unsigned long long)c->mcache_bytes, (unsigned long long)c->refill_waits,
-                   (unsigned long long)c->refill_wait_ns, (unsigned long long)c->bad_frees);
+                   (unsigned long long)c->refill_wait_ns, (unsigned long long)c->bad_frees, c->family);
             json_string(c->state && *c->state ? c->state : "live");
             printf("}");
         }
         printf("]\n");
     } else {
-        printf("%5s %8s %-16s %12s %12s %12s %6s %11s %11s %11s %s\n", "ID", "PID", "NAME", "LIVE", "ALLOCATED",
-               "FREED", "SPANS", "CACHED", "QUOTA", "CHARGED", "STATE");
+        printf("%5s %8s %-16s %12s %12s %12s %6s %11s %11s %11s %6s %s\n", "ID", "PID", "NAME", "LIVE", "ALLOCATED",
+               "FREED", "SPANS", "CACHED", "QUOTA", "CHARGED", "FAMILY", "STATE");
         for (size_t i = 0; i < cl->n_clients; i++) {
             const Heapdctl__ClientInfo *c = cl->clients[i];
             char a[32], b[32], f[32], q[32], ch[32], cb[32];
@@ -551,11 +551,13 @@ static int cmd_clients(bool json)
                                                  : human((uint64_t)c->live_bytes, b, sizeof(b));
             char all[32];
             human(c->alloc_bytes, all, sizeof(all));
-            printf("%5u %8d %-16.16s %12s %12s %12s %6u %11s %11s %11s %s\n", c->id, c->pid,
+            char fam[16];
+            snprintf(fam, sizeof fam, "%u", c->family);
+            printf("%5u %8d %-16.16s %12s %12s %12s %6u %11s %11s %11s %6s %s\n", c->id, c->pid,
                    c->name && *c->name ? c->name : "-", live, all, human(c->free_bytes, f, sizeof(f)),
                    c->cached_spans, human(c->cached_bytes, cb, sizeof(cb)),
                    c->quota ? human(c->quota, q, sizeof(q)) : "none", human(c->charged, ch, sizeof(ch)),
-                   c->state && *c->state ? c->state : "live");
+                   c->family ? fam : "-", c->state && *c->state ? c->state : "live");
         }
         if (cl->n_clients == 0)
             printf("(no clients)\n");

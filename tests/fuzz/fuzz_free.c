@@ -76,7 +76,7 @@ static hd_ostate_t *states_of(const struct mspan *m) { return hd_states_of(&D->s
 static void build_small(struct mspan *m, unsigned cls, struct script *s)
 {
     hd_seg_t *v = &D->seg.view;
-    int64_t id = mcentral_cache_span(&D->central, cls, OWNER);
+    int64_t id = mcentral_cache_span(&D->central, cls, OWNER, 0);
     if (id < 0)
         fail("mcentral_cache_span", 0, (int)id, 0);
     memset(m, 0, sizeof(*m));

@@ -134,12 +134,25 @@ static size_t build(struct script *s, uint8_t *buf)
     Heapd__AllocLarge al = HEAPD__ALLOC_LARGE__INIT;
     Heapd__FreeLarge fl = HEAPD__FREE_LARGE__INIT;
     Heapd__RootUpdate ru = HEAPD__ROOT_UPDATE__INIT;
+    Heapd__ForkBegin fb = HEAPD__FORK_BEGIN__INIT;
+    Heapd__ForkDone fd = HEAPD__FORK_DONE__INIT;
     static const char *const names[] = {"a", "b", "pool", "", "tab\there",
         "0123456789012345678901234567890123456789012345678901234567890123"};
     char gen_name[8];
     uint32_t a[HD_MAX_BATCH + 4], g[HD_MAX_BATCH + 4];
     m.seq = take(s, 1) & 3;
-    switch (take(s, 1) % 6) {
+    switch (take(s, 1) % 7) {
+    case 6:                                    /* families: holds and fork children */
+        if (take(s, 1) & 1) {
+            m.body_case = HEAPD__CLIENT_MSG__BODY_FORK_BEGIN;
+            m.fork_begin = &fb;
+        } else {
+            unsigned k = take(s, 1);
+            fd.pid = k < 64 ? 0 : k < 128 ? (int32_t)getpid() : (int32_t)take(s, 4);
+            m.body_case = HEAPD__CLIENT_MSG__BODY_FORK_DONE;
+            m.fork_done = &fd;
+        }
+        break;
     case 4: {                                  /* named roots: a few names, many made up */
         unsigned k = take(s, 1);
         if (k < 128) {
@@ -161,6 +174,7 @@ static size_t build(struct script *s, uint8_t *buf)
         h.version = take(s, 1) < 240 ? HD_PROTO_VERSION : take(s, 4);
         h.pid = (int32_t)take(s, 2);
         h.name = "fuzz";
+        h.reclaim_at_exit = take(s, 1) & 1;    /* a family of its own */
         m.body_case = HEAPD__CLIENT_MSG__BODY_HELLO;
         m.hello = &h;
         break;

@@ -555,6 +555,118 @@ static int known_child(int rfd, int wfd, void *arg)
     return bad ? 16 : 0;
 }
 
+/* Churn through the slow path's rotation (mcache.c, step 0): CHURN_SLOTS
+ * live objects of 520..1024 B (spans of 8..14 objects), then CHURN_OPS times
+ * "free a random slot, allocate a new size into it", the larson pattern:
+ * exhausted spans go to the back of the kept list uncounted by a sweep, so
+ * memstats must still count every allocation once. The sequence is a fixed
+ * xorshift (seed CHURN_SEED), replayed by the test for the expected counts. */
+#define CHURN_SLOTS 1000u
+#define CHURN_OPS 200000u
+#define CHURN_SEED 0x9e3779b97f4a7c15ull
+
+static uint64_t churn_next(uint64_t *x)
+{
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    return *x * 0x2545f4914f6cdd1dull;
+}
+
+static size_t churn_size(uint64_t r) { return 520 + (size_t)(r % 505); }
+
+/* Per class: allocations, and the objects still live at the end of the churn. */
+static void churn_expect(uint64_t allocs[HD_NUM_SIZE_CLASSES], uint64_t live[HD_NUM_SIZE_CLASSES])
+{
+    static unsigned cls[CHURN_SLOTS];
+    uint64_t x = CHURN_SEED;
+    memset(allocs, 0, HD_NUM_SIZE_CLASSES * sizeof allocs[0]);
+    memset(live, 0, HD_NUM_SIZE_CLASSES * sizeof live[0]);
+    for (unsigned i = 0; i < CHURN_SLOTS; i++) {
+        cls[i] = hd_size_to_class(churn_size(churn_next(&x)));
+        allocs[cls[i]]++;
+    }
+    for (unsigned k = 0; k < CHURN_OPS; k++) {
+        uint64_t r = churn_next(&x);
+        unsigned i = (unsigned)((r >> 32) % CHURN_SLOTS);
+        cls[i] = hd_size_to_class(churn_size(churn_next(&x)));
+        allocs[cls[i]]++;
+    }
+    for (unsigned i = 0; i < CHURN_SLOTS; i++)
+        live[cls[i]]++;
+}
+
+static int churn_child(int rfd, int wfd, void *arg)
+{
+    if (heapd_attach(arg) != 0)
+        return 10;
+    static void *slot[CHURN_SLOTS];
+    uint64_t x = CHURN_SEED;
+    for (unsigned i = 0; i < CHURN_SLOTS; i++)
+        if (!(slot[i] = heapd_malloc(churn_size(churn_next(&x)))))
+            return 11;
+    for (unsigned k = 0; k < CHURN_OPS; k++) {
+        uint64_t r = churn_next(&x);
+        unsigned i = (unsigned)((r >> 32) % CHURN_SLOTS);
+        heapd_free(slot[i]);
+        if (!(slot[i] = heapd_malloc(churn_size(churn_next(&x)))))
+            return 12;
+        *(volatile char *)slot[i] = 1;
+    }
+    if (heapd_flush() != 0)
+        return 13;
+    send_byte(wfd, 'r');
+    if (recv_byte(rfd, 60000) != 'g')
+        return 14;
+    for (unsigned i = 0; i < CHURN_SLOTS; i++)
+        heapd_free(slot[i]);
+    uint64_t bad = heapd_bad_frees();
+    heapd_detach();
+    return bad ? 15 : 0;
+}
+
+static void test_stats_churn(void)
+{
+    daemon_proc_t d;
+    CU_ASSERT_FATAL(daemon_start(&d, "1GiB", NULL) == 0);
+    char ctl[256];
+    snprintf(ctl, sizeof(ctl), "%s.ctl", d.sock);
+    static uint64_t allocs[HD_NUM_SIZE_CLASSES], live[HD_NUM_SIZE_CLASSES];
+    churn_expect(allocs, live);
+    holder_t h;
+    CU_ASSERT_FATAL(holder_start(&h, churn_child, d.sock) == 0);
+    jv_t s;
+    CU_ASSERT_FATAL(get_stats(ctl, &s));
+    check_invariants(&s);
+    const jv_t *by = jget(&s, "BySize");
+    CU_ASSERT_FATAL(by && by->t == J_ARR && by->n >= HD_NUM_SIZE_CLASSES - 1);
+    uint64_t all = 0, bytes = 0;
+    for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
+        uint64_t m = ju(&by->v[c - 1], "Mallocs"), f = ju(&by->v[c - 1], "Frees");
+        if (m != allocs[c] || m - f != live[c])
+            fprintf(stderr, "  churn (seed %#llx): class %u Mallocs %llu Frees %llu, want %llu and %llu live\n",
+                    (unsigned long long)CHURN_SEED, c, (unsigned long long)m, (unsigned long long)f,
+                    (unsigned long long)allocs[c], (unsigned long long)live[c]);
+        CU_ASSERT_EQUAL(m, allocs[c]);
+        CU_ASSERT_EQUAL(m - f, live[c]);
+        all += allocs[c];
+        bytes += live[c] * hd_class_to_size[c];
+    }
+    CU_ASSERT_EQUAL(ju(&s, "Mallocs"), all);
+    CU_ASSERT_EQUAL(ju(&s, "HeapObjects"), CHURN_SLOTS);
+    CU_ASSERT_EQUAL(ju(&s, "HeapAlloc"), bytes);
+    jfree(&s);
+    CU_ASSERT_EQUAL(holder_finish(&h), 0);
+    CU_ASSERT_FATAL(wait_clients(ctl, 0, &s));
+    check_invariants(&s);
+    CU_ASSERT_EQUAL(ju(&s, "Mallocs"), all);
+    CU_ASSERT_EQUAL(ju(&s, "Frees"), all);
+    CU_ASSERT_EQUAL(ju(&s, "HeapObjects"), 0);
+    CU_ASSERT_EQUAL(ju(&s, "HeapAlloc"), 0);
+    jfree(&s);
+    stop_clean(&d);
+}
+
 static void test_stats_known(void)
 {
     daemon_proc_t d;
@@ -1603,6 +1715,7 @@ static void register_stats_suite(void)
 {
     CU_pSuite s = CU_add_suite("stats", NULL, NULL);
     CU_add_test(s, "stats: known objects, every field, invariants, quiescent zero", test_stats_known);
+    CU_add_test(s, "stats: exact counts through the slow path's rotation (larson churn)", test_stats_churn);
     CU_add_test(s, "stats: cross-process workload, live and final invariants", test_stats_workload);
     CU_add_test(s, "stats: cross-process large objects, bytes balance after every round", test_stats_large_balance);
     CU_add_test(s, "clients: rows appear and disappear", test_clients_rows);

@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,6 +190,67 @@ static void dlopens(void)
     printf("dlopen: %.0f\n", s);
 }
 
+/* HEAPD_PRELOAD_FORK=share: the parent allocates, forks and exits holding
+ * everything; the child waits for a byte on stdin (sent once the daemon has
+ * ended the parent's connection), then checks that what it inherited is
+ * still live and intact, before and after allocating plenty of its own
+ * (an object freed under it would be handed out again). */
+enum { FAM_N = 20000, FAM_NEW = 20000 };
+static char *fam_obj[FAM_N];
+
+static size_t fam_size(int i)
+{
+    if (i % 5000 == 0)
+        return (size_t)3 << 20;               /* LARGE spans */
+    if (i % 1000 == 0)
+        return (size_t)200 << 10;             /* a large class */
+    return 1 + (size_t)(i * 7919) % 4096;
+}
+
+static int fam_check(void)
+{
+    int bad = 0;
+    for (int i = 0; i < FAM_N; i++) {
+        size_t n = fam_size(i);
+        const unsigned char *p = (const unsigned char *)fam_obj[i];
+        if (malloc_usable_size(fam_obj[i]) < n || p[0] != (unsigned char)i || p[n - 1] != (unsigned char)i ||
+            p[n / 2] != (unsigned char)i)
+            bad++;
+    }
+    return bad;
+}
+
+static int family(void)
+{
+    for (int i = 0; i < FAM_N; i++) {
+        fam_obj[i] = malloc(fam_size(i));
+        memset(fam_obj[i], (unsigned char)i, fam_size(i));
+    }
+    pid_t pid = fork();
+    if (pid < 0)
+        return 1;
+    if (pid > 0)
+        return 0;                             /* exit holding all of it */
+    char c;
+    if (read(0, &c, 1) != 1)
+        return 1;
+    int bad = fam_check();
+    static char *mine[FAM_NEW];
+    for (int j = 0; j < FAM_NEW; j++) {
+        size_t n = 16 + (size_t)(j * 104729) % 4000;
+        mine[j] = malloc(n);
+        memset(mine[j], 0xee, n);
+    }
+    bad += fam_check();
+    for (int j = 0; j < FAM_NEW; j++)
+        free(mine[j]);
+    for (int i = 0; i < FAM_N; i += 2)
+        free(fam_obj[i]);
+    printf("family: %s (%d objects not intact)\n", bad ? "FAIL" : "ok", bad);
+    fflush(stdout);
+    return bad != 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "hold") == 0) {   /* fork; both allocate, wait for a byte each */
@@ -202,11 +264,25 @@ int main(int argc, char **argv)
             waitpid(pid, &st, 0);
         return r == 1 && st == 0 ? 0 : 1;
     }
-    if (argc > 1 && strcmp(argv[1], "leak") == 0) {   /* exit holding 8 large objects */
+    if (argc > 1 && strcmp(argv[1], "family") == 0)
+        return family();
+    if (argc > 1 && strcmp(argv[1], "leak") == 0) {   /* exit (or die: leak kill) holding objects */
         for (int i = 0; i < 8; i++) {               /* 2 MiB: above the large classes, a LARGE span each */
             char *volatile p = malloc(2 << 20);
             memset(p, i, 2 << 20);
         }
+        for (int i = 0; i < 8; i++) {               /* large classes (40 KiB..1 MiB) */
+            char *volatile p = malloc((size_t)(48 + 100 * i) << 10);
+            p[0] = (char)i;
+        }
+        for (int i = 0; i < 50000; i++) {           /* small objects of every size up to 4 KiB, half freed */
+            char *volatile p = malloc(1 + (size_t)(i * 7919) % 4096);
+            p[0] = (char)i;
+            if (i % 2)
+                free(p);
+        }
+        if (argc > 2 && strcmp(argv[2], "kill") == 0)
+            raise(SIGKILL);
         return 0;
     }
     if (argc > 1 && strcmp(argv[1], "child") == 0) {
