@@ -13,7 +13,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <poll.h>
-#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -589,15 +588,19 @@ int client_fork_done(daemon_t *d, client_t *c, pid_t pid)
         pool_release(d, c->pool, NULL, 0);
         return 0;
     }
-    if (parent_of(pid) != c->pid) {
-        bool gone = kill(pid, 0) < 0 && errno == ESRCH;
+    /* A process whose parent we can read and is not c's is a mistake: refused.
+     * One we cannot read (/proc mounted hidepid, another user's) is taken on
+     * c's word: naming a stranger only keeps c's own family longer. */
+    pid_t pp = parent_of(pid);
+    if (pp >= 0 && pp != c->pid) {
         pool_release(d, c->pool, NULL, 0);
-        return gone ? 0 : -EINVAL;   /* gone: auto-reaped (SIGCHLD ignored); else not its child */
+        return -EINVAL;
     }
     int pfd = sys_pidfd_open(pid, 0);
     /* The child cannot have been reaped and its pid reused in between unless
      * its parent reaps (it is in ForkDone) or ignores SIGCHLD: check again. */
-    if (pfd < 0 || parent_of(pid) != c->pid) {
+    pp = pfd >= 0 ? parent_of(pid) : -1;
+    if (pfd < 0 || (pp >= 0 && pp != c->pid)) {
         if (pfd >= 0)
             close(pfd);
         pool_release(d, c->pool, NULL, 0);
