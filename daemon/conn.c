@@ -494,11 +494,14 @@ typedef struct fork_child {
     struct fork_child *next, *prev;
 } fork_child_t;
 
-static void pool_release(daemon_t *d, unsigned pool, const char *who, pid_t pid)
+/* One member of family `pool` has gone: when it was the last, free what the
+ * family held (counted as retired frees). Returns the objects freed (0 while
+ * members remain). */
+static uint64_t pool_release(daemon_t *d, unsigned pool)
 {
     mcentral_pool_t *p = d->central.pools[pool];
     if (--p->members)
-        return;
+        return 0;
     mcentral_freed_t f;
     memset(&f, 0, sizeof f);
     mcentral_pool_end(&d->central, pool, &f);
@@ -506,8 +509,7 @@ static void pool_release(daemon_t *d, unsigned pool, const char *who, pid_t pid)
     uint64_t n = f.large;
     for (unsigned k = 1; k < HD_NUM_CLASSES; k++)
         n += f.objects[k];
-    if (who)
-        daemon_log(d, "family of %s %d has gone: %llu objects it held freed", who, (int)pid, (unsigned long long)n);
+    return n;
 }
 
 static void fork_child_closed(uv_handle_t *h)
@@ -544,7 +546,10 @@ static void on_fork_child_exit(uv_poll_t *h, int status, int events)
     unsigned pool = k->pool;
     pid_t pid = k->pid;
     fork_child_unlink(d, k);
-    pool_release(d, pool, "fork child", pid);
+    uint64_t n = pool_release(d, pool);
+    if (!d->central.pools[pool])         /* it was the last member */
+        daemon_log(d, "fork child %d exited, the last of its family: %llu objects the family held freed", (int)pid,
+                   (unsigned long long)n);
 }
 
 /* The parent pid of process pid (/proc/pid/stat's 4th field), or -1. */
@@ -585,7 +590,7 @@ int client_fork_done(daemon_t *d, client_t *c, pid_t pid)
     /* From here the hold is the child's membership, or it goes. c is a
      * member, so a hold going never ends the family. */
     if (pid <= 0) {
-        pool_release(d, c->pool, NULL, 0);
+        pool_release(d, c->pool);
         return 0;
     }
     /* A process whose parent we can read and is not c's is a mistake: refused.
@@ -593,7 +598,7 @@ int client_fork_done(daemon_t *d, client_t *c, pid_t pid)
      * c's word: naming a stranger only keeps c's own family longer. */
     pid_t pp = parent_of(pid);
     if (pp >= 0 && pp != c->pid) {
-        pool_release(d, c->pool, NULL, 0);
+        pool_release(d, c->pool);
         return -EINVAL;
     }
     int pfd = sys_pidfd_open(pid, 0);
@@ -603,7 +608,7 @@ int client_fork_done(daemon_t *d, client_t *c, pid_t pid)
     if (pfd < 0 || (pp >= 0 && pp != c->pid)) {
         if (pfd >= 0)
             close(pfd);
-        pool_release(d, c->pool, NULL, 0);
+        pool_release(d, c->pool);
         return 0;                    /* it has exited: nothing of the family's with it */
     }
     fork_child_t *k = calloc(1, sizeof *k);
@@ -643,7 +648,7 @@ void client_fork_children_free(daemon_t *d)
         fork_child_t *k = d->fork_children;
         unsigned pool = k->pool;
         fork_child_unlink(d, k);
-        pool_release(d, pool, NULL, 0);
+        pool_release(d, pool);
     }
 }
 
@@ -656,20 +661,7 @@ uint64_t client_leave_family(daemon_t *d, client_t *c)
     if (c->fork_holds)
         daemon_log(d, "client %u (pid %d) ended between ForkBegin and ForkDone: its family's memory stays "
                    "allocated until the daemon restarts (the child may hold it)", c->id, (int)c->pid);
-    mcentral_pool_t *p = d->central.pools[pool];
-    if (p->members > 1) {
-        p->members--;
-        return 0;
-    }
-    mcentral_freed_t f;
-    memset(&f, 0, sizeof f);
-    p->members = 0;
-    mcentral_pool_end(&d->central, pool, &f);
-    mstats_retire_frees(d, &f);
-    uint64_t n = f.large;
-    for (unsigned k = 1; k < HD_NUM_CLASSES; k++)
-        n += f.objects[k];
-    return n;
+    return pool_release(d, pool);
 }
 
 static void on_client_closed(uv_handle_t *hd)

@@ -265,6 +265,19 @@ if grep -q '^family: ok' "$tmp/family.out" && [ "$s3" = "$s0" ]; then
 else
     fail "HEAPD_PRELOAD_FORK=share family: $(cat "$tmp/family.out"); $s0 before, $s3 after both"
 fi
+# the same with a child that never allocates (it never connects: its
+# membership is its pid's, and its exit alone ends the family)
+: > "$tmp/family.out"
+HEAPD_PRELOAD_FORK=share under "$tmp/stress" family quiet <&8 > "$tmp/family.out" 2>&1
+wait_for "the quiet family's parent's connection to end" clients_are 0
+echo x >&8
+wait_for "the quiet family's child to check its objects" family_done
+family_gone() { [ "$(snap)" = "$s0" ]; }
+if grep -q '^family: ok' "$tmp/family.out" && wait_for "the quiet family's memory to be freed" family_gone; then
+    pass "HEAPD_PRELOAD_FORK=share, a child that never allocates: its objects outlived its parent; freed once it exited"
+else
+    fail "HEAPD_PRELOAD_FORK=share quiet family: $(cat "$tmp/family.out"); $s0 before, $(snap) after"
+fi
 exec 8>&-
 
 # ---- a fleet of 8 under one hard limit -------------------------------------------------
