@@ -325,6 +325,14 @@ unsigned mcentral_sweep_all(mcentral_t *c)
     return done;
 }
 
+/* A walk of the span table: the page after the span at id (the next page
+ * when id starts no span). */
+static uint64_t span_walk_next(mheap_t *h, uint64_t id)
+{
+    uint32_t np = mheap_span(h, (uint32_t)id)->npages;
+    return mheap_state(h, (uint32_t)id) == HD_SPAN_FREE || np == 0 ? id + 1 : id + np;
+}
+
 /* Count what a span of the ended pool still held, and free it. */
 static void end_span(mcentral_t *c, uint32_t id, mcentral_freed_t *out)
 {
@@ -359,12 +367,11 @@ void mcentral_pool_end(mcentral_t *c, unsigned pool, mcentral_freed_t *out)
     /* One pass: the CENTRAL spans just unlinked and the LARGE spans the
      * family allocated (a CACHED one cannot be: every member's cached spans
      * were reclaimed, but the tag is the rule, so it goes too). */
-    for (uint64_t id = 0; id < h->v->npages;) {
-        uint8_t st = mheap_state(h, (uint32_t)id);
-        uint32_t np = mheap_span(h, (uint32_t)id)->npages;
-        if (st != HD_SPAN_FREE && h->priv[id].pool == pool && h->priv[id].list != SL_CACHED)
+    for (uint64_t id = 0, next; id < h->v->npages; id = next) {
+        next = span_walk_next(h, id);   /* before end_span frees it */
+        if (mheap_state(h, (uint32_t)id) != HD_SPAN_FREE && h->priv[id].pool == pool &&
+            h->priv[id].list != SL_CACHED)
             end_span(c, (uint32_t)id, out);
-        id += st == HD_SPAN_FREE || np == 0 ? 1 : np;
     }
     free(p);
     c->pools[pool] = NULL;
@@ -412,13 +419,11 @@ bool mcentral_check(mcentral_t *c, char *err, size_t errlen)
         }
     }
     /* every span in use carries a live pool's number */
-    for (uint64_t id = 0; id < h->v->npages;) {
+    for (uint64_t id = 0; id < h->v->npages; id = span_walk_next(h, id)) {
         uint8_t st = mheap_state(h, (uint32_t)id);
-        uint32_t np = mheap_span(h, (uint32_t)id)->npages;
         if (st != HD_SPAN_FREE && !pool_at(c, h->priv[id].pool))
             return bad(err, errlen, "span %llu (state %u) tagged with pool %u, which does not exist",
                        (unsigned long long)id, st, h->priv[id].pool);
-        id += st == HD_SPAN_FREE || np == 0 ? 1 : np;
     }
     if (listed != h->hdr->spans_central)
         return bad(err, errlen, "%llu spans on lists, spans_central %llu", (unsigned long long)listed,
