@@ -16,7 +16,6 @@
 #include "conn.h"
 #include "control.pb-c.h"
 #include "errf.h"
-#include "live.h"
 #include "metrics.h"
 #include "mstats.h"
 #include "memlimit.h"
@@ -367,12 +366,11 @@ static int do_roots(daemon_t *d, uint64_t seq, uint8_t **out, size_t *len)
         return reply_error(seq, ENOMEM, out, len, "out of memory");
     }
     size_t n = roots_list(d, e);
-    const hd_seg_t *v = &d->seg.view;
     for (size_t i = 0; i < n; i++) {
         heapdctl__root__init(&rows[i]);
         rows[i].name = e[i].name;
         rows[i].offset = e[i].offset;
-        rows[i].size = e[i].offset < v->npages * HD_PAGE_SIZE ? hd_live_size(v, (void *)(v->pages + e[i].offset)) : 0;
+        rows[i].size = mheap_live_size(&d->heap, e[i].offset);
         rowp[i] = &rows[i];
     }
     Heapdctl__Roots rr = HEAPDCTL__ROOTS__INIT;

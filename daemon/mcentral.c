@@ -203,7 +203,7 @@ int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_i
 int mcentral_uncache_span(mcentral_t *c, uint32_t id)
 {
     mheap_t *h = c->h;
-    if (id >= h->v->npages || mheap_state(h, id) != HD_SPAN_CACHED || h->priv[id].list != SL_NONE)
+    if (!mheap_entry_ok(h, id) || mheap_state(h, id) != HD_SPAN_CACHED || h->priv[id].list != SL_NONE)
         return -EINVAL;
     hd_span_t *sp = mheap_span(h, id);
     mheap_set_state(h, id, HD_SPAN_CENTRAL, 0);     /* the daemon owns the FREE/FREED bytes from here */
@@ -218,7 +218,7 @@ int mcentral_uncache_span(mcentral_t *c, uint32_t id)
 int mcentral_reclaim_span(mcentral_t *c, uint32_t id, unsigned *closed)
 {
     mheap_t *h = c->h;
-    if (id >= h->v->npages || mheap_state(h, id) != HD_SPAN_CACHED)
+    if (!mheap_entry_ok(h, id) || mheap_state(h, id) != HD_SPAN_CACHED)
         return -EINVAL;
     if (mheap_span(h, id)->sizeclass == HD_TINY_SIZE_CLASS) {
         hd_ostate_t *st = hd_states_of(h->v, id, HD_TINY_SIZE_CLASS);
@@ -327,12 +327,6 @@ unsigned mcentral_sweep_all(mcentral_t *c)
 
 /* A walk of the span table: the page after the span at id (the next page
  * when id starts no span). */
-static uint64_t span_walk_next(mheap_t *h, uint64_t id)
-{
-    uint32_t np = mheap_span(h, (uint32_t)id)->npages;
-    return mheap_state(h, (uint32_t)id) == HD_SPAN_FREE || np == 0 ? id + 1 : id + np;
-}
-
 /* Count what a span of the ended pool still held, and free it. */
 static void end_span(mcentral_t *c, uint32_t id, mcentral_freed_t *out)
 {
@@ -367,10 +361,9 @@ void mcentral_pool_end(mcentral_t *c, unsigned pool, mcentral_freed_t *out)
     /* One pass: the CENTRAL spans just unlinked and the LARGE spans the
      * family allocated (a CACHED one cannot be: every member's cached spans
      * were reclaimed, but the tag is the rule, so it goes too). */
-    for (uint64_t id = 0, next; id < h->v->npages; id = next) {
-        next = span_walk_next(h, id);   /* before end_span frees it */
-        if (mheap_state(h, (uint32_t)id) != HD_SPAN_FREE && h->priv[id].pool == pool &&
-            h->priv[id].list != SL_CACHED)
+    for (uint64_t id = mheap_next_span(h, 0), next; id < h->pa.grown; id = mheap_next_span(h, next)) {
+        next = id + mheap_span(h, (uint32_t)id)->npages;     /* before end_span frees it */
+        if (h->priv[id].pool == pool && h->priv[id].list != SL_CACHED)
             end_span(c, (uint32_t)id, out);
     }
     free(p);
@@ -419,9 +412,10 @@ bool mcentral_check(mcentral_t *c, char *err, size_t errlen)
         }
     }
     /* every span in use carries a live pool's number */
-    for (uint64_t id = 0; id < h->v->npages; id = span_walk_next(h, id)) {
+    for (uint64_t id = mheap_next_span(h, 0); id < h->pa.grown;
+         id = mheap_next_span(h, id + mheap_span(h, (uint32_t)id)->npages)) {
         uint8_t st = mheap_state(h, (uint32_t)id);
-        if (st != HD_SPAN_FREE && !pool_at(c, h->priv[id].pool))
+        if (!pool_at(c, h->priv[id].pool))
             return bad(err, errlen, "span %llu (state %u) tagged with pool %u, which does not exist",
                        (unsigned long long)id, st, h->priv[id].pool);
     }

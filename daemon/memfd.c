@@ -25,7 +25,6 @@
 #define MAP_FIXED_NOREPLACE 0x100000 /* Linux 4.17 */
 #endif
 
-#define COMMIT_GRAIN 4096u           /* granularity of the "committed once" bitmaps */
 
 #define fail(err, errlen, e, ...) (hd_errf(err, errlen, __VA_ARGS__), -(e))
 
@@ -149,7 +148,7 @@ int seg_create(seg_t *s, const seg_opts_t *o, char *err, size_t errlen)
     }
 
     /* Bitmaps of committed 4 KiB pages of both metadata regions. */
-    uint64_t meta_bits = s->meta_size / COMMIT_GRAIN, aux_bits = lay.pages_off / COMMIT_GRAIN;
+    uint64_t meta_bits = s->meta_size / SEG_COMMIT_GRAIN, aux_bits = lay.pages_off / SEG_COMMIT_GRAIN;
     uint64_t meta_words = (meta_bits + 63) / 64, aux_words = (aux_bits + 63) / 64;
     s->done_len = (size_t)((meta_words + aux_words) * 8);
     void *m = mmap(NULL, s->done_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -274,17 +273,17 @@ uint64_t seg_punch_uncommitted_aux(seg_t *s)
             break;
         off_t h = lseek(s->heap_fd, d, SEEK_HOLE);
         uint64_t end = h < 0 || (uint64_t)h > lim ? lim : (uint64_t)h;
-        for (uint64_t g = (uint64_t)d / COMMIT_GRAIN; g * COMMIT_GRAIN < end;) {
+        for (uint64_t g = (uint64_t)d / SEG_COMMIT_GRAIN; g * SEG_COMMIT_GRAIN < end;) {
             if (aux_done(s, g)) {
                 g++;
                 continue;
             }
             uint64_t q = g;
-            while ((q + 1) * COMMIT_GRAIN < end && !aux_done(s, q + 1))
+            while ((q + 1) * SEG_COMMIT_GRAIN < end && !aux_done(s, q + 1))
                 q++;
-            if (falloc(s->heap_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, g * COMMIT_GRAIN,
-                       (q - g + 1) * COMMIT_GRAIN) == 0)
-                punched += (q - g + 1) * COMMIT_GRAIN;
+            if (falloc(s->heap_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, g * SEG_COMMIT_GRAIN,
+                       (q - g + 1) * SEG_COMMIT_GRAIN) == 0)
+                punched += (q - g + 1) * SEG_COMMIT_GRAIN;
             g = q + 1;
         }
         off = end;
@@ -297,7 +296,7 @@ static int commit_once(int fd, uint64_t *done, uint64_t *committed, uint64_t off
 {
     if (len == 0)
         return 0;
-    uint64_t p0 = off / COMMIT_GRAIN, p1 = (off + len - 1) / COMMIT_GRAIN;
+    uint64_t p0 = off / SEG_COMMIT_GRAIN, p1 = (off + len - 1) / SEG_COMMIT_GRAIN;
     for (uint64_t p = p0; p <= p1;) {
         if (done[p / 64] >> (p % 64) & 1) {
             p++;
@@ -306,12 +305,12 @@ static int commit_once(int fd, uint64_t *done, uint64_t *committed, uint64_t off
         uint64_t q = p;          /* the run of uncommitted pages starting at p */
         while (q + 1 <= p1 && !(done[(q + 1) / 64] >> ((q + 1) % 64) & 1))
             q++;
-        int r = falloc(fd, 0, p * COMMIT_GRAIN, (q - p + 1) * COMMIT_GRAIN);
+        int r = falloc(fd, 0, p * SEG_COMMIT_GRAIN, (q - p + 1) * SEG_COMMIT_GRAIN);
         if (r < 0)
             return r;
         for (uint64_t i = p; i <= q; i++)
             done[i / 64] |= 1ull << (i % 64);
-        *committed += (q - p + 1) * COMMIT_GRAIN;
+        *committed += (q - p + 1) * SEG_COMMIT_GRAIN;
         p = q + 1;
     }
     return 0;
@@ -326,7 +325,7 @@ int seg_commit_meta(seg_t *s, uint64_t off, uint64_t len)
 
 bool seg_meta_committed(const seg_t *s, uint64_t off)
 {
-    uint64_t p = off / COMMIT_GRAIN;
+    uint64_t p = off / SEG_COMMIT_GRAIN;
     return off < s->meta_size && (s->meta_done[p / 64] >> (p % 64) & 1);
 }
 

@@ -93,6 +93,7 @@ int seg_commit_meta(seg_t *s, uint64_t off, uint64_t len);
 /* Commit heap-memfd metadata bytes [off, off+len) once (slots, tiny areas;
  * off+len <= pages_off). */
 int seg_commit_aux(seg_t *s, uint64_t off, uint64_t len);
+#define SEG_COMMIT_GRAIN 4096u      /* granularity of the "committed once" bitmaps */
 /* Whether the meta-memfd byte at off was committed. An uncommitted page
  * reads as zero, and reading it would commit it (tmpfs): checks that walk
  * the span table ask this first, so they never change what is committed. */

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "live.h"
 #include "span.h"
 
 int mheap_init(mheap_t *h, seg_t *seg)
@@ -185,7 +186,7 @@ static _Atomic uint64_t *state_book(hd_header_t *hdr, uint8_t st)
 
 int mheap_free_span(mheap_t *h, uint32_t id)
 {
-    if (id >= h->v->npages)
+    if (!mheap_entry_ok(h, id))
         return -EINVAL;
     hd_span_t *sp = &h->v->spans[id];
     uint8_t st = mheap_state(h, id);
@@ -268,6 +269,37 @@ uint32_t spanlist_pop(mheap_t *h, spanlist_t *l)
     if (id != HD_NO_SPAN)
         spanlist_remove(h, l, id);
     return id;
+}
+
+bool mheap_entry_ok(mheap_t *h, uint64_t id)
+{
+    uint64_t off = h->hdr->span_off + id * sizeof(hd_span_t);
+    return id < h->pa.grown && seg_meta_committed(h->seg, off) &&
+           seg_meta_committed(h->seg, off + sizeof(hd_span_t) - 1);
+}
+
+uint64_t mheap_next_span(mheap_t *h, uint64_t id)
+{
+    while (id < h->pa.grown) {
+        if (!mheap_entry_ok(h, id)) {       /* skip to the first entry starting on the next page */
+            uint64_t off = h->hdr->span_off + id * sizeof(hd_span_t);
+            uint64_t next_page = (off / SEG_COMMIT_GRAIN + 1) * SEG_COMMIT_GRAIN;
+            id = (next_page - h->hdr->span_off + sizeof(hd_span_t) - 1) / sizeof(hd_span_t);
+            continue;
+        }
+        if (mheap_state(h, (uint32_t)id) != HD_SPAN_FREE)
+            return id;
+        id++;
+    }
+    return h->pa.grown;
+}
+
+size_t mheap_live_size(mheap_t *h, uint64_t off)
+{
+    uint64_t p = off / HD_PAGE_SIZE;
+    if (p >= h->pa.grown || !seg_meta_committed(h->seg, h->hdr->pagemap_off + p * sizeof(uint32_t)))
+        return 0;
+    return hd_live_size(h->v, (const void *)(h->v->pages + off));
 }
 
 /* ---- checking ------------------------------------------------------------------------ */

@@ -107,6 +107,21 @@ void mheap_set_state(mheap_t *h, uint32_t id, enum hd_span_state st, uint32_t ow
 static inline void mheap_publish(mheap_t *h) { hd_books_end(h->hdr); }
 static inline void mheap_book_add(mheap_t *h, _Atomic uint64_t *b, int64_t d) { hd_book_add(h->hdr, b, d); }
 
+/* Whether span-table entry id may be read: inside the grown heap and on a
+ * committed page of the table. A span's entry is committed when the span is
+ * made, so an entry that fails this is FREE. Ids from clients and walks over
+ * the table ask first: an uncommitted page reads as zero, but the read commits
+ * it (a tmpfs read fault fills the hole) behind the books' back. */
+bool mheap_entry_ok(mheap_t *h, uint64_t id);
+/* The first span in use at id or after, or pa.grown when there is none. A
+ * walk over the spans: for (id = mheap_next_span(h, 0); id < h->pa.grown;
+ * id = mheap_next_span(h, id + npages)). Reads committed entries only. */
+uint64_t mheap_next_span(mheap_t *h, uint64_t id);
+
+/* hd_live_size (shm/live.h) of the object at heap offset off, for offsets a
+ * client sent: 0 outside the grown heap or on an uncommitted pagemap page. */
+size_t mheap_live_size(mheap_t *h, uint64_t off);
+
 static inline hd_span_t *mheap_span(mheap_t *h, uint32_t id) { return &h->v->spans[id]; }
 static inline uint8_t mheap_state(mheap_t *h, uint32_t id) { return hd_span_state_own(&h->v->spans[id]); }
 

@@ -8,7 +8,6 @@
 
 #include "daemon.h"
 #include "errf.h"
-#include "live.h"
 #include "roots.h"
 
 static hd_root_t *table(const daemon_t *d) { return d->seg.view.roots; }
@@ -65,9 +64,7 @@ int roots_update(daemon_t *d, const char *name, uint64_t offset, bool cas, uint6
             hd_errf(err, errlen, "root name has a non-printable byte 0x%02x at %zu", (unsigned char)name[i], i);
             return -EINVAL;
         }
-    const hd_seg_t *v = &d->seg.view;
-    if (offset != HD_NULL_OFFSET &&
-        (offset >= v->npages * HD_PAGE_SIZE || hd_live_size(v, (const void *)(v->pages + offset)) == 0)) {
+    if (offset != HD_NULL_OFFSET && mheap_live_size(&d->heap, offset) == 0) {
         hd_errf(err, errlen, "root %s: offset 0x%llx is not the start of a live heap object", name,
                 (unsigned long long)offset);
         return -EINVAL;

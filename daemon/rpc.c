@@ -187,7 +187,7 @@ static enum rpc_verdict on_release(daemon_t *d, client_t *c, uint64_t seq, const
     uint32_t first_bad = 0;
     for (size_t i = 0; i < r->n_span_ids; i++) {
         uint32_t id = r->span_ids[i];
-        if (id >= h->v->npages || mheap_state(h, id) != HD_SPAN_CACHED || mheap_span(h, id)->owner != c->id ||
+        if (!mheap_entry_ok(h, id) || mheap_state(h, id) != HD_SPAN_CACHED || mheap_span(h, id)->owner != c->id ||
             h->priv[id].list != SL_CACHED) {
             if (refused++ == 0)
                 first_bad = id;
@@ -248,7 +248,7 @@ static enum rpc_verdict on_free_large(daemon_t *d, client_t *c, uint64_t seq, co
     uint32_t first_bad = 0;
     for (size_t i = 0; i < f->n_span_ids; i++) {
         uint32_t id = f->span_ids[i];
-        if (id >= h->v->npages || mheap_state(h, id) != HD_SPAN_LARGE || mheap_span(h, id)->gen != f->gens[i] ||
+        if (!mheap_entry_ok(h, id) || mheap_state(h, id) != HD_SPAN_LARGE || mheap_span(h, id)->gen != f->gens[i] ||
             mheap_free_span(h, id) < 0) {
             if (refused++ == 0)
                 first_bad = id;

@@ -251,7 +251,7 @@ fi
 # on: nothing may be freed under the child (it checks its inherited objects
 # once the parent's connection has ended, before and after allocating); once
 # the child has exited too, everything is back.
-mkfifo "$tmp/go"
+rm -f "$tmp/go"; mkfifo "$tmp/go"
 exec 8<>"$tmp/go"
 HEAPD_PRELOAD_FORK=share under "$tmp/stress" family <&8 > "$tmp/family.out" 2>&1
 wait_for "the family's parent's connection to end" clients_are 0

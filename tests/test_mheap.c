@@ -670,6 +670,60 @@ static void test_family_pool_end(void)
     teardown();
 }
 
+static uint64_t meta_blocks(void)
+{
+    struct stat st;
+    CU_ASSERT_FATAL(fstat(S.meta_fd, &st) == 0);
+    return (uint64_t)st.st_blocks * 512;
+}
+
+/* The daemon reads span-table and pagemap entries only where it committed
+ * them: a read of an uncommitted page commits it (tmpfs fills the hole),
+ * so walks, checks and ids or offsets a client sent would grow the segment
+ * behind the books. */
+static void test_walks_commit_nothing(void)
+{
+    setup();
+    unsigned fam = mcentral_pool_new(&C);
+    CU_ASSERT_FATAL(fam != 0);
+    uint32_t a = (uint32_t)mcentral_cache_span(&C, 5, 1, fam);
+    int64_t big = mcentral_alloc_span(&C, 1500, 0, 1, 0, fam);      /* its interior entries: 47 KiB of table */
+    CU_ASSERT_FATAL(big >= 0);
+    uint32_t b = (uint32_t)mcentral_cache_span(&C, 9, 1, 0);        /* a shared span after it */
+    alloc_objs(a, 0, 2);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, a), MC_PARTIAL);
+    uint64_t grown = H.pa.grown, before = meta_blocks();
+    /* the walk finds exactly the spans in use */
+    CU_ASSERT_EQUAL(mheap_next_span(&H, 0), a);
+    CU_ASSERT_EQUAL(mheap_next_span(&H, a + 1), (uint64_t)big);
+    CU_ASSERT_EQUAL(mheap_next_span(&H, (uint64_t)big + 1), b);
+    CU_ASSERT_EQUAL(mheap_next_span(&H, b + 1), grown);
+    check_all();
+    /* ids and offsets a client may send, inside a span and beyond the heap */
+    uint32_t inner = (uint32_t)big + 1200, beyond = (uint32_t)(TEST_PAGES - 1);
+    CU_ASSERT_FALSE(mheap_entry_ok(&H, inner));
+    CU_ASSERT_FALSE(mheap_entry_ok(&H, beyond));
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, inner), -EINVAL);
+    CU_ASSERT_EQUAL(mcentral_uncache_span(&C, beyond), -EINVAL);
+    unsigned closed;
+    CU_ASSERT_EQUAL(mcentral_reclaim_span(&C, inner, &closed), -EINVAL);
+    CU_ASSERT_EQUAL(mheap_free_span(&H, inner), -EINVAL);
+    CU_ASSERT_EQUAL(mheap_free_span(&H, beyond), -EINVAL);
+    CU_ASSERT_EQUAL(mheap_live_size(&H, (uint64_t)inner * HD_PAGE_SIZE), 0);
+    CU_ASSERT_EQUAL(mheap_live_size(&H, (uint64_t)beyond * HD_PAGE_SIZE), 0);
+    CU_ASSERT_EQUAL(mheap_live_size(&H, (uint64_t)big * HD_PAGE_SIZE), 1500 * HD_PAGE_SIZE);
+    CU_ASSERT_EQUAL(mheap_live_size(&H, (uint64_t)a * HD_PAGE_SIZE), mheap_span(&H, a)->elemsize);
+    /* the family's end walks the table */
+    mcentral_freed_t f;
+    memset(&f, 0, sizeof f);
+    mcentral_pool_end(&C, fam, &f);
+    CU_ASSERT_EQUAL(f.spans, 2);
+    CU_ASSERT_EQUAL(mheap_next_span(&H, 0), b);
+    check_all();
+    CU_ASSERT_EQUAL(meta_blocks(), before);
+    teardown();
+}
+
 /* A family's span emptied by frees goes back to the page allocator through
  * the background sweep, like a shared one, however many shared spans there
  * are to sweep. */
@@ -738,5 +792,6 @@ static void register_mheap_suite(void)
     CU_add_test(s, "family pools: spans never shared with other clients", test_family_pool_apart);
     CU_add_test(s, "family pools: the end frees and counts what the family held", test_family_pool_end);
     CU_add_test(s, "background sweep: a long class or pool starves no other", test_family_pool_bg_sweep);
+    CU_add_test(s, "walks, checks and client ids commit no metadata", test_walks_commit_nothing);
 }
 UNIT_SUITE(register_mheap_suite)
