@@ -79,6 +79,8 @@ static inline uint32_t hd_obj_index(uint32_t divmagic, uint64_t offset)
 /* Bytes in one span of class c (c >= 1). */
 static inline size_t hd_span_bytes(unsigned c)
 {
+    if (c >= HD_NUM_SIZE_CLASSES + HD_NUM_LARGE_CLASSES)   /* classes only; tells -O3 bounds checks */
+        __builtin_unreachable();
     return (size_t)(c >= HD_NUM_SIZE_CLASSES ? hd_lclass_npages[c - HD_NUM_SIZE_CLASSES] : hd_class_to_npages[c])
            << HD_PAGE_SHIFT;
 }

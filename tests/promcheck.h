@@ -93,7 +93,9 @@ static int pc_family_of(pc_state_t *st, const char *name, bool create)
         return -1;
     pc_family_t *f = &st->fam[st->nfam];
     memset(f, 0, sizeof(*f));
-    snprintf(f->name, sizeof(f->name), "%s", name);
+    size_t n = strnlen(name, sizeof(f->name) - 1);      /* a longer name is cut (compared cut, too) */
+    memcpy(f->name, name, n);
+    f->name[n] = '\0';
     f->last_le = -INFINITY;
     return (int)st->nfam++;
 }

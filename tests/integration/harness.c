@@ -54,7 +54,13 @@ int raw_connect(const char *sock)
     if (fd < 0)
         return -1;
     struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof(a.sun_path), "%s", sock);
+    size_t n = strlen(sock);
+    if (n >= sizeof(a.sun_path)) {
+        close(fd);
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(a.sun_path, sock, n + 1);
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
         close(fd);
         return -1;

@@ -925,7 +925,7 @@ static void test_attack_scavenge_flood_timing(void)
     CU_ASSERT_FATAL(raw_hello_fds(d.sock, "itest-attack-refills", fds, &nfds, &conn) == 0);
     close(fds[0]);
     close(fds[1]);
-    uint64_t idle[3], flood[3];
+    uint64_t idle[3] = {0}, flood[3] = {0};
     CU_ASSERT_FATAL(refill_rtts(conn, idle));
     int stop[2];
     CU_ASSERT_FATAL(pipe2(stop, O_CLOEXEC) == 0);
