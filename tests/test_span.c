@@ -393,7 +393,13 @@ static void test_concurrent_frees(void)
  * the owner's steps (a superset of where the owner's own free can fall),
  * against a remote free of the same or another allocation: the same three
  * rules hold, and an owner-local free only ever frees an allocation made
- * before it was issued. */
+ * before it was issued. Then as the owner's plain free that docs/design.md
+ * measured and set aside (a load and a plain store of FREED by the thread
+ * that allocates from the span, so no owner step falls between the two): P1 and
+ * P2 hold, and P3 but for the accepted race (a remote double free between
+ * the load and the store: both succeed). Let owner steps fall between the
+ * two, as they could if the thread's claim on the span were stale, and P1
+ * breaks: a live object freed. */
 
 #define IL_OBJS 2                   /* objects 0 and 1 of one window */
 #define IL_ALLOCS 3
@@ -414,7 +420,8 @@ typedef struct il_world {
     int result[2];                  /* free j: enum hd_free_result, -1: not done */
     int obj_of[2];                  /* free j: the object it frees */
     uint8_t trace[IL_MAX_STEPS + 1];    /* who ran each step: 0 owner, 1/2 free 1/2 */
-    uint8_t peek;                   /* the plain owner-local free: the state it loaded */
+    uint8_t peek;                   /* the owner's plain free: the state it loaded */
+    bool unreported;                /* ...and a racing double free both succeeded (accepted, P3') */
     bool vsweep;                    /* the owner sweeps the window (hd_sweep_look, then hd_sweep_apply) */
     hd_sweep_look_t look;           /* ...and what its look read */
     char why[200];                  /* the first broken rule, "" when none */
@@ -424,7 +431,7 @@ typedef struct il_scen {
     int target[2];                  /* allocation each free frees */
     unsigned nfree;
     bool local;                     /* free 1 is the owner-local free */
-    bool plain;                     /* ...done as a load and a plain store (the rejected design) */
+    bool plain;                     /* ...done as the owner's load and plain store (set aside) */
 } il_scen_t;
 
 #define IL_FAIL(w, ...) do { if (!(w)->why[0]) snprintf((w)->why, sizeof (w)->why, __VA_ARGS__); } while (0)
@@ -510,12 +517,21 @@ static bool il_free(il_world_t *w, const il_scen_t *sc, unsigned j, unsigned k)
     if (k == 1) {                                             /* the plain local free's store */
         if (i < 0)
             return true;
-        w->result[j] = w->peek == HD_OBJ_ALLOCATED ? HD_FREE_OK : HD_FREE_DOUBLE;
+        /* the plain free's store, after its load (k == 0) */
+        w->result[j] = w->peek == HD_OBJ_ALLOCATED ? HD_FREE_OK
+                       : w->peek == HD_OBJ_FREED   ? HD_FREE_DOUBLE
+                                                   : HD_FREE_NOT_LIVE;
         if (w->result[j] == HD_FREE_OK) {
-            atomic_store_explicit(&w->st[i], HD_OBJ_FREE, memory_order_relaxed);
             if (w->live[i] == 0)
-                IL_FAIL(w, "plain owner-local free wrote FREE over a free object %d", i);
-            w->live[i] = 0;
+                IL_FAIL(w, "owner's plain free wrote FREED over a free object %d", i);
+            uint8_t now = hd_obj_state(w->st, (unsigned)i);
+            atomic_store_explicit(&w->st[i], HD_OBJ_FREED, memory_order_release);
+            if (w->freed_by[i] < 0)
+                w->freed_by[i] = (int)j;
+            else if (now == HD_OBJ_FREED)
+                w->unreported = true;     /* a remote free of it came between our load and store */
+            else
+                IL_FAIL(w, "owner's plain free of object %d over state %u", i, now);
         }
         return true;
     }
@@ -555,6 +571,7 @@ static bool il_free(il_world_t *w, const il_scen_t *sc, unsigned j, unsigned k)
 
 typedef struct il_stats {
     unsigned long schedules, failed;
+    unsigned long unreported;       /* schedules where a double free racing the owner's plain free went unseen */
     char first[400];                /* the first failing schedule */
 } il_stats_t;
 
@@ -593,10 +610,11 @@ static void il_finish(il_world_t *w, const il_scen_t *sc, il_stats_t *out)
                 if (w->result[j] != HD_FREE_OK && w->result[j] != HD_FREE_DOUBLE && w->result[j] != HD_FREE_NOT_LIVE)
                     IL_FAIL(w, "P3: free %u of allocation %d returned %d", j + 1, a, w->result[j]);
             }
-        if (of && ok != 1)
+        if (of && ok != 1 && !(sc->plain && w->unreported && ok == 2 && of == 2))
             IL_FAIL(w, "P3: %u of %u frees of allocation %d succeeded", ok, of, a);
     }
     out->schedules++;
+    out->unreported += w->unreported;
     if (w->why[0]) {
         if (!out->failed++) {
             int n = snprintf(out->first, sizeof out->first, "frees of allocations %d%s,%d; schedule", sc->target[0],
@@ -615,6 +633,8 @@ static void il_explore(il_world_t *w, const il_scen_t *sc, unsigned pc[3], il_st
         unsigned len = t == 0 ? IL_OWNER_STEPS : t == 1 && sc->plain ? 2 : IL_FREE_STEPS;
         if (pc[t] == len)
             continue;
+        if (t == 0 && sc->plain && pc[1] == 1)
+            continue;                /* the owner is in its plain free: it sweeps or allocates after */
         il_world_t save;
         memcpy(&save, w, sizeof save);
         w->clock++;
@@ -675,12 +695,21 @@ static void test_every_interleaving(void)
            v.failed ? ": " : "", v.first);
     CU_ASSERT(v.schedules > 100);
     CU_ASSERT_EQUAL(v.failed, 0);
-    /* Why the owner-local free is a CAS (shm/span.h): as a load and a
-     * plain store, a remote free of the same allocation between the two
-     * makes both succeed (P3), and the explorer finds that order. */
-    il_stats_t p = il_run_all(true, false);
-    printf("\n    plain-store owner free: %lu of %lu schedules broke a rule, e.g. %s ", p.failed, p.schedules, p.first);
-    CU_ASSERT(p.failed > 0);
+    /* Why the owner's free stays a CAS is speed, not soundness
+     * (docs/design.md): as a load and a plain store of FREED by the thread
+     * that allocates from the span (none of the owner's steps between the
+     * two), P1 and P2 hold in every order, and P3 too but where a remote free
+     * of the same allocation lands between the load and the store, which
+     * then both report success (an unreported double free). The explorer
+     * must find that order, and nothing worse; with both sweeps. */
+    for (int vs = 0; vs < 2; vs++) {
+        il_stats_t p = il_run_all(true, vs);
+        printf("\n    owner's plain free%s: %lu schedules, %lu broke a rule%s%s, %lu with an unreported double free ",
+               vs ? " (window sweep)" : "", p.schedules, p.failed, p.failed ? ": " : "", p.first, p.unreported);
+        CU_ASSERT(p.schedules > 100);
+        CU_ASSERT_EQUAL(p.failed, 0);
+        CU_ASSERT(p.unreported > 0);
+    }
 }
 
 /* ---- every interleaving of a tiny block's owner and its frees --------------------------
