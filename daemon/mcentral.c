@@ -325,8 +325,6 @@ unsigned mcentral_sweep_all(mcentral_t *c)
     return done;
 }
 
-/* A walk of the span table: the page after the span at id (the next page
- * when id starts no span). */
 /* Count what a span of the ended pool still held, and free it. */
 static void end_span(mcentral_t *c, uint32_t id, mcentral_freed_t *out)
 {

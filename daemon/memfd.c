@@ -25,7 +25,6 @@
 #define MAP_FIXED_NOREPLACE 0x100000 /* Linux 4.17 */
 #endif
 
-
 #define fail(err, errlen, e, ...) (hd_errf(err, errlen, __VA_ARGS__), -(e))
 
 /* Map fd's first len bytes at exactly addr, or fail naming the address.
