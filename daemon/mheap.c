@@ -316,7 +316,7 @@ bool mheap_check(mheap_t *h, char *err, size_t errlen)
         /* An entry on an uncommitted page reads as zero (FREE, no span), and
          * reading it would commit it: the HEAPD_DEBUG timer runs this check,
          * and it must not change what the daemon has committed. */
-        bool st_ok = seg_meta_committed(h->seg, hd->span_off + p * sizeof(hd_span_t));
+        bool st_ok = mheap_entry_ok(h, p);
         bool pm_ok = seg_meta_committed(h->seg, hd->pagemap_off + p * sizeof(uint32_t));
         hd_span_t *sp = &h->v->spans[p];
         uint8_t st = st_ok ? mheap_state(h, (uint32_t)p) : HD_SPAN_FREE;
@@ -341,7 +341,7 @@ bool mheap_check(mheap_t *h, char *err, size_t errlen)
             if (!(h->pa.chunks[c].alloc[(q % PA_CHUNK_PAGES) / 64] >> (q % 64) & 1))
                 return bad(err, errlen, "span %llu: page %llu free in the page allocator", (unsigned long long)p,
                            (unsigned long long)q);
-            if (q > p && seg_meta_committed(h->seg, hd->span_off + q * sizeof(hd_span_t)) &&
+            if (q > p && mheap_entry_ok(h, q) &&
                 mheap_state(h, (uint32_t)q) != HD_SPAN_FREE)
                 return bad(err, errlen, "span %llu: interior page %llu is not FREE", (unsigned long long)p,
                            (unsigned long long)q);
