@@ -124,10 +124,13 @@ HEAPD_API void *heapd_offset_to_ptr(uint64_t off);
 /* Invalid and double frees this process has detected so far. */
 HEAPD_API uint64_t heapd_bad_frees(void);
 
-/* Give back the calling thread's cached spans, report every thread's
- * allocation counts to the daemon (memstats: heapctl stats), and send every
- * pending asynchronous message (batched span releases and large frees) now,
- * rather than at the next refill, thread exit or detach. 0 or -1 with errno. */
+/* Give back the calling thread's cached free memory (its small spans, and
+ * its page chunks that hold no live object: a chunk with a live large-class
+ * object stays, its free pages serve the next allocations of any large
+ * size), report every thread's allocation counts to the daemon (memstats:
+ * heapctl stats), and send every pending asynchronous message (batched span
+ * releases and large frees) now, rather than at the next refill, thread exit
+ * or detach. 0 or -1 with errno. */
 HEAPD_API int heapd_flush(void);
 
 /* The transport in use: "io_uring", "plain", or "none" when not connected. */

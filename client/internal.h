@@ -263,8 +263,10 @@ HD_HIDDEN void *mc_alloc_class(unsigned c, size_t size, bool zero); /* class c >
 HD_HIDDEN void *mc_alloc_large(size_t size, size_t align, bool zero);
 
 /* The calling thread's cache: give its spans back (async Release), close its
- * tiny block. Keeps the cache. */
+ * tiny block. Keeps the cache. mc_release_current_free (heapd_flush): the
+ * same but for page chunks with a live object, which stay. */
 HD_HIDDEN void mc_release_current(void);
+HD_HIDDEN void mc_release_current_free(void);
 /* detach, tp_lock held, the other threads stopped using the heap: every
  * cache of this epoch gives its spans back (queued Release), so the daemon
  * sees a close with nothing cached and the lease ends at once
@@ -290,7 +292,7 @@ extern HD_HIDDEN __thread _Atomic uint64_t mc_tls_frees[HD_NUM_CLASSES] __attrib
 /* The owner-local free hook (shm/span.h hd_free_local_fn): frees object i of
  * span id as its owner when it is the calling thread's current span of its
  * class; HD_FREE_REMOTE otherwise. */
-HD_HIDDEN enum hd_free_result mc_free_local(uint32_t id, unsigned cls, hd_ostate_t *st, unsigned i);
+HD_HIDDEN enum hd_free_result mc_free_local(uint32_t id, hd_ostate_t *st, unsigned i, unsigned *cls);
 /* The calling thread freed an object of large class c (mcache.c: the trim). */
 HD_HIDDEN void mc_large_freed(unsigned c);
 HD_HIDDEN void mc_stats_free_tick(void);

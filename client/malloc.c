@@ -124,7 +124,7 @@ void *heapd_aligned_alloc(size_t align, size_t size)
  * heapd_free's common path saves no registers and makes no call. */
 static __attribute__((noinline, cold)) void free_rest(void *p, enum hd_free_result r, uint32_t id, unsigned cls)
 {
-    if (r == HD_FREE_REMOTE)         /* a large-class object of a span we cache: the owner-local hook */
+    if (r == HD_FREE_REMOTE)         /* a large-class object of a chunk we cache: the owner-local hook */
         r = hd_free_by(&hdc_seg, p, &id, &cls, hdc_client_id, mc_free_local);
     switch (r) {
     case HD_FREE_OK:
@@ -239,7 +239,7 @@ int heapd_flush(void)
         errno = ENOTCONN;
         return -1;
     }
-    mc_release_current();
+    mc_release_current_free();
     tp_lock();
     mc_stats_flush_all_locked(false);   /* every thread's memstats counts, to our slot */
     tp_unlock();

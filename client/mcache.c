@@ -74,45 +74,24 @@
  * their span's needzero is set.
  *
  * Large classes (issue 9; shm/sizeclasses.h): a request above 32 KiB up to
- * 1 MiB with at most page alignment is an object of a large class, a span
- * of one object that goes through all of the above (cur, stash, kept full
- * spans, sweep): the cache keeps what it frees and what other processes free
- * (their CAS to FREED, found by the sweep of its kept spans), and refills in
- * batches (up to 256 KiB of spans). A kept full span costs nothing while its
- * object lives and is the cache of that size once it is freed, so large
- * classes keep more of them: clamp(128 MiB / span bytes, 4, 128). A freed one
- * is not free of cost (its pages stay committed), so every
- * MC_LARGE_GC_BYTES of large-class allocation, or of this thread's large
- * frees, the cache trims them (jemalloc's tcache GC; the interval grows to
- * the live large-class bytes the cache holds, so a pool of big buffers is
- * not trimmed at every turn of its working set), by demand with hysteresis:
- *   - a class that allocated nothing in the last two intervals gives back
- *     all its free spans (cur's too);
- *   - an active class may hold `want` spans, live and free: want grows to
- *     the spans the class has used (all it holds but the stash, the rest of
- *     a batch: no more than its demand needed, since free spans are reused
- *     before a refill) and, at the end of each period of
- *     MC_LARGE_PERIOD trims, sheds half of the fewest spans of it that a
- *     trim of the period found unused (jemalloc's low-water GC). A pool's
- *     count per size is a random walk: a cache that gives back what the
- *     walk did not need lately refills when it comes back (the trim by
- *     recent allocations this replaces made 0.64% of bench/peers'
- *     buffer-pool allocations wait, more than half of its run time);
- *   - the budget: the large classes hold at most twice their live
- *     high-water lpeak (live + free; lpeak sheds half its excess over the
- *     period's high-water at the end of a period), and at least
- *     MC_LARGE_FREE_BYTES free; the excess goes back, biggest spans first.
- * The price is memory: each class keeps its own high-water, and a free
- * 1 MiB span cannot serve two 512 KiB requests without the daemon
- * (docs/performance.md: buffer-pool pages in spans / live). After a
- * Flush from the daemon (a limit is near) the next MC_LARGE_TIGHT_FOR bytes
- * trim at every allocation and free and keep no free span (want 0) but
- * the current span of a class (the one its next allocation takes: given
- * back under a hard limit, that allocation could fail: the fleet of
- * scripts/test-preload.sh), and no class refills ahead. Only an idle class
- * gives back its current span.
- * Everything a cache holds goes back on Flush, pressure and release like
- * small spans.
+ * 1 MiB with at most page alignment is an object of a large class, a run of
+ * its class's pages carved out of one of the thread's page chunks
+ * (pagecache.c: 4 MiB spans of class HD_CHUNK_CLASS, address-ordered first
+ * fit). The thread frees its own objects into its map at once (the
+ * owner-local free below); frees by other threads and processes are CASes to
+ * FREED that the chunk's sweep folds when no chunk has a run for a request.
+ * Only then does the thread ask the daemon for another chunk (one Refill,
+ * counted as a wait): a pool of buffers whose live bytes wander reuses the
+ * same pages for every size and never asks again below its high-water
+ * (docs/performance.md: buffer-pool pages in spans / live). Wholly free
+ * chunks go back by low-water decay (mc_chunk_trim), and after a Flush from
+ * the daemon (a limit is near) for MC_LARGE_TIGHT_FOR bytes of large-class
+ * allocation none is kept. A
+ * chunk the daemon refuses (ENOMEM: a hard limit or quota with less than
+ * 4 MiB of room) leaves the request to one AllocLarge round trip of its
+ * class's pages. A thread with PC_MAX_CHUNKS chunks gives back the fullest
+ * one (its live objects stay valid: the daemon keeps it until they are
+ * freed) before it takes another.
  * Objects are counted one by one (st_counts small_allocs[c] at allocation,
  * mc_tls_frees[c] at free; cstats.c adds them to the large totals with the
  * class's bytes). Larger requests, or larger alignments, are one AllocLarge
@@ -126,19 +105,18 @@
  * spans go back when they come), and so does a class that did not collect
  * it within the cache's next MC_AHEAD_STALE refills (it went cold); a class
  * refills ahead only while it is among the cache's last MC_AHEAD_RECENT
- * refills, so classes a program visits in turn do not each hold a batch. Large classes do not refill ahead: their
- * next span is one buffer of up to 1 MiB that under a limit is memory held
- * for nothing (itest "soft limit respected by a workload that frees as it
- * goes": 20-22 MiB with, 16-18 without), and the trim by demand keeps the
- * spans a pool comes back to (bench/peers buffer-pool: 0.01% of allocations
- * wait, when a class's count passes its high-water). An allocation that blocks on the daemon (a
+ * refills, so classes a program visits in turn do not each hold a batch.
+ * Chunks do not come ahead: one is 4 MiB, memory held for nothing under a
+ * limit, and a pool needs a new one only when its live bytes pass their
+ * high-water. An allocation that blocks on the daemon (a
  * synchronous Refill, a collect whose reply has not come, an AllocLarge) is
  * counted with its time in refill_waits / refill_wait_ns.
  *
- * Owner-local free (issue 9): a free of an object of the calling thread's
- * current span of its class makes it FREE at once (hd_obj_free_owner, one
- * CAS, see shm/span.h for why not a plain store), and lowers the span's
- * live0 so memstats still count each allocation once.
+ * Owner-local free (issue 9): a free of a large-class object of one of the
+ * calling thread's chunks makes it FREE at once and puts its pages back in
+ * the thread's map (pc_free: one CAS, see shm/span.h for why not a plain
+ * store). Small objects take the shared path (docs/design.md "The owner's
+ * plain free").
  *
  * Stale caches: detach and the fork child reset every cache directly
  * (mc_forget_all_locked); hdc_epoch makes any cache that escaped that forget
@@ -154,49 +132,39 @@
 
 #include "internal.h"
 #include "lockorder.h"
+#include "pagecache.h"
 
 #define MC_BATCH_CAP 32u                /* spans per refill, at most (<= HD_MAX_BATCH) */
 #define MC_REFILL_OBJS 256u
 #define MC_REFILL_BYTES (256u << 10)
 #define MC_KEEP_BYTES (2u << 20)       /* full spans a class may keep, in bytes... */
 #define MC_KEEP_CAP 64u                 /* ...and in spans */
-#define MC_KEEP_LARGE_CAP 128u          /* spans a large class may keep (live buffers cost nothing) */
-#define MC_KEEP_LARGE_BYTES (128u << 20) /* full spans a large class may keep, in bytes (4..128 spans) */
 #define MC_MAX_REFILLS 4                /* refills per slow path before giving up */
 #define MC_MAX_REWINDS 2                /* sweeps of the current span per slow path that found room */
 #define MC_ROTATE_MIN_OBJS 8u           /* step 0 for spans of at least this many objects */
 #define MC_AHEAD_STREAK 2               /* refills in a row before the class refills ahead */
 #define MC_AHEAD_RECENT 4               /* ...the last of them among the cache's last 4 refills */
 #define MC_AHEAD_STALE 32               /* a refill ahead not collected within 32 refills goes back */
-#define MC_LARGE_GC_BYTES (4u << 20)    /* large-class bytes allocated between two trims of the free
-                                           ones, at least (or the live large-class bytes held) */
 #define MC_LARGE_TIGHT_FOR (64u << 20)  /* after a Flush (a limit is near), for this many large-class
-                                           bytes: a trim at every allocation, no free span kept
-                                           (but a class's cur),
-                                           no refill ahead */
-#define MC_LARGE_FREE_BYTES (4u << 20)  /* the budget of free large-class spans is at least this */
-#define MC_LARGE_PERIOD 512u            /* trims per period: at its end a large class's allowance sheds
-                                           half of what stayed unused all period */
+                                           bytes: no free chunk kept, no refill ahead */
+#define MC_CHUNK_PERIOD 8192u           /* large-class allocations and frees of a thread per period of
+                                           its chunk trim: at a period's end half of the wholly free
+                                           chunks the whole period left unused go back */
 _Static_assert(MC_BATCH_CAP <= HD_MAX_BATCH, "a batch fits one message");
 
 typedef struct mc_class {
     mc_span_t cur;                      /* the span allocations come from */
     uint32_t stash[MC_BATCH_CAP];       /* refilled spans not used yet (a stack) */
-    uint32_t full[MC_KEEP_LARGE_CAP];   /* spans full at their last sweep, oldest first
-                                           (small classes use MC_KEEP_CAP of them) */
+    uint32_t full[MC_KEEP_CAP];         /* spans full at their last sweep, oldest first */
     uint8_t nstash, nfull;
     uint8_t streak;                     /* refills in a row since the last flush */
     uint64_t ahead;                     /* token of the refill submitted ahead, 0: none */
     uint32_t ahead_at;                  /* the cache's refill clock when `ahead` was asked for */
     uint32_t last_refill;               /* ...and at this class's last refill */
-    uint32_t gc_allocs;                 /* large classes: allocations since the last trim */
-    uint32_t gc_prev;                   /* ...and in the interval before */
-    uint16_t want;                      /* large classes: spans (live + free) the trim lets it hold */
-    uint16_t unused;                    /* ...the fewest of them a trim of this period found unused */
 } mc_class_t;
 
 typedef struct hd_mcache {
-    mc_class_t cls[HD_NUM_CLASSES];     /* small classes, then the large ones */
+    mc_class_t cls[HD_NUM_SIZE_CLASSES]; /* small classes (large ones are carved from pc) */
     /* the open tiny block (tiny == 0: none) */
     uintptr_t tiny;                     /* its address */
     unsigned tiny_off;                  /* bytes of it used */
@@ -204,15 +172,11 @@ typedef struct hd_mcache {
     hd_ostate_t *tiny_states;           /* its span's object states */
     uint32_t tiny_span, tiny_block;     /* its span id and block index */
     st_thread_t st;                     /* memstats counters (internal.h, cstats.c) */
-    uint64_t lbytes;                    /* large-class bytes allocated since the last trim */
-    uint64_t gc_every;                  /* the next trim after this many (0: MC_LARGE_GC_BYTES) */
     uint32_t rclock;                    /* refills this cache made (its classes' clock) */
-    uint32_t kept[HD_NUM_LARGE_CLASSES][MC_KEEP_LARGE_CAP];   /* mc_release_ex's scratch */
-    uint64_t lfreed;                    /* large-class bytes this thread freed since the last trim */
-    uint64_t lpeak;                     /* live large-class bytes, high-water (decays each period) */
-    uint64_t lhigh;                     /* ...and in this period */
-    uint32_t period;                    /* trims in this period (MC_LARGE_PERIOD) */
-    uint64_t tight;                     /* bytes left of tight trimming (after a Flush) */
+    uint64_t tight;                     /* large-class bytes left of keeping no free chunk (after a Flush) */
+    uint32_t lticks;                    /* large-class allocations and frees in this period */
+    uint32_t empty_low;                 /* the fewest wholly free chunks seen in this period */
+    hd_pagecache_t pc;                  /* page chunks: the large classes (pagecache.h) */
     uint64_t epoch;                     /* hdc_epoch when the cache last checked */
     uint64_t flush_gen;                 /* tp_flush_gen when the cache last checked */
     struct hd_mcache *next, *prev;      /* the registry (mc_reg_mu) */
@@ -260,10 +224,6 @@ unsigned mc_batch_for(unsigned c, unsigned nth)
 unsigned mc_keep_full(unsigned c)
 {
     size_t bytes = hd_span_bytes(c);
-    if (hd_is_lclass(c)) {
-        size_t n = MC_KEEP_LARGE_BYTES / bytes;
-        return n < 4 ? 4 : n > MC_KEEP_LARGE_CAP ? MC_KEEP_LARGE_CAP : (unsigned)n;
-    }
     size_t n = MC_KEEP_BYTES / bytes;
     return n < 1 ? 1 : n > MC_KEEP_CAP ? MC_KEEP_CAP : (unsigned)n;
 }
@@ -384,17 +344,15 @@ static void mc_key_init(void) { pthread_key_create(&mc_key, mc_thread_exit); }
 
 static void mc_reset(hd_mcache_t *mc)
 {
-    for (unsigned c = 0; c < HD_NUM_CLASSES; c++) {
+    for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
         mc_span_clear(&k->cur);
         k->nstash = k->nfull = k->streak = 0;
         k->ahead = 0;
-        k->gc_allocs = k->gc_prev = 0;
-        k->want = 0;
-        k->unused = UINT16_MAX;
     }
-    mc->lbytes = mc->tight = mc->gc_every = mc->lfreed = mc->lpeak = mc->lhigh = 0;
-    mc->period = 0;
+    mc->tight = 0;
+    mc->lticks = mc->empty_low = 0;
+    pc_reset(&mc->pc);
     mc->tiny = 0;
     mc->tiny_off = 0;
     mc->tiny_words = NULL;
@@ -475,8 +433,8 @@ static void mc_rel_add(hd_mcache_t *mc, mc_relbuf_t *rb, uint32_t id)
  * FREE), and only its sweeps make them FREE, which recount (live0). */
 static void mc_span_account(st_thread_t *st, unsigned c, mc_span_t *s)
 {
-    if (s->id == HD_NO_SPAN || !s->states || hd_is_lclass(c))
-        return;                      /* large classes count per object */
+    if (s->id == HD_NO_SPAN || !s->states)
+        return;
     int32_t pop = (int32_t)hd_span_inuse(s->states, s->nelems);
     if (pop > s->live0)
         st_bump(&st->cur.small_allocs[c], (uint64_t)(pop - s->live0));
@@ -492,7 +450,7 @@ static uint64_t mc_span_sweep_account(st_thread_t *st, unsigned c, mc_span_t *s)
     unsigned nfreed;
     uint64_t free0 = 0;
     int32_t live = (int32_t)hd_span_sweep_ex(s->states, s->nelems, &nfreed, &free0), pop = live + (int32_t)nfreed;
-    if (pop > s->live0 && !hd_is_lclass(c))
+    if (pop > s->live0)
         st_bump(&st->cur.small_allocs[c], (uint64_t)(pop - s->live0));
     s->live0 = live;
     return free0;                    /* window 0's FREE mask after the sweep */
@@ -585,49 +543,48 @@ void mc_stats_reset_locked(void)
 }
 
 /* Give every span back (async Release through send, NULL: tp_release) and
- * close the tiny block. */
-/* Give every span back (async Release through send, NULL: tp_release) and
- * close the tiny block. keep_live: a Flush from the daemon wants free memory
- * back, and a large-class span whose one object is live has none: it stays
- * kept (released, it would wait FREED in the daemon's lists for a sweep
- * once the program frees the object, instead of coming round here). */
+ * close the tiny block. keep_live: a Flush from the daemon, or a refusal,
+ * wants free memory back, and a chunk with a live object in it has less
+ * than it seems: given back, its free pages would wait at the daemon for its
+ * last object to go, where here they serve the next large allocation. Such
+ * chunks stay (wholly free ones go back). */
 static void mc_release_ex(hd_mcache_t *mc, void (*send)(const uint32_t *ids, unsigned n), bool keep_live)
 {
     mc_relbuf_t rb = {.n = 0, .send = send};
-    uint32_t (*kept)[MC_KEEP_LARGE_CAP] = mc->kept;
-    uint8_t nkept[HD_NUM_LARGE_CLASSES] = {0};
     mc_account(mc);                  /* the current spans' allocations, before they go */
     mc_tiny_close(mc);
-    for (unsigned c = 1; c < HD_NUM_CLASSES; c++) {
+    for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
-        bool keep = keep_live && hd_is_lclass(c);
         if (k->ahead) {              /* its spans go back when they come */
             (send == tp_release_locked ? tp_refill_cancel_locked : tp_refill_cancel)(k->ahead);
             k->ahead = 0;
         }
-        if (k->cur.id != HD_NO_SPAN) {
-            if (keep && hd_obj_state(k->cur.states, 0) == HD_OBJ_ALLOCATED)
-                kept[c - HD_FIRST_LARGE_CLASS][nkept[c - HD_FIRST_LARGE_CLASS]++] = k->cur.id;
-            else
-                mc_rel_add(mc, &rb, k->cur.id);
-        }
+        if (k->cur.id != HD_NO_SPAN)
+            mc_rel_add(mc, &rb, k->cur.id);
         for (unsigned i = 0; i < k->nstash; i++)
             mc_rel_add(mc, &rb, k->stash[i]);
-        for (unsigned i = 0; i < k->nfull; i++) {
-            if (keep && nkept[c - HD_FIRST_LARGE_CLASS] < MC_KEEP_LARGE_CAP &&
-                hd_obj_state(hd_states_of(&hdc_seg, k->full[i], c), 0) == HD_OBJ_ALLOCATED)
-                kept[c - HD_FIRST_LARGE_CLASS][nkept[c - HD_FIRST_LARGE_CLASS]++] = k->full[i];
-            else
-                mc_rel_add(mc, &rb, k->full[i]);
-        }
+        for (unsigned i = 0; i < k->nfull; i++)
+            mc_rel_add(mc, &rb, k->full[i]);
     }
+    uint32_t ids[PC_MAX_CHUNKS];
+    unsigned n = keep_live ? pc_take_empty(&mc->pc, 0, true, ids) : pc_take_all(&mc->pc, ids);
+    for (unsigned i = 0; i < n; i++)
+        mc_rel_add(mc, &rb, ids[i]);
     if (rb.n)
         (send ? send : tp_release)(rb.ids, rb.n);
-    mc_reset(mc);
-    for (unsigned j = 0; j < HD_NUM_LARGE_CLASSES; j++) {
-        mc_class_t *k = &mc->cls[HD_FIRST_LARGE_CLASS + j];
-        memcpy(k->full, kept[j], nkept[j] * sizeof k->full[0]);
-        k->nfull = nkept[j];
+    hd_pagecache_t *keep = keep_live && mc->pc.n ? &mc->pc : NULL;
+    if (keep) {                      /* mc_reset would forget them */
+        for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
+            mc_class_t *k = &mc->cls[c];
+            mc_span_clear(&k->cur);
+            k->nstash = k->nfull = k->streak = 0;
+            k->ahead = 0;
+        }
+        mc->tiny = 0;
+        mc->tiny_off = 0;
+        mc->tiny_words = NULL;
+    } else {
+        mc_reset(mc);
     }
     st_flush(&mc->st, mc_cache_bytes());
 }
@@ -647,6 +604,13 @@ void mc_release_all_locked(void)
         if (mc->epoch == e)
             mc_release_via(mc, tp_release_locked);
     mc_reg_unlock();
+}
+
+void mc_release_current_free(void)
+{
+    hd_mcache_t *mc = mc_tls;
+    if (mc && mc->epoch == atomic_load(&hdc_epoch))
+        mc_release_ex(mc, NULL, true);
 }
 
 void mc_release_current(void)
@@ -721,8 +685,8 @@ static void mc_check_stale(hd_mcache_t *mc)
     uint64_t g = atomic_load(&tp_flush_gen);
     if (hd_unlikely(mc->flush_gen != g)) {
         mc->flush_gen = g;
-        mc_release_ex(mc, NULL, true);   /* live large-class spans stay: nothing to give */
-        mc->tight = MC_LARGE_TIGHT_FOR;  /* a limit is near: hold no free large span for a while */
+        mc_release_ex(mc, NULL, true);   /* chunks with live objects stay: see there */
+        mc->tight = MC_LARGE_TIGHT_FOR;  /* a limit is near: hold no free chunk for a while */
     }
 }
 
@@ -732,11 +696,14 @@ static void mc_check_stale(hd_mcache_t *mc)
  * stays ENOMEM. */
 static bool mc_holds_spans(const hd_mcache_t *mc)
 {
-    for (unsigned c = 1; c < HD_NUM_CLASSES; c++) {
+    for (unsigned c = 1; c < HD_NUM_SIZE_CLASSES; c++) {
         const mc_class_t *k = &mc->cls[c];
         if (k->cur.id != HD_NO_SPAN || k->nstash || k->nfull || k->ahead)
             return true;
     }
+    for (unsigned i = 0; i < mc->pc.n; i++)
+        if (mc->pc.ch[i].nfree == HD_CHUNK_PAGES)
+            return true;             /* a wholly free chunk (what release gives back of them) */
     return false;
 }
 
@@ -747,8 +714,8 @@ static bool mc_enomem_retry(hd_mcache_t *mc, uint64_t pgen, uint64_t fgen)
         mc_check_stale(mc);         /* queues Release; it goes out ahead of the retry */
         again = true;
     } else if (mc && mc_holds_spans(mc)) {
-        mc_release(mc);             /* the free memory may be in our own cache (large-class
-                                       spans we freed): it goes back ahead of the retry */
+        mc_release_ex(mc, NULL, true);  /* the free memory may be in our own cache (spans, free
+                                           chunks): it goes back ahead of the retry */
         again = true;
     }
     if (hdc_pressure_settle(pgen))
@@ -805,10 +772,9 @@ static inline unsigned mc_min_room(unsigned nelems) { return nelems >= 16 ? nele
  * handing them out one slot at a time would spread the next frees thinly
  * over every span and keep the class on the slow path for good; left alone,
  * they gather frees until they are worth it. */
-/* A one-object span's object (large classes, and the 8, 16, 24 and 32 KiB
- * small classes): swept if FREED; is it FREE? One byte,
- * where hd_span_sweep would read two 64-byte windows (the full lists and the
- * trim look at many such spans on every large allocation). */
+/* A one-object span's object (the 24 and 32 KiB small classes, and others
+ * of few objects): swept if FREED; is it FREE? One byte, where
+ * hd_span_sweep would read two 64-byte windows. */
 static inline bool mc_lspan_free(const hd_seg_t *seg, uint32_t id, unsigned c)
 {
     hd_ostate_t *st = hd_states_of(seg, id, c);
@@ -910,7 +876,7 @@ static unsigned mc_stash(mc_class_t *k, unsigned c, const uint32_t *ids, int n)
  * refilling asks for the next batch now, so that it is there when needed. */
 static void mc_refill_ahead(hd_mcache_t *mc, mc_class_t *k, unsigned c)
 {
-    if (k->ahead || k->nstash || k->streak < MC_AHEAD_STREAK || mc->tight || hd_is_lclass(c) ||
+    if (k->ahead || k->nstash || k->streak < MC_AHEAD_STREAK || mc->tight ||
         mc->rclock - k->last_refill > MC_AHEAD_RECENT)
         return;
     if (k->streak < 255)
@@ -936,6 +902,10 @@ static void mc_refill_tick(hd_mcache_t *mc, mc_class_t *k)
 
 static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
 {
+    if (c >= HD_NUM_SIZE_CLASSES) {  /* small classes only (and it tells -O2 the bounds) */
+        errno = EINVAL;
+        return NULL;
+    }
     mc_check_stale(mc);
     mc_class_t *k = &mc->cls[c];
     int refills = 0;
@@ -950,7 +920,7 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             unsigned i = mc_span_next(s);
             if (i < s->nelems)
                 return mc_take(s, i);
-            if (k->nfull && !rewinds && s->nelems >= MC_ROTATE_MIN_OBJS && !hd_is_lclass(c) &&
+            if (k->nfull && !rewinds && s->nelems >= MC_ROTATE_MIN_OBJS &&
                 mc_rotate(mc, k, c))                                              /* step 0 */
                 continue;
             uint64_t free0 = mc_span_sweep_account(&mc->st, c, s);
@@ -1104,129 +1074,96 @@ void *mc_alloc_tiny(size_t size, size_t align, bool zero)
 
 /* ---- large ----------------------------------------------------------------------------- */
 
-/* Release the free spans of large class c beyond the first `keep` (the
- * stash first: never used; then the kept full spans); returns the bytes of
- * free spans it kept. A free cur (its object freed since) is kept, the span
- * the class's next allocation takes without a round trip (under a hard limit
- * giving it back could make that allocation fail), unless the class is idle:
- * then it goes back too. */
-static uint64_t mc_trim_class(hd_mcache_t *mc, mc_relbuf_t *rb, unsigned c, unsigned keep, bool idle)
+/* After each large-class allocation or free of this thread: the chunk trim
+ * (jemalloc's low-water decay). Wholly free chunks stay while the thread may
+ * need them: at the end of each period of MC_CHUNK_PERIOD large-class
+ * allocations and frees, half (rounded up) of the fewest wholly free
+ * chunks the period saw go back (memory the period never needed; a pool whose live bytes
+ * wander keeps what its high moments take, and never refills below its
+ * high-water: a spare-or-two rule refilled 0.3% of a pool's allocations in
+ * the unit test "a warm pool"). While tight (after a Flush) none stays.
+ * Keeping chunks does not raise the peak: a chunk is only kept after the
+ * thread needed it. */
+static void mc_chunk_trim(hd_mcache_t *mc)
 {
-    if (!hd_is_lclass(c))
-        return 0;
-    mc_class_t *k = &mc->cls[c];
-    unsigned kept = 0;
-    uint32_t cur = k->cur.id;
-    if (cur != HD_NO_SPAN && !mc_still_ours(cur)) {
-        mc_span_clear(&k->cur);      /* not ours any more: forget it */
-    } else if (cur != HD_NO_SPAN && mc_lspan_free(&hdc_seg, cur, c)) {
-        if (idle) {
-            mc_rel_add(mc, rb, cur);
-            mc_span_clear(&k->cur);
-        } else {
-            kept = 1;                /* one of the `keep`, or kept beyond a keep of 0 */
+    uint32_t ids[PC_MAX_CHUNKS];
+    unsigned empty = pc_empty(&mc->pc), keep = empty;
+    if (mc->tight) {
+        keep = 0;
+    } else {
+        if (empty < mc->empty_low)
+            mc->empty_low = empty;
+        if (++mc->lticks >= MC_CHUNK_PERIOD) {
+            keep = empty - (mc->empty_low + 1) / 2;
+            mc->lticks = 0;
+            mc->empty_low = keep;
         }
     }
-    while (k->nstash && kept + k->nstash > keep)
-        mc_rel_add(mc, rb, k->stash[--k->nstash]);
-    kept += k->nstash;
-    for (unsigned i = 0; i < k->nfull; i++) {
-        uint32_t id = k->full[i];
-        bool drop = !mc_still_ours(id);
-        if (!drop && mc_lspan_free(&hdc_seg, id, c) && kept++ >= keep) {
-            mc_rel_add(mc, rb, id);
-            drop = true;
-            kept--;
-        }
-        if (drop) {
-            memmove(&k->full[i], &k->full[i + 1], (k->nfull - i - 1u) * sizeof k->full[0]);
-            k->nfull--;
-            i--;
-        }
+    if (keep >= empty)
+        return;
+    unsigned n = pc_take_empty(&mc->pc, keep, false, ids);
+    if (n) {
+        mc_relbuf_t rb = {.n = 0};
+        for (unsigned i = 0; i < n; i++)
+            mc_rel_add(mc, &rb, ids[i]);
+        tp_release(rb.ids, rb.n);
     }
-    return (uint64_t)kept * hd_cls_size(c);
 }
 
-/* The trim (see the top): a class idle for two intervals gives back every
- * free span (and what is on its way); an active class keeps free spans up
- * to its allowance `want` (live + free spans), which grows to the spans it
- * has used (no more than it needed: free spans are reused before a refill;
- * the stash, a batch's rest, not) and, at the end of each period of
- * MC_LARGE_PERIOD trims, sheds half of the fewest spans of it that a trim
- * of the period found unused (jemalloc's low-water GC: what the period
- * never needed; one spare span stays). Then the budget:
- * the large classes hold at most twice their recent live high-water (live +
- * free), and at least MC_LARGE_FREE_BYTES free; what passes it goes back,
- * the biggest spans first. After a Flush (tight) nothing free is kept but
- * each class's cur. Kept
- * spans whose object lives stay: they cost nothing. */
-static void mc_large_trim(hd_mcache_t *mc)
+/* No chunk of the thread has a run for class c: take one more from the
+ * daemon (a round trip, counted as a wait), giving back the fullest first
+ * when the table is full, and carve from it. NULL with errno (ENOMEM: a
+ * limit or quota; the caller falls back to AllocLarge). */
+static void *mc_chunk_refill(hd_mcache_t *mc, unsigned c, size_t size, bool zero)
 {
-    mc_relbuf_t rb = {.n = 0};
-    uint64_t free_bytes = 0, live = 0;
-    bool period_end = ++mc->period >= MC_LARGE_PERIOD;
-    for (unsigned c = HD_FIRST_LARGE_CLASS; c < HD_NUM_CLASSES; c++) {
-        mc_class_t *k = &mc->cls[c];
-        bool idle = !(k->gc_allocs || k->gc_prev);
-        if (mc->tight || idle) {
-            mc_trim_class(mc, &rb, c, 0, idle);
-            k->want = 0;
-            k->unused = UINT16_MAX;
-            if (idle) {
-                k->streak = 0;       /* it starts slow again */
-                if (k->ahead)
-                    tp_refill_cancel(k->ahead);
-                k->ahead = 0;
-            }
-            continue;
-        }
-        uint64_t size = hd_cls_size(c);
-        unsigned nfree = (unsigned)(mc_trim_class(mc, &rb, c, UINT32_MAX, false) / size);   /* count only */
-        unsigned held = (k->cur.id != HD_NO_SPAN) + k->nstash + k->nfull;
-        unsigned inuse = held - nfree;
-        unsigned used = held - k->nstash;   /* the stash was never needed (a batch's rest) */
-        unsigned want = used > k->want ? used : k->want;
-        if (want - inuse < k->unused)
-            k->unused = (uint16_t)(want - inuse);
-        if (period_end) {
-            want -= k->unused / 2u;
-            k->unused = UINT16_MAX;
-        }
-        k->want = (uint16_t)(want > UINT16_MAX ? UINT16_MAX : want);
-        unsigned keep = k->want > inuse ? k->want - inuse : 0;
-        free_bytes += nfree > keep ? mc_trim_class(mc, &rb, c, keep, false) : (uint64_t)nfree * size;
-        live += (uint64_t)inuse * size;
-    }
-    /* the budget: MC_LARGE_FREE_BYTES, or the live large-class bytes of
-     * active classes at their recent high-water (a pool's live bytes wander:
-     * its low moments must not cut what its high ones need), which sheds
-     * half its excess over the period's high-water at the end of a period */
-    mc->lhigh = live > mc->lhigh ? live : mc->lhigh;
-    mc->lpeak = live > mc->lpeak ? live : mc->lpeak;
-    if (period_end) {
-        mc->lpeak -= (mc->lpeak - mc->lhigh) / 2;
-        mc->lhigh = 0;
-        mc->period = 0;
-    }
-    uint64_t budget = mc->lpeak > live ? 2 * mc->lpeak - live : mc->lpeak;
-    budget = budget > MC_LARGE_FREE_BYTES ? budget : MC_LARGE_FREE_BYTES;
-    mc->gc_every = live > MC_LARGE_GC_BYTES ? live : MC_LARGE_GC_BYTES;
-    for (unsigned c = HD_NUM_CLASSES; c-- > HD_FIRST_LARGE_CLASS;) {   /* the biggest spans first */
-        mc_class_t *k = &mc->cls[c];
-        if (free_bytes > budget && (k->gc_allocs || k->gc_prev)) {
-            uint64_t size = hd_cls_size(c), have = mc_trim_class(mc, &rb, c, UINT32_MAX, false);
-            uint64_t cut = (free_bytes - budget + size - 1) / size;
-            unsigned keep = have / size > cut ? (unsigned)(have / size - cut) : 0;
-            free_bytes -= have - mc_trim_class(mc, &rb, c, keep, false);
-            unsigned held = (k->cur.id != HD_NO_SPAN) + k->nstash + k->nfull;
-            k->want = (uint16_t)(held < k->want ? held : k->want);
-        }
-        k->gc_prev = k->gc_allocs;
-        k->gc_allocs = 0;
-    }
-    if (rb.n)
+    if (mc->pc.n >= PC_MAX_CHUNKS) {
+        mc_relbuf_t rb = {.n = 0};
+        mc_rel_add(mc, &rb, pc_evict(&mc->pc));
         tp_release(rb.ids, rb.n);
-    mc->lbytes = mc->lfreed = 0;
+    }
+    mc_stats_flush(mc);                  /* memstats: counts go out at every refill */
+    for (bool retried = false;;) {
+        uint32_t id;
+        uint64_t pgen = hdc_pressure_gen(), fgen = atomic_load(&tp_flush_gen);
+        uint64_t t0 = mc_now_ns();
+        int n = tp_refill(HD_CHUNK_CLASS, 1, &id);
+        mc_count_wait(mc, mc_now_ns() - t0);
+        if (n > 0)
+            HDC_CRASHPOINT("refill");     /* the chunk is ours at the daemon, not in the cache */
+        if (n < 0) {
+            if (errno == ENOMEM && !retried && mc_enomem_retry(mc, pgen, fgen)) {
+                retried = true;
+                void *p = pc_alloc(&mc->pc, c, size, zero);   /* the retry's sweep may have made room */
+                if (p)
+                    return p;
+                continue;
+            }
+            return NULL;
+        }
+        if (n != 1 || !mc_span_ok(id, HD_CHUNK_CLASS) ||
+            !pc_add(&mc->pc, &hdc_seg, id, hdc_seg.spans[id].needzero)) {
+            errno = EPROTO;
+            return NULL;
+        }
+        return pc_alloc(&mc->pc, c, size, zero);   /* a fresh chunk holds any class */
+    }
+}
+
+/* An object of large class c, from the thread's chunks. */
+static void *mc_alloc_lclass(unsigned c, size_t size, bool zero)
+{
+    hd_mcache_t *mc = mc_get();
+    if (!mc)
+        return NULL;
+    mc_check_stale(mc);
+    void *p = pc_alloc(&mc->pc, c, size, zero);
+    if (!p && !(p = mc_chunk_refill(mc, c, size, zero)))
+        return NULL;
+    st_bump(&mc->st.cur.small_allocs[c], 1);
+    uint64_t b = hd_cls_size(c);
+    mc->tight = mc->tight > b ? mc->tight - b : 0;
+    mc_chunk_trim(mc);
+    return p;
 }
 
 void *mc_alloc_large(size_t size, size_t align, bool zero)
@@ -1237,18 +1174,11 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
         return NULL;
     }
     unsigned c = align <= HD_PAGE_SIZE ? hd_large_to_class(size) : 0;
-    if (c) {                         /* a large class: from the cache */
-        void *p = mc_alloc_class(c, size, zero);
-        if (p) {
-            hd_mcache_t *mc = mc_tls;                    /* mc_alloc_class made it */
-            st_bump(&mc->st.cur.small_allocs[c], 1);
-            mc->cls[c].gc_allocs++;
-            uint64_t b = hd_cls_size(c);
-            mc->tight = mc->tight > b ? mc->tight - b : 0;
-            if ((mc->lbytes += b) >= (mc->gc_every ? mc->gc_every : MC_LARGE_GC_BYTES) || mc->tight)
-                mc_large_trim(mc);
-        }
-        return p;
+    if (c) {                         /* a large class: from the thread's chunks */
+        void *p = mc_alloc_lclass(c, size, zero);
+        if (p || errno != ENOMEM)
+            return p;
+        size = hd_cls_size(c);       /* no room for a chunk: one round trip for its pages */
     }
     uint64_t pages = size / HD_PAGE_SIZE + (size % HD_PAGE_SIZE != 0);
     if (pages > hdc_seg.npages) {
@@ -1290,24 +1220,17 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
 
 /* ---- owner-local free --------------------------------------------------------------------- */
 
-enum hd_free_result mc_free_local(uint32_t id, unsigned cls, hd_ostate_t *st, unsigned i)
+enum hd_free_result mc_free_local(uint32_t id, hd_ostate_t *st, unsigned i, unsigned *cls)
 {
     hd_mcache_t *mc = mc_tls;
-    if (!mc || cls >= HD_NUM_CLASSES || cls == HD_TINY_SIZE_CLASS)
-        return HD_FREE_REMOTE;
-    mc_span_t *s = &mc->cls[cls].cur;
-    if (s->id != id || mc->epoch != atomic_load_explicit(&hdc_epoch, memory_order_relaxed))
-        return HD_FREE_REMOTE;       /* another thread's span, or a cache about to forget it */
-    enum hd_free_result r = hd_obj_free_owner(st, i);
-    if (r == HD_FREE_OK)
-        s->live0--;                  /* FREE at once: the next count must not miss an allocation */
-    return r;
+    if (!mc || mc->epoch != atomic_load_explicit(&hdc_epoch, memory_order_relaxed))
+        return HD_FREE_REMOTE;       /* no chunk of ours, or a cache about to forget them */
+    return pc_free(&mc->pc, id, st, i, cls);
 }
 
 /* This thread freed a large-class object (malloc.c): a Flush that came
  * meanwhile is acted on now (a thread that only frees must give memory back
- * too), and so many bytes freed since the last trim trim again; after a
- * Flush every such free does. */
+ * too), and a chunk that emptied goes back beyond the one kept. */
 void mc_large_freed(unsigned c)
 {
     hd_mcache_t *mc = mc_tls;
@@ -1315,8 +1238,6 @@ void mc_large_freed(unsigned c)
         return;
     int e = errno;                   /* free() leaves errno alone */
     mc_check_stale(mc);
-    mc->lfreed += hd_cls_size(c);
-    if (mc->tight || mc->lfreed >= (mc->gc_every ? mc->gc_every : MC_LARGE_GC_BYTES))
-        mc_large_trim(mc);
+    mc_chunk_trim(mc);
     errno = e;
 }

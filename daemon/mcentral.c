@@ -14,7 +14,7 @@
 static void pool_init(mcentral_pool_t *p)
 {
     memset(p, 0, sizeof(*p));
-    for (unsigned i = 0; i < HD_NUM_CLASSES; i++) {
+    for (unsigned i = 0; i < HD_NUM_SPAN_CLASSES; i++) {
         spanlist_init(&p->partial[i]);
         spanlist_init(&p->full[i]);
     }
@@ -76,7 +76,7 @@ unsigned mcentral_pool_new(mcentral_t *c)
 uint64_t mcentral_class_spans(const mcentral_t *c, unsigned cls)
 {
     uint64_t n = 0;
-    for (unsigned i = 0; cls < HD_NUM_CLASSES && i < c->npools; i++)
+    for (unsigned i = 0; cls < HD_NUM_SPAN_CLASSES && i < c->npools; i++)
         if (c->pools[i])
             n += c->pools[i]->partial[cls].n + c->pools[i]->full[cls].n;
     return n;
@@ -88,7 +88,8 @@ uint64_t mcentral_class_spans(const mcentral_t *c, unsigned cls)
 static unsigned sweep(mcentral_t *c, uint32_t id)
 {
     hd_span_t *sp = mheap_span(c->h, id);
-    return hd_span_sweep(hd_states_of(c->h->v, id, sp->sizeclass), sp->nelems, NULL);
+    hd_ostate_t *st = hd_states_of(c->h->v, id, sp->sizeclass);
+    return sp->sizeclass == HD_CHUNK_CLASS ? hd_chunk_sweep(st) : hd_span_sweep(st, sp->nelems, NULL);
 }
 
 /* Record a CENTRAL span's live count, keeping objects_central = sum of them. */
@@ -110,7 +111,7 @@ static int file_span(mcentral_t *c, uint32_t id, unsigned live)
         return MC_FREED;
     }
     mcentral_pool_t *p = pool_at(c, c->h->priv[id].pool);   /* live: its family has not ended */
-    if (live < sp->nelems) {
+    if (live < sp->nelems && sp->sizeclass != HD_CHUNK_CLASS) {   /* a chunk with a live object: full */
         spanlist_push(c->h, &p->partial[sp->sizeclass], id, SL_PARTIAL);
         return MC_PARTIAL;
     }
@@ -147,27 +148,24 @@ int64_t mcentral_alloc_span(mcentral_t *c, uint64_t npages, unsigned sizeclass, 
     return id;
 }
 
-/* May span id (swept, live objects `live`) go to client_id? It needs room;
- * a large-class span also needs room in client_id's quota, since its charge
- * moves with it (its one object will be the client's). */
-static bool can_hand_out(mcentral_t *c, uint32_t id, unsigned live, uint32_t client_id)
+/* May span id (swept, live objects `live`) go to client_id? It needs room.
+ * A page chunk goes out only empty: its new owner carves it by a private
+ * map of its pages that starts out all free (span.h "Page chunks"). */
+static bool can_hand_out(mcentral_t *c, uint32_t id, unsigned live)
 {
     hd_span_t *sp = mheap_span(c->h, id);
-    if (live >= sp->nelems)
-        return false;
-    return !hd_is_lclass(sp->sizeclass) || !c->h->on_reuse ||
-           c->h->on_reuse(c->h->limits_ctx, id, sp->npages, client_id) == 0;
+    return sp->sizeclass == HD_CHUNK_CLASS ? live == 0 : live < sp->nelems;
 }
 
 int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_id, unsigned pool)
 {
     mcentral_pool_t *p = pool_at(c, pool);
-    if (sizeclass == 0 || sizeclass >= HD_NUM_CLASSES || !p)
-        return -EINVAL;
+    if (sizeclass == 0 || hd_is_lclass(sizeclass) || sizeclass >= HD_NUM_SPAN_CLASSES || !p)
+        return -EINVAL;              /* large classes are carved from chunks */
     mheap_t *h = c->h;
-    /* Large-class spans on the full list are live buffers (one object
-     * each): a shorter look, so a refill never sweeps a long list of them. */
-    unsigned budget = hd_is_lclass(sizeclass) ? MCENTRAL_LARGE_BUDGET : MCENTRAL_SWEEP_BUDGET;
+    /* Chunks on the full list hold live buffers: a shorter look, so a
+     * refill never sweeps a long list of them. */
+    unsigned budget = sizeclass == HD_CHUNK_CLASS ? MCENTRAL_CHUNK_BUDGET : MCENTRAL_SWEEP_BUDGET;
     uint32_t id;
 
     /* Partial spans first: they have room unless a client scribbled on
@@ -176,7 +174,7 @@ int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_i
         budget--;
         unsigned live = sweep(c, id);
         set_live(c, id, live);
-        if (can_hand_out(c, id, live, client_id))
+        if (can_hand_out(c, id, live))
             return hand_out(c, id, client_id);
         spanlist_push(h, &p->full[sizeclass], id, SL_FULL);
     }
@@ -187,12 +185,8 @@ int64_t mcentral_cache_span(mcentral_t *c, unsigned sizeclass, uint32_t client_i
         id = spanlist_pop(h, &p->full[sizeclass]);
         unsigned live = sweep(c, id);
         set_live(c, id, live);
-        if (can_hand_out(c, id, live, client_id))
+        if (can_hand_out(c, id, live))
             return hand_out(c, id, client_id);
-        if (live == 0 && hd_is_lclass(sizeclass)) {      /* free, but not for this client's quota */
-            mheap_free_span(h, id);
-            continue;
-        }
         spanlist_push(h, &p->full[sizeclass], id, SL_FULL);
     }
 
@@ -265,12 +259,12 @@ static bool bg_list_pass(mcentral_t *c, mcentral_pool_t *p, unsigned budget, uns
         p->bg_list = 1;
     } else {
         p->bg_list = 0;
-        p->bg_class = 1 + p->bg_class % (HD_NUM_CLASSES - 1);
+        p->bg_class = 1 + p->bg_class % (HD_NUM_SPAN_CLASSES - 1);
     }
     return true;
 }
 
-#define BG_LISTS (2u * (HD_NUM_CLASSES - 1))   /* lists in one pool: a cycle of its cursor */
+#define BG_LISTS (2u * (HD_NUM_SPAN_CLASSES - 1))   /* lists in one pool: a cycle of its cursor */
 
 unsigned mcentral_bg_sweep(mcentral_t *c, unsigned budget)
 {
@@ -306,7 +300,7 @@ unsigned mcentral_sweep_all(mcentral_t *c)
     unsigned done = 0;
     for (unsigned pn = 0; pn < c->npools; pn++) {
         mcentral_pool_t *p = c->pools[pn];
-        for (unsigned cls = 1; p && cls < HD_NUM_CLASSES; cls++) {
+        for (unsigned cls = 1; p && cls < HD_NUM_SPAN_CLASSES; cls++) {
             spanlist_t *lists[2] = {&p->partial[cls], &p->full[cls]};
             for (int li = 0; li < 2; li++) {
                 for (uint32_t n = lists[li]->n; n; n--, done++) {
@@ -336,8 +330,13 @@ static void end_span(mcentral_t *c, uint32_t id, mcentral_freed_t *out)
         out->large_bytes += (uint64_t)sp->npages * HD_PAGE_SIZE;
     } else {
         hd_ostate_t *states = hd_states_of(h->v, id, sp->sizeclass);
-        for (unsigned i = 0; i < sp->nelems; i++)
-            out->objects[sp->sizeclass] += hd_obj_state(states, i) == HD_OBJ_ALLOCATED;
+        for (unsigned i = 0; i < sp->nelems; i++) {
+            uint8_t b = hd_obj_state(states, i);
+            if (sp->sizeclass != HD_CHUNK_CLASS)
+                out->objects[sp->sizeclass] += b == HD_OBJ_ALLOCATED;
+            else if (hd_chunk_cls(b) && (b & 3u) == HD_OBJ_ALLOCATED)
+                out->objects[hd_chunk_cls(b)]++;     /* counted by the class its byte names */
+        }
         if (st == HD_SPAN_CENTRAL)
             set_live(c, id, 0);
         else
@@ -353,7 +352,7 @@ void mcentral_pool_end(mcentral_t *c, unsigned pool, mcentral_freed_t *out)
     if (pool == 0 || !p)
         return;
     mheap_t *h = c->h;
-    for (unsigned cls = 1; cls < HD_NUM_CLASSES; cls++)
+    for (unsigned cls = 1; cls < HD_NUM_SPAN_CLASSES; cls++)
         while (spanlist_pop(h, &p->partial[cls]) != HD_NO_SPAN || spanlist_pop(h, &p->full[cls]) != HD_NO_SPAN)
             ;                        /* off the lists; the pass below frees them */
     /* One pass: the CENTRAL spans just unlinked and the LARGE spans the
@@ -379,7 +378,7 @@ bool mcentral_check(mcentral_t *c, char *err, size_t errlen)
         return bad(err, errlen, "pool 0 is not the shared pool");
     for (unsigned pn = 0; pn < c->npools; pn++) {
         mcentral_pool_t *pool = c->pools[pn];
-        for (unsigned cls = 1; pool && cls < HD_NUM_CLASSES; cls++) {
+        for (unsigned cls = 1; pool && cls < HD_NUM_SPAN_CLASSES; cls++) {
             spanlist_t *lists[2] = {&pool->partial[cls], &pool->full[cls]};
             for (int li = 0; li < 2; li++) {
                 uint32_t n = 0, prev = HD_NO_SPAN;
@@ -398,7 +397,8 @@ bool mcentral_check(mcentral_t *c, char *err, size_t errlen)
                         return bad(err, errlen, "span %u of pool %u on pool %u's list", id, p->pool, pn);
                     if (p->list != (li ? SL_FULL : SL_PARTIAL))
                         return bad(err, errlen, "span %u: list tag %u on list %d", id, p->list, li);
-                    if (p->live == 0 || (li == 0) != (p->live < sp->nelems))
+                    bool partial = p->live < sp->nelems && cls != HD_CHUNK_CLASS;
+                    if (p->live == 0 || (li == 0) != partial)
                         return bad(err, errlen, "span %u: live %u of %u on list %d", id, p->live, sp->nelems, li);
                     objects += p->live;
                 }

@@ -1,9 +1,10 @@
 /* mcentral: per size class, the spans no client caches (Go's mcentral).
  *
- * Owns pools of central lists. A pool has, per class 1..87 (small classes,
- * then the large classes of one object per span: sizeclasses.h; a
- * large-class span is never partial, since its one object is live or the
- * span is free), a partial list (CENTRAL spans with a free slot as of their
+ * Owns pools of central lists. A pool has, per span class 1..67 and 88 (the
+ * small classes and page chunks, sizeclasses.h; a chunk is never partial:
+ * one with a live object is full, since no other client may carve it, and an
+ * empty one goes back to the page allocator), a partial list (CENTRAL
+ * spans with a free slot as of their
  * last sweep) and a full list (no free slot as of their last sweep). Pool 0
  * is the shared pool every libheapd client draws from. A family pool (issue
  * 10, preload mode) belongs to a family of clients that said in their Hello
@@ -37,7 +38,8 @@
  * Invariants (mcentral_check):
  *  - a span is on a class's partial or full list of pool p iff it is
  *    CENTRAL with tag p, and on the list of its own class; list kind matches
- *    the last sweep (partial: live < nelems; full: live == nelems; no
+ *    the last sweep (partial: live < nelems; full: live == nelems, or a
+ *    chunk with live > 0; no
  *    CENTRAL span is empty after a sweep);
  *  - a CACHED or LARGE span's tag is the pool of the client it was made for;
  *    only a live pool's number is on a span that is not FREE;
@@ -57,12 +59,12 @@
 #include "mheap.h"
 
 #define MCENTRAL_SWEEP_BUDGET 100u   /* spans cacheSpan sweeps before growing (Go's spanBudget) */
-#define MCENTRAL_LARGE_BUDGET 16u    /* the same for a large class (full spans are live buffers) */
+#define MCENTRAL_CHUNK_BUDGET 16u    /* the same for page chunks (full ones hold live buffers) */
 
 /* One pool of central lists (see the top). */
 typedef struct mcentral_pool {
-    spanlist_t partial[HD_NUM_CLASSES];
-    spanlist_t full[HD_NUM_CLASSES];
+    spanlist_t partial[HD_NUM_SPAN_CLASSES];
+    spanlist_t full[HD_NUM_SPAN_CLASSES];
     /* the background sweep's cursor in it: class (1..87), list (0 partial,
      * 1 full), and the spans left of that list's pass when one is under way */
     unsigned bg_class, bg_list;
@@ -92,7 +94,8 @@ enum mcentral_uncached {
 int mcentral_init(mcentral_t *c, mheap_t *h);
 void mcentral_destroy(mcentral_t *c);
 
-/* Go's cacheSpan: a span of sizeclass (1..87) with at least one free slot,
+/* Go's cacheSpan: a span of sizeclass (1..67, or 88: an empty page chunk)
+ * with at least one free slot,
  * from pool (0: shared) or new, swept, now CACHED with owner client_id (owner
  * written before the state). Returns its id, -ENOMEM, or -EINVAL (bad class
  * or pool). */

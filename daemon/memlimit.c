@@ -318,30 +318,6 @@ static void hook_free(void *ctx, uint32_t id, uint64_t npages)
     }
 }
 
-/* A large-class span changes hands (mheap.h on_reuse): its charge moves to
- * the new owner, within the new owner's quota. */
-static int hook_reuse(void *ctx, uint32_t id, uint64_t npages, uint32_t owner)
-{
-    daemon_t *d = ctx;
-    limits_t *s = &d->lim;
-    if (!owner || id >= s->charge_len || s->charge[id] == owner)
-        return 0;
-    limits_account_t *a = acct_find(s, owner);
-    if (a && a->quota && (a->charged + npages) * PAGE > a->quota)
-        return -ENOMEM;
-    if (s->charge[id]) {
-        limits_account_t *old = acct_find(s, s->charge[id]);
-        if (old)
-            old->charged -= npages <= old->charged ? npages : old->charged;
-        s->charge[id] = 0;
-    }
-    if ((a = acct_get(s, owner))) {
-        a->charged += npages;
-        s->charge[id] = owner;
-    }
-    return 0;
-}
-
 /* ---- set-up and control ------------------------------------------------------------------------- */
 
 int limits_init(daemon_t *d, uint64_t soft, uint64_t hard)
@@ -362,7 +338,6 @@ int limits_init(daemon_t *d, uint64_t soft, uint64_t hard)
     s->charge = m;
     d->heap.admit = hook_admit;
     d->heap.on_alloc = hook_alloc;
-    d->heap.on_reuse = hook_reuse;
     d->heap.on_free = hook_free;
     d->heap.limits_ctx = d;
     limits_books_publish(d);
@@ -378,7 +353,6 @@ void limits_destroy(daemon_t *d)
     d->heap.admit = NULL;
     d->heap.on_alloc = NULL;
     d->heap.on_free = NULL;
-    d->heap.on_reuse = NULL;
     memset(s, 0, sizeof(*s));
 }
 

@@ -81,7 +81,7 @@ static int commit_span(mheap_t *h, uint64_t id, uint64_t npages, unsigned sizecl
 
 int64_t mheap_alloc_span(mheap_t *h, uint64_t npages, unsigned sizeclass, uint32_t owner, uint64_t align_pages)
 {
-    if (sizeclass >= HD_NUM_CLASSES || npages == 0)
+    if (sizeclass >= HD_NUM_SPAN_CLASSES || npages == 0)
         return -EINVAL;
     if (sizeclass != 0 && npages != hd_cls_npages(sizeclass))
         return -EINVAL;

@@ -76,10 +76,6 @@ typedef struct mheap {
     int (*admit)(void *ctx, uint64_t npages, uint32_t owner);
     void (*on_alloc)(void *ctx, uint32_t id, uint64_t npages, uint32_t owner);
     void (*on_free)(void *ctx, uint32_t id, uint64_t npages);
-    /* A CENTRAL large-class span is handed to owner (mcentral): its one
-     * object is new, so its charge moves to owner; -ENOMEM when owner's
-     * quota has no room (the span stays CENTRAL). */
-    int (*on_reuse)(void *ctx, uint32_t id, uint64_t npages, uint32_t owner);
     void *limits_ctx;
 } mheap_t;
 

@@ -148,10 +148,11 @@ static enum rpc_verdict on_hello(daemon_t *d, client_t *c, uint64_t seq, const H
 
 static enum rpc_verdict on_refill(daemon_t *d, client_t *c, uint64_t seq, const Heapd__Refill *r, rpc_out_t *out)
 {
-    if (r->sizeclass < 1 || r->sizeclass >= HD_NUM_CLASSES || r->count < 1 || r->count > HD_MAX_BATCH) {
+    if (r->sizeclass < 1 || (r->sizeclass >= HD_FIRST_LARGE_CLASS && r->sizeclass != HD_CHUNK_CLASS) ||
+        r->count < 1 || r->count > HD_MAX_BATCH) {
         bad_requests(d, 1);
-        reply_error(out, seq, EINVAL, "Refill{sizeclass %u, count %u}: class must be 1..%u, count 1..%u",
-                    r->sizeclass, r->count, HD_NUM_CLASSES - 1, HD_MAX_BATCH);
+        reply_error(out, seq, EINVAL, "Refill{sizeclass %u, count %u}: class must be 1..%u or %u (a page chunk), count 1..%u",
+                    r->sizeclass, r->count, HD_FIRST_LARGE_CLASS - 1, HD_CHUNK_CLASS, HD_MAX_BATCH);
         return RPC_OK;
     }
     uint32_t ids[HD_MAX_BATCH];

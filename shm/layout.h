@@ -60,12 +60,14 @@
  *   FREED -> FREE:              owner only (its sweep), acquire load then
  *                               plain store. Nobody else writes a FREED byte.
  *   ALLOCATED -> FREE:          owner only, by CAS (the owner-local free of a
- *                               large-class object by the thread whose current
- *                               span it is: a CAS because a remote free may race
+ *                               large-class object by the thread whose chunk
+ *                               it is: a CAS because a remote free may race
  *                               it on the same byte; span.h hd_free_by).
- * Large classes (68..87, sizeclasses.h) are spans of one object with one
- * state byte: the same rules; their CENTRAL spans are the daemon's to sweep,
- * free or hand out (docs/design.md "Large classes"). A free of one is the
+ * Page chunks (span class 88, sizeclasses.h) have one byte per page that
+ * also names the class of the object starting there (span.h "Page chunks"):
+ * the same moves, by the same parties; their CENTRAL chunks are the daemon's
+ * to sweep and free, never to hand out while an object in them lives
+ * (docs/design.md "Large classes"). A free of a large-class object is the
  * CAS above, never a message, so none is lost when a process dies.
  * So a "stale free bit" cannot exist: a free either lands on the allocation
  * it was meant for, or on a later allocation of the same slot at the moment
@@ -96,11 +98,12 @@
 #include "sizeclasses.h"
 
 #define HD_MAGIC            0x3176645f70616568ull   /* "heapd_v1" little-endian */
-#define HD_LAYOUT_VERSION   5u                      /* 2: client stats slots; 3: object state bytes;
+#define HD_LAYOUT_VERSION   6u                      /* 2: client stats slots; 3: object state bytes;
                                                        4: roots directory; 5: large classes, refill
-                                                       waits in the stats slot */
+                                                       waits in the stats slot; 6: page chunks */
 #define HD_PROTO_VERSION    4u                      /* 2: RootUpdate; 3: Refill of large classes 68..87;
-                                                       4: families (ForkBegin/ForkDone, full reclaim) */
+                                                       4: families (ForkBegin/ForkDone, full reclaim);
+                                                       5: Refill of page chunks (88), not of 68..87 */
 #define HD_DEFAULT_BASE     0x200000000000ull       /* 32 TiB: far above brk, below mmap_base */
 #define HD_SEG_ALIGN        (2u << 20)              /* region alignment: 2 MiB huge pages */
 #define HD_HEADER_BYTES     4096u
@@ -139,14 +142,14 @@ enum hd_obj_state {
 typedef struct hd_span {
     uint32_t npages;            /* pages in the span */
     _Atomic uint8_t state;      /* enum hd_span_state: stored last, release */
-    uint8_t sizeclass;          /* 1..67 small, 68..87 a large class (one object), 0 for a LARGE span */
+    uint8_t sizeclass;          /* 1..67 small, 88 a page chunk, 0 for a LARGE span */
     uint8_t needzero;           /* 1: free slots/pages may hold old data (pages reused
                                    unpunched, or the span came back from a cache);
                                    0: everything not allocated reads as zero */
     uint8_t _pad0;
     uint32_t elemsize;          /* bytes per object; npages*8192 for large (0 from 4 GiB: use npages) */
     uint32_t divmagic;          /* hd_class_to_divmagic[sizeclass]; 0 for large */
-    uint16_t nelems;            /* objects in the span; 1 for large classes and LARGE */
+    uint16_t nelems;            /* objects in the span (a chunk: its pages); 1 for LARGE */
     uint16_t _pad1;
     uint32_t owner;             /* client id while CACHED, allocating client if LARGE */
     uint32_t gen;               /* bumped every time a span starts at this page */
@@ -163,6 +166,7 @@ typedef struct hd_slot {
                                                                windows are read 16 bytes at a time */
 } hd_slot_t;
 _Static_assert(sizeof(hd_slot_t) == HD_SLOT_STATES, "slot size");
+_Static_assert(HD_CHUNK_PAGES == HD_SLOT_STATES, "a page chunk's bytes fill its slot");
 
 /* Aux area: tiny_off + id * 2 KiB, committed for class-1 and class-2 spans.
  *

@@ -37,6 +37,8 @@ static inline size_t hd_live_size(const hd_seg_t *s, const void *p)
     unsigned i = hd_obj_index(sp->divmagic, off);
     if (i >= sp->nelems || (uintptr_t)i * sp->elemsize != off)
         return 0;
+    if (sp->sizeclass == HD_CHUNK_CLASS)
+        return hd_chunk_live_size(hd_states_of(s, id, HD_CHUNK_CLASS), i);
     /* FREE: never allocated; FREED: freed, not yet swept: dead either way */
     if (hd_obj_state_acquire(hd_states_of(s, id, sp->sizeclass), i) != HD_OBJ_ALLOCATED)
         return 0;

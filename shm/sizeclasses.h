@@ -86,41 +86,60 @@ static inline size_t hd_span_bytes(unsigned c)
 }
 
 /* ---- large classes (issue 9) ------------------------------------------------
- * Requests above 32 KiB up to HD_MAX_CLASS_SIZE (1 MiB) use one-object spans
- * of a large class: jemalloc's four classes per doubling of pages, from 5
- * pages (40 KiB) to 128 (1 MiB), 20 classes numbered HD_FIRST_LARGE_CLASS
- * (68) .. HD_NUM_CLASSES-1 (87), after Go's 67 so that every table indexed by
- * a small class keeps its 68 rows. A large-class span is a span like a small
- * one (CACHED by a client, CENTRAL at the daemon, one state byte in its slot)
- * with nelems 1 and elemsize = its pages; it goes through the same mcache /
- * mcentral / state-byte protocol (shm/layout.h). Internal fragmentation: a
- * request is rounded up to its class, at most 20% of the class (a request
- * one byte above 4, 8, 16, ... pages: 5/4, 10/8, 20/16 ...) where the page
- * rounding of a round trip per object wasted at most one page.
+ * Requests above 32 KiB up to HD_MAX_CLASS_SIZE (1 MiB) belong to a large
+ * class: jemalloc's four classes per doubling of pages, from 5 pages (40 KiB)
+ * to 128 (1 MiB), 20 classes numbered HD_FIRST_LARGE_CLASS (68) ..
+ * HD_NUM_CLASSES-1 (87), after Go's 67 so that every table indexed by a
+ * small class keeps its 68 rows. A large-class object is a run of its
+ * class's pages carved by the allocating thread out of a page chunk (below)
+ * it caches; the class is its size and its row in memstats. Internal
+ * fragmentation: a request is rounded up to its class, at most 20% of the
+ * class (a request one byte above 4, 8, 16, ... pages: 5/4, 10/8, 20/16 ...)
+ * where the page rounding of a round trip per object wasted at most one page.
  * Above 1 MiB, and for alignments above a page, each object is one AllocLarge
  * round trip (state LARGE, sizeclass 0): writing 1 MiB costs about as much as
- * the ~50 us round trip, so a cache would not pay for what it pins. */
+ * the ~50 us round trip, so a cache would not pay for what it pins.
+ *
+ * Page chunks (span class HD_CHUNK_CLASS, 88): a span of HD_CHUNK_PAGES
+ * pages (4 MiB) with one state byte per page, Go's per-P page cache grown to
+ * serve every large class from one pool of pages: a free 1 MiB run becomes
+ * two 512 KiB objects without the daemon. Its byte encoding and rules are in
+ * shm/span.h ("Page chunks"). HD_NUM_CLASSES counts object classes (memstats
+ * tables); HD_NUM_SPAN_CLASSES, span classes (the daemon's lists). */
 #define HD_FIRST_LARGE_CLASS HD_NUM_SIZE_CLASSES                   /* 68 */
 #define HD_NUM_CLASSES (HD_NUM_SIZE_CLASSES + HD_NUM_LARGE_CLASSES) /* 88: small, then large */
 #define HD_MAX_CLASS_SIZE (1u << 20)
-
+#define HD_CHUNK_CLASS HD_NUM_CLASSES                              /* 88 */
+#define HD_NUM_SPAN_CLASSES (HD_CHUNK_CLASS + 1)                   /* 89 */
+#define HD_CHUNK_PAGES 512u                                        /* 4 MiB; one state byte per page */
 
 static inline bool hd_is_lclass(unsigned c) { return c >= HD_FIRST_LARGE_CLASS && c < HD_NUM_CLASSES; }
 
-/* Any class 1..HD_NUM_CLASSES-1: pages per span, bytes per object, objects
- * per span and division magic (small classes: the generated tables). */
+/* Any span class 1..HD_CHUNK_CLASS: pages per span, bytes per object, objects
+ * per span and division magic (small classes: the generated tables; a large
+ * class: one object of its pages; a chunk: its pages, one "object" per page,
+ * which is what the free path's index and start check need). */
 static inline unsigned hd_cls_npages(unsigned c)
 {
+    if (c == HD_CHUNK_CLASS)
+        return HD_CHUNK_PAGES;
     return hd_is_lclass(c) ? hd_lclass_npages[c - HD_FIRST_LARGE_CLASS] : hd_class_to_npages[c];
 }
 static inline uint32_t hd_cls_size(unsigned c)
 {
+    if (c == HD_CHUNK_CLASS)
+        return HD_PAGE_SIZE;
     return hd_is_lclass(c) ? (uint32_t)hd_cls_npages(c) << HD_PAGE_SHIFT : hd_class_to_size[c];
 }
-static inline unsigned hd_cls_nobjs(unsigned c) { return hd_is_lclass(c) ? 1u : hd_class_to_nobjs[c]; }
+static inline unsigned hd_cls_nobjs(unsigned c)
+{
+    if (c == HD_CHUNK_CLASS)
+        return HD_CHUNK_PAGES;
+    return hd_is_lclass(c) ? 1u : hd_class_to_nobjs[c];
+}
 static inline uint32_t hd_cls_divmagic(unsigned c)
 {
-    return hd_is_lclass(c) ? UINT32_MAX / hd_cls_size(c) + 1 : hd_class_to_divmagic[c];
+    return c == HD_CHUNK_CLASS || hd_is_lclass(c) ? UINT32_MAX / hd_cls_size(c) + 1 : hd_class_to_divmagic[c];
 }
 
 /* The large class of a request of HD_MAX_SMALL_SIZE < size <= HD_MAX_CLASS_SIZE

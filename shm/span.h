@@ -424,25 +424,101 @@ static inline unsigned hd_tiny_usable(uint32_t w, unsigned j)
     return end - j + 1;
 }
 
+/* ---- page chunks (issue 9) ----------------------------------------------------
+ * A span of class HD_CHUNK_CLASS has HD_CHUNK_PAGES pages and one state byte
+ * per page, in its slot. The client thread caching it carves large-class
+ * objects (a run of their class's pages) out of it; the byte of an object's
+ * first page says what it is, every other byte of the chunk is FREE (0):
+ *     bits 0..1  HD_OBJ_ALLOCATED or HD_OBJ_FREED (never both bits)
+ *     bits 2..6  the object's large class - HD_FIRST_LARGE_CLASS + 1 (1..20)
+ * so a free finds the object (the page's index, as for any span), checks it
+ * (its byte says ALLOCATED) and learns its size from the same byte it
+ * CASes: the class a free counts is the one the allocation wrote, whatever
+ * happens to the pages after (memstats count bytes from one source).
+ * The moves, as for a small span's bytes (layout.h): FREE -> ALLOCATED by
+ * the owner (release store, after it picked the pages from its private map
+ * of the chunk); ALLOCATED -> FREED by anyone (CAS); FREED -> FREE by the
+ * owner's sweep; ALLOCATED -> FREE by the owner's own free (CAS: a remote
+ * free may race it). A byte the owner never wrote (a scribble) is never
+ * taken for an object: the owner trusts its private map, not the bytes, to
+ * know where objects start and how long they are. The daemon frees a CENTRAL
+ * chunk only when every byte of it is FREE, and never hands one with a live
+ * object to another client (daemon/mcentral.h). */
+static inline uint8_t hd_chunk_byte(unsigned c, uint8_t state)
+{
+    return (uint8_t)((c - HD_FIRST_LARGE_CLASS + 1u) << 2 | state);
+}
+
+/* The large class a chunk byte names, or 0 (FREE, or a scribble). */
+static inline unsigned hd_chunk_cls(uint8_t b)
+{
+    unsigned k = b >> 2;
+    return k >= 1 && k <= HD_NUM_LARGE_CLASSES && (b & 3u) ? HD_FIRST_LARGE_CLASS + k - 1u : 0;
+}
+
+/* Owner only: the object of class c starting at page i is allocated. */
+static inline void hd_chunk_alloc(hd_ostate_t *st, unsigned i, unsigned c)
+{
+    atomic_store_explicit(&st[i], hd_chunk_byte(c, HD_OBJ_ALLOCATED), memory_order_release);
+}
+
+/* Free the object starting at page i: ALLOCATED -> to (FREED: anyone; FREE:
+ * the owner). One CAS from the byte just read, so check and set are one
+ * step (a second free sees FREED or FREE); acq_rel as in hd_obj_free. *cls
+ * gets the class the byte named. */
+static inline enum hd_free_result hd_chunk_free_to(hd_ostate_t *st, unsigned i, uint8_t to, unsigned *cls)
+{
+    uint8_t b = atomic_load_explicit(&st[i], memory_order_relaxed);
+    for (;;) {
+        unsigned c = hd_chunk_cls(b);
+        if (!c || (b & 3u) != HD_OBJ_ALLOCATED)
+            return c && (b & 3u) == HD_OBJ_FREED ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
+        if (atomic_compare_exchange_weak_explicit(&st[i], &b, to == HD_OBJ_FREE ? 0 : (uint8_t)((b & ~3u) | to),
+                                                  memory_order_acq_rel, memory_order_relaxed)) {
+            *cls = c;
+            return HD_FREE_OK;
+        }
+    }
+}
+
+/* Usable bytes of the live object starting at page i of a chunk, or 0.
+ * Acquire: pairs with hd_chunk_alloc. */
+static inline size_t hd_chunk_live_size(const hd_ostate_t *st, unsigned i)
+{
+    uint8_t b = hd_obj_state_acquire(st, i);
+    unsigned c = hd_chunk_cls(b);
+    return c && (b & 3u) == HD_OBJ_ALLOCATED ? hd_cls_size(c) : 0;
+}
+
+/* The daemon's sweep of a chunk it owns (CENTRAL): FREED bytes become FREE;
+ * returns the bytes still not FREE (live objects, and scribbles: counted
+ * live, so the chunk is not freed under them). */
+static inline unsigned hd_chunk_sweep(hd_ostate_t *st)
+{
+    unsigned live = 0;
+    for (unsigned i = 0; i < HD_CHUNK_PAGES; i++) {
+        uint8_t b = hd_obj_state_acquire(st, i);
+        if (b && hd_chunk_cls(b) && (b & 3u) == HD_OBJ_FREED)
+            hd_obj_unfree(st, i);
+        else
+            live += b != 0;
+    }
+    return live;
+}
+
 /* The owner-local free (issue 9, item 3): a client passes a hook that, for
- * an object of a large-class span CACHED by client `me`, frees it as the span's owner
- * when the calling thread is the one caching the span (hd_obj_free_owner:
- * ALLOCATED -> FREE, no sweep needed) and returns the result, or returns
- * HD_FREE_REMOTE when another thread caches it. Why the owner still needs a
- * CAS and not a plain store: a free by another process may race on the same
- * ALLOCATED byte (a double free across processes). With a load and a store,
- * both frees could see ALLOCATED and both succeed: the object counted freed
- * twice (memstats drift) and, worse, the remote FREED landing after our FREE
- * and a reallocation would be swept FREE under a live object. One CAS keeps
- * "check and set are one step" for every free. It is an uncontended lock
- * cmpxchg on a line the owner wrote when it allocated the object: as costly
- * as the shared path's CAS, so for a small object the owner-local path only
- * adds its check (which thread caches the span) and saves nothing but a
- * sweep step; bench/peers measured larson at 0.22x mimalloc with it on every
- * class against 0.31x without (docs/performance.md). hd_free_by therefore
- * takes it for large-class objects only (one per span, 40 KiB and up), where
- * the check is noise and the span reads FREE at once for the owner's trim. */
-typedef enum hd_free_result (*hd_free_local_fn)(uint32_t id, unsigned cls, hd_ostate_t *st, unsigned i);
+ * an object of a page chunk CACHED by client `me`, frees it as the chunk's
+ * owner when the calling thread is the one caching the chunk (ALLOCATED ->
+ * FREE, its pages back in the thread's map at once, no sweep) and returns
+ * the result with *cls, or returns HD_FREE_REMOTE when another thread caches
+ * it. Why a CAS and not a plain store: a free by another process may race on
+ * the same ALLOCATED byte (a double free across processes); with a load and
+ * a store both could succeed, the object counted freed twice and, worse, a
+ * remote FREED landing after our FREE and a reallocation would be swept
+ * FREE under a live object. For small objects the owner-local path was
+ * measured and set aside (docs/design.md "The owner's plain free"): its
+ * check costs more than the CAS it could save. */
+typedef enum hd_free_result (*hd_free_local_fn)(uint32_t id, hd_ostate_t *st, unsigned i, unsigned *cls);
 
 /* The free path for any pointer, from any process. Small objects and
  * objects of large classes (one per span) are freed here; LARGE spans are
@@ -478,15 +554,18 @@ hd_free_impl(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t 
         return HD_FREE_NOT_START;                   /* in the span's tail waste */
     if ((uintptr_t)i * sp->elemsize != off)
         return HD_FREE_NOT_START;
-    *cls = sp->sizeclass;
     hd_ostate_t *states = hd_states_of(s, id, sp->sizeclass);
-    if ((local || defer) && hd_is_lclass(sp->sizeclass) && st == HD_SPAN_CACHED && sp->owner == me) {
-        if (defer)
-            return HD_FREE_REMOTE;   /* nothing written: the caller calls hd_free_by with its hook */
-        enum hd_free_result r = local(id, sp->sizeclass, states, i);
-        if (r != HD_FREE_REMOTE)
-            return r;
+    if (sp->sizeclass == HD_CHUNK_CLASS) {          /* a large-class object carved from a chunk */
+        if ((local || defer) && st == HD_SPAN_CACHED && sp->owner == me) {
+            if (defer)
+                return HD_FREE_REMOTE;   /* nothing written: the caller calls hd_free_by with its hook */
+            enum hd_free_result r = local(id, states, i, cls);
+            if (r != HD_FREE_REMOTE)
+                return r;
+        }
+        return hd_chunk_free_to(states, i, HD_OBJ_FREED, cls);
     }
+    *cls = sp->sizeclass;
     return hd_obj_free(states, i);
 }
 

@@ -106,8 +106,8 @@ static void test_alloc_cache(void)
 
 typedef struct fake {
     uint32_t next;                      /* bump page allocator */
-    uint32_t central[HD_NUM_CLASSES][512];
-    unsigned ncentral[HD_NUM_CLASSES];
+    uint32_t central[HD_NUM_SPAN_CLASSES][512];
+    unsigned ncentral[HD_NUM_SPAN_CLASSES];
     unsigned refills, asked[256], nasked;
     unsigned released, release_msgs, bad_releases;
     unsigned large_allocs, large_frees, free_msgs, bad_frees;
@@ -159,7 +159,9 @@ static int fk_refill(void *ctx, unsigned c, unsigned count, uint32_t *ids)
         uint32_t id = HD_NO_SPAN;
         for (unsigned j = f->ncentral[c]; j-- > 0 && id == HD_NO_SPAN;) {   /* released, with room */
             uint32_t cand = f->central[c][j];
-            if (hd_span_sweep(hd_states_of(&fk.s, cand, c), hd_cls_nobjs(c), NULL) < hd_cls_nobjs(c)) {
+            hd_ostate_t *st = hd_states_of(&fk.s, cand, c);
+            if (c == HD_CHUNK_CLASS ? hd_chunk_sweep(st) == 0     /* as heapd: chunks go out empty */
+                                    : hd_span_sweep(st, hd_cls_nobjs(c), NULL) < hd_cls_nobjs(c)) {
                 id = cand;
                 f->central[c][j] = f->central[c][--f->ncentral[c]];
             }
@@ -673,7 +675,17 @@ static void test_large_and_aligned(void)
     fk_down();
 }
 
-/* Large classes: one object per span, cached like small spans. */
+/* The state byte of the object at p: its index in a small span, its first
+ * page in a chunk. */
+static hd_ostate_t *obj_byte(const void *p)
+{
+    uint32_t id = hd_span_of(&fk.s, p);
+    const hd_span_t *sp = &fk.s.spans[id];
+    uint64_t off = (uintptr_t)p - hd_page_addr(&fk.s, id);
+    return &hd_states_of(&fk.s, id, sp->sizeclass)[off / sp->elemsize];
+}
+
+/* Large classes: objects carved from the thread's page chunks. */
 static void large_consumer_wait(void);
 struct lprod { void **objs; unsigned n; size_t size; unsigned refills_after; };
 
@@ -725,7 +737,7 @@ static void test_large_classes(void)
         CU_ASSERT(c == HD_FIRST_LARGE_CLASS || hd_cls_size(c - 1) < sz);
     }
 
-    /* one object per span: page aligned, exact usable size, no AllocLarge */
+    /* a run of a chunk: page aligned, exact usable size, no AllocLarge */
     unsigned allocs = fk.f->large_allocs;
     char *p = heapd_malloc(100000);
     CU_ASSERT_FATAL(p != NULL);
@@ -735,22 +747,23 @@ static void test_large_classes(void)
     CU_ASSERT_EQUAL(heapd_usable_size(p + 8), 0);
     heapd_free(p + 8);                                        /* interior: refused */
     CU_ASSERT_EQUAL(heapd_bad_frees(), bad + 1);
-    /* our own current span: the free makes the object FREE at once */
-    uint32_t id = hd_span_of(&fk.s, p);
-    hd_ostate_t *st = hd_states_of(&fk.s, id, fk.s.spans[id].sizeclass);
+    /* our own chunk: the free makes the object FREE at once */
+    CU_ASSERT_EQUAL(fk.s.spans[hd_span_of(&fk.s, p)].sizeclass, HD_CHUNK_CLASS);
+    hd_ostate_t *st = obj_byte(p);
+    CU_ASSERT_EQUAL(*st, hd_chunk_byte(hd_large_to_class(100000), HD_OBJ_ALLOCATED));
     heapd_free(p);
-    CU_ASSERT_EQUAL(hd_obj_state(st, 0), HD_OBJ_FREE);
+    CU_ASSERT_EQUAL(*st, HD_OBJ_FREE);
     CU_ASSERT_EQUAL(heapd_usable_size(p), 0);
     heapd_free(p);                                            /* double: caught, nothing written */
     CU_ASSERT_EQUAL(heapd_bad_frees(), bad + 2);
     unsigned refills = fk.f->refills;
-    char *q = heapd_malloc(110000);                           /* same class: the same span again */
+    char *q = heapd_malloc(110000);                           /* same class: the same pages again */
     CU_ASSERT_EQUAL(q, p);
     CU_ASSERT_EQUAL(fk.f->refills, refills);
     heapd_free(q);
 
     /* another thread allocates, we free (FREED), it allocates again: its
-     * kept spans serve the second round, no refill */
+     * chunks' sweep finds the pages, no refill */
     enum { N = 40 };
     static void *objs[N];
     struct lprod pr = {objs, N, 200000, 0};
@@ -764,15 +777,15 @@ static void test_large_classes(void)
     for (unsigned i = 0; i < N; i++) {
         CU_ASSERT_FATAL(objs[i] != NULL);
         CU_ASSERT_EQUAL(((unsigned char *)objs[i])[199999], (unsigned char)i);
-        uint32_t oid = hd_span_of(&fk.s, objs[i]);
+        hd_ostate_t *b = obj_byte(objs[i]);
         heapd_free(objs[i]);
-        CU_ASSERT_EQUAL(hd_obj_state(hd_states_of(&fk.s, oid, fk.s.spans[oid].sizeclass), 0), HD_OBJ_FREED);
+        CU_ASSERT_EQUAL(*b & 3u, HD_OBJ_FREED);
     }
     pthread_mutex_lock(&lc_mu);
     lc_phase = 2;
     pthread_cond_broadcast(&lc_cv);
     pthread_mutex_unlock(&lc_mu);
-    pthread_join(t, NULL);                                    /* its exit gives its spans back */
+    pthread_join(t, NULL);                                    /* its exit gives its chunks back */
     CU_ASSERT_EQUAL(fk.f->refills, pr.refills_after);
     for (unsigned i = 0; i < N; i++)
         heapd_free(objs[i]);
@@ -901,25 +914,26 @@ static void test_daemon_flush_and_errors(void)
     CU_ASSERT_EQUAL(errno, ENOTCONN);
 }
 
-/* Large-class spans this process caches (CACHED at the stand-in), in bytes;
- * free_only: those whose object is free. */
-static uint64_t cached_large_bytes(bool free_only)
+/* Chunks this process caches (CACHED at the stand-in); with_live: only
+ * those an object lives in (a byte ALLOCATED). */
+static unsigned cached_chunks(bool with_live)
 {
-    uint64_t bytes = 0;
+    unsigned n = 0;
     for (uint32_t id = 0; id < FNP; id++) {
         const hd_span_t *sp = &fk.s.spans[id];
-        if (atomic_load(&sp->state) != HD_SPAN_CACHED || !hd_is_lclass(sp->sizeclass))
+        if (atomic_load(&sp->state) != HD_SPAN_CACHED || sp->sizeclass != HD_CHUNK_CLASS)
             continue;
-        uint8_t v = hd_obj_state(hd_states_of(&fk.s, id, sp->sizeclass), 0);
-        if (!free_only || v == HD_OBJ_FREE || v == HD_OBJ_FREED)
-            bytes += hd_cls_size(sp->sizeclass);
+        bool live = false;
+        for (unsigned i = 0; i < HD_CHUNK_PAGES && !live; i++)
+            live = (hd_obj_state(hd_states_of(&fk.s, id, HD_CHUNK_CLASS), i) & 3u) == HD_OBJ_ALLOCATED;
+        n += !with_live || live;
     }
-    return bytes;
+    return n;
 }
 
 /* A pool of large buffers (issue 9's buffer-pool pattern, 64 KiB .. 1 MiB):
- * once warm, its allocations stop reaching the daemon; a class the program
- * stops using gives its free spans back. */
+ * once warm, its allocations stop reaching the daemon; when the program needs
+ * less, the chunks it no longer uses go back within a few periods. */
 static void test_large_pool(void)
 {
     fk_up();
@@ -940,28 +954,29 @@ static void test_large_pool(void)
                 (unsigned long long)seed, fk.f->refills, OPS);
     CU_ASSERT(fk.f->refills * 1000 <= OPS);                  /* at most 0.1% */
 
-    /* only the 40 KiB class from now on: the others are idle and give back
-     * every free span; the pool's buffers stay valid */
+    CU_ASSERT(cached_chunks(false) >= 2);
     for (unsigned i = 0; i < SLOTS; i++) {
         heapd_free(slot[i]);
         slot[i] = NULL;
     }
-    CU_ASSERT(cached_large_bytes(true) > 0);                  /* cached, free */
-    for (unsigned op = 0; op < 2000; op++) {
+    unsigned held = cached_chunks(false), refills = fk.f->refills;
+    for (unsigned op = 0; op < 40000; op++) {                 /* now a pool of one 40 KiB buffer */
         void *p = heapd_malloc(40000);
         CU_ASSERT_FATAL(p != NULL);
         heapd_free(p);
     }
     CU_ASSERT_EQUAL(tp_flush(), 0);
-    CU_ASSERT(cached_large_bytes(false) <= 2 * 40960);        /* the 40 KiB class's, at most */
+    CU_ASSERT_EQUAL(fk.f->refills, refills);                  /* served by what was kept */
+    CU_ASSERT_EQUAL(cached_chunks(false), 1);                 /* the rest decayed away */
+    CU_ASSERT(held > 1);
     CU_ASSERT_EQUAL(fk.f->bad_releases, 0);
     fk_down();
 }
 
-/* After a Flush from the daemon (a limit is near) the cache keeps no free
- * large-class span: the free ones go back at once, live ones stay kept, and
- * frees that follow give their spans back too, all but the current span of
- * a class it allocates from (its next allocation of that size takes it). */
+/* After a Flush from the daemon (a limit is near) the cache keeps no wholly
+ * free chunk: those go back at once, chunks with a live object stay (their
+ * free pages serve the next allocations), and chunks that empty after it go
+ * back as they empty. */
 static void test_large_flush_tight(void)
 {
     fk_up();
@@ -975,28 +990,33 @@ static void test_large_flush_tight(void)
         heapd_free(o[i]);
         o[i] = NULL;
     }
+    for (unsigned i = 0; i < N; i++)                          /* a wholly free chunk too */
+        if (!o[i] && (o[i] = heapd_malloc(1 << 20)) == NULL)
+            CU_FAIL_FATAL("no memory");
+    for (unsigned i = 0; i < N; i += 2) {
+        heapd_free(o[i]);
+        o[i] = NULL;
+    }
     CU_ASSERT_EQUAL(tp_flush(), 0);
-    CU_ASSERT(cached_large_bytes(true) > 0);                  /* the pool keeps its free buffers */
+    unsigned live = cached_chunks(true), all = cached_chunks(false);
+    CU_ASSERT(all > live && live > 0);                        /* the pool keeps its free pages */
     atomic_fetch_add(&tp_flush_gen, 1);                       /* what a Flush message does */
     void *p = heapd_malloc(300000);                           /* a slow path acts on it */
     CU_ASSERT_FATAL(p != NULL);
     CU_ASSERT_EQUAL(tp_flush(), 0);
-    CU_ASSERT_EQUAL(cached_large_bytes(true), 0);
+    CU_ASSERT_EQUAL(cached_chunks(false), cached_chunks(true));   /* no wholly free chunk */
+    CU_ASSERT(cached_chunks(true) >= live);
     for (unsigned i = 1; i < N; i += 2) {                     /* frees after the Flush */
         heapd_free(o[i]);
         CU_ASSERT_EQUAL(tp_flush(), 0);
-        CU_ASSERT_EQUAL(cached_large_bytes(true), 0);
+        CU_ASSERT_EQUAL(cached_chunks(false), cached_chunks(true));
     }
-    void *q = heapd_malloc(65536);                            /* and allocations */
+    heapd_free(p);
+    CU_ASSERT_EQUAL(tp_flush(), 0);
+    CU_ASSERT_EQUAL(cached_chunks(false), 0);                 /* everything went back */
+    void *q = heapd_malloc(65536);                            /* and allocations still work */
     CU_ASSERT_FATAL(q != NULL);
     heapd_free(q);
-    CU_ASSERT_EQUAL(tp_flush(), 0);
-    CU_ASSERT_EQUAL(cached_large_bytes(true), 65536);        /* q's span: its class's current one */
-    unsigned refills = fk.f->refills;
-    void *q2 = heapd_malloc(65536);
-    CU_ASSERT(q2 == q && fk.f->refills == refills);           /* taken again without a round trip */
-    heapd_free(q2);
-    heapd_free(p);
     CU_ASSERT_EQUAL(fk.f->bad_releases, 0);
     fk_down();
 }
@@ -1086,9 +1106,9 @@ static void register_mcache_suite(void)
     CU_add_test(s, "realloc", test_realloc);
     CU_add_test(s, "invalid and double frees", test_bad_frees);
     CU_add_test(s, "daemon Flush, ENOMEM, detached", test_daemon_flush_and_errors);
-    CU_add_test(s, "large classes: a warm pool of buffers stops refilling, idle classes give back",
+    CU_add_test(s, "large classes: a warm pool of buffers stops refilling, unused chunks decay away",
                 test_large_pool);
-    CU_add_test(s, "large classes: no free span cached after a Flush", test_large_flush_tight);
+    CU_add_test(s, "large classes: no wholly free chunk cached after a Flush", test_large_flush_tight);
     CU_add_test(s, "thread exit gives the cache back", test_thread_exit);
     CU_add_test(s, "fork child never uses the parent's spans", test_fork_child);
 }

@@ -199,7 +199,8 @@ static void test_cache_span(void)
     for (uint32_t p = (uint32_t)r; p < r + hd_class_to_npages[67]; p++)
         CU_ASSERT_EQUAL(hd_pagemap_get(&S.view, p), (uint32_t)r + 1);
     CU_ASSERT_EQUAL(mcentral_cache_span(&C, 0, 7, 0), -EINVAL);
-    CU_ASSERT_EQUAL(mcentral_cache_span(&C, HD_NUM_CLASSES, 7, 0), -EINVAL);
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, HD_FIRST_LARGE_CLASS, 7, 0), -EINVAL);   /* carved from chunks */
+    CU_ASSERT_EQUAL(mcentral_cache_span(&C, HD_NUM_SPAN_CLASSES, 7, 0), -EINVAL);
     check_all();
     teardown();
 }
@@ -627,8 +628,8 @@ static void test_family_pool_end(void)
     int64_t slarge = mcentral_alloc_span(&C, 3, 0, 1, 0, 0);
     CU_ASSERT_FATAL(slarge >= 0);
     uint64_t pages_shared = S.hdr->pages_inuse;
-    /* the family: a full span, a partial one with frees, a large-class
-     * object, a LARGE object */
+    /* the family: a full span, a partial one with frees, a chunk with two
+     * large-class objects (one freed, not swept), a LARGE object */
     uint32_t a = (uint32_t)mcentral_cache_span(&C, small, 2, fam);
     uint32_t b = (uint32_t)mcentral_cache_span(&C, small, 2, fam);
     CU_ASSERT_NOT_EQUAL(a, shared);
@@ -636,8 +637,15 @@ static void test_family_pool_end(void)
     alloc_objs(a, 0, n);
     alloc_objs(b, 0, 10);
     free_objs(b, 0, 4);                                    /* FREED, not swept: not live */
-    uint32_t l = (uint32_t)mcentral_cache_span(&C, big, 2, fam);
-    alloc_objs(l, 0, 1);
+    uint32_t l = (uint32_t)mcentral_cache_span(&C, HD_CHUNK_CLASS, 2, fam);
+    hd_ostate_t *lst = hd_states_of(&S.view, l, HD_CHUNK_CLASS);
+    unsigned fcls = HD_FIRST_LARGE_CLASS + 3;
+    hd_chunk_alloc(lst, 0, big);
+    hd_chunk_alloc(lst, 10, big);
+    hd_chunk_alloc(lst, 20, fcls);
+    unsigned gotc;
+    CU_ASSERT_EQUAL(hd_chunk_free_to(lst, 20, HD_OBJ_FREED, &gotc), HD_FREE_OK);
+    CU_ASSERT_EQUAL(gotc, fcls);
     int64_t large = mcentral_alloc_span(&C, 5, 0, 2, 0, fam);
     CU_ASSERT_FATAL(large >= 0);
     CU_ASSERT_EQUAL(mcentral_uncache_span(&C, a), MC_FULL);
@@ -649,7 +657,7 @@ static void test_family_pool_end(void)
     memset(&f, 0, sizeof f);
     mcentral_pool_end(&C, fam, &f);
     CU_ASSERT_EQUAL(f.objects[small], n + 6);
-    CU_ASSERT_EQUAL(f.objects[big], 1);
+    CU_ASSERT_EQUAL(f.objects[big], 2);                    /* by the class their bytes name */
     CU_ASSERT_EQUAL(f.large, 1);
     CU_ASSERT_EQUAL(f.large_bytes, 5 * HD_PAGE_SIZE);
     CU_ASSERT_EQUAL(f.spans, 4);

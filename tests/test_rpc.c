@@ -17,6 +17,7 @@
 #include "conn.h"
 #include "daemon.h"
 #include "heapd.pb-c.h"
+#include "live.h"
 #include "mcentral.h"
 #include "rpc.h"
 #include "span.h"
@@ -283,7 +284,8 @@ static void test_refill_validation(void)
 {
     setup();
     client_t *c = attached();
-    struct { uint32_t cls, count; } bad[] = {{0, 1}, {HD_NUM_CLASSES, 1}, {999, 1}, {5, 0}, {5, 65}, {5, 1u << 31}};
+    struct { uint32_t cls, count; } bad[] = {{0, 1}, {HD_FIRST_LARGE_CLASS, 1}, {HD_NUM_CLASSES - 1, 1},
+                                         {HD_NUM_SPAN_CLASSES, 1}, {999, 1}, {5, 0}, {5, 65}, {5, 1u << 31}};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         CU_ASSERT_EQUAL(refill(c, 10 + i, bad[i].cls, bad[i].count), RPC_OK);
         expect_error(10 + i, EINVAL);
@@ -293,14 +295,16 @@ static void test_refill_validation(void)
     teardown();
 }
 
-/* A large class (68..87): spans of one object, CACHED like small ones;
- * released with the object free, the span's pages go back at once. */
-static void test_refill_large_class(void)
+/* Page chunks (class 88): CACHED like small spans, one state byte per page.
+ * Released, an empty chunk's pages go back at once; one with a live object
+ * stays CENTRAL and is never handed to another Refill (its new owner could
+ * not know where the object is) until a free empties it and the background
+ * sweep gives its pages back. */
+static void test_refill_chunk(void)
 {
     setup();
     client_t *c = attached();
-    unsigned cls = hd_large_to_class(200000);
-    CU_ASSERT_EQUAL(refill(c, 7, cls, 2), RPC_OK);
+    CU_ASSERT_EQUAL(refill(c, 7, HD_CHUNK_CLASS, 2), RPC_OK);
     Heapd__DaemonMsg *r = reply();
     CU_ASSERT_FATAL(r != NULL && r->body_case == HEAPD__DAEMON_MSG__BODY_SPANS && r->spans->n_span_ids == 2);
     uint32_t ids[2] = {r->spans->span_ids[0], r->spans->span_ids[1]};
@@ -308,13 +312,18 @@ static void test_refill_large_class(void)
     for (int i = 0; i < 2; i++) {
         hd_span_t *sp = &D->seg.view.spans[ids[i]];
         CU_ASSERT_EQUAL(hd_span_state(sp), HD_SPAN_CACHED);
-        CU_ASSERT_EQUAL(sp->sizeclass, cls);
-        CU_ASSERT_EQUAL(sp->nelems, 1);
-        CU_ASSERT_EQUAL(sp->npages, hd_cls_npages(cls));
-        CU_ASSERT_EQUAL(sp->elemsize, hd_cls_size(cls));
+        CU_ASSERT_EQUAL(sp->sizeclass, HD_CHUNK_CLASS);
+        CU_ASSERT_EQUAL(sp->nelems, HD_CHUNK_PAGES);
+        CU_ASSERT_EQUAL(sp->npages, HD_CHUNK_PAGES);
+        CU_ASSERT_EQUAL(sp->elemsize, HD_PAGE_SIZE);
     }
-    /* object 0 of the first is allocated, the second stays free */
-    hd_obj_alloc(hd_states_of(&D->seg.view, ids[0], cls), 0);
+    /* a 200 KB object at page 3 of the first; the second stays empty */
+    unsigned cls = hd_large_to_class(200000);
+    hd_ostate_t *st = hd_states_of(&D->seg.view, ids[0], HD_CHUNK_CLASS);
+    hd_chunk_alloc(st, 3, cls);
+    void *obj = (void *)(hd_page_addr(&D->seg.view, ids[0]) + 3 * HD_PAGE_SIZE);
+    CU_ASSERT_EQUAL(hd_live_size(&D->seg.view, obj), hd_cls_size(cls));
+    CU_ASSERT_EQUAL(hd_live_size(&D->seg.view, (char *)obj + HD_PAGE_SIZE), 0);   /* inside it */
     uint64_t pages = D->seg.hdr->pages_inuse;
     Heapd__Release rel = HEAPD__RELEASE__INIT;
     rel.n_span_ids = 2;
@@ -323,13 +332,25 @@ static void test_refill_large_class(void)
     m.body_case = HEAPD__CLIENT_MSG__BODY_RELEASE;
     m.release = &rel;
     CU_ASSERT_EQUAL(send_msg(c, &m), RPC_OK);
-    CU_ASSERT_EQUAL(D->seg.hdr->pages_inuse, pages - hd_cls_npages(cls));   /* the free one went back */
+    CU_ASSERT_EQUAL(D->seg.hdr->pages_inuse, pages - HD_CHUNK_PAGES);    /* the empty one went back */
     CU_ASSERT_EQUAL(hd_span_state(&D->seg.view.spans[ids[0]]), HD_SPAN_CENTRAL);
-    /* anyone frees the live one (FREED); the background sweep frees its span */
-    CU_ASSERT_EQUAL(hd_obj_free(hd_states_of(&D->seg.view, ids[0], cls), 0), HD_FREE_OK);
+    /* a new Refill gets a new chunk, never the one with the live object */
+    CU_ASSERT_EQUAL(refill(c, 8, HD_CHUNK_CLASS, 1), RPC_OK);
+    uint32_t again[1];
+    CU_ASSERT_EQUAL(spans_reply(8, again, 1), 1);
+    CU_ASSERT_NOT_EQUAL(again[0], ids[0]);
+    /* anyone frees the live one (FREED, with its class); the background
+     * sweep then gives the chunk's pages back */
+    uint32_t id;
+    unsigned got;
+    CU_ASSERT_EQUAL(hd_free_ex(&D->seg.view, obj, &id, &got), HD_FREE_OK);
+    CU_ASSERT_EQUAL(got, cls);
+    CU_ASSERT_EQUAL(hd_free_ex(&D->seg.view, obj, &id, &got), HD_FREE_DOUBLE);
     mcentral_bg_sweep(&D->central, 1000);
-    CU_ASSERT_EQUAL(D->seg.hdr->pages_inuse, pages - 2 * hd_cls_npages(cls));
-    CU_ASSERT_EQUAL(D->seg.hdr->spans_inuse, 0);
+    CU_ASSERT_EQUAL(hd_span_state(&D->seg.view.spans[ids[0]]), HD_SPAN_FREE);
+    CU_ASSERT_EQUAL(D->seg.hdr->spans_inuse, 1);                          /* the new one */
+    char err[256] = "";
+    CU_ASSERT(mheap_check(&D->heap, err, sizeof(err)) && mcentral_check(&D->central, err, sizeof(err)));
     teardown();
 }
 
@@ -892,7 +913,7 @@ static void register_rpc_suite(void)
     CU_add_test(s, "SetLimit from another uid: EPERM", test_set_limit_other_uid);
     CU_add_test(s, "a request before Hello", test_request_before_hello);
     CU_add_test(s, "Refill validation", test_refill_validation);
-    CU_add_test(s, "Refill of a large class, Release, free by anyone", test_refill_large_class);
+    CU_add_test(s, "Refill of a page chunk, Release, free by anyone", test_refill_chunk);
     CU_add_test(s, "Refill", test_refill);
     CU_add_test(s, "Refill when the heap is full", test_refill_enomem);
     CU_add_test(s, "Release", test_release);

@@ -217,8 +217,10 @@ static void census_take(const hd_seg_t *seg, census_t *c)
         } else {
             hd_ostate_t *st = hd_states_of(seg, (uint32_t)pg, sp->sizeclass);
             for (unsigned i = 0; i < sp->nelems; i++) {
-                if (hd_obj_state_acquire(st, i) != HD_OBJ_ALLOCATED)
-                    continue;
+                uint8_t b = hd_obj_state_acquire(st, i);
+                if (sp->sizeclass == HD_CHUNK_CLASS ? !hd_chunk_cls(b) || (b & 3u) != HD_OBJ_ALLOCATED
+                                                    : b != HD_OBJ_ALLOCATED)
+                    continue;       /* (a chunk: objects start at pages whose byte names a class) */
                 if (c->nobj < c->cap)
                     c->obj[c->nobj] = (void *)(base + (uintptr_t)i * sp->elemsize);
                 c->nobj++;

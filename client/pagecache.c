@@ -1,0 +1,260 @@
+/* pagecache.c: a thread's page chunks, carved into large-class objects.
+ * See pagecache.h. */
+#include "pagecache.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "errf.h"
+
+void pc_reset(hd_pagecache_t *pc) { pc->n = 0; }
+
+/* Set (or clear) pages from .. from+n-1 of a 512-bit map. */
+static void pc_bits(uint64_t *m, unsigned from, unsigned n, bool set)
+{
+    while (n) {
+        unsigned w = from / 64, b = from % 64, k = 64 - b < n ? 64 - b : n;
+        uint64_t mask = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
+        m[w] = set ? m[w] | mask : m[w] & ~mask;
+        from += k;
+        n -= k;
+    }
+}
+
+static bool pc_any(const uint64_t *m, unsigned from, unsigned n)
+{
+    while (n) {
+        unsigned w = from / 64, b = from % 64, k = 64 - b < n ? 64 - b : n;
+        uint64_t mask = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
+        if (m[w] & mask)
+            return true;
+        from += k;
+        n -= k;
+    }
+    return false;
+}
+
+/* The first run of n free pages in a chunk's map (first fit), or -1. */
+static int pc_find(const uint64_t *used, unsigned n)
+{
+    unsigned run = 0, start = 0;
+    for (unsigned p = 0; p < HD_CHUNK_PAGES;) {
+        unsigned b = p % 64, left = 64 - b;
+        uint64_t u = used[p / 64] >> b;          /* the pages from p to the end of the word */
+        if (u & 1) {                             /* used: skip the used run */
+            p += ~u ? (unsigned)__builtin_ctzll(~u) : left;
+            run = 0;
+            continue;
+        }
+        unsigned zeros = u ? (unsigned)__builtin_ctzll(u) : left;
+        if (run == 0)
+            start = p;
+        run += zeros;
+        p += zeros;
+        if (run >= n)
+            return (int)start;
+    }
+    return -1;
+}
+
+static unsigned pc_npages(unsigned c) { return hd_cls_npages(c); }
+
+/* The object at page i of ch (class ch->cls[i]) is free: its pages go back. */
+static void pc_unmap(pc_chunk_t *ch, unsigned i)
+{
+    unsigned n = pc_npages(ch->cls[i]);
+    pc_bits(ch->used, i, n, false);
+    ch->nfree = (uint16_t)(ch->nfree + n);
+    ch->cls[i] = 0;
+}
+
+/* Fold the FREED objects of ch (frees by other threads and processes):
+ * acquire (pairs with the freer's CAS, so its writes to the object come
+ * before our reuse), then FREE with a plain store (only the owner writes a
+ * FREED byte). Bytes that are not FREE are one per object start, so the
+ * window masks leave a short loop. Returns the objects folded. */
+static unsigned pc_sweep(pc_chunk_t *ch)
+{
+    unsigned folded = 0;
+    for (unsigned w = 0; w < PC_WORDS; w++) {
+        if (!ch->used[w])
+            continue;                            /* no object of ours starts here */
+        hd_ostate_t *ws = ch->st + 64 * w;
+        for (uint64_t m = ~hd_states_free_mask(ws, 0); m; m &= m - 1) {
+            unsigned k = (unsigned)__builtin_ctzll(m), i = 64 * w + k;
+            uint8_t b = hd_obj_state_acquire(ws, k);
+            if ((b & 3u) != HD_OBJ_FREED)
+                continue;                        /* live (or a scribble: left alone) */
+            if (ch->cls[i]) {
+                pc_unmap(ch, i);
+                folded++;
+            }
+            hd_obj_unfree(ws, k);                /* FREE; a FREED scribble where no object starts too */
+        }
+    }
+    return folded;
+}
+
+static unsigned pc_sweep_all(hd_pagecache_t *pc)
+{
+    unsigned n = 0;
+    for (unsigned k = 0; k < pc->n; k++)
+        n += pc_sweep(&pc->ch[k]);
+    return n;
+}
+
+void *pc_alloc(hd_pagecache_t *pc, unsigned c, size_t size, bool zero)
+{
+    unsigned n = pc_npages(c);
+    for (int pass = 0; pass < 2; pass++) {
+        for (unsigned k = 0; k < pc->n; k++) {
+            pc_chunk_t *ch = &pc->ch[k];
+            int i;
+            if (ch->nfree < n || (i = pc_find(ch->used, n)) < 0)
+                continue;
+            pc_bits(ch->used, (unsigned)i, n, true);
+            ch->nfree = (uint16_t)(ch->nfree - n);
+            ch->cls[i] = (uint8_t)c;
+            void *p = (void *)(ch->base + (uintptr_t)i * HD_PAGE_SIZE);
+            if (zero && pc_any(ch->dirty, (unsigned)i, n))
+                memset(p, 0, size);
+            pc_bits(ch->dirty, (unsigned)i, n, true);
+            hd_chunk_alloc(ch->st, (unsigned)i, c);
+            return p;
+        }
+        if (pass == 0 && !pc_sweep_all(pc))
+            break;                               /* nothing came back: no use looking again */
+    }
+    return NULL;
+}
+
+bool pc_add(hd_pagecache_t *pc, const hd_seg_t *seg, uint32_t id, bool needzero)
+{
+    if (pc->n >= PC_MAX_CHUNKS)
+        return false;
+    unsigned k = pc->n;
+    while (k && pc->ch[k - 1].id > id)
+        k--;
+    if (k && pc->ch[k - 1].id == id)
+        return false;
+    memmove(&pc->ch[k + 1], &pc->ch[k], (pc->n - k) * sizeof pc->ch[0]);
+    pc->n++;
+    pc_chunk_t *ch = &pc->ch[k];
+    ch->id = id;
+    ch->nfree = HD_CHUNK_PAGES;
+    ch->base = hd_page_addr(seg, id);
+    ch->st = hd_states_of(seg, id, HD_CHUNK_CLASS);
+    memset(ch->used, 0, sizeof ch->used);
+    memset(ch->dirty, needzero ? 0xff : 0, sizeof ch->dirty);
+    memset(ch->cls, 0, sizeof ch->cls);
+    return true;
+}
+
+static uint32_t pc_remove(hd_pagecache_t *pc, unsigned k)
+{
+    uint32_t id = pc->ch[k].id;
+    memmove(&pc->ch[k], &pc->ch[k + 1], (pc->n - k - 1) * sizeof pc->ch[0]);
+    pc->n--;
+    return id;
+}
+
+uint32_t pc_evict(hd_pagecache_t *pc)
+{
+    if (!pc->n)
+        return HD_NO_SPAN;
+    unsigned best = 0;
+    for (unsigned k = 1; k < pc->n; k++)
+        if (pc->ch[k].nfree < pc->ch[best].nfree)
+            best = k;
+    return pc_remove(pc, best);
+}
+
+enum hd_free_result pc_free(hd_pagecache_t *pc, uint32_t id, hd_ostate_t *st, unsigned i, unsigned *cls)
+{
+    pc_chunk_t *ch = NULL;
+    for (unsigned k = 0; k < pc->n && !ch; k++)
+        if (pc->ch[k].id == id)
+            ch = &pc->ch[k];
+    if (!ch || i >= HD_CHUNK_PAGES || !ch->cls[i])
+        return HD_FREE_REMOTE;
+    unsigned c = ch->cls[i];
+    uint8_t want = hd_chunk_byte(c, HD_OBJ_ALLOCATED);
+    /* a CAS, not a store: a remote free may race us on this byte (span.h) */
+    if (!atomic_compare_exchange_strong_explicit(&st[i], &want, HD_OBJ_FREE, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return want == hd_chunk_byte(c, HD_OBJ_FREED) ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
+    pc_unmap(ch, i);
+    *cls = c;
+    return HD_FREE_OK;
+}
+
+unsigned pc_take_empty(hd_pagecache_t *pc, unsigned keep, bool sweep, uint32_t *ids)
+{
+    if (sweep)
+        pc_sweep_all(pc);
+    unsigned empty = 0, n = 0;
+    for (unsigned k = 0; k < pc->n; k++)
+        empty += pc->ch[k].nfree == HD_CHUNK_PAGES;
+    for (unsigned k = pc->n; k-- > 0 && empty > keep;)
+        if (pc->ch[k].nfree == HD_CHUNK_PAGES) {
+            ids[n++] = pc_remove(pc, k);
+            empty--;
+        }
+    return n;
+}
+
+unsigned pc_take_all(hd_pagecache_t *pc, uint32_t *ids)
+{
+    unsigned n = pc->n;
+    for (unsigned k = 0; k < n; k++)
+        ids[k] = pc->ch[k].id;
+    pc->n = 0;
+    return n;
+}
+
+unsigned pc_empty(const hd_pagecache_t *pc)
+{
+    unsigned n = 0;
+    for (unsigned k = 0; k < pc->n; k++)
+        n += pc->ch[k].nfree == HD_CHUNK_PAGES;
+    return n;
+}
+
+uint64_t pc_free_pages(const hd_pagecache_t *pc)
+{
+    uint64_t n = 0;
+    for (unsigned k = 0; k < pc->n; k++)
+        n += pc->ch[k].nfree;
+    return n;
+}
+
+#define bad(...) (hd_errf(err, errlen, __VA_ARGS__), false)
+
+bool pc_check(const hd_pagecache_t *pc, char *err, size_t errlen)
+{
+    if (pc->n > PC_MAX_CHUNKS)
+        return bad("%u chunks", pc->n);
+    for (unsigned k = 0; k < pc->n; k++) {
+        const pc_chunk_t *ch = &pc->ch[k];
+        if (k && ch->id <= pc->ch[k - 1].id)
+            return bad("chunk %u (span %u) out of order", k, ch->id);
+        uint64_t used[PC_WORDS] = {0};
+        unsigned nused = 0;
+        for (unsigned i = 0; i < HD_CHUNK_PAGES; i++) {
+            if (!ch->cls[i])
+                continue;
+            if (!hd_is_lclass(ch->cls[i]))
+                return bad("span %u page %u: class %u", ch->id, i, ch->cls[i]);
+            unsigned n = pc_npages(ch->cls[i]);
+            if (i + n > HD_CHUNK_PAGES || pc_any(used, i, n))
+                return bad("span %u page %u: object of %u pages overlaps or overruns", ch->id, i, n);
+            pc_bits(used, i, n, true);
+            nused += n;
+        }
+        if (memcmp(used, ch->used, sizeof used) != 0)
+            return bad("span %u: used map differs from its objects", ch->id);
+        if (ch->nfree != HD_CHUNK_PAGES - nused)
+            return bad("span %u: nfree %u, %u pages used", ch->id, ch->nfree, nused);
+    }
+    return true;
+}
