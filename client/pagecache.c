@@ -178,11 +178,9 @@ enum hd_free_result pc_free(hd_pagecache_t *pc, uint32_t id, hd_ostate_t *st, un
     if (!ch || i >= HD_CHUNK_PAGES || !ch->cls[i])
         return HD_FREE_REMOTE;
     unsigned c = ch->cls[i];
-    uint8_t want = hd_chunk_byte(c, HD_OBJ_ALLOCATED);
-    /* a CAS, not a store: a remote free may race us on this byte (span.h) */
-    if (!atomic_compare_exchange_strong_explicit(&st[i], &want, HD_OBJ_FREE, memory_order_acq_rel,
-                                                 memory_order_relaxed))
-        return want == hd_chunk_byte(c, HD_OBJ_FREED) ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
+    enum hd_free_result r = hd_chunk_free_owner(st, i, c);
+    if (r != HD_FREE_OK)
+        return r;
     pc_unmap(ch, i);
     *cls = c;
     return HD_FREE_OK;

@@ -415,7 +415,7 @@ void mstats_read(daemon_t *d, mstats_t *m)
         r->size = r->span_bytes = hd_cls_size(cls);
         r->mallocs = sum.lclass_allocs[k];
         r->frees = sum.lclass_frees[k];
-        r->spans_central = mcentral_class_spans(&d->central, cls);
+        r->spans_central = 0;        /* carved from page chunks: no spans of their own */
     }
     m->refill_waits = sum.refill_waits;
     m->refill_wait_ns = sum.refill_wait_ns;

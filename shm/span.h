@@ -481,6 +481,18 @@ static inline enum hd_free_result hd_chunk_free_to(hd_ostate_t *st, unsigned i, 
     }
 }
 
+/* Owner only: free its own object of class c at page i (its map says one
+ * starts there): exactly ALLOCATED|c -> FREE, one CAS (a remote free may
+ * race it on this byte); acq_rel as in hd_obj_free. */
+static inline enum hd_free_result hd_chunk_free_owner(hd_ostate_t *st, unsigned i, unsigned c)
+{
+    uint8_t want = hd_chunk_byte(c, HD_OBJ_ALLOCATED);
+    if (atomic_compare_exchange_strong_explicit(&st[i], &want, HD_OBJ_FREE, memory_order_acq_rel,
+                                                memory_order_relaxed))
+        return HD_FREE_OK;
+    return want == hd_chunk_byte(c, HD_OBJ_FREED) ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
+}
+
 /* Usable bytes of the live object starting at page i of a chunk, or 0.
  * Acquire: pairs with hd_chunk_alloc. */
 static inline size_t hd_chunk_live_size(const hd_ostate_t *st, unsigned i)
