@@ -1163,6 +1163,10 @@ static void *mc_alloc_lclass(unsigned c, size_t size, bool zero)
     uint64_t b = hd_cls_size(c);
     mc->tight = mc->tight > b ? mc->tight - b : 0;
     mc_chunk_trim(mc);
+#if HEAPD_DEBUG
+    char err[160];
+    HD_DEBUG_CHECK(pc_check(&mc->pc, err, sizeof err), "page cache: %s", err);
+#endif
     return p;
 }
 

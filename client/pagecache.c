@@ -7,7 +7,7 @@
 
 #include "errf.h"
 
-void pc_reset(hd_pagecache_t *pc) { pc->n = 0; }
+void pc_reset(hd_pagecache_t *pc) { pc->n = pc->nempty = 0; }
 
 /* Set (or clear) pages from .. from+n-1 of a 512-bit map. */
 static void pc_bits(uint64_t *m, unsigned from, unsigned n, bool set)
@@ -34,38 +34,62 @@ static bool pc_any(const uint64_t *m, unsigned from, unsigned n)
     return false;
 }
 
-/* The first run of n free pages in a chunk's map (first fit), or -1. */
-static int pc_find(const uint64_t *used, unsigned n)
+/* The first page >= p that is used (want_used) or free, or HD_CHUNK_PAGES. */
+static unsigned pc_next(const uint64_t *m, unsigned p, bool want_used)
 {
-    unsigned run = 0, start = 0;
-    for (unsigned p = 0; p < HD_CHUNK_PAGES;) {
-        unsigned b = p % 64, left = 64 - b;
-        uint64_t u = used[p / 64] >> b;          /* the pages from p to the end of the word */
-        if (u & 1) {                             /* used: skip the used run */
-            p += ~u ? (unsigned)__builtin_ctzll(~u) : left;
-            run = 0;
-            continue;
-        }
-        unsigned zeros = u ? (unsigned)__builtin_ctzll(u) : left;
-        if (run == 0)
-            start = p;
-        run += zeros;
-        p += zeros;
-        if (run >= n)
-            return (int)start;
+    while (p < HD_CHUNK_PAGES) {
+        unsigned w = p / 64;
+        uint64_t x = (want_used ? m[w] : ~m[w]) >> (p % 64);
+        if (x)
+            return p + (unsigned)__builtin_ctzll(x);
+        p = (w + 1) * 64;
     }
+    return HD_CHUNK_PAGES;
+}
+
+/* The last used page <= p, or -1. */
+static int pc_prev_used(const uint64_t *m, int p)
+{
+    while (p >= 0) {
+        unsigned w = (unsigned)p / 64, b = (unsigned)p % 64;
+        uint64_t x = m[w] & (b == 63 ? ~0ull : (1ull << (b + 1)) - 1);
+        if (x)
+            return (int)(w * 64 + 63 - (unsigned)__builtin_clzll(x));
+        p = (int)(w * 64) - 1;
+    }
+    return -1;
+}
+
+/* The first run of at least n free pages in a chunk's map (first fit), or
+ * -1 with *longest the longest run there is (so the caller's bound becomes
+ * exact when a look fails). */
+static int pc_scan(const uint64_t *used, unsigned n, unsigned *longest)
+{
+    unsigned best = 0;
+    for (unsigned p = pc_next(used, 0, false); p < HD_CHUNK_PAGES;) {
+        unsigned end = pc_next(used, p, true), len = end - p;
+        if (len >= n)
+            return (int)p;
+        best = len > best ? len : best;
+        p = end < HD_CHUNK_PAGES ? pc_next(used, end, false) : HD_CHUNK_PAGES;
+    }
+    *longest = best;
     return -1;
 }
 
 static unsigned pc_npages(unsigned c) { return hd_cls_npages(c); }
 
-/* The object at page i of ch (class ch->cls[i]) is free: its pages go back. */
-static void pc_unmap(pc_chunk_t *ch, unsigned i)
+/* The object at page i of ch (class ch->cls[i]) is free: its pages go back,
+ * joining the free runs on either side. */
+static void pc_unmap(hd_pagecache_t *pc, pc_chunk_t *ch, unsigned i)
 {
     unsigned n = pc_npages(ch->cls[i]);
     pc_bits(ch->used, i, n, false);
     ch->nfree = (uint16_t)(ch->nfree + n);
     ch->cls[i] = 0;
+    unsigned run = pc_next(ch->used, i + n, true) - (unsigned)(pc_prev_used(ch->used, (int)i - 1) + 1);
+    ch->maxrun = (uint16_t)(run > ch->maxrun ? run : ch->maxrun);
+    pc->nempty += ch->nfree == HD_CHUNK_PAGES;
 }
 
 /* Fold the FREED objects of ch (frees by other threads and processes):
@@ -73,7 +97,7 @@ static void pc_unmap(pc_chunk_t *ch, unsigned i)
  * before our reuse), then FREE with a plain store (only the owner writes a
  * FREED byte). Bytes that are not FREE are one per object start, so the
  * window masks leave a short loop. Returns the objects folded. */
-static unsigned pc_sweep(pc_chunk_t *ch)
+static unsigned pc_sweep(hd_pagecache_t *pc, pc_chunk_t *ch)
 {
     unsigned folded = 0;
     for (unsigned w = 0; w < PC_WORDS; w++) {
@@ -86,7 +110,7 @@ static unsigned pc_sweep(pc_chunk_t *ch)
             if ((b & 3u) != HD_OBJ_FREED)
                 continue;                        /* live (or a scribble: left alone) */
             if (ch->cls[i]) {
-                pc_unmap(ch, i);
+                pc_unmap(pc, ch, i);
                 folded++;
             }
             hd_obj_unfree(ws, k);                /* FREE; a FREED scribble where no object starts too */
@@ -99,7 +123,7 @@ static unsigned pc_sweep_all(hd_pagecache_t *pc)
 {
     unsigned n = 0;
     for (unsigned k = 0; k < pc->n; k++)
-        n += pc_sweep(&pc->ch[k]);
+        n += pc_sweep(pc, &pc->ch[k]);
     return n;
 }
 
@@ -109,11 +133,17 @@ void *pc_alloc(hd_pagecache_t *pc, unsigned c, size_t size, bool zero)
     for (int pass = 0; pass < 2; pass++) {
         for (unsigned k = 0; k < pc->n; k++) {
             pc_chunk_t *ch = &pc->ch[k];
+            unsigned longest;
             int i;
-            if (ch->nfree < n || (i = pc_find(ch->used, n)) < 0)
+            if (ch->maxrun < n)
                 continue;
+            if ((i = pc_scan(ch->used, n, &longest)) < 0) {
+                ch->maxrun = (uint16_t)longest;   /* exact now: the next look skips it */
+                continue;
+            }
+            pc->nempty -= ch->nfree == HD_CHUNK_PAGES;
             pc_bits(ch->used, (unsigned)i, n, true);
-            ch->nfree = (uint16_t)(ch->nfree - n);
+            ch->nfree = (uint16_t)(ch->nfree - n);   /* maxrun stays a bound: a look that fails fixes it */
             ch->cls[i] = (uint8_t)c;
             void *p = (void *)(ch->base + (uintptr_t)i * HD_PAGE_SIZE);
             if (zero && pc_any(ch->dirty, (unsigned)i, n))
@@ -141,7 +171,8 @@ bool pc_add(hd_pagecache_t *pc, const hd_seg_t *seg, uint32_t id, bool needzero)
     pc->n++;
     pc_chunk_t *ch = &pc->ch[k];
     ch->id = id;
-    ch->nfree = HD_CHUNK_PAGES;
+    ch->nfree = ch->maxrun = HD_CHUNK_PAGES;
+    pc->nempty++;
     ch->base = hd_page_addr(seg, id);
     ch->st = hd_states_of(seg, id, HD_CHUNK_CLASS);
     memset(ch->used, 0, sizeof ch->used);
@@ -153,6 +184,7 @@ bool pc_add(hd_pagecache_t *pc, const hd_seg_t *seg, uint32_t id, bool needzero)
 static uint32_t pc_remove(hd_pagecache_t *pc, unsigned k)
 {
     uint32_t id = pc->ch[k].id;
+    pc->nempty -= pc->ch[k].nfree == HD_CHUNK_PAGES;
     memmove(&pc->ch[k], &pc->ch[k + 1], (pc->n - k - 1) * sizeof pc->ch[0]);
     pc->n--;
     return id;
@@ -172,16 +204,22 @@ uint32_t pc_evict(hd_pagecache_t *pc)
 enum hd_free_result pc_free(hd_pagecache_t *pc, uint32_t id, hd_ostate_t *st, unsigned i, unsigned *cls)
 {
     pc_chunk_t *ch = NULL;
-    for (unsigned k = 0; k < pc->n && !ch; k++)
-        if (pc->ch[k].id == id)
-            ch = &pc->ch[k];
+    for (unsigned lo = 0, hi = pc->n; lo < hi && !ch;) {     /* sorted by id */
+        unsigned mid = (lo + hi) / 2;
+        if (pc->ch[mid].id == id)
+            ch = &pc->ch[mid];
+        else if (pc->ch[mid].id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     if (!ch || i >= HD_CHUNK_PAGES || !ch->cls[i])
         return HD_FREE_REMOTE;
     unsigned c = ch->cls[i];
     enum hd_free_result r = hd_chunk_free_owner(st, i, c);
     if (r != HD_FREE_OK)
         return r;
-    pc_unmap(ch, i);
+    pc_unmap(pc, ch, i);
     *cls = c;
     return HD_FREE_OK;
 }
@@ -190,12 +228,10 @@ unsigned pc_take_empty(hd_pagecache_t *pc, unsigned keep, bool sweep, uint32_t *
 {
     if (sweep)
         pc_sweep_all(pc);
-    unsigned empty = 0, n = 0;
-    for (unsigned k = 0; k < pc->n; k++)
-        empty += pc->ch[k].nfree == HD_CHUNK_PAGES;
+    unsigned empty = pc->nempty, n = 0;
     for (unsigned k = pc->n; k-- > 0 && empty > keep;)
         if (pc->ch[k].nfree == HD_CHUNK_PAGES) {
-            ids[n++] = pc_remove(pc, k);
+            ids[n++] = pc_remove(pc, k);    /* (pc_remove counts it out of nempty) */
             empty--;
         }
     return n;
@@ -206,17 +242,11 @@ unsigned pc_take_all(hd_pagecache_t *pc, uint32_t *ids)
     unsigned n = pc->n;
     for (unsigned k = 0; k < n; k++)
         ids[k] = pc->ch[k].id;
-    pc->n = 0;
+    pc->n = pc->nempty = 0;
     return n;
 }
 
-unsigned pc_empty(const hd_pagecache_t *pc)
-{
-    unsigned n = 0;
-    for (unsigned k = 0; k < pc->n; k++)
-        n += pc->ch[k].nfree == HD_CHUNK_PAGES;
-    return n;
-}
+unsigned pc_empty(const hd_pagecache_t *pc) { return pc->nempty; }
 
 uint64_t pc_free_pages(const hd_pagecache_t *pc)
 {
@@ -232,6 +262,7 @@ bool pc_check(const hd_pagecache_t *pc, char *err, size_t errlen)
 {
     if (pc->n > PC_MAX_CHUNKS)
         return bad("%u chunks", pc->n);
+    unsigned empty = 0;
     for (unsigned k = 0; k < pc->n; k++) {
         const pc_chunk_t *ch = &pc->ch[k];
         if (k && ch->id <= pc->ch[k - 1].id)
@@ -253,6 +284,13 @@ bool pc_check(const hd_pagecache_t *pc, char *err, size_t errlen)
             return bad("span %u: used map differs from its objects", ch->id);
         if (ch->nfree != HD_CHUNK_PAGES - nused)
             return bad("span %u: nfree %u, %u pages used", ch->id, ch->nfree, nused);
+        unsigned longest;
+        pc_scan(used, HD_CHUNK_PAGES + 1, &longest);
+        if (ch->maxrun < longest)
+            return bad("span %u: maxrun %u below the longest free run, %u", ch->id, ch->maxrun, longest);
+        empty += nused == 0;
     }
+    if (empty != pc->nempty)
+        return bad("%u wholly free chunks, nempty %u", empty, pc->nempty);
     return true;
 }

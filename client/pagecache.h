@@ -12,8 +12,9 @@
  *  - chunks are sorted by span id (address order) and distinct;
  *  - for each chunk, the `used` bits are exactly the pages of the objects
  *    `cls` records (an object of class c at page i uses pages i ..
- *    i + npages(c) - 1, inside the chunk, overlapping no other), and nfree
- *    counts the pages that are not used;
+ *    i + npages(c) - 1, inside the chunk, overlapping no other), nfree
+ *    counts the pages that are not used and maxrun is at least the longest
+ *    run of them; nempty counts the chunks with every page free;
  *  - every object recorded is ALLOCATED or FREED in the shared bytes, unless
  *    a process scribbled on them: the map, never the bytes, says where
  *    objects are, so a scribble can leak pages of this chunk but never make
@@ -40,6 +41,8 @@
 typedef struct pc_chunk {
     uint32_t id;                        /* its span id */
     uint16_t nfree;                     /* pages no object uses */
+    uint16_t maxrun;                    /* at least the longest run of them: a chunk whose bound is
+                                           below a request is skipped without a look */
     uintptr_t base;                     /* address of page 0 */
     hd_ostate_t *st;                    /* its state bytes */
     uint64_t used[PC_WORDS];            /* pages objects use */
@@ -50,6 +53,7 @@ typedef struct pc_chunk {
 typedef struct hd_pagecache {
     pc_chunk_t ch[PC_MAX_CHUNKS];
     unsigned n;
+    unsigned nempty;                    /* chunks with nfree == HD_CHUNK_PAGES */
 } hd_pagecache_t;
 
 void pc_reset(hd_pagecache_t *pc);
