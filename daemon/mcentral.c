@@ -135,8 +135,8 @@ int64_t mcentral_alloc_span(mcentral_t *c, uint64_t npages, unsigned sizeclass, 
         return -EINVAL;
     int64_t id = mheap_alloc_span(c->h, npages, sizeclass, owner, align_pages);
     if (id == -ENOMEM && c->h->hdr->spans_central != 0) {
-        /* Frees from any process may have emptied CENTRAL spans (a large-class
-         * span whose one object was freed is the common case): sweep them all,
+        /* Frees from any process may have emptied CENTRAL spans (a chunk
+         * whose last object was freed is the common case): sweep them all,
          * give the empty ones back, and try once more. */
         uint64_t freed = c->bg_freed;
         mcentral_sweep_all(c);

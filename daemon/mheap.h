@@ -83,8 +83,9 @@ typedef struct mheap {
 int mheap_init(mheap_t *h, seg_t *seg);
 void mheap_destroy(mheap_t *h);
 
-/* Allocate a span of npages pages. sizeclass 1..87 makes a small or
- * large-class span (npages must be the class's), CACHED by owner; sizeclass 0 a large one, LARGE with
+/* Allocate a span of npages pages. sizeclass 1..67 or 88 makes a small span
+ * or a page chunk (npages must be the class's), CACHED by owner; sizeclass 0
+ * a large one, LARGE with
  * owner the allocating client. align_pages 0/1: page aligned, else a power of
  * two: the span's address is a multiple of align_pages*8192. Returns the span
  * id, -ENOMEM (no room, or no backing store: nothing changed) or -EINVAL. */

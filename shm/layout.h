@@ -101,7 +101,7 @@
 #define HD_LAYOUT_VERSION   6u                      /* 2: client stats slots; 3: object state bytes;
                                                        4: roots directory; 5: large classes, refill
                                                        waits in the stats slot; 6: page chunks */
-#define HD_PROTO_VERSION    4u                      /* 2: RootUpdate; 3: Refill of large classes 68..87;
+#define HD_PROTO_VERSION    5u                      /* 2: RootUpdate; 3: Refill of large classes 68..87;
                                                        4: families (ForkBegin/ForkDone, full reclaim);
                                                        5: Refill of page chunks (88), not of 68..87 */
 #define HD_DEFAULT_BASE     0x200000000000ull       /* 32 TiB: far above brk, below mmap_base */

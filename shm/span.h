@@ -533,7 +533,7 @@ static inline unsigned hd_chunk_sweep(hd_ostate_t *st)
 typedef enum hd_free_result (*hd_free_local_fn)(uint32_t id, hd_ostate_t *st, unsigned i, unsigned *cls);
 
 /* The free path for any pointer, from any process. Small objects and
- * objects of large classes (one per span) are freed here; LARGE spans are
+ * large-class objects (in page chunks) are freed here; LARGE spans are
  * reported as HD_FREE_LARGE for the caller's RPC. *idp gets the span id when
  * one was found. On HD_FREE_OK, *cls gets the size class of the object that
  * became FREED or FREE (for memstats), or 0 when none was freed: a tiny
@@ -589,7 +589,7 @@ static inline enum hd_free_result hd_free_by(const hd_seg_t *s, void *p, uint32_
 
 /* hd_free_by for a caller that wants its common path free of calls (the
  * client's heapd_free): an object the owner-local hook would take (a
- * large-class object of a span CACHED by me) is left alone and reported as
+ * large-class object of a chunk CACHED by me) is left alone and reported as
  * HD_FREE_REMOTE, and the caller frees it with hd_free_by and its hook. */
 static inline enum hd_free_result hd_free_by_deferred(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls,
                                                       uint32_t me)
