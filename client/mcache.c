@@ -86,10 +86,10 @@
  * (docs/performance.md: buffer-pool pages in spans / live). Wholly free
  * chunks go back by low-water decay (mc_chunk_trim), and after a Flush from
  * the daemon (a limit is near) for MC_LARGE_TIGHT_FOR bytes of large-class
- * allocation none is kept. A
+ * allocation none is kept and no new chunk is taken: a request no chunk has
+ * room for is one AllocLarge round trip of its class's pages, as is one whose
  * chunk the daemon refuses (ENOMEM: a hard limit or quota with less than
- * 4 MiB of room) leaves the request to one AllocLarge round trip of its
- * class's pages. A thread with PC_MAX_CHUNKS chunks gives back the fullest
+ * 4 MiB of room). A thread with PC_MAX_CHUNKS chunks gives back the fullest
  * one (its live objects stay valid: the daemon keeps it until they are
  * freed) before it takes another.
  * Objects are counted one by one (st_counts small_allocs[c] at allocation,
@@ -1138,6 +1138,8 @@ static void *mc_chunk_refill(hd_mcache_t *mc, unsigned c, size_t size, bool zero
                     return p;
                 continue;
             }
+            if (errno == EAGAIN)
+                errno = ENOMEM;      /* near the soft limit: no chunk, the caller's round trip */
             return NULL;
         }
         if (n != 1 || !mc_span_ok(id, HD_CHUNK_CLASS) ||
@@ -1149,16 +1151,9 @@ static void *mc_chunk_refill(hd_mcache_t *mc, unsigned c, size_t size, bool zero
     }
 }
 
-/* An object of large class c, from the thread's chunks. */
-static void *mc_alloc_lclass(unsigned c, size_t size, bool zero)
+/* Object p of large class c came from the thread's chunks: count it. */
+static void *mc_lclass_done(hd_mcache_t *mc, unsigned c, void *p)
 {
-    hd_mcache_t *mc = mc_get();
-    if (!mc)
-        return NULL;
-    mc_check_stale(mc);
-    void *p = pc_alloc(&mc->pc, c, size, zero);
-    if (!p && !(p = mc_chunk_refill(mc, c, size, zero)))
-        return NULL;
     st_bump(&mc->st.cur.small_allocs[c], 1);
     uint64_t b = hd_cls_size(c);
     mc->tight = mc->tight > b ? mc->tight - b : 0;
@@ -1170,6 +1165,33 @@ static void *mc_alloc_lclass(unsigned c, size_t size, bool zero)
     return p;
 }
 
+/* An object of large class c, from the thread's chunks. NULL with
+ * *round_trip set: the caller takes one AllocLarge of the class's pages
+ * instead, because no chunk fits a limit or quota (ENOMEM), or because a
+ * limit is near (tight) and no chunk has room: a new 4 MiB chunk for one
+ * object would commit up to 4 MiB the limit has no room for, one AllocLarge
+ * commits the object's pages (itest "soft limit respected": 18.7 MiB
+ * committed under a 16 MiB limit with a chunk, 16.x with this). */
+static void *mc_alloc_lclass(unsigned c, size_t size, bool zero, bool *round_trip)
+{
+    hd_mcache_t *mc = mc_get();
+    if (!mc)
+        return NULL;
+    mc_check_stale(mc);
+    uint64_t b = hd_cls_size(c);
+    void *p = pc_alloc(&mc->pc, c, size, zero);
+    if (!p && mc->tight) {
+        mc->tight = mc->tight > b ? mc->tight - b : 0;
+        *round_trip = true;
+        return NULL;
+    }
+    if (!p && !(p = mc_chunk_refill(mc, c, size, zero))) {
+        *round_trip = errno == ENOMEM;
+        return NULL;
+    }
+    return mc_lclass_done(mc, c, p);
+}
+
 void *mc_alloc_large(size_t size, size_t align, bool zero)
 {
     int st = atomic_load(&hdc_state);
@@ -1179,10 +1201,11 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
     }
     unsigned c = align <= HD_PAGE_SIZE ? hd_large_to_class(size) : 0;
     if (c) {                         /* a large class: from the thread's chunks */
-        void *p = mc_alloc_lclass(c, size, zero);
-        if (p || errno != ENOMEM)
+        bool round_trip = false;
+        void *p = mc_alloc_lclass(c, size, zero, &round_trip);
+        if (p || !round_trip)
             return p;
-        size = hd_cls_size(c);       /* no room for a chunk: one round trip for its pages */
+        size = hd_cls_size(c);       /* one round trip for its class's pages instead */
     }
     uint64_t pages = size / HD_PAGE_SIZE + (size % HD_PAGE_SIZE != 0);
     if (pages > hdc_seg.npages) {
@@ -1196,8 +1219,18 @@ void *mc_alloc_large(size_t size, size_t align, bool zero)
     int rc = tp_alloc_large(pages, align_pages, zero, &id);
     if (rc < 0) {
         hd_mcache_t *mc = mc_tls;
-        if (errno == ENOMEM && mc_enomem_retry(mc && mc->epoch == atomic_load(&hdc_epoch) ? mc : NULL, pgen, fgen))
+        if (mc && mc->epoch != atomic_load(&hdc_epoch))
+            mc = NULL;
+        if (errno == ENOMEM && mc_enomem_retry(mc, pgen, fgen)) {
+            /* a large class: the pressure callback may have freed objects
+             * of our chunks (another thread's frees: FREED, swept here) */
+            void *q = c && mc ? pc_alloc(&mc->pc, c, size, zero) : NULL;
+            if (q) {
+                mc_count_wait(mc, mc_now_ns() - t0);
+                return mc_lclass_done(mc, c, q);
+            }
             rc = tp_alloc_large(pages, align_pages, zero, &id);
+        }
     }
     int e = errno;
     hd_mcache_t *mc = mc_get();

@@ -258,6 +258,12 @@ static bool make_room(daemon_t *d, uint64_t need, uint64_t limit)
     return limits_committed(d) + need <= limit;
 }
 
+bool limits_chunk_fits(daemon_t *d)
+{
+    limits_t *s = &d->lim;
+    return !s->soft_limit || make_room(d, span_need(HD_CHUNK_PAGES), s->soft_limit);
+}
+
 static int hook_admit(void *ctx, uint64_t npages, uint32_t owner)
 {
     daemon_t *d = ctx;

@@ -155,6 +155,12 @@ static enum rpc_verdict on_refill(daemon_t *d, client_t *c, uint64_t seq, const 
                     r->sizeclass, r->count, HD_FIRST_LARGE_CLASS - 1, HD_CHUNK_CLASS, HD_MAX_BATCH);
         return RPC_OK;
     }
+    if (r->sizeclass == HD_CHUNK_CLASS && !limits_chunk_fits(d)) {
+        /* not an allocation refused: the client allocates one object per
+         * AllocLarge instead (client/mcache.c) */
+        reply_error(out, seq, EAGAIN, "near the soft limit: no page chunk, allocate large-class objects one by one");
+        return RPC_OK;
+    }
     uint32_t ids[HD_MAX_BATCH];
     size_t n = 0;
     while (n < r->count) {
