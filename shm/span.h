@@ -462,23 +462,33 @@ static inline void hd_chunk_alloc(hd_ostate_t *st, unsigned i, unsigned c)
     atomic_store_explicit(&st[i], hd_chunk_byte(c, HD_OBJ_ALLOCATED), memory_order_release);
 }
 
-/* Free the object starting at page i: ALLOCATED -> to (FREED: anyone; FREE:
- * the owner). One CAS from the byte just read, so check and set are one
+/* Free the object starting at page i, whose byte read b: ALLOCATED -> to
+ * (FREED: anyone; FREE: the owner). One CAS from b, so check and set are one
  * step (a second free sees FREED or FREE); acq_rel as in hd_obj_free. *cls
- * gets the class the byte named. */
+ * gets the class b named. A CAS that fails found the byte changed since b was
+ * read: the object b named was freed by another free meanwhile, so this is a
+ * double free, reported and not retried on what the byte says now: that may
+ * be an object allocated since, of another class, and a free must never free
+ * an object allocated after it began (a retry did: tests/test_span.c, "chunk
+ * bytes"). Reuse by the same class between the read and the CAS is the one
+ * case no byte can tell: the free then frees the new object, as a free issued
+ * at its CAS would. */
+static inline enum hd_free_result hd_chunk_free_from(hd_ostate_t *st, unsigned i, uint8_t b, uint8_t to, unsigned *cls)
+{
+    unsigned c = hd_chunk_cls(b);
+    if (!c || (b & 3u) != HD_OBJ_ALLOCATED)
+        return c && (b & 3u) == HD_OBJ_FREED ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
+    uint8_t want = b, set = to == HD_OBJ_FREE ? 0 : (uint8_t)((b & ~3u) | to);
+    if (!atomic_compare_exchange_strong_explicit(&st[i], &want, set, memory_order_acq_rel, memory_order_relaxed))
+        return HD_FREE_DOUBLE;
+    *cls = c;
+    return HD_FREE_OK;
+}
+
+/* hd_chunk_free_from of the byte as it is now. */
 static inline enum hd_free_result hd_chunk_free_to(hd_ostate_t *st, unsigned i, uint8_t to, unsigned *cls)
 {
-    uint8_t b = atomic_load_explicit(&st[i], memory_order_relaxed);
-    for (;;) {
-        unsigned c = hd_chunk_cls(b);
-        if (!c || (b & 3u) != HD_OBJ_ALLOCATED)
-            return c && (b & 3u) == HD_OBJ_FREED ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
-        if (atomic_compare_exchange_weak_explicit(&st[i], &b, to == HD_OBJ_FREE ? 0 : (uint8_t)((b & ~3u) | to),
-                                                  memory_order_acq_rel, memory_order_relaxed)) {
-            *cls = c;
-            return HD_FREE_OK;
-        }
-    }
+    return hd_chunk_free_from(st, i, hd_obj_state(st, i), to, cls);
 }
 
 /* Owner only: free its own object of class c at page i (its map says one

@@ -884,6 +884,388 @@ static void test_tiny_interleavings(void)
     CU_ASSERT_EQUAL(bad, 0);
 }
 
+/* ---- every interleaving of a page chunk's owner and remote frees (issue 9) -------------
+ *
+ * A large-class object's first-page byte in a page chunk (shm/span.h "page
+ * chunks") is written by the thread caching the chunk, its owner (allocate:
+ * release store of ALLOCATED|class; free its own object: one CAS from
+ * ALLOCATED|class to FREE; sweep: acquire load, and a plain store of FREE if
+ * FREED), and by any other thread or process (free: a load, then a CAS from
+ * the byte it read to FREED|class). This scheduler runs, in every order of
+ * their atomic steps on the byte of page i (the owner's private map changes
+ * with them, as client/pagecache.c keeps it):
+ *   owner: allocate A (class c1) at page i (pc_alloc: hd_chunk_alloc); free A
+ *          itself (pc_free's CAS) or not; allocate B (class c2 != c1) as
+ *          pc_alloc does: at page i at once if its map has the pages back,
+ *          else after pc_sweep (the window's FREE mask, the acquire load of
+ *          the byte, the store of FREE if FREED) if that gave them back, else
+ *          elsewhere (B never at page i); then free B itself or not;
+ *   free j: a remote free of A or of B, from when that allocation was made
+ *          (a program frees what it was given): hd_obj_state, then
+ *          hd_chunk_free_from (hd_chunk_free_to is those two); two frees of
+ *          one allocation, or one with the owner's free of it, are a double
+ *          free.
+ * Ghost fields record which allocation each free meant, which it freed, and
+ * whose pages the owner's map holds. In every schedule:
+ *  P1 a free frees only an allocation made before its first step (a double
+ *     free of A issued after B took the page frees B, as a free of B would:
+ *     no allocator without generations can tell them apart);
+ *  P2 every allocation is freed at most once and its pages go back to the
+ *     owner's map at most once; of the frees issued while an allocation is
+ *     the page's newest (its own, and double frees of A after reuse), if one
+ *     meant it, exactly one frees it and the others report HD_FREE_DOUBLE or
+ *     HD_FREE_NOT_LIVE;
+ *  P3 a successful free reports the class of the allocation it freed;
+ *  P4 the owner takes page i again only with its byte FREE and nothing live
+ *     there, its map gives back only a freed allocation's pages, and at the
+ *     end its map names the class the byte names; after its sweep the byte is
+ *     FREE iff no allocation at page i is live, the map holds exactly the
+ *     live allocation, and the pages of every freed one came back; the
+ *     daemon's sweep of the chunk (hd_chunk_sweep, once no client has it)
+ *     counts it live iff an allocation is.
+ * c2 != c1 on purpose: reuse by the same class between a free's load and
+ * its CAS is the one case no byte can tell (span.h hd_chunk_free_from). The
+ * remote free is run a second time as its first version (until this
+ * scheduler found it): after a failed CAS it retried on the byte the CAS
+ * read. Then a free of A that loaded A's byte, lost it to the owner's free
+ * or to another free and the sweep, and retried after B took the page,
+ * freed B, made after it began (P1). The explorer must find that order. */
+
+#define CB_PAGE 5u                                  /* page i: in window 0, not its first byte */
+#define CB_C1 HD_FIRST_LARGE_CLASS
+#define CB_C2 (HD_FIRST_LARGE_CLASS + HD_NUM_LARGE_CLASSES - 1u)
+#define CB_MAX_STEPS 32                            /* the longest schedule has 12 */
+
+enum { CB_A = 1, CB_B = 2 };                        /* the allocations at page i; 0: none */
+enum { CB_OWN_A = 2, CB_OWN_B = 3 };                /* frees 0, 1: remote; 2, 3: the owner's of A, B */
+enum { OW_ALLOC_A, OW_FREE_A, OW_ALLOC_B, OW_MASK, OW_LOAD, OW_STORE, OW_ALLOC_B2, OW_FREE_B, OW_DONE };
+
+typedef struct cb_scen {
+    bool own_a, own_b;              /* the owner frees A / B itself */
+    int target[2];                  /* the allocation remote free j frees, 0: no free j */
+    bool retry;                     /* the remote free's first version: retry after a failed CAS */
+} cb_scen_t;
+
+typedef struct cb_world {
+    uint8_t byte;                   /* page i's byte, copied in and out of cb_st around each step */
+    unsigned opc;                   /* the owner's next step (OW_*) */
+    uint8_t map_cls;                /* pagecache.c ch->cls[i]: the class whose pages the map holds, 0: free */
+    int map_alloc;                  /* ghost: the allocation those pages are */
+    uint8_t seen;                   /* pc_sweep: the byte its acquire load read */
+    bool folded;                    /* pc_sweep gave page i's pages back (pc_alloc tries again) */
+    unsigned rpc[2];                /* remote free j: 0 load, 1 CAS, 2 done */
+    uint8_t b[2];                   /* ...the byte it read (hd_chunk_free_to's b) */
+    unsigned clock;                 /* steps taken */
+    int live;                       /* ghost: the allocation live at page i, 0: none */
+    unsigned alloc_at[3];           /* allocation a: the step of its store, 0: not at page i (yet) */
+    unsigned frees_of[3], backs_of[3];  /* successful frees of allocation a; its pages back in the map */
+    unsigned issued[4];             /* free f: its first step, 0: not issued */
+    int meant[4], freed[4], result[4];  /* ...the allocation it meant, the one it freed, its result (-1: none) */
+    uint8_t trace[CB_MAX_STEPS];    /* who ran each step: 0 owner, 1/2 remote free 1/2 */
+    char why[200];                  /* the first broken rule, "" when none */
+} cb_world_t;
+
+typedef struct cb_stats {
+    unsigned long schedules, failed;
+    char first[400];                /* the first failing schedule */
+} cb_stats_t;
+
+static _Alignas(64) hd_ostate_t cb_st[HD_CHUNK_PAGES];    /* the chunk's bytes: all FREE but page i */
+static const unsigned cb_cls[3] = {0, CB_C1, CB_C2};
+
+#define CB_FAIL(w, ...) do { if (!(w)->why[0]) snprintf((w)->why, sizeof (w)->why, __VA_ARGS__); } while (0)
+
+static char cb_name(int a) { return "-AB"[a]; }
+static const char *const cb_free_name[4] = {"remote free 1", "remote free 2", "the owner's free of A",
+                                            "the owner's free of B"};
+
+/* Free f's CAS took the byte from ALLOCATED: which allocation did it free? */
+static void cb_freed(cb_world_t *w, unsigned f, unsigned cls)
+{
+    int a = w->live;
+    w->result[f] = HD_FREE_OK;
+    w->freed[f] = a;
+    if (!a) {
+        CB_FAIL(w, "P2: %s succeeded with nothing live at page i", cb_free_name[f]);
+        return;
+    }
+    if (w->alloc_at[a] >= w->issued[f])
+        CB_FAIL(w, "P1: %s (meant %c, issued at step %u) freed %c, made at step %u", cb_free_name[f],
+                cb_name(w->meant[f]), w->issued[f], cb_name(a), w->alloc_at[a]);
+    if (cls != cb_cls[a])
+        CB_FAIL(w, "P3: %s reported class %u, %c was allocated as %u", cb_free_name[f], cls, cb_name(a), cb_cls[a]);
+    if (++w->frees_of[a] > 1)
+        CB_FAIL(w, "P2: allocation %c freed twice (%s)", cb_name(a), cb_free_name[f]);
+    w->live = 0;
+}
+
+/* pagecache.c pc_unmap: the map takes page i's pages back. */
+static void cb_unmap(cb_world_t *w)
+{
+    int a = w->map_alloc;
+    if (a == w->live)
+        CB_FAIL(w, "P4: the map took back the pages of live allocation %c", cb_name(a));
+    if (++w->backs_of[a] > 1)
+        CB_FAIL(w, "P2: the pages of allocation %c came back twice", cb_name(a));
+    w->map_cls = 0;
+    w->map_alloc = 0;
+}
+
+/* pc_alloc once pc_find found page i in the map: take the pages, then
+ * hd_chunk_alloc (the one atomic step). */
+static void cb_alloc(cb_world_t *w, int a)
+{
+    if (w->live || w->byte != HD_OBJ_FREE || w->map_cls)
+        CB_FAIL(w, "P4: page i taken for %c with %c live, byte %#x, map class %u", cb_name(a), cb_name(w->live),
+                w->byte, w->map_cls);
+    w->map_cls = (uint8_t)cb_cls[a];
+    w->map_alloc = a;
+    hd_chunk_alloc(cb_st, CB_PAGE, cb_cls[a]);
+    w->alloc_at[a] = w->clock;
+    w->live = a;
+}
+
+/* pc_free of the object at page i (the owner's free f): the class from the
+ * map, then one CAS from ALLOCATED of that class to FREE (pagecache.c, the
+ * CAS after "a CAS, not a store"); on success the pages go back. */
+static void cb_own_free(cb_world_t *w, unsigned f, int a)
+{
+    w->issued[f] = w->clock;
+    w->meant[f] = a;
+    unsigned c = w->map_cls;
+    if (!c) {                                       /* pc_free would return HD_FREE_REMOTE: not in this program */
+        CB_FAIL(w, "the owner's free of %c found no class in its map", cb_name(a));
+        return;
+    }
+    uint8_t want = hd_chunk_byte(c, HD_OBJ_ALLOCATED);
+    if (atomic_compare_exchange_strong_explicit(&cb_st[CB_PAGE], &want, HD_OBJ_FREE, memory_order_acq_rel,
+                                                memory_order_relaxed)) {
+        cb_freed(w, f, c);
+        cb_unmap(w);
+    } else {
+        w->result[f] = want == hd_chunk_byte(c, HD_OBJ_FREED) ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
+    }
+}
+
+/* pc_sweep of page i after its mask said the byte is not FREE: the acquire
+ * load (hd_obj_state_acquire), and then, if it read FREED, pc_unmap and the
+ * store of FREE (hd_obj_unfree): two steps, the second only if FREED. */
+static bool cb_sweep_store(cb_world_t *w)
+{
+    if ((w->seen & 3u) != HD_OBJ_FREED)
+        return false;
+    if (w->map_cls) {
+        cb_unmap(w);
+        w->folded = true;
+    }
+    hd_obj_unfree(cb_st, CB_PAGE);
+    return true;
+}
+
+/* One step of the owner: its private work up to and with its next atomic
+ * operation on the byte; false when none is left. */
+static bool cb_owner(cb_world_t *w, const cb_scen_t *sc)
+{
+    for (;;) {
+        switch (w->opc) {
+        case OW_ALLOC_A:
+            cb_alloc(w, CB_A);
+            w->opc = sc->own_a ? OW_FREE_A : OW_ALLOC_B;
+            return true;
+        case OW_FREE_A:
+            cb_own_free(w, CB_OWN_A, CB_A);
+            w->opc = OW_ALLOC_B;
+            return true;
+        case OW_ALLOC_B:                            /* pc_alloc, pass 0 */
+            if (!w->map_cls) {
+                cb_alloc(w, CB_B);
+                w->opc = sc->own_b ? OW_FREE_B : OW_DONE;
+                return true;
+            }
+            w->opc = OW_MASK;                       /* no room: pc_sweep_all (ch->used has page i) */
+            continue;
+        case OW_MASK:                               /* pc_sweep: the window's mask */
+            w->opc = ~hd_states_free_mask(cb_st, 0) >> CB_PAGE & 1 ? OW_LOAD : OW_ALLOC_B2;
+            return true;
+        case OW_LOAD:
+            w->seen = hd_obj_state_acquire(cb_st, CB_PAGE);
+            w->opc = (w->seen & 3u) == HD_OBJ_FREED ? OW_STORE : OW_ALLOC_B2;
+            return true;
+        case OW_STORE:
+            cb_sweep_store(w);
+            w->opc = OW_ALLOC_B2;
+            return true;
+        case OW_ALLOC_B2:                           /* pass 1, if the sweep folded anything */
+            if (w->folded && !w->map_cls) {
+                cb_alloc(w, CB_B);
+                w->opc = sc->own_b ? OW_FREE_B : OW_DONE;
+                return true;
+            }
+            w->opc = OW_DONE;                       /* B goes to another chunk */
+            continue;
+        case OW_FREE_B:
+            cb_own_free(w, CB_OWN_B, CB_B);
+            w->opc = OW_DONE;
+            return true;
+        default:
+            return false;
+        }
+    }
+}
+
+/* The result of a remote free j's CAS (or of its load, when the byte it read
+ * was not ALLOCATED and no CAS follows). */
+static void cb_remote_result(cb_world_t *w, unsigned j, enum hd_free_result r, unsigned c)
+{
+    w->rpc[j] = 2;
+    if (r == HD_FREE_OK)
+        cb_freed(w, j, c);
+    else
+        w->result[j] = r;
+}
+
+/* One step of remote free j; false when it cannot run (done, or its
+ * allocation was not made yet at page i). */
+static bool cb_remote(cb_world_t *w, const cb_scen_t *sc, unsigned j)
+{
+    int a = sc->target[j];
+    if (!a || w->rpc[j] == 2 || !w->alloc_at[a])
+        return false;
+    unsigned c = 0;
+    if (w->rpc[j] == 0) {                           /* hd_chunk_free_to: hd_obj_state */
+        w->issued[j] = w->clock;
+        w->meant[j] = a;
+        w->b[j] = hd_obj_state(cb_st, CB_PAGE);
+        w->rpc[j] = 1;
+    } else if (!sc->retry) {                        /* ...then hd_chunk_free_from: its CAS */
+        enum hd_free_result r = hd_chunk_free_from(cb_st, CB_PAGE, w->b[j], HD_OBJ_FREED, &c);
+        cb_remote_result(w, j, r, c);
+        return true;
+    } else {                                        /* the first version's CAS; on failure b is what it read */
+        uint8_t b = w->b[j];
+        if (atomic_compare_exchange_strong_explicit(&cb_st[CB_PAGE], &w->b[j], (uint8_t)((b & ~3u) | HD_OBJ_FREED),
+                                                    memory_order_acq_rel, memory_order_relaxed)) {
+            cb_remote_result(w, j, HD_FREE_OK, hd_chunk_cls(b));
+            return true;
+        }
+    }
+    uint8_t b = w->b[j];                            /* no CAS to come: the free returns without one */
+    if (!hd_chunk_cls(b) || (b & 3u) != HD_OBJ_ALLOCATED) {
+        enum hd_free_result r = hd_chunk_free_from(cb_st, CB_PAGE, b, HD_OBJ_FREED, &c);
+        cb_remote_result(w, j, r, c);
+    }
+    return true;
+}
+
+static void cb_finish(cb_world_t *w, const cb_scen_t *sc, cb_stats_t *out)
+{
+    /* P2: the frees issued while allocation a was the page's newest: those
+     * of a, and double frees of an older one (after reuse, P1). If one of
+     * them meant a, exactly one freed a; all others report a bad free. */
+    for (int a = CB_A; a <= CB_B; a++) {
+        unsigned next = a == CB_A && w->alloc_at[CB_B] ? w->alloc_at[CB_B] : UINT32_MAX, mine = 0, ok = 0;
+        if (!w->alloc_at[a])
+            continue;
+        for (unsigned f = 0; f < 4; f++) {
+            if (!w->issued[f] || w->issued[f] < w->alloc_at[a] || w->issued[f] >= next || w->meant[f] > a)
+                continue;
+            mine += w->meant[f] == a;
+            if (w->result[f] == HD_FREE_OK)
+                ok += w->freed[f] == a;
+            else if (w->result[f] != HD_FREE_DOUBLE && w->result[f] != HD_FREE_NOT_LIVE)
+                CB_FAIL(w, "P2: %s returned %d", cb_free_name[f], w->result[f]);
+        }
+        if (mine && ok != 1)
+            CB_FAIL(w, "P2: %u frees freed allocation %c, %u meant it", ok, cb_name(a), mine);
+    }
+    uint8_t end = w->byte;                          /* P4: the map and the byte agree at quiescence */
+    if (w->map_cls ? hd_chunk_cls(end) != w->map_cls : end != HD_OBJ_FREE)
+        CB_FAIL(w, "P4: map class %u, byte %#x", w->map_cls, end);
+    atomic_store(&cb_st[CB_PAGE], end);             /* the owner's sweep (pc_sweep), its steps in a row */
+    if (w->map_cls && ~hd_states_free_mask(cb_st, 0) >> CB_PAGE & 1) {
+        w->seen = hd_obj_state_acquire(cb_st, CB_PAGE);
+        cb_sweep_store(w);
+    }
+    uint8_t now = hd_obj_state(cb_st, CB_PAGE);
+    int live = w->live;
+    if ((now == HD_OBJ_FREE) != !live || (live && now != hd_chunk_byte(cb_cls[live], HD_OBJ_ALLOCATED)))
+        CB_FAIL(w, "P4: after the sweep the byte is %#x with %c live", now, cb_name(live));
+    if (w->map_alloc != live)
+        CB_FAIL(w, "P4: after the sweep the map holds %c with %c live", cb_name(w->map_alloc), cb_name(live));
+    for (int a = CB_A; a <= CB_B; a++)
+        if (w->alloc_at[a] && a != live && (w->frees_of[a] != 1 || w->backs_of[a] != 1))
+            CB_FAIL(w, "P2: allocation %c freed %u times, its pages back %u times", cb_name(a), w->frees_of[a],
+                    w->backs_of[a]);
+    atomic_store(&cb_st[CB_PAGE], end);             /* or the owner lets the chunk go: the daemon sweeps it */
+    unsigned inuse = hd_chunk_sweep(cb_st);
+    if (inuse != (live != 0) || (hd_obj_state(cb_st, CB_PAGE) == HD_OBJ_FREE) != !live)
+        CB_FAIL(w, "P4: the daemon's sweep counts %u live, leaves %#x, with %c live", inuse,
+                hd_obj_state(cb_st, CB_PAGE), cb_name(live));
+    atomic_store(&cb_st[CB_PAGE], HD_OBJ_FREE);
+    if (w->clock > CB_MAX_STEPS)
+        CB_FAIL(w, "a schedule of %u steps: the trace keeps %u", w->clock, CB_MAX_STEPS);
+    out->schedules++;
+    if (w->why[0] && !out->failed++) {
+        static const char *const own[4] = {"neither", "A", "B", "A and B"};
+        int n = snprintf(out->first, sizeof out->first, "the owner frees %s, remote frees of %c%c; schedule",
+                         own[sc->own_a | sc->own_b << 1], cb_name(sc->target[0]), cb_name(sc->target[1]));
+        for (unsigned s = 0; s < w->clock && s < CB_MAX_STEPS && n < (int)sizeof out->first - 4; s++)
+            n += snprintf(out->first + n, sizeof out->first - (size_t)n, " %c", "O12"[w->trace[s]]);
+        snprintf(out->first + n, sizeof out->first - (size_t)n, ": %s", w->why);
+    }
+}
+
+static void cb_explore(cb_world_t *w, const cb_scen_t *sc, cb_stats_t *out)
+{
+    bool ran = false;
+    for (unsigned t = 0; t < 3; t++) {
+        cb_world_t save = *w;
+        w->clock++;
+        atomic_store(&cb_st[CB_PAGE], w->byte);
+        if (!(t == 0 ? cb_owner(w, sc) : cb_remote(w, sc, t - 1))) {
+            *w = save;
+            continue;
+        }
+        w->byte = hd_obj_state(cb_st, CB_PAGE);
+        if (w->clock <= CB_MAX_STEPS)
+            w->trace[w->clock - 1] = (uint8_t)t;
+        ran = true;
+        cb_explore(w, sc, out);
+        *w = save;
+    }
+    if (!ran)
+        cb_finish(w, sc, out);
+}
+
+static cb_stats_t cb_run_all(bool retry)
+{
+    static const int targets[][2] = {{CB_A, 0}, {CB_B, 0}, {CB_A, CB_A}, {CB_A, CB_B}, {CB_B, CB_B}};
+    cb_stats_t out = {0};
+    for (int own = 0; own < 4; own++)
+        for (unsigned k = 0; k < sizeof targets / sizeof targets[0]; k++) {
+            cb_scen_t sc = {own & 1, own >> 1 & 1, {targets[k][0], targets[k][1]}, retry};
+            cb_world_t w;
+            memset(&w, 0, sizeof w);
+            for (unsigned f = 0; f < 4; f++)
+                w.result[f] = -1;
+            cb_explore(&w, &sc, &out);
+        }
+    return out;
+}
+
+static void test_chunk_interleavings(void)
+{
+    cb_stats_t r = cb_run_all(false);
+    printf("\n    chunk bytes: %lu schedules explored, %lu broke a rule%s%s ", r.schedules, r.failed,
+           r.failed ? ": " : "", r.first);
+    CU_ASSERT(r.schedules > 100);
+    CU_ASSERT_EQUAL(r.failed, 0);
+    cb_stats_t o = cb_run_all(true);
+    printf("\n    chunk bytes, the first version's retry: %lu schedules, %lu broke a rule%s%s ", o.schedules,
+           o.failed, o.failed ? ", the first: " : "", o.first);
+    CU_ASSERT(o.failed > 0);
+}
+
 #if HEAPD_DEBUG
 /* HEAPD_DEBUG builds stop at a broken rule: run the breach in a child and
  * expect SIGABRT. */
@@ -953,6 +1335,7 @@ static void register_span_suite(void)
     CU_add_test(s, "concurrent frees from two threads", test_concurrent_frees);
     CU_add_test(s, "every interleaving of owner and two frees (one may be owner-local)", test_every_interleaving);
     CU_add_test(s, "every interleaving of a tiny block's owner and its frees", test_tiny_interleavings);
+    CU_add_test(s, "every interleaving of a page chunk's owner and remote frees", test_chunk_interleavings);
 #if HEAPD_DEBUG
     CU_add_test(s, "HEAPD_DEBUG: illegal moves and allocations abort", test_debug_checks);
 #endif
