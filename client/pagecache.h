@@ -35,7 +35,7 @@
 
 #include "span.h"
 
-#define PC_MAX_CHUNKS 16u               /* chunks one thread caches (64 MiB); the fullest goes past it */
+#define PC_MAX_CHUNKS 32u               /* chunks one thread caches (64 MiB); the fullest goes past it */
 #define PC_WORDS (HD_CHUNK_PAGES / 64u)
 
 typedef struct pc_chunk {

@@ -166,7 +166,7 @@ typedef struct hd_slot {
                                                                windows are read 16 bytes at a time */
 } hd_slot_t;
 _Static_assert(sizeof(hd_slot_t) == HD_SLOT_STATES, "slot size");
-_Static_assert(HD_CHUNK_PAGES == HD_SLOT_STATES, "a page chunk's bytes fill its slot");
+_Static_assert(HD_CHUNK_PAGES <= HD_SLOT_STATES, "a page chunk's bytes fit its slot");
 
 /* Aux area: tiny_off + id * 2 KiB, committed for class-1 and class-2 spans.
  *

@@ -111,7 +111,7 @@ static inline size_t hd_span_bytes(unsigned c)
 #define HD_MAX_CLASS_SIZE (1u << 20)
 #define HD_CHUNK_CLASS HD_NUM_CLASSES                              /* 88 */
 #define HD_NUM_SPAN_CLASSES (HD_CHUNK_CLASS + 1)                   /* 89 */
-#define HD_CHUNK_PAGES 512u                                        /* 4 MiB; one state byte per page */
+#define HD_CHUNK_PAGES 256u                                        /* 2 MiB; one state byte per page */
 
 static inline bool hd_is_lclass(unsigned c) { return c >= HD_FIRST_LARGE_CLASS && c < HD_NUM_CLASSES; }
 
