@@ -76,7 +76,7 @@
  * Large classes (issue 9; shm/sizeclasses.h): a request above 32 KiB up to
  * 1 MiB with at most page alignment is an object of a large class, a run of
  * its class's pages carved out of one of the thread's page chunks
- * (pagecache.c: 4 MiB spans of class HD_CHUNK_CLASS, address-ordered first
+ * (pagecache.c: 2 MiB spans of class HD_CHUNK_CLASS, address-ordered first
  * fit). The thread frees its own objects into its map at once (the
  * owner-local free below); frees by other threads and processes are CASes to
  * FREED that the chunk's sweep folds when no chunk has a run for a request.
@@ -89,7 +89,7 @@
  * allocation none is kept and no new chunk is taken: a request no chunk has
  * room for is one AllocLarge round trip of its class's pages, as is one whose
  * chunk the daemon refuses (ENOMEM: a hard limit or quota with less than
- * 4 MiB of room). A thread with PC_MAX_CHUNKS chunks gives back the fullest
+ * 2 MiB of room). A thread with PC_MAX_CHUNKS chunks gives back the fullest
  * one (its live objects stay valid: the daemon keeps it until they are
  * freed) before it takes another.
  * Objects are counted one by one (st_counts small_allocs[c] at allocation,
@@ -106,7 +106,7 @@
  * it within the cache's next MC_AHEAD_STALE refills (it went cold); a class
  * refills ahead only while it is among the cache's last MC_AHEAD_RECENT
  * refills, so classes a program visits in turn do not each hold a batch.
- * Chunks do not come ahead: one is 4 MiB, memory held for nothing under a
+ * Chunks do not come ahead: one is 2 MiB, memory held for nothing under a
  * limit, and a pool needs a new one only when its live bytes pass their
  * high-water. An allocation that blocks on the daemon (a
  * synchronous Refill, a collect whose reply has not come, an AllocLarge) is
@@ -1168,8 +1168,8 @@ static void *mc_lclass_done(hd_mcache_t *mc, unsigned c, void *p)
 /* An object of large class c, from the thread's chunks. NULL with
  * *round_trip set: the caller takes one AllocLarge of the class's pages
  * instead, because no chunk fits a limit or quota (ENOMEM), or because a
- * limit is near (tight) and no chunk has room: a new 4 MiB chunk for one
- * object would commit up to 4 MiB the limit has no room for, one AllocLarge
+ * limit is near (tight) and no chunk has room: a new 2 MiB chunk for one
+ * object would commit up to 2 MiB the limit has no room for, one AllocLarge
  * commits the object's pages (itest "soft limit respected": 18.7 MiB
  * committed under a 16 MiB limit with a chunk, 16.x with this). */
 static void *mc_alloc_lclass(unsigned c, size_t size, bool zero, bool *round_trip)

@@ -103,7 +103,7 @@ uint64_t limits_free_committed_pages(const daemon_t *d);
  * also bumps books_seq. */
 void limits_books_store(daemon_t *d);
 void limits_books_publish(daemon_t *d);
-/* Would a new page chunk (4 MiB a client carves itself) keep committed
+/* Would a new page chunk (2 MiB a client carves itself) keep committed
  * memory under the soft limit, once free pages are released to make room?
  * true without a soft limit. A chunk is mostly free pages when it comes: near
  * the limit, the client takes large-class objects one AllocLarge each

@@ -101,7 +101,7 @@ static inline size_t hd_span_bytes(unsigned c)
  * the ~50 us round trip, so a cache would not pay for what it pins.
  *
  * Page chunks (span class HD_CHUNK_CLASS, 88): a span of HD_CHUNK_PAGES
- * pages (4 MiB) with one state byte per page, Go's per-P page cache grown to
+ * pages (2 MiB) with one state byte per page, Go's per-P page cache grown to
  * serve every large class from one pool of pages: a free 1 MiB run becomes
  * two 512 KiB objects without the daemon. Its byte encoding and rules are in
  * shm/span.h ("Page chunks"). HD_NUM_CLASSES counts object classes (memstats
