@@ -33,7 +33,9 @@
  * long, as the clients count them (issue 9).
  *
  * Memory (buffer-pool, heapd): worker 0 samples after every batch of 256 ops
- * the bytes the workers hold (live) and the heap's pages in spans beyond
+ * the bytes the workers hold (live: at K = 1 the batch's highest, after every
+ * op; at K = 2 the workers' bytes at their batches' ends, which can miss the
+ * true high by megabytes, so that ratio errs high) and the heap's pages in spans beyond
  * those before the worker started (heapd_stats in_use_bytes: spans the
  * workers cache, live or free, and spans in the daemon's central lists); the
  * table shows the peaks and their ratio (issue 9's target: <= 1.3x).
@@ -217,7 +219,12 @@ static void pool_sample(wctx_t *w, uint64_t live)
 
 /* larson, buffer-pool, pareto: free a random slot, allocate into it. With
  * sample (heapd's buffer-pool): the sizes of the slots are kept, and
- * pool_sample runs after every batch. */
+ * pool_sample runs after every batch, with the batch's highest live bytes
+ * when one worker runs (its live bytes after every op: a random walk moves
+ * them by megabytes within a batch, while the pages it holds stay) and the
+ * live bytes at the batch's end when several do (their highs need not
+ * coincide, and a shared running sum would cost the timed loop a cache line
+ * passed between cores at every op). */
 INLINE int run_slots(wctx_t *w, unsigned nslots, alloc_fn A, free_fn F, bool sample)
 {
     wresult_t *res = &w->run->res[w->idx];
@@ -240,7 +247,9 @@ INLINE int run_slots(wctx_t *w, unsigned nslots, alloc_fn A, free_fn F, bool sam
     res->allocs = nslots;
     double t0 = barrier(w->run), t1 = t0;
     uint64_t ops = 0;
+    const bool one = w->c->k == 1;
     do {
+        uint64_t high = live;
         for (unsigned k = 0; k < 256; k++) {
             uint64_t r = xs_next(&s);
             unsigned i = (unsigned)((r >> 32) % nslots);
@@ -251,11 +260,13 @@ INLINE int run_slots(wctx_t *w, unsigned nslots, alloc_fn A, free_fn F, bool sam
                 return -1;
             *(volatile char *)o = (char)k;
             w->slots[i] = o;
-            if (sample)
+            if (sample) {
                 live += (uint64_t)n - size_of[i], size_of[i] = n;
+                high = live > high ? live : high;
+            }
         }
         if (sample)
-            pool_sample(w, live);
+            pool_sample(w, one ? high : live);
         ops += 256;
         t1 = now_s();
     } while (t1 - t0 < w->max_s);
