@@ -9,7 +9,7 @@
 
 void pc_reset(hd_pagecache_t *pc) { pc->n = pc->nempty = 0; }
 
-/* Set (or clear) pages from .. from+n-1 of a 512-bit map. */
+/* Set (or clear) pages from .. from+n-1 of a chunk's map (HD_CHUNK_PAGES bits). */
 static void pc_bits(uint64_t *m, unsigned from, unsigned n, bool set)
 {
     while (n) {

@@ -1,6 +1,7 @@
 /* pagecache: a thread's page chunks, carved into large-class objects
  * (Go's per-P pageCache, grown from a 64-page bitmap for small spans to
- * 4 MiB chunks that serve every large class from one pool of pages).
+ * chunks of HD_CHUNK_PAGES pages, 2 MiB, that serve every large class from
+ * one pool of pages).
  *
  * Owns: the chunk table of one thread cache (hd_mcache_t.pc): for each
  * chunk (a span of class HD_CHUNK_CLASS this client caches, shm/span.h "Page
@@ -66,7 +67,9 @@ void *pc_alloc(hd_pagecache_t *pc, unsigned c, size_t size, bool zero);
 
 /* Take a new chunk (span id, just cached from the daemon, every page FREE;
  * needzero: its pages may hold old data). false when the table is full (the
- * caller gives one back first, pc_evict) or id is not a chunk. */
+ * caller gives one back first, pc_evict) or already holds id. It does not
+ * check that id is a chunk of seg cached by this client: the caller does
+ * (mcache.c's mc_chunk_refill, with mc_span_ok) before it adds one. */
 bool pc_add(hd_pagecache_t *pc, const hd_seg_t *seg, uint32_t id, bool needzero);
 
 /* Remove the chunk with the fewest free pages from the table and return its

@@ -18,12 +18,19 @@
 #include "span.h"
 #include "unit.h"
 
-#define PT_CHUNKS (PC_MAX_CHUNKS + 1u)               /* one more than a table holds */
+/* one more than a table holds, and at least the 10 the tests name (CH(9)) */
+#define PT_CHUNKS (PC_MAX_CHUNKS + 1u > 10u ? PC_MAX_CHUNKS + 1u : 10u)
 #define PT_NPAGES (PT_CHUNKS * HD_CHUNK_PAGES)
 #define PT_ME 7u                                     /* the client caching the chunks */
 #define PT_OTHER 8u                                  /* another client (process) */
 #define CH(k) ((uint32_t)(k) * HD_CHUNK_PAGES)       /* span id of chunk k */
-#define PT_LAST_CLASS (HD_NUM_CLASSES - 1u)
+#define PT_LAST_CLASS (HD_NUM_CLASSES - 1u)           /* 1 MiB */
+/* The tests derive their geometry from the constants: pages of a 1 MiB
+ * object, and how many of them fill a chunk (pt_setup refuses a chunk that
+ * is not two or more of them exactly: a chunk serves objects of several
+ * classes, 1 MiB ones included). */
+#define PT_MB_PAGES hd_cls_npages(PT_LAST_CLASS)
+#define PT_MB_PER (HD_CHUNK_PAGES / PT_MB_PAGES)
 
 static struct {
     char *raw;
@@ -35,6 +42,11 @@ static char pt_err[256];
 
 static int pt_setup(void)
 {
+    if (PT_MB_PER < 2 || HD_CHUNK_PAGES % PT_MB_PAGES != 0) {
+        fprintf(stderr, "\npagecache tests: a chunk of %u pages is not 2 or more 1 MiB objects of %u pages\n",
+                HD_CHUNK_PAGES, PT_MB_PAGES);
+        return -1;
+    }
     hd_header_t tmp = {0};
     hd_layout(&tmp, 0, PT_NPAGES);
     pt.len = tmp.meta_size + tmp.heap_size + HD_SEG_ALIGN;
@@ -108,6 +120,14 @@ static uint32_t pt_chunk_of(const void *p, unsigned *i)
     return (uint32_t)(page - *i);
 }
 
+/* The state byte of the page at p. */
+static hd_ostate_t *pt_st_at(const void *p)
+{
+    unsigned i;
+    uint32_t id = pt_chunk_of(p, &i);
+    return pt_st(id) + i;
+}
+
 static enum hd_free_result pt_hook(uint32_t id, hd_ostate_t *st, unsigned i, unsigned *cls)
 {
     return pc_free(&pc, id, st, i, cls);
@@ -140,6 +160,25 @@ static void pt_assert_obj(void *p, unsigned c)
         CU_ASSERT_EQUAL(pt_byte(id, j), HD_OBJ_FREE);
 }
 
+/* The largest class k objects of which fit in one chunk. */
+static unsigned pt_class_fitting(unsigned k)
+{
+    unsigned c = PT_LAST_CLASS;
+    while (c > HD_FIRST_LARGE_CLASS && k * hd_cls_npages(c) > HD_CHUNK_PAGES)
+        c--;
+    return c;
+}
+
+/* n objects of class c into the chunk id that has just been added (every
+ * page free): first fit puts them end to end from page 0. */
+static void pt_fill(uint32_t id, unsigned c, unsigned n, char **p)
+{
+    for (unsigned j = 0; j < n; j++) {
+        p[j] = pt_alloc(c);
+        CU_ASSERT_PTR_EQUAL_FATAL(p[j], pt_addr(id, j * hd_cls_npages(c)));
+    }
+}
+
 /* ---- carving --------------------------------------------------------------------------- */
 
 static void test_carve(void)
@@ -149,8 +188,9 @@ static void test_carve(void)
     char *base = pt_addr(CH(2), 0), *end = base + (size_t)HD_CHUNK_PAGES * HD_PAGE_SIZE;
     char *p[HD_NUM_LARGE_CLASSES];
     unsigned n = 0, pages = 0;
-    /* classes 68.. (5 to 64 pages) while they fit: 390 of the 512 pages */
-    for (unsigned c = HD_FIRST_LARGE_CLASS; pages + hd_cls_npages(c) <= HD_CHUNK_PAGES; c++, n++) {
+    /* classes 68.. (5 pages, 6, ...) while they fit in HD_CHUNK_PAGES */
+    for (unsigned c = HD_FIRST_LARGE_CLASS; c < HD_NUM_CLASSES && pages + hd_cls_npages(c) <= HD_CHUNK_PAGES;
+         c++, n++) {
         p[n] = pt_alloc(c);
         CU_ASSERT_FATAL(p[n] != NULL);
         CU_ASSERT((uintptr_t)p[n] % HD_PAGE_SIZE == 0);
@@ -166,6 +206,8 @@ static void test_carve(void)
     for (unsigned k = 0; k < n; k++)
         pt_assert_obj(p[k], HD_FIRST_LARGE_CLASS + k);
     CU_ASSERT_EQUAL(pc_free_pages(&pc), HD_CHUNK_PAGES - pages);
+    if (HD_FIRST_LARGE_CLASS + n < HD_NUM_CLASSES)                  /* the next class has no run left */
+        CU_ASSERT_PTR_NULL(pt_alloc(HD_FIRST_LARGE_CLASS + n));
     CU_ASSERT_EQUAL(pc.n, 1);
     CU_ASSERT(pt_ok());
 }
@@ -192,18 +234,17 @@ static void test_first_fit(void)
     CU_ASSERT_PTR_EQUAL(pt_alloc(c5), pt_addr(CH(0), 36));   /* then the end */
     CU_ASSERT(pt_ok());
 
-    /* chunks: added 5, then 2: the lower one fills first */
+    /* chunks: added 5, then 2: the lower one fills first (1 MiB objects
+     * end to end), the next object goes to 5, and a hole in 2 is used first */
     pt_fresh();
     CU_ASSERT_FATAL(pc_add(&pc, &pt.s, CH(5), false));
     CU_ASSERT_FATAL(pc_add(&pc, &pt.s, CH(2), false));
-    char *m[4];
-    for (unsigned k = 0; k < 4; k++) {
-        m[k] = pt_alloc(PT_LAST_CLASS);
-        CU_ASSERT_PTR_EQUAL(m[k], pt_addr(CH(2), 128 * k));
-    }
+    char *m[HD_CHUNK_PAGES];
+    unsigned hole = PT_MB_PER / 2;
+    pt_fill(CH(2), PT_LAST_CLASS, PT_MB_PER, m);
     CU_ASSERT_PTR_EQUAL(pt_alloc(c5), pt_addr(CH(5), 0));
-    CU_ASSERT_EQUAL(pt_free_own(m[2], &cls), HD_FREE_OK);
-    CU_ASSERT_PTR_EQUAL(pt_alloc(c5), pt_addr(CH(2), 256));  /* back to the lower chunk */
+    CU_ASSERT_EQUAL(pt_free_own(m[hole], &cls), HD_FREE_OK);
+    CU_ASSERT_PTR_EQUAL(pt_alloc(c5), pt_addr(CH(2), hole * PT_MB_PAGES));   /* back to the lower chunk */
     CU_ASSERT(pt_ok());
 }
 
@@ -213,22 +254,24 @@ static void test_cross_class(void)
 {
     pt_fresh();
     CU_ASSERT_FATAL(pc_add(&pc, &pt.s, CH(1), false));
-    char *mb[4];
-    for (unsigned k = 0; k < 4; k++)
-        CU_ASSERT_FATAL((mb[k] = pt_alloc(PT_LAST_CLASS)) != NULL);
+    char *mb[HD_CHUNK_PAGES];
+    pt_fill(CH(1), PT_LAST_CLASS, PT_MB_PER, mb);
     CU_ASSERT_PTR_NULL(pt_alloc(HD_FIRST_LARGE_CLASS));      /* full */
-    unsigned cls, half = hd_large_to_class(512u << 10);
-    CU_ASSERT_EQUAL(pt_free_own(mb[1], &cls), HD_FREE_OK);
+    unsigned cls, hole = PT_MB_PER / 2, half = hd_large_to_class(512u << 10);
+    CU_ASSERT_FATAL(2 * hd_cls_npages(half) == PT_MB_PAGES);
+    CU_ASSERT_EQUAL(pt_free_own(mb[hole], &cls), HD_FREE_OK);
     CU_ASSERT_EQUAL(cls, PT_LAST_CLASS);
     char *h0 = pc_alloc(&pc, half, 512u << 10, false), *h1 = pc_alloc(&pc, half, 512u << 10, false);
-    CU_ASSERT_PTR_EQUAL(h0, mb[1]);
-    CU_ASSERT_PTR_EQUAL(h1, mb[1] + (512u << 10));
+    CU_ASSERT_PTR_EQUAL(h0, mb[hole]);
+    CU_ASSERT_PTR_EQUAL(h1, mb[hole] + (512u << 10));
     CU_ASSERT_EQUAL(pc.n, 1);
     CU_ASSERT_EQUAL(pc_free_pages(&pc), 0);
     CU_ASSERT_PTR_NULL(pt_alloc(half));
     pt_assert_obj(h0, half);
     pt_assert_obj(h1, half);
-    pt_assert_obj(mb[2], PT_LAST_CLASS);
+    for (unsigned k = 0; k < PT_MB_PER; k++)
+        if (k != hole)
+            pt_assert_obj(mb[k], PT_LAST_CLASS);
     CU_ASSERT(pt_ok());
 }
 
@@ -275,10 +318,10 @@ static void test_owner_free(void)
     CU_ASSERT_EQUAL(pc_free(&pc, CH(3), pt_st(CH(3)), 0, &cls), HD_FREE_REMOTE);
     CU_ASSERT_EQUAL(pt_byte(CH(3), 0), hd_chunk_byte(c7, HD_OBJ_ALLOCATED));
     CU_ASSERT_EQUAL(pc_free(&pc, CH(0), st, 72, &cls), HD_FREE_REMOTE);
-    CU_ASSERT_EQUAL(pc_free(&pc, CH(0), st, 300, &cls), HD_FREE_REMOTE);
+    CU_ASSERT_EQUAL(pc_free(&pc, CH(0), st, HD_CHUNK_PAGES - 1, &cls), HD_FREE_REMOTE);
     CU_ASSERT_EQUAL(pc_free(&pc, CH(0), st, HD_CHUNK_PAGES, &cls), HD_FREE_REMOTE);
     pt_assert_obj(c, c64);
-    CU_ASSERT_EQUAL(pc_free_pages(&pc), HD_CHUNK_PAGES - 128);
+    CU_ASSERT_EQUAL(pc_free_pages(&pc), HD_CHUNK_PAGES - 2 * 64);  /* b and c */
     CU_ASSERT(pt_ok());
 }
 
@@ -288,27 +331,30 @@ static void test_remote_free(void)
     pt_fresh();
     CU_ASSERT_FATAL(pc_add(&pc, &pt.s, CH(4), false));
     unsigned c64 = hd_large_to_class(64 * HD_PAGE_SIZE), c32 = hd_large_to_class(32 * HD_PAGE_SIZE), cls = 0;
-    char *o[8];
-    for (unsigned k = 0; k < 8; k++)
-        CU_ASSERT_FATAL((o[k] = pt_alloc(c64)) != NULL);
+    CU_ASSERT_FATAL(hd_cls_npages(c64) == 64 && hd_cls_npages(c32) == 32);
+    /* the chunk full of 64-page objects; x and y (x lower) freed by other processes */
+    enum { N = HD_CHUNK_PAGES / 64 };
+    unsigned x = N / 4, y = N - 1 - N / 4;
+    char *o[N];
+    pt_fill(CH(4), c64, N, o);
     hd_ostate_t *st = pt_st(CH(4));
-    CU_ASSERT_EQUAL(hd_chunk_free_to(st, 5 * 64, HD_OBJ_FREED, &cls), HD_FREE_OK);   /* as another process */
+    CU_ASSERT_EQUAL(hd_chunk_free_to(st, y * 64, HD_OBJ_FREED, &cls), HD_FREE_OK);   /* as another process */
     CU_ASSERT_EQUAL(cls, c64);
-    CU_ASSERT_EQUAL(pt_free_remote(o[2], &cls), HD_FREE_OK);
-    CU_ASSERT_EQUAL(hd_chunk_free_to(st, 2 * 64, HD_OBJ_FREED, &cls), HD_FREE_DOUBLE);
-    CU_ASSERT_EQUAL(pt_free_remote(o[5], &cls), HD_FREE_DOUBLE);
+    CU_ASSERT_EQUAL(pt_free_remote(o[x], &cls), HD_FREE_OK);
+    CU_ASSERT_EQUAL(hd_chunk_free_to(st, x * 64, HD_OBJ_FREED, &cls), HD_FREE_DOUBLE);
+    CU_ASSERT_EQUAL(pt_free_remote(o[y], &cls), HD_FREE_DOUBLE);
     CU_ASSERT_EQUAL(pc_free_pages(&pc), 0);                        /* used until a sweep */
     CU_ASSERT(pt_ok());
 
-    CU_ASSERT_PTR_EQUAL(pt_alloc(c64), o[2]);                       /* no run: sweep, then the lowest */
-    CU_ASSERT_EQUAL(pc_free_pages(&pc), 64);                        /* o[5]'s pages, folded too */
-    CU_ASSERT_EQUAL(pt_byte(CH(4), 5 * 64), HD_OBJ_FREE);
-    pt_assert_obj(o[2], c64);
-    CU_ASSERT_PTR_EQUAL(pt_alloc(c32), o[5]);
-    CU_ASSERT_PTR_EQUAL(pt_alloc(c32), o[5] + 32 * HD_PAGE_SIZE);
+    CU_ASSERT_PTR_EQUAL(pt_alloc(c64), o[x]);                       /* no run: sweep, then the lowest */
+    CU_ASSERT_EQUAL(pc_free_pages(&pc), 64);                        /* o[y]'s pages, folded too */
+    CU_ASSERT_EQUAL(pt_byte(CH(4), y * 64), HD_OBJ_FREE);
+    pt_assert_obj(o[x], c64);
+    CU_ASSERT_PTR_EQUAL(pt_alloc(c32), o[y]);
+    CU_ASSERT_PTR_EQUAL(pt_alloc(c32), o[y] + 32 * HD_PAGE_SIZE);
     CU_ASSERT_PTR_NULL(pt_alloc(HD_FIRST_LARGE_CLASS));              /* full, nothing to fold */
-    for (unsigned k = 0; k < 8; k++)
-        if (k != 5)
+    for (unsigned k = 0; k < N; k++)
+        if (k != y)
             pt_assert_obj(o[k], c64);
     CU_ASSERT(pt_ok());
 }
@@ -318,36 +364,39 @@ static void test_remote_free(void)
 /* A hostile process writes the bytes: objects still never share a page. */
 static void test_scribbles(void)
 {
+    /* four 1 MiB objects mb[0..3] (and the rest of their chunks full of
+     * them): the cache has no free page */
     pt_fresh();
-    CU_ASSERT_FATAL(pc_add(&pc, &pt.s, CH(0), false));
-    char *mb[4];
-    unsigned cls = 0, c5 = HD_FIRST_LARGE_CLASS;
-    for (unsigned k = 0; k < 4; k++)
-        CU_ASSERT_FATAL((mb[k] = pt_alloc(PT_LAST_CLASS)) != NULL);
-    hd_ostate_t *st = pt_st(CH(0));
+    unsigned cls = 0, c5 = HD_FIRST_LARGE_CLASS, nch = (4 + PT_MB_PER - 1) / PT_MB_PER;
+    char *mb[HD_CHUNK_PAGES];
+    for (unsigned k = 0; k < nch; k++) {
+        CU_ASSERT_FATAL(pc_add(&pc, &pt.s, CH(k), false));
+        pt_fill(CH(k), PT_LAST_CLASS, PT_MB_PER, mb + k * PT_MB_PER);
+    }
+    CU_ASSERT_EQUAL(pc_free_pages(&pc), 0);
     /* a FREED 1 MiB "object" inside mb[0], an ALLOCATED one inside mb[1] */
-    atomic_store(&st[10], hd_chunk_byte(PT_LAST_CLASS, HD_OBJ_FREED));
-    atomic_store(&st[130], hd_chunk_byte(PT_LAST_CLASS, HD_OBJ_ALLOCATED));
+    atomic_store(pt_st_at(mb[0] + 10 * HD_PAGE_SIZE), hd_chunk_byte(PT_LAST_CLASS, HD_OBJ_FREED));
+    atomic_store(pt_st_at(mb[1] + 2 * HD_PAGE_SIZE), hd_chunk_byte(PT_LAST_CLASS, HD_OBJ_ALLOCATED));
     CU_ASSERT_EQUAL(pt_free_remote(mb[3], &cls), HD_FREE_OK);
     CU_ASSERT_PTR_EQUAL(pt_alloc(c5), mb[3]);                      /* the sweep folds mb[3], only */
     CU_ASSERT_PTR_NULL(pt_alloc(PT_LAST_CLASS));
     pt_assert_obj(mb[0], PT_LAST_CLASS);
-    CU_ASSERT_EQUAL(pc_free_pages(&pc), 128 - 5);
+    CU_ASSERT_EQUAL(pc_free_pages(&pc), PT_MB_PAGES - 5);
     /* the scribble inside mb[1] freed by a stray free: nothing of mb[1] goes */
-    CU_ASSERT_EQUAL(pt_free_remote(pt_addr(CH(0), 130), &cls), HD_FREE_OK);
+    CU_ASSERT_EQUAL(pt_free_remote(mb[1] + 2 * HD_PAGE_SIZE, &cls), HD_FREE_OK);
     CU_ASSERT_PTR_NULL(pt_alloc(PT_LAST_CLASS));
-    CU_ASSERT_EQUAL(pc_free_pages(&pc), 128 - 5);
+    CU_ASSERT_EQUAL(pc_free_pages(&pc), PT_MB_PAGES - 5);
     CU_ASSERT_PTR_EQUAL(pt_alloc(c5), mb[3] + 5 * HD_PAGE_SIZE);
     /* mb[2]'s byte now says 5 pages: its owner's free fails (the map's
      * class is not the byte's: a leak, not a crash); another process's free
      * counts what the byte says, and the sweep frees what the map says */
-    atomic_store(&st[256], hd_chunk_byte(c5, HD_OBJ_ALLOCATED));
+    atomic_store(pt_st_at(mb[2]), hd_chunk_byte(c5, HD_OBJ_ALLOCATED));
     CU_ASSERT_EQUAL(pt_free_own(mb[2], &cls), HD_FREE_NOT_LIVE);
-    CU_ASSERT_EQUAL(pc_free_pages(&pc), 128 - 10);
+    CU_ASSERT_EQUAL(pc_free_pages(&pc), PT_MB_PAGES - 10);
     CU_ASSERT_EQUAL(pt_free_remote(mb[2], &cls), HD_FREE_OK);
     CU_ASSERT_EQUAL(cls, c5);
-    CU_ASSERT_PTR_EQUAL(pt_alloc(PT_LAST_CLASS), mb[2]);            /* folded whole: 128 pages, not 5 */
-    CU_ASSERT_EQUAL(pc_free_pages(&pc), 128 - 10);
+    CU_ASSERT_PTR_EQUAL(pt_alloc(PT_LAST_CLASS), mb[2]);            /* folded whole: 1 MiB of pages, not 5 */
+    CU_ASSERT_EQUAL(pc_free_pages(&pc), PT_MB_PAGES - 10);
     pt_assert_obj(mb[0], PT_LAST_CLASS);
     pt_assert_obj(mb[2], PT_LAST_CLASS);
     CU_ASSERT(pt_ok());
@@ -390,26 +439,23 @@ static void test_take_all_evict(void)
 {
     pt_fresh();
     uint32_t ids[PC_MAX_CHUNKS];
-    unsigned cls, half = hd_large_to_class(512u << 10);
-    /* added from the highest down, each filling first: 7 keeps 384 free
-     * pages, 4 keeps 128, 2 keeps 256 */
+    /* u: the largest class of which 4 objects fit in a chunk (1 MiB in a
+     * chunk of 4 MiB or more) */
+    unsigned cls, half = hd_large_to_class(512u << 10), u = pt_class_fitting(4);
+    /* added from the highest down, each filling first: 7 gets one object of
+     * u, 4 three, 2 two; 4 is the fullest, then 2, then 7 */
     static const unsigned fill[][2] = {{7, 1}, {4, 3}, {2, 2}};
-    char *first[3];
+    char *objs[3][3];
     for (unsigned k = 0; k < 3; k++) {
         CU_ASSERT_FATAL(pc_add(&pc, &pt.s, CH(fill[k][0]), false));
-        for (unsigned j = 0; j < fill[k][1]; j++) {
-            char *p = pt_alloc(PT_LAST_CLASS);
-            CU_ASSERT_PTR_EQUAL(p, pt_addr(CH(fill[k][0]), 128 * j));
-            if (j == 0)
-                first[k] = p;
-        }
+        pt_fill(CH(fill[k][0]), u, fill[k][1], objs[k]);
     }
     CU_ASSERT_EQUAL(pc_evict(&pc), CH(4));
     CU_ASSERT_EQUAL(pc_evict(&pc), CH(2));
-    pt_assert_obj(first[1], PT_LAST_CLASS);                        /* an evicted chunk's objects stay */
+    pt_assert_obj(objs[1][0], u);                                  /* an evicted chunk's objects stay */
     CU_ASSERT_EQUAL(pc_free(&pc, CH(4), pt_st(CH(4)), 0, &cls), HD_FREE_REMOTE);
-    CU_ASSERT_EQUAL(pt_free_own(first[1], &cls), HD_FREE_OK);      /* through the shared path: FREED */
-    CU_ASSERT_EQUAL(pt_byte(CH(4), 0), hd_chunk_byte(PT_LAST_CLASS, HD_OBJ_FREED));
+    CU_ASSERT_EQUAL(pt_free_own(objs[1][0], &cls), HD_FREE_OK);    /* through the shared path: FREED */
+    CU_ASSERT_EQUAL(pt_byte(CH(4), 0), hd_chunk_byte(u, HD_OBJ_FREED));
     CU_ASSERT(pt_ok());
     CU_ASSERT_EQUAL(pc_evict(&pc), CH(7));
     CU_ASSERT_EQUAL(pc_evict(&pc), HD_NO_SPAN);
@@ -449,10 +495,10 @@ static void test_add(void)
             for (unsigned j = 1; j < pc.n; j++)
                 ok &= pc.ch[j - 1].id < pc.ch[j].id;
         }
-        ok &= !pc_add(&pc, &pt.s, CH(PC_MAX_CHUNKS), false); /* a 17th */
+        ok &= !pc_add(&pc, &pt.s, CH(PC_MAX_CHUNKS), false); /* one more than the table holds */
         ok &= pc.n == PC_MAX_CHUNKS;
         ok &= pt_alloc(PT_LAST_CLASS) == pt_addr(CH(0), 0);  /* address order */
-        ok &= pc_free_pages(&pc) == (uint64_t)PC_MAX_CHUNKS * HD_CHUNK_PAGES - 128;
+        ok &= pc_free_pages(&pc) == (uint64_t)PC_MAX_CHUNKS * HD_CHUNK_PAGES - PT_MB_PAGES;
         if (!ok) {
             fprintf(stderr, "\npc_add (seed %#llx round %u): table not sorted, distinct, bounded\n",
                     (unsigned long long)seed, round);
@@ -508,15 +554,17 @@ static void test_zero(void)
     CU_ASSERT_PTR_EQUAL_FATAL(q, p);
     CU_ASSERT_EQUAL((unsigned char)q[s10 - 1], 0xAA);
 
-    /* freed by another process, folded by the sweep: zero too */
-    char *fill[3];
-    for (unsigned k = 0; k < 3; k++)
+    /* freed by another process, folded by the sweep: zero too. The pages
+     * after q take as many 1 MiB objects as fit, then have no run of one */
+    char *fill[HD_CHUNK_PAGES];
+    unsigned nfill = (HD_CHUNK_PAGES - hd_cls_npages(c10)) / PT_MB_PAGES, x = nfill / 2;
+    for (unsigned k = 0; k < nfill; k++)
         CU_ASSERT_FATAL((fill[k] = pt_alloc(PT_LAST_CLASS)) != NULL);
-    CU_ASSERT_PTR_NULL(pt_alloc(PT_LAST_CLASS));                     /* 118 pages left */
-    memset(fill[1], 0xAA, hd_cls_size(PT_LAST_CLASS));
-    CU_ASSERT_EQUAL(pt_free_remote(fill[1], &cls), HD_FREE_OK);
+    CU_ASSERT_PTR_NULL(pt_alloc(PT_LAST_CLASS));
+    memset(fill[x], 0xAA, hd_cls_size(PT_LAST_CLASS));
+    CU_ASSERT_EQUAL(pt_free_remote(fill[x], &cls), HD_FREE_OK);
     char *r = pc_alloc(&pc, PT_LAST_CLASS, hd_cls_size(PT_LAST_CLASS), true);
-    CU_ASSERT_PTR_EQUAL_FATAL(r, fill[1]);
+    CU_ASSERT_PTR_EQUAL_FATAL(r, fill[x]);
     CU_ASSERT(pt_zero(r, hd_cls_size(PT_LAST_CLASS)));
     CU_ASSERT(pt_ok());
 }
@@ -530,6 +578,7 @@ static void test_zero(void)
 
 #define PM_MAXOBJ 4096
 #define PM_CHUNKS 6u                                 /* the model's table size: evictions happen */
+_Static_assert(PM_CHUNKS <= PC_MAX_CHUNKS, "the model's table (and test_take_empty's 6 chunks) fits a cache");
 
 typedef struct pm_obj {
     char *p;
