@@ -12,9 +12,9 @@
  *    to pressure.c, whose listener thread also reads them while no call is
  *    in flight (tp_drain_locked).
  *  - asynchronous messages (Release, FreeLarge, seq 0, no reply): ids gather
- *    in one pending ClientMsg per type, sent when the batch is full (or, for
- *    FreeLarge, when it holds HD_FREE_LARGE_PAGES pages, so a process never
- *    sits on much freed memory), ahead of every synchronous call, at thread
+ *    in one pending ClientMsg per type, sent when the batch is full or holds
+ *    TP_SEND_PAGES pages (a page chunk given back is one), so a process never
+ *    sits on much freed memory, ahead of every synchronous call, at thread
  *    exit, at heapd_flush/detach and at process exit.
  *  - refills ahead (issue 9): tp_refill_submit sends a Refill without
  *    waiting (one send(2) with MSG_DONTWAIT, also when a ring is set up: the
@@ -64,7 +64,7 @@
 
 #define TP_RING_DEPTH 8
 #define TP_SBUF 2048                 /* a full Release/FreeLarge batch packs to < 700 B */
-#define HD_FREE_LARGE_PAGES 256      /* send queued large frees once they hold 2 MiB */
+#define TP_SEND_PAGES 256            /* send queued releases or large frees once they hold 2 MiB */
 #define TP_NAME_MAX 64
 
 static pthread_mutex_t tp_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -81,6 +81,7 @@ static const tp_backend_t *tp_be;
 static struct {
     uint32_t ids[HD_MAX_BATCH];
     unsigned n;
+    uint64_t pages;                  /* of the spans queued (a page chunk is 256) */
 } tp_rel;
 static struct {
     uint32_t ids[HD_MAX_BATCH], gens[HD_MAX_BATCH];
@@ -154,6 +155,7 @@ static void tp_drop_ahead(void)
 static void tp_drop_pending(void)
 {
     tp_rel.n = 0;
+    tp_rel.pages = 0;
     tp_fl.n = 0;
     tp_fl.pages = 0;
 }
@@ -710,7 +712,8 @@ void tp_release_locked(const uint32_t *ids, unsigned n)
         if (i == n / 2)
             HDC_CRASHPOINT("release");    /* half the batch queued, the rest not */
         tp_rel.ids[tp_rel.n++] = ids[i];
-        if (tp_rel.n == HD_MAX_BATCH)
+        tp_rel.pages += ids[i] < hdc_seg.npages ? hdc_seg.spans[ids[i]].npages : 0;
+        if (tp_rel.n == HD_MAX_BATCH || tp_rel.pages >= TP_SEND_PAGES)
             tp_flush_locked();
     }
 }
@@ -735,7 +738,7 @@ int tp_free_large(uint32_t id, uint32_t gen, uint32_t npages)
             tp_fl.gens[tp_fl.n] = gen;
             tp_fl.n++;
             tp_fl.pages += npages;
-            if (tp_fl.n == HD_MAX_BATCH || tp_fl.pages >= HD_FREE_LARGE_PAGES)
+            if (tp_fl.n == HD_MAX_BATCH || tp_fl.pages >= TP_SEND_PAGES)
                 tp_flush_locked();
         }
     }
