@@ -342,7 +342,8 @@ static void mc_thread_exit(void *arg);
 
 static void mc_key_init(void) { pthread_key_create(&mc_key, mc_thread_exit); }
 
-static void mc_reset(hd_mcache_t *mc)
+/* Forget the small spans and the tiny block (the chunks stay). */
+static void mc_reset_spans(hd_mcache_t *mc)
 {
     for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
@@ -350,12 +351,18 @@ static void mc_reset(hd_mcache_t *mc)
         k->nstash = k->nfull = k->streak = 0;
         k->ahead = 0;
     }
-    mc->tight = 0;
-    mc->lticks = mc->empty_low = 0;
-    pc_reset(&mc->pc);
     mc->tiny = 0;
     mc->tiny_off = 0;
     mc->tiny_words = NULL;
+}
+
+/* Forget everything the cache holds. */
+static void mc_reset(hd_mcache_t *mc)
+{
+    mc_reset_spans(mc);
+    mc->tight = 0;
+    mc->lticks = mc->empty_low = 0;
+    pc_reset(&mc->pc);
 }
 
 /* The calling thread's cache, made on first use. NULL with errno when not
@@ -572,20 +579,10 @@ static void mc_release_ex(hd_mcache_t *mc, void (*send)(const uint32_t *ids, uns
         mc_rel_add(mc, &rb, ids[i]);
     if (rb.n)
         (send ? send : tp_release)(rb.ids, rb.n);
-    hd_pagecache_t *keep = keep_live && mc->pc.n ? &mc->pc : NULL;
-    if (keep) {                      /* mc_reset would forget them */
-        for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
-            mc_class_t *k = &mc->cls[c];
-            mc_span_clear(&k->cur);
-            k->nstash = k->nfull = k->streak = 0;
-            k->ahead = 0;
-        }
-        mc->tiny = 0;
-        mc->tiny_off = 0;
-        mc->tiny_words = NULL;
-    } else {
+    if (keep_live)
+        mc_reset_spans(mc);          /* the chunks left (a live object in each) stay */
+    else
         mc_reset(mc);
-    }
     st_flush(&mc->st, mc_cache_bytes());
 }
 
