@@ -131,6 +131,12 @@ static int hdc_map_locked(const tp_welcome_t *w, const int fds[3])
         errno = EPROTO;
         return -1;
     }
+    if (mc_owners_map(((const hd_header_t *)meta)->npages) < 0) {   /* the owner table (mcache.c) */
+        munmap(heap, w->heap_size);
+        munmap(meta, w->meta_size);
+        errno = ENOMEM;
+        return -1;
+    }
     hdc_meta = meta;
     hdc_heap = heap;
     hdc_meta_size = w->meta_size;

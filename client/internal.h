@@ -292,6 +292,14 @@ extern HD_HIDDEN __thread _Atomic uint64_t mc_tls_frees[HD_NUM_CLASSES] __attrib
 /* The owner-local free hook (shm/span.h hd_free_local_fn): frees object i of
  * span id as its owner when it is the calling thread's current span of its
  * class; HD_FREE_REMOTE otherwise. */
+/* The owner table (mcache.c): mc_owners[span id] is the mark of the thread
+ * whose cache holds that small span, mc_tls_tid the calling thread's mark
+ * (UINT32_MAX without a cache); equal, the free is a plain store.
+ * mc_owners_map: map it for a heap of npages pages at attach (0, or -1 with
+ * ENOMEM), or clear it when it has that size already. */
+extern HD_HIDDEN _Atomic uint32_t *mc_owners;
+extern HD_HIDDEN __thread uint32_t mc_tls_tid __attribute__((tls_model("initial-exec")));
+HD_HIDDEN int mc_owners_map(uint64_t npages);
 HD_HIDDEN enum hd_free_result mc_free_local(uint32_t id, hd_ostate_t *st, unsigned i, unsigned *cls);
 /* The calling thread freed an object of large class c (mcache.c: the trim). */
 HD_HIDDEN void mc_large_freed(unsigned c);

@@ -172,7 +172,7 @@ void heapd_free(void *p)
         return;
     uint32_t id = HD_NO_SPAN;
     unsigned cls;
-    enum hd_free_result r = hd_free_by_deferred(&hdc_seg, p, &id, &cls, hdc_client_id);
+    enum hd_free_result r = hd_free_by_deferred(&hdc_seg, p, &id, &cls, hdc_client_id, mc_owners, mc_tls_tid);
     if (hd_likely(r == HD_FREE_OK) && hd_likely(cls - 1u < HD_FIRST_LARGE_CLASS - 1u)) {
         /* memstats: a small free counts where it happens (internal.h) */
         uint64_t v = atomic_load_explicit(&mc_tls_frees[cls], memory_order_relaxed) + 1;

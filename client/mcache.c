@@ -179,11 +179,80 @@ typedef struct hd_mcache {
     hd_pagecache_t pc;                  /* page chunks: the large classes (pagecache.h) */
     uint64_t epoch;                     /* hdc_epoch when the cache last checked */
     uint64_t flush_gen;                 /* tp_flush_gen when the cache last checked */
+    uint32_t tid;                       /* its mark in the owner table (never 0 or UINT32_MAX) */
     struct hd_mcache *next, *prev;      /* the registry (mc_reg_mu) */
 } hd_mcache_t;
 
 static __thread hd_mcache_t *mc_tls __attribute__((tls_model("initial-exec")));
 __thread _Atomic uint64_t mc_tls_frees[HD_NUM_CLASSES] __attribute__((tls_model("initial-exec")));
+
+/* ---- the owner table (issue 9, item 3) --------------------------------------------------
+ * mc_owners[id] is the mark (hd_mcache_t.tid) of the thread whose cache holds
+ * small span id, 0 when no thread of this process does. heapd_free compares
+ * it with the calling thread's mc_tls_tid and, when they are equal, frees
+ * with a load and a plain store (shm/span.h hd_obj_free_plain) instead of a
+ * CAS. That is sound only while the claim is exact for the calling thread
+ * (a stale one lets another thread's sweep fall between the load and the
+ * store: tests/test_span.c), so:
+ *  - a span gets a thread's mark only from that thread, when it enters its
+ *    cache (mc_stash);
+ *  - the mark goes (mc_disown: a CAS from the cache's own mark, so it never
+ *    clears another thread's) before the span leaves the cache: given back
+ *    (mc_rel_add, before its Release is queued, so no other thread can have
+ *    it yet), or forgotten (not ours any more, a new epoch, detach);
+ *  - a thread without a cache has the mark UINT32_MAX, which no entry holds;
+ *    a cache's mark is new for every cache and never reused;
+ *  - a fork child zeroes the table (its parent's threads' marks) and gives
+ *    its one cache a new mark.
+ * Process-private: one u32 per heap page in an anonymous mapping (attach
+ * maps it, mc_owners_map), touched only where spans were cached. */
+_Atomic uint32_t *mc_owners;
+__thread uint32_t mc_tls_tid __attribute__((tls_model("initial-exec"))) = UINT32_MAX;
+static uint64_t mc_owners_len;          /* entries (heap pages) */
+static _Atomic uint32_t mc_next_tid;
+
+int mc_owners_map(uint64_t npages)
+{
+    if (mc_owners && mc_owners_len == npages) {
+        madvise((void *)mc_owners, npages * sizeof *mc_owners, MADV_DONTNEED);   /* reads as 0 again */
+        return 0;
+    }
+    if (mc_owners)
+        munmap((void *)mc_owners, mc_owners_len * sizeof *mc_owners);
+    mc_owners = NULL;
+    mc_owners_len = 0;
+    void *t = mmap(NULL, npages * sizeof *mc_owners, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (t == MAP_FAILED) {
+        errno = ENOMEM;
+        return -1;
+    }
+    mc_owners = t;
+    mc_owners_len = npages;
+    return 0;
+}
+
+static uint32_t mc_new_tid(void)
+{
+    uint32_t t;
+    do
+        t = atomic_fetch_add(&mc_next_tid, 1) + 1;
+    while (t == 0 || t == UINT32_MAX);
+    return t;
+}
+
+static void mc_own(hd_mcache_t *mc, uint32_t id)
+{
+    if (mc_owners && id < mc_owners_len)
+        atomic_store_explicit(&mc_owners[id], mc->tid, memory_order_relaxed);
+}
+
+static void mc_disown(const hd_mcache_t *mc, uint32_t id)
+{
+    uint32_t t = mc->tid;
+    if (mc_owners && id < mc_owners_len)
+        atomic_compare_exchange_strong_explicit(&mc_owners[id], &t, 0, memory_order_relaxed, memory_order_relaxed);
+}
 static _Atomic unsigned mc_ncaches;     /* registered caches, for the mcache_bytes gauge */
 static pthread_mutex_t mc_reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static hd_mcache_t *mc_reg;             /* every live cache (mc_reg_mu) */
@@ -347,6 +416,12 @@ static void mc_reset_spans(hd_mcache_t *mc)
 {
     for (unsigned c = 0; c < HD_NUM_SIZE_CLASSES; c++) {
         mc_class_t *k = &mc->cls[c];
+        if (k->cur.id != HD_NO_SPAN)
+            mc_disown(mc, k->cur.id);
+        for (unsigned i = 0; i < k->nstash; i++)
+            mc_disown(mc, k->stash[i]);
+        for (unsigned i = 0; i < k->nfull; i++)
+            mc_disown(mc, k->full[i]);
         mc_span_clear(&k->cur);
         k->nstash = k->nfull = k->streak = 0;
         k->ahead = 0;
@@ -382,6 +457,7 @@ static hd_mcache_t *mc_get(void)
         errno = ENOMEM;
         return NULL;
     }
+    mc->tid = mc_new_tid();
     mc_reset(mc);
     mc->epoch = atomic_load(&hdc_epoch);
     mc->flush_gen = atomic_load(&tp_flush_gen);
@@ -395,6 +471,7 @@ static hd_mcache_t *mc_get(void)
     mc_reg_unlock();
     mc->st.frees = mc_tls_frees;
     mc_tls = mc;
+    mc_tls_tid = mc->tid;
     pthread_setspecific(mc_key, mc);
     return mc;
 }
@@ -425,6 +502,7 @@ static void mc_rel_add(hd_mcache_t *mc, mc_relbuf_t *rb, uint32_t id)
 {
     if (mc->tiny && mc->tiny_span == id)
         mc_tiny_close(mc);           /* never release a span under an open block */
+    mc_disown(mc, id);               /* before anyone else can have it */
     rb->ids[rb->n++] = id;
     if (rb->n == HD_MAX_BATCH) {
         (rb->send ? rb->send : tp_release)(rb->ids, rb->n);
@@ -629,9 +707,16 @@ static void mc_unregister(hd_mcache_t *mc)
 
 void mc_forget_all_locked(bool fork_child)
 {
-    if (fork_child)                  /* this thread's free counts so far are the parent's */
+    if (fork_child) {                /* this thread's free counts so far are the parent's */
         for (unsigned c = 0; c < HD_NUM_CLASSES; c++)
             atomic_store_explicit(&mc_tls_frees[c], 0, memory_order_relaxed);
+        if (mc_owners)               /* the parent's threads' marks: none is ours */
+            madvise((void *)mc_owners, mc_owners_len * sizeof *mc_owners, MADV_DONTNEED);
+        if (mc_tls) {
+            mc_tls->tid = mc_new_tid();
+            mc_tls_tid = mc_tls->tid;
+        }
+    }
     mc_reg_lock();
     for (hd_mcache_t *mc = mc_reg, *next; mc; mc = next) {
         next = mc->next;
@@ -659,6 +744,8 @@ static void mc_thread_exit(void *arg)
     } else if (atomic_load(&hdc_state) != HDC_DETACHED) {
         st_flush(&mc->st, mc_cache_bytes());    /* frees it made since */
     }
+    mc_reset_spans(mc);              /* marks of spans a stale cache forgets */
+    mc_tls_tid = UINT32_MAX;
     mc_reg_lock();
     mc_unregister(mc);
     atomic_fetch_sub(&mc_ncaches, 1);
@@ -779,13 +866,14 @@ static inline bool mc_lspan_free(const hd_seg_t *seg, uint32_t id, unsigned c)
     return v == HD_OBJ_FREE || (v == HD_OBJ_FREED && hd_obj_sweep(st, 0));
 }
 
-static bool mc_reuse_full_n(mc_class_t *k, unsigned scan, unsigned half)
+static bool mc_reuse_full_n(hd_mcache_t *mc, mc_class_t *k, unsigned scan, unsigned half)
 {
     unsigned best = UINT32_MAX, live = 0, nfreed = 0;
     uint64_t free0 = 0;
     for (unsigned i = 0; i < k->nfull && i < scan; i++) {
         uint32_t id = k->full[i];
         if (!mc_still_ours(id)) {    /* forget it: not ours to touch */
+            mc_disown(mc, id);
             memmove(&k->full[i], &k->full[i + 1], (k->nfull - i - 1u) * sizeof k->full[0]);
             k->nfull--;
             i--;
@@ -815,7 +903,7 @@ static bool mc_reuse_full_n(mc_class_t *k, unsigned scan, unsigned half)
     return true;
 }
 
-static bool mc_reuse_full(mc_class_t *k) { return mc_reuse_full_n(k, UINT32_MAX, false); }
+static bool mc_reuse_full(hd_mcache_t *mc, mc_class_t *k) { return mc_reuse_full_n(mc, k, UINT32_MAX, false); }
 
 /* Step 0: cur (a small class) is exhausted: every object that was FREE when
  * its windows were read is allocated now (only this cache makes objects of
@@ -838,7 +926,7 @@ static bool mc_rotate(hd_mcache_t *mc, mc_class_t *k, unsigned c)
         st_bump(&mc->st.cur.small_allocs[c], (uint64_t)((int32_t)s->nelems - s->live0));
     s->live0 = (int32_t)s->nelems;
     uint32_t id = s->id;
-    if (!mc_reuse_full_n(k, 1, true))
+    if (!mc_reuse_full_n(mc, k, 1, true))
         return false;
     mc_push_full(mc, c, id);
     return true;
@@ -860,12 +948,14 @@ static void mc_count_wait(hd_mcache_t *mc, uint64_t ns)
 
 /* Stash the spans a refill gave (in reverse: ids[0] is used first); how
  * many were good. */
-static unsigned mc_stash(mc_class_t *k, unsigned c, const uint32_t *ids, int n)
+static unsigned mc_stash(hd_mcache_t *mc, mc_class_t *k, unsigned c, const uint32_t *ids, int n)
 {
     unsigned good = 0;
     for (int j = n - 1; j >= 0; j--)
-        if (k->nstash < MC_BATCH_CAP && mc_span_ok(ids[j], c))
+        if (k->nstash < MC_BATCH_CAP && mc_span_ok(ids[j], c)) {
             k->stash[k->nstash++] = ids[j], good++;
+            mc_own(mc, ids[j]);
+        }
     return good;
 }
 
@@ -909,8 +999,10 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
     unsigned rewinds = 0;    /* the state bytes are anyone's: a scribbler flipping them between
                                 the sweep and the scan must not keep us here */
     bool retried = false;
-    if (k->cur.id != HD_NO_SPAN && !mc_still_ours(k->cur.id))
+    if (k->cur.id != HD_NO_SPAN && !mc_still_ours(k->cur.id)) {
+        mc_disown(mc, k->cur.id);
         mc_span_clear(&k->cur);      /* not ours any more: never sweep or take from it */
+    }
     for (;;) {
         mc_span_t *s = &k->cur;
         if (s->id != HD_NO_SPAN) {
@@ -933,16 +1025,18 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
          * as a new one, and taking it first keeps the cache from growing
          * while frees refill it. */
         bool one = hd_cls_nobjs(c) == 1;
-        if (one && mc_reuse_full(k))
+        if (one && mc_reuse_full(mc, k))
             continue;
         if (k->nstash) {
             uint32_t id = k->stash[--k->nstash];
             if (mc_still_ours(id))
                 mc_span_load(s, &hdc_seg, id);
+            else
+                mc_disown(mc, id);
             mc_refill_ahead(mc, k, c);
             continue;
         }
-        if (!one && mc_reuse_full(k))                                     /* step 3 */
+        if (!one && mc_reuse_full(mc, k))                                     /* step 3 */
             continue;
         uint32_t ids[MC_BATCH_CAP];
         mc_refill_tick(mc, k);
@@ -954,7 +1048,7 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
                 mc_count_wait(mc, waited);
             if (n > 0)
                 HDC_CRASHPOINT("refill");
-            if (n > 0 && mc_stash(k, c, ids, n))
+            if (n > 0 && mc_stash(mc, k, c, ids, n))
                 continue;
             /* refused (ENOMEM: the synchronous refill below handles the
              * limits' Flush/Pressure and the retry) or dropped */
@@ -980,7 +1074,7 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
             }
             return NULL;
         }
-        if (!mc_stash(k, c, ids, n)) {
+        if (!mc_stash(mc, k, c, ids, n)) {
             errno = EPROTO;
             return NULL;
         }

@@ -891,6 +891,7 @@ void hdc_test_install(const tp_backend_t *be, const hd_seg_t *seg, uint32_t clie
     if (be) {
         hdc_seg = *seg;
         hdc_client_id = client_id;
+        (void)mc_owners_map(seg->npages);   /* without it frees take the CAS path, as in a fresh cache */
         atomic_store(&hdc_state, HDC_ATTACHED);
         atomic_store(&tp_kind, 3);
     } else {

@@ -57,6 +57,10 @@
  *                               and set are one step, so a second free of the
  *                               same allocation sees FREED (double free) or
  *                               FREE (after the sweep) and writes nothing.
+ *                               The owner thread itself (an exact claim:
+ *                               client/mcache.c's owner table): a load, then a
+ *                               plain store (span.h hd_obj_free_plain); a
+ *                               remote double free racing it goes unreported.
  *   FREED -> FREE:              owner only (its sweep), acquire load then
  *                               plain store. Nobody else writes a FREED byte.
  *   ALLOCATED -> FREE:          owner only, by CAS (the owner-local free of a

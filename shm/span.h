@@ -126,6 +126,33 @@ static inline enum hd_free_result hd_obj_free_owner(hd_ostate_t *st, unsigned i)
     return want == HD_OBJ_FREED ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
 }
 
+/* The owner thread's own free (issue 9, item 3): the thread whose cache
+ * holds the span (an exact claim: client/mcache.c's owner table) frees with
+ * a load and a plain store of FREED, no RMW. Sound because every other write
+ * to this byte that could fall between the two is the owner's own (its
+ * allocation and its sweep: the same thread, so never between them); the one
+ * that can is a remote double free's CAS of the same allocation, and then
+ * both report success: the object is FREED once, memstats count two frees,
+ * and the double free goes unreported (a program bug, raced within
+ * nanoseconds). The byte reads FREED at once, so validation elsewhere and
+ * heapd_usable_size stay exact, and the owner's next sweep folds it like any
+ * free. tests/test_span.c runs the two steps (hd_obj_state, then
+ * hd_obj_free_plain_from) against the owner and remote frees in every order.
+ * A stale claim would break that (a sweep of another thread could fall
+ * between), which is why the table is exact. */
+static inline enum hd_free_result hd_obj_free_plain_from(hd_ostate_t *st, unsigned i, uint8_t b)
+{
+    if (b != HD_OBJ_ALLOCATED)
+        return b == HD_OBJ_FREED ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
+    atomic_store_explicit(&st[i], HD_OBJ_FREED, memory_order_relaxed);   /* its sweep is this thread's */
+    return HD_FREE_OK;
+}
+
+static inline enum hd_free_result hd_obj_free_plain(hd_ostate_t *st, unsigned i)
+{
+    return hd_obj_free_plain_from(st, i, hd_obj_state(st, i));
+}
+
 /* Owner only (the sweep of one object): FREED -> FREE, in two steps:
  * hd_obj_freed, an acquire load (pairs with the release of hd_obj_free, so
  * the freer's writes to the object happen before the owner hands it out
@@ -537,9 +564,10 @@ static inline unsigned hd_chunk_sweep(hd_ostate_t *st)
  * the same ALLOCATED byte (a double free across processes); with a load and
  * a store both could succeed, the object counted freed twice and, worse, a
  * remote FREED landing after our FREE and a reallocation would be swept
- * FREE under a live object. For small objects the owner-local path was
- * measured and set aside (docs/design.md "The owner's plain free"): its
- * check costs more than the CAS it could save. */
+ * FREE under a live object. (A small object's owner thread frees with a
+ * plain store of FREED instead, hd_obj_free_plain: it never makes the byte
+ * FREE, so a remote FREED cannot land under a reallocation before the
+ * owner's own sweep.) */
 typedef enum hd_free_result (*hd_free_local_fn)(uint32_t id, hd_ostate_t *st, unsigned i, unsigned *cls);
 
 /* The free path for any pointer, from any process. Small objects and
@@ -550,7 +578,8 @@ typedef enum hd_free_result (*hd_free_local_fn)(uint32_t id, hd_ostate_t *st, un
  * object whose block still holds others. local (may be NULL) is the
  * owner-local hook above, for spans CACHED by client me. */
 static inline __attribute__((always_inline)) enum hd_free_result
-hd_free_impl(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t me, hd_free_local_fn local, bool defer)
+hd_free_impl(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t me, hd_free_local_fn local, bool defer,
+             const _Atomic uint32_t *owners, uint32_t tid)
 {
     *cls = 0;
     uint32_t id = hd_span_of(s, p);
@@ -588,23 +617,27 @@ hd_free_impl(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t 
         return hd_chunk_free_to(states, i, HD_OBJ_FREED, cls);
     }
     *cls = sp->sizeclass;
+    if (owners && atomic_load_explicit(&owners[id], memory_order_relaxed) == tid)
+        return hd_obj_free_plain(states, i);        /* the calling thread's own span */
     return hd_obj_free(states, i);
 }
 
 static inline enum hd_free_result hd_free_by(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls, uint32_t me,
                                              hd_free_local_fn local)
 {
-    return hd_free_impl(s, p, idp, cls, me, local, false);
+    return hd_free_impl(s, p, idp, cls, me, local, false, NULL, 0);
 }
 
 /* hd_free_by for a caller that wants its common path free of calls (the
  * client's heapd_free): an object the owner-local hook would take (a
  * large-class object of a chunk CACHED by me) is left alone and reported as
- * HD_FREE_REMOTE, and the caller frees it with hd_free_by and its hook. */
+ * HD_FREE_REMOTE, and the caller frees it with hd_free_by and its hook. A
+ * small object of a span whose owners[] entry is tid (the calling thread's
+ * own, an exact claim) is freed with hd_obj_free_plain. */
 static inline enum hd_free_result hd_free_by_deferred(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls,
-                                                      uint32_t me)
+                                                      uint32_t me, const _Atomic uint32_t *owners, uint32_t tid)
 {
-    return hd_free_impl(s, p, idp, cls, me, NULL, true);
+    return hd_free_impl(s, p, idp, cls, me, NULL, true, owners, tid);
 }
 
 static inline enum hd_free_result hd_free_ex(const hd_seg_t *s, void *p, uint32_t *idp, unsigned *cls)

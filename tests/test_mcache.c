@@ -1089,6 +1089,91 @@ static void test_fork_child(void)
     fk_down();
 }
 
+/* The owner table (issue 9, item 3): a thread frees objects of the spans
+ * its own cache holds with a plain store, which is sound only while the
+ * table's mark is exact: a span carries a thread's mark exactly while that
+ * thread's cache holds it. Checked across a release, another thread taking
+ * the span, that thread's exit, and a fork child (whose marks would be its
+ * parent's threads'). */
+struct opeer {
+    size_t size;
+    uint32_t span, mark, entry;
+};
+
+static void *owner_peer(void *arg)
+{
+    struct opeer *o = arg;
+    void *p = heapd_malloc(o->size);
+    if (p) {
+        o->span = hd_span_of(&fk.s, p);
+        o->mark = mc_tls_tid;
+        o->entry = atomic_load(&mc_owners[o->span]);
+        heapd_free(p);
+    }
+    return NULL;                                              /* its exit gives its spans back */
+}
+
+static void test_owner_marks(void)
+{
+    fk_up();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mc_owners);
+    char *a = heapd_malloc(100);
+    CU_ASSERT_FATAL(a != NULL);
+    uint32_t id = hd_span_of(&fk.s, a), me = mc_tls_tid;
+    CU_ASSERT(me != 0 && me != UINT32_MAX);
+    CU_ASSERT_EQUAL(atomic_load(&mc_owners[id]), me);        /* our cache holds it */
+    hd_ostate_t *st = obj_byte(a);
+    heapd_free(a);                                            /* our own: a plain store */
+    CU_ASSERT_EQUAL(hd_obj_state(st, 0), HD_OBJ_FREED);
+    uint64_t bad = heapd_bad_frees();
+    heapd_free(a);                                            /* still caught */
+    CU_ASSERT_EQUAL(heapd_bad_frees(), bad + 1);
+    CU_ASSERT_EQUAL(heapd_flush(), 0);                        /* given back: the mark goes first */
+    CU_ASSERT_EQUAL(atomic_load(&mc_owners[id]), 0);
+
+    /* a full span the cache lets go of (past its bound of kept full spans)
+     * loses the mark as it goes, though its object lives */
+    unsigned c8 = hd_size_to_class(8192), nk = mc_keep_full(c8) + 4;
+    CU_ASSERT_FATAL(hd_class_to_nobjs[c8] == 1 && nk <= 80);
+    static void *big[80];
+    for (unsigned i = 0; i < nk; i++)
+        CU_ASSERT_FATAL((big[i] = heapd_malloc(8192)) != NULL);
+    CU_ASSERT_EQUAL(atomic_load(&mc_owners[hd_span_of(&fk.s, big[0])]), 0);
+    CU_ASSERT_EQUAL(atomic_load(&mc_owners[hd_span_of(&fk.s, big[nk - 1])]), me);
+    for (unsigned i = 0; i < nk; i++)
+        heapd_free(big[i]);
+    CU_ASSERT_EQUAL(heapd_bad_frees(), bad + 1);
+    CU_ASSERT_EQUAL(heapd_flush(), 0);
+
+    /* another thread takes the span: its mark, not ours; gone at its exit */
+    struct opeer o = {.size = 100, .span = HD_NO_SPAN};
+    pthread_t t;
+    pthread_create(&t, NULL, owner_peer, &o);
+    pthread_join(t, NULL);
+    CU_ASSERT_FATAL(o.span != HD_NO_SPAN);
+    CU_ASSERT(o.mark != me && o.mark != 0 && o.mark != UINT32_MAX);
+    CU_ASSERT_EQUAL(o.entry, o.mark);
+    CU_ASSERT_EQUAL(atomic_load(&mc_owners[o.span]), 0);
+    CU_ASSERT_EQUAL(fk.f->bad_releases, 0);
+
+    /* a fork child holds none of its parent's spans: no mark is its own */
+    char *b = heapd_malloc(100);
+    CU_ASSERT_FATAL(b != NULL);
+    uint32_t bid = hd_span_of(&fk.s, b);
+    CU_ASSERT_EQUAL(atomic_load(&mc_owners[bid]), me);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int rc = atomic_load(&mc_owners[bid]) != 0 ? 1 : mc_tls_tid == me ? 2 : 0;
+        _exit(rc);
+    }
+    int wst;
+    CU_ASSERT_EQUAL(waitpid(pid, &wst, 0), pid);
+    CU_ASSERT(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    CU_ASSERT_EQUAL(atomic_load(&mc_owners[bid]), me);       /* the parent's mark stays */
+    heapd_free(b);
+    fk_down();
+}
+
 static void register_mcache_suite(void)
 {
     CU_pSuite s = CU_add_suite("mcache", NULL, NULL);
@@ -1111,5 +1196,6 @@ static void register_mcache_suite(void)
     CU_add_test(s, "large classes: no wholly free chunk cached after a Flush", test_large_flush_tight);
     CU_add_test(s, "thread exit gives the cache back", test_thread_exit);
     CU_add_test(s, "fork child never uses the parent's spans", test_fork_child);
+    CU_add_test(s, "the owner table marks exactly the spans a thread's cache holds", test_owner_marks);
 }
 UNIT_SUITE(register_mcache_suite)
