@@ -261,7 +261,7 @@ static bool make_room(daemon_t *d, uint64_t need, uint64_t limit)
 bool limits_chunk_fits(daemon_t *d)
 {
     limits_t *s = &d->lim;
-    return !s->soft_limit || make_room(d, span_need(HD_CHUNK_PAGES), s->soft_limit);
+    return !s->soft_limit || make_room(d, 2 * span_need(HD_CHUNK_PAGES), s->soft_limit / 100 * SCAV_LIMIT_GOAL_PCT);
 }
 
 static int hook_admit(void *ctx, uint64_t npages, uint32_t owner)
