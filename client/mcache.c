@@ -89,7 +89,9 @@
  * allocation none is kept and no new chunk is taken: a request no chunk has
  * room for is one AllocLarge round trip of its class's pages, as is one whose
  * chunk the daemon refuses (ENOMEM: a hard limit or quota with less than
- * 2 MiB of room). A thread with PC_MAX_CHUNKS chunks gives back the fullest
+ * 2 MiB of room). A thread that exits leaves its chunks that hold a live
+ * object to the process's other threads (mc_orphans: adopted before a
+ * Refill). A thread with PC_MAX_CHUNKS chunks gives back the fullest
  * one (its live objects stay valid: the daemon keeps it until they are
  * freed) before it takes another.
  * Objects are counted one by one (st_counts small_allocs[c] at allocation,
@@ -256,6 +258,17 @@ static void mc_disown(const hd_mcache_t *mc, uint32_t id)
 static _Atomic unsigned mc_ncaches;     /* registered caches, for the mcache_bytes gauge */
 static pthread_mutex_t mc_reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static hd_mcache_t *mc_reg;             /* every live cache (mc_reg_mu) */
+
+/* Orphan chunks (mc_reg_mu): page chunks of threads that exited holding a
+ * live object in them, with their private maps, for the process's other
+ * threads to adopt before they ask the daemon for a chunk (given back, a
+ * chunk with a live object would wait at the daemon, its free pages
+ * stranded, until that object is freed). At most MC_ORPHANS_MAX; they are
+ * swept and the wholly free ones given back at every thread exit, Flush and
+ * heapd_flush. Of the epoch mc_orphans_epoch: a new epoch forgets them. */
+#define MC_ORPHANS_MAX 8u
+static hd_pagecache_t mc_orphans;
+static uint64_t mc_orphans_epoch;
 static pthread_key_t mc_key;
 static pthread_once_t mc_key_once = PTHREAD_ONCE_INIT;
 
@@ -664,6 +677,75 @@ static void mc_release_ex(hd_mcache_t *mc, void (*send)(const uint32_t *ids, uns
     st_flush(&mc->st, mc_cache_bytes());
 }
 
+/* ---- orphan chunks (see mc_orphans) --------------------------------------------------------- */
+
+/* mc_reg_mu held: orphans of another epoch are forgotten (not ours to give back). */
+static void mc_orphans_epoch_locked(void)
+{
+    uint64_t e = atomic_load(&hdc_epoch);
+    if (mc_orphans_epoch != e) {
+        pc_reset(&mc_orphans);
+        mc_orphans_epoch = e;
+    }
+}
+
+/* Flush, heapd_flush: sweep the orphans, give back the wholly free ones. */
+static void mc_orphans_trim(void)
+{
+    uint32_t ids[PC_MAX_CHUNKS];
+    mc_reg_lock();
+    mc_orphans_epoch_locked();
+    unsigned n = pc_take_empty(&mc_orphans, 0, true, ids);
+    mc_reg_unlock();
+    if (n)
+        tp_release(ids, n);
+}
+
+/* Thread exit: the cache's chunks that hold a live object become orphans
+ * (past MC_ORPHANS_MAX the fullest orphan goes back); wholly free ones, and
+ * orphans that emptied, go back. */
+static void mc_orphan_chunks(hd_mcache_t *mc)
+{
+    uint32_t ids[2 * PC_MAX_CHUNKS + MC_ORPHANS_MAX];
+    unsigned n = pc_take_empty(&mc->pc, 0, true, ids);
+    mc_reg_lock();
+    mc_orphans_epoch_locked();
+    n += pc_take_empty(&mc_orphans, 0, true, ids + n);
+    while (mc->pc.n) {
+        if (mc_orphans.n >= MC_ORPHANS_MAX)
+            ids[n++] = pc_evict(&mc_orphans);
+        if (!pc_move(&mc->pc, 0, &mc_orphans))
+            break;                   /* (cannot: room was made, ids are distinct) mc_release gives it back */
+    }
+    mc_reg_unlock();
+    if (n)
+        tp_release(ids, n);
+}
+
+/* No chunk of the thread has room for class c: adopt orphans, the roomiest
+ * first, until one does. NULL when none. */
+static void *mc_adopt(hd_mcache_t *mc, unsigned c, size_t size, bool zero)
+{
+    void *p = NULL;
+    while (!p && mc->pc.n < PC_MAX_CHUNKS) {
+        bool moved = false;
+        mc_reg_lock();
+        mc_orphans_epoch_locked();
+        if (mc_orphans.n) {
+            unsigned best = 0;
+            for (unsigned k = 1; k < mc_orphans.n; k++)
+                if (mc_orphans.ch[k].nfree > mc_orphans.ch[best].nfree)
+                    best = k;
+            moved = pc_move(&mc_orphans, best, &mc->pc);
+        }
+        mc_reg_unlock();
+        if (!moved)
+            break;
+        p = pc_alloc(&mc->pc, c, size, zero);    /* sweeps: frees since the orphaning fold */
+    }
+    return p;
+}
+
 static void mc_release_via(hd_mcache_t *mc, void (*send)(const uint32_t *ids, unsigned n))
 {
     mc_release_ex(mc, send, false);
@@ -678,6 +760,9 @@ void mc_release_all_locked(void)
     for (hd_mcache_t *mc = mc_reg; mc; mc = mc->next)
         if (mc->epoch == e)
             mc_release_via(mc, tp_release_locked);
+    mc_orphans_epoch_locked();
+    uint32_t ids[PC_MAX_CHUNKS];
+    tp_release_locked(ids, pc_take_all(&mc_orphans, ids));
     mc_reg_unlock();
 }
 
@@ -686,6 +771,7 @@ void mc_release_current_free(void)
     hd_mcache_t *mc = mc_tls;
     if (mc && mc->epoch == atomic_load(&hdc_epoch))
         mc_release_ex(mc, NULL, true);
+    mc_orphans_trim();
 }
 
 void mc_release_current(void)
@@ -718,6 +804,7 @@ void mc_forget_all_locked(bool fork_child)
         }
     }
     mc_reg_lock();
+    pc_reset(&mc_orphans);           /* not ours to give back (any more) */
     for (hd_mcache_t *mc = mc_reg, *next; mc; mc = next) {
         next = mc->next;
         if (fork_child && mc != mc_tls) {
@@ -739,6 +826,7 @@ static void mc_thread_exit(void *arg)
 {
     hd_mcache_t *mc = arg;
     if (mc->epoch == atomic_load(&hdc_epoch) && atomic_load(&hdc_state) != HDC_DETACHED) {
+        mc_orphan_chunks(mc);        /* chunks with live objects stay for the other threads */
         mc_release(mc);              /* flushes its counts too */
         tp_flush();
     } else if (atomic_load(&hdc_state) != HDC_DETACHED) {
@@ -770,6 +858,7 @@ static void mc_check_stale(hd_mcache_t *mc)
     if (hd_unlikely(mc->flush_gen != g)) {
         mc->flush_gen = g;
         mc_release_ex(mc, NULL, true);   /* chunks with live objects stay: see there */
+        mc_orphans_trim();
         mc->tight = MC_LARGE_TIGHT_FOR;  /* a limit is near: hold no free chunk for a while */
     }
 }
@@ -1271,6 +1360,8 @@ static void *mc_alloc_lclass(unsigned c, size_t size, bool zero, bool *round_tri
     mc_check_stale(mc);
     uint64_t b = hd_cls_size(c);
     void *p = pc_alloc(&mc->pc, c, size, zero);
+    if (!p)
+        p = mc_adopt(mc, c, size, zero);     /* an exited thread's chunk: no new memory */
     if (!p && mc->tight) {
         mc->tight = mc->tight > b ? mc->tight - b : 0;
         *round_trip = true;

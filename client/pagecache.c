@@ -158,27 +158,29 @@ void *pc_alloc(hd_pagecache_t *pc, unsigned c, size_t size, bool zero)
     return NULL;
 }
 
-bool pc_add(hd_pagecache_t *pc, const hd_seg_t *seg, uint32_t id, bool needzero)
+/* Insert a copy of ch, keeping the table sorted; false when full or a duplicate. */
+static bool pc_insert(hd_pagecache_t *pc, const pc_chunk_t *ch)
 {
     if (pc->n >= PC_MAX_CHUNKS)
         return false;
     unsigned k = pc->n;
-    while (k && pc->ch[k - 1].id > id)
+    while (k && pc->ch[k - 1].id > ch->id)
         k--;
-    if (k && pc->ch[k - 1].id == id)
+    if (k && pc->ch[k - 1].id == ch->id)
         return false;
     memmove(&pc->ch[k + 1], &pc->ch[k], (pc->n - k) * sizeof pc->ch[0]);
+    pc->ch[k] = *ch;
     pc->n++;
-    pc_chunk_t *ch = &pc->ch[k];
-    ch->id = id;
-    ch->nfree = ch->maxrun = HD_CHUNK_PAGES;
-    pc->nempty++;
-    ch->base = hd_page_addr(seg, id);
-    ch->st = hd_states_of(seg, id, HD_CHUNK_CLASS);
-    memset(ch->used, 0, sizeof ch->used);
-    memset(ch->dirty, needzero ? 0xff : 0, sizeof ch->dirty);
-    memset(ch->cls, 0, sizeof ch->cls);
+    pc->nempty += ch->nfree == HD_CHUNK_PAGES;
     return true;
+}
+
+bool pc_add(hd_pagecache_t *pc, const hd_seg_t *seg, uint32_t id, bool needzero)
+{
+    pc_chunk_t ch = {.id = id, .nfree = HD_CHUNK_PAGES, .maxrun = HD_CHUNK_PAGES,
+                     .base = hd_page_addr(seg, id), .st = hd_states_of(seg, id, HD_CHUNK_CLASS)};
+    memset(ch.dirty, needzero ? 0xff : 0, sizeof ch.dirty);
+    return pc_insert(pc, &ch);
 }
 
 static uint32_t pc_remove(hd_pagecache_t *pc, unsigned k)
@@ -188,6 +190,14 @@ static uint32_t pc_remove(hd_pagecache_t *pc, unsigned k)
     memmove(&pc->ch[k], &pc->ch[k + 1], (pc->n - k - 1) * sizeof pc->ch[0]);
     pc->n--;
     return id;
+}
+
+bool pc_move(hd_pagecache_t *from, unsigned k, hd_pagecache_t *to)
+{
+    if (k >= from->n || !pc_insert(to, &from->ch[k]))
+        return false;
+    pc_remove(from, k);
+    return true;
 }
 
 uint32_t pc_evict(hd_pagecache_t *pc)

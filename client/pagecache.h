@@ -90,6 +90,10 @@ unsigned pc_take_empty(hd_pagecache_t *pc, unsigned keep, bool sweep, uint32_t *
 /* Remove every chunk; their ids into ids[] (room for PC_MAX_CHUNKS). */
 unsigned pc_take_all(hd_pagecache_t *pc, uint32_t *ids);
 
+/* Move chunk k of `from` (its map with it) into `to`, keeping both sorted:
+ * false when `to` is full or holds that id. */
+bool pc_move(hd_pagecache_t *from, unsigned k, hd_pagecache_t *to);
+
 /* Wholly free chunks. */
 unsigned pc_empty(const hd_pagecache_t *pc);
 

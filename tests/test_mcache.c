@@ -1174,6 +1174,59 @@ static void test_owner_marks(void)
     fk_down();
 }
 
+/* A thread that exits holding live large-class objects leaves their chunks
+ * to the process's other threads (given back, a chunk's free pages would
+ * wait at the daemon for its last object): another thread's next large
+ * allocation takes pages from them without a Refill; an orphan whose
+ * objects were all freed goes back at heapd_flush. */
+static void *orphan_maker(void *arg)
+{
+    void **o = arg;
+    o[0] = heapd_malloc(300000);
+    return NULL;                                              /* exits with o[0] live */
+}
+
+static void test_orphan_chunks(void)
+{
+    fk_up();
+    void *o[1] = {NULL};
+    pthread_t t;
+    pthread_create(&t, NULL, orphan_maker, o);
+    pthread_join(t, NULL);
+    CU_ASSERT_FATAL(o[0] != NULL);
+    uint32_t chunk = hd_span_of(&fk.s, o[0]);
+    CU_ASSERT_EQUAL(fk.s.spans[chunk].sizeclass, HD_CHUNK_CLASS);
+    CU_ASSERT_EQUAL(atomic_load(&fk.s.spans[chunk].state), HD_SPAN_CACHED);   /* kept, not given back */
+    unsigned refills = fk.f->refills;
+    void *p = heapd_malloc(300000);
+    CU_ASSERT_FATAL(p != NULL);
+    CU_ASSERT_EQUAL(hd_span_of(&fk.s, p), chunk);            /* adopted */
+    CU_ASSERT_EQUAL(fk.f->refills, refills);
+    CU_ASSERT(p != o[0]);
+    uint64_t bad = heapd_bad_frees();
+    heapd_free(o[0]);
+    heapd_free(p);
+    CU_ASSERT_EQUAL(heapd_bad_frees(), bad);
+    CU_ASSERT_EQUAL(heapd_flush(), 0);
+    CU_ASSERT_EQUAL(atomic_load(&fk.s.spans[chunk].state), HD_SPAN_CENTRAL);  /* empty: back */
+
+    /* an orphan whose object another thread frees meanwhile (a CAS to
+     * FREED: nobody holds the chunk) is swept and given back at heapd_flush */
+    o[0] = NULL;
+    pthread_create(&t, NULL, orphan_maker, o);
+    pthread_join(t, NULL);
+    CU_ASSERT_FATAL(o[0] != NULL);
+    chunk = hd_span_of(&fk.s, o[0]);
+    CU_ASSERT_EQUAL(atomic_load(&fk.s.spans[chunk].state), HD_SPAN_CACHED);
+    heapd_free(o[0]);
+    CU_ASSERT_EQUAL(*obj_byte(o[0]) & 3u, HD_OBJ_FREED);
+    CU_ASSERT_EQUAL(heapd_flush(), 0);
+    CU_ASSERT_EQUAL(atomic_load(&fk.s.spans[chunk].state), HD_SPAN_CENTRAL);
+    CU_ASSERT_EQUAL(heapd_bad_frees(), bad);
+    CU_ASSERT_EQUAL(fk.f->bad_releases, 0);
+    fk_down();
+}
+
 static void register_mcache_suite(void)
 {
     CU_pSuite s = CU_add_suite("mcache", NULL, NULL);
@@ -1197,5 +1250,6 @@ static void register_mcache_suite(void)
     CU_add_test(s, "thread exit gives the cache back", test_thread_exit);
     CU_add_test(s, "fork child never uses the parent's spans", test_fork_child);
     CU_add_test(s, "the owner table marks exactly the spans a thread's cache holds", test_owner_marks);
+    CU_add_test(s, "chunks of an exited thread serve the others, empty ones go back", test_orphan_chunks);
 }
 UNIT_SUITE(register_mcache_suite)
