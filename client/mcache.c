@@ -1076,6 +1076,21 @@ static void mc_refill_tick(hd_mcache_t *mc, mc_class_t *k)
     }
 }
 
+/* One synchronous Refill of count spans of class c, counted as a wait;
+ * *pgen and *fgen get the pressure and flush generations from before it
+ * (mc_enomem_retry's). */
+static int mc_refill_sync(hd_mcache_t *mc, unsigned c, unsigned count, uint32_t *ids, uint64_t *pgen, uint64_t *fgen)
+{
+    *pgen = hdc_pressure_gen();
+    *fgen = atomic_load(&tp_flush_gen);
+    uint64_t t0 = mc_now_ns();
+    int n = tp_refill(c, count, ids);
+    mc_count_wait(mc, mc_now_ns() - t0);
+    if (n > 0)
+        HDC_CRASHPOINT("refill");     /* the spans are ours at the daemon, not in the cache */
+    return n;
+}
+
 static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
 {
     if (c >= HD_NUM_SIZE_CLASSES) {  /* small classes only (and it tells -O2 the bounds) */
@@ -1149,12 +1164,8 @@ static void *mc_class_slow(hd_mcache_t *mc, unsigned c)
         if (k->streak < 255)
             k->streak++;
         mc_stats_flush(mc);                  /* memstats: counts go out at every refill */
-        uint64_t pgen = hdc_pressure_gen(), fgen = atomic_load(&tp_flush_gen);
-        uint64_t t0 = mc_now_ns();
-        int n = tp_refill(c, mc_batch_for(c, k->streak), ids);
-        mc_count_wait(mc, mc_now_ns() - t0);
-        if (n > 0)
-            HDC_CRASHPOINT("refill");     /* the spans are ours at the daemon, not in the cache */
+        uint64_t pgen, fgen;
+        int n = mc_refill_sync(mc, c, mc_batch_for(c, k->streak), ids, &pgen, &fgen);
         if (n < 0) {
             if (errno == ENOMEM && !retried && mc_enomem_retry(mc, pgen, fgen)) {
                 retried = true;
@@ -1304,12 +1315,8 @@ static void *mc_chunk_refill(hd_mcache_t *mc, unsigned c, size_t size, bool zero
     mc_stats_flush(mc);                  /* memstats: counts go out at every refill */
     for (bool retried = false;;) {
         uint32_t id;
-        uint64_t pgen = hdc_pressure_gen(), fgen = atomic_load(&tp_flush_gen);
-        uint64_t t0 = mc_now_ns();
-        int n = tp_refill(HD_CHUNK_CLASS, 1, &id);
-        mc_count_wait(mc, mc_now_ns() - t0);
-        if (n > 0)
-            HDC_CRASHPOINT("refill");     /* the chunk is ours at the daemon, not in the cache */
+        uint64_t pgen, fgen;
+        int n = mc_refill_sync(mc, HD_CHUNK_CLASS, 1, &id, &pgen, &fgen);
         if (n < 0) {
             if (errno == ENOMEM && !retried && mc_enomem_retry(mc, pgen, fgen)) {
                 retried = true;
