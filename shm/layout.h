@@ -63,10 +63,10 @@
  *                               remote double free racing it goes unreported.
  *   FREED -> FREE:              owner only (its sweep), acquire load then
  *                               plain store. Nobody else writes a FREED byte.
- *   ALLOCATED -> FREE:          owner only, by CAS (the owner-local free of a
- *                               large-class object by the thread whose chunk
- *                               it is: a CAS because a remote free may race
- *                               it on the same byte; span.h hd_free_by).
+ *   ALLOCATED -> FREE:          page chunks only: the owner thread's own free
+ *                               of a large-class object (span.h
+ *                               hd_chunk_free_owner, a CAS because a remote
+ *                               free may race it on the same byte).
  * Page chunks (span class 88, sizeclasses.h) have one byte per page that
  * also names the class of the object starting there (span.h "Page chunks"):
  * the same moves, by the same parties; their CENTRAL chunks are the daemon's

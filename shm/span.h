@@ -114,18 +114,6 @@ static inline enum hd_free_result hd_obj_free(hd_ostate_t *st, unsigned i)
     return want == HD_OBJ_FREED ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
 }
 
-/* Owner only: free object i straight to FREE (a free by the thread that owns
- * the span, no sweep needed). A CAS, because a remote free may race it on the
- * ALLOCATED byte: whoever wins frees it, the other sees a double free. */
-static inline enum hd_free_result hd_obj_free_owner(hd_ostate_t *st, unsigned i)
-{
-    uint8_t want = HD_OBJ_ALLOCATED;
-    if (atomic_compare_exchange_strong_explicit(&st[i], &want, HD_OBJ_FREE, memory_order_acq_rel,
-                                                memory_order_relaxed))
-        return HD_FREE_OK;
-    return want == HD_OBJ_FREED ? HD_FREE_DOUBLE : HD_FREE_NOT_LIVE;
-}
-
 /* The owner thread's own free (issue 9, item 3): the thread whose cache
  * holds the span (an exact claim: client/mcache.c's owner table) frees with
  * a load and a plain store of FREED, no RMW. Sound because every other write

@@ -202,14 +202,17 @@ static void test_double_and_late_frees(void)
     CU_ASSERT_EQUAL(hd_free(&fs.s, obj(2, 5), &id), HD_FREE_NOT_LIVE);   /* never allocated */
     CU_ASSERT_EQUAL(hd_obj_state(sl, 5), HD_OBJ_FREE);                   /* nothing written */
     CU_ASSERT_EQUAL(hd_obj_state(sl, 1), HD_OBJ_FREE);
-    /* the owner's own free races nobody's: ALLOCATED -> FREE, then caught */
-    CU_ASSERT_EQUAL(hd_obj_free_owner(sl, 0), HD_FREE_OK);
-    CU_ASSERT_EQUAL(hd_obj_free_owner(sl, 0), HD_FREE_NOT_LIVE);
+    /* the owner thread's own free (a plain store): FREED, then caught */
+    CU_ASSERT_EQUAL(hd_obj_free_plain(sl, 0), HD_FREE_OK);
+    CU_ASSERT_EQUAL(hd_obj_state(sl, 0), HD_OBJ_FREED);
+    CU_ASSERT_EQUAL(hd_obj_free_plain(sl, 0), HD_FREE_DOUBLE);
+    CU_ASSERT_EQUAL(hd_span_sweep(sl, n, NULL), 0);
+    CU_ASSERT_EQUAL(hd_obj_free_plain(sl, 0), HD_FREE_NOT_LIVE);
     hd_obj_alloc(sl, 0);
     /* a CENTRAL span's objects may be freed too */
     atomic_store(&fs.s.spans[2].state, HD_SPAN_CENTRAL);
     CU_ASSERT_EQUAL(hd_free(&fs.s, obj(2, 0), &id), HD_FREE_OK);
-    CU_ASSERT_EQUAL(hd_obj_free_owner(sl, 0), HD_FREE_DOUBLE);
+    CU_ASSERT_EQUAL(hd_obj_free_plain(sl, 0), HD_FREE_DOUBLE);
     drop_span(2);
 }
 
@@ -388,12 +391,7 @@ static void test_concurrent_frees(void)
  *     allocation, exactly one succeeds: the others report HD_FREE_DOUBLE or
  *     HD_FREE_NOT_LIVE (a double free is reported or, per P2, harmless to
  *     every allocation made before it was issued).
- * Free 1 also runs as the owner-local free (issue 9: hd_obj_free_owner,
- * ALLOCATED -> FREE by the thread caching the span), placed anywhere between
- * the owner's steps (a superset of where the owner's own free can fall),
- * against a remote free of the same or another allocation: the same three
- * rules hold, and an owner-local free only ever frees an allocation made
- * before it was issued. Then as the owner's plain free (hd_obj_state, then
+ * Then free 1 runs as the owner's plain free (hd_obj_state, then
  * hd_obj_free_plain_from: a load and a plain store of FREED by the thread
  * that allocates from the span, so no owner step falls between the two): P1 and
  * P2 hold, and P3 but for the accepted race (a remote double free between
@@ -545,18 +543,6 @@ static bool il_free(il_world_t *w, const il_scen_t *sc, unsigned j, unsigned k)
         w->result[j] = HD_FREE_NOT_HEAP;                      /* nothing was allocated: nothing to free */
         return true;
     }
-    if (j == 0 && sc->local) {
-        w->result[j] = hd_obj_free_owner(w->st, (unsigned)i);
-        if (w->result[j] == HD_FREE_OK) {                     /* FREE at once: no sweep will see it */
-            int a = w->live[i];
-            if (a == 0 || w->freed_by[i] >= 0)
-                IL_FAIL(w, "owner-local free of object %d: allocation %d, pending free %d", i, a, w->freed_by[i] + 1);
-            else if (w->issued[j] <= w->alloc_at[a])
-                IL_FAIL(w, "P1: allocation %d freed by the owner-local free issued before it", a);
-            w->live[i] = 0;
-        }
-        return true;
-    }
     w->result[j] = hd_obj_free(w->st, (unsigned)i);
     if (w->result[j] == HD_FREE_OK) {
         if (w->freed_by[i] >= 0)
@@ -655,7 +641,7 @@ static void il_explore(il_world_t *w, const il_scen_t *sc, unsigned pc[3], il_st
 static il_stats_t il_run_all(bool plain, bool vsweep)
 {
     il_stats_t out = {0};
-    for (int local = plain; local < 2; local++)
+    for (int local = plain; local <= (int)plain; local++)    /* free 1 is the owner's in the plain runs */
     for (int t0 = 1; t0 <= IL_ALLOCS; t0++)
         for (int t1 = 0; t1 <= IL_ALLOCS; t1++) {            /* t1 = 0: a single free */
             if (t1 && t1 < t0 && !local)
@@ -1330,7 +1316,7 @@ static void register_span_suite(void)
     CU_add_test(s, "interior, tail, outside and large pointers", test_bad_pointers);
     CU_add_test(s, "tiny blocks: start, end and open bits", test_tiny);
     CU_add_test(s, "concurrent frees from two threads", test_concurrent_frees);
-    CU_add_test(s, "every interleaving of owner and two frees (one may be owner-local)", test_every_interleaving);
+    CU_add_test(s, "every interleaving of owner and two frees (one may be the owner's plain free)", test_every_interleaving);
     CU_add_test(s, "every interleaving of a tiny block's owner and its frees", test_tiny_interleavings);
     CU_add_test(s, "every interleaving of a page chunk's owner and remote frees", test_chunk_interleavings);
 #if HEAPD_DEBUG
